@@ -1,0 +1,29 @@
+//! kproxy: a Kubernetes kube-proxy replacement that programs nftables over netlink.
+//!
+//! ```text
+//!  manifests ──load──▶ k8s::manifests ─┐          (later: API server ──watch──▶ k8s informers)
+//!                                      ▼ Objects (Service, EndpointSlice, Node, ServiceCIDR)
+//!  config (flags + KubeProxyConfiguration) ──▶ model::Settings
+//!                                      │
+//!  model::build  (pure)  objects + settings → Model: ServicePorts with categorised
+//!                        endpoints, per IP family; bad objects → Warnings
+//!                                      ▼
+//!  render        (pure)  Model → nft::Ruleset (one `ip kproxy` + one `ip6 kproxy` table)
+//!                                      ▼
+//!  nft::text             Ruleset → `nft -f` text (render output, golden tests)
+//!  trace         (pure)  Ruleset + a packet → where a new connection goes
+//!  report                Model → the reviewer's summary / JSON
+//!  cli                   `kproxy render`, `kproxy trace`: flags → Config → the above
+//! ```
+//!
+//! The pure core (`model`, `nft`, `render`, `trace`) does no I/O, reads no clocks and
+//! spawns nothing; only `k8s::manifests` and `config` read files, and only `main` exits.
+
+pub mod cli;
+pub mod config;
+pub mod k8s;
+pub mod model;
+pub mod nft;
+pub mod render;
+pub mod report;
+pub mod trace;
