@@ -26,4 +26,6 @@ pub mod model;
 pub mod nft;
 pub mod render;
 pub mod report;
+#[cfg(feature = "test-util")]
+pub mod testutil;
 pub mod trace;

@@ -17,6 +17,7 @@ pub mod text;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -387,7 +388,11 @@ pub enum MarkOp {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stmt {
     /// `FIELD VALUE` / `FIELD != VALUE`. For `Ct*` fields, `Eq` means "has the bit".
-    Cmp { field: Field, op: CmpOp, value: Value },
+    Cmp {
+        field: Field,
+        op: CmpOp,
+        value: Value,
+    },
     /// `F1 . F2 … @set` / `… != @set`: membership of the concatenated key.
     Lookup {
         key: Vec<Field>,
@@ -395,10 +400,16 @@ pub enum Stmt {
         negate: bool,
     },
     /// `F1 . F2 … vmap @map`: the element's verdict; no match continues with the next rule.
-    Vmap { key: Vec<Field>, map: String },
+    Vmap {
+        key: Vec<Field>,
+        map: String,
+    },
     /// `update @set { F1 . F2 … }`: add or refresh the key in a dynamic set (its timeout is
     /// the set's).
-    Update { set: String, key: Vec<Field> },
+    Update {
+        set: String,
+        key: Vec<Field>,
+    },
     /// `meta mark set meta mark | X` / `^ X`.
     SetMark(MarkOp),
     /// `meta l4proto P dnat to ADDR:PORT` (the l4proto match is part of the statement, as
@@ -476,7 +487,7 @@ impl DataType {
         }
     }
     /// Bytes the kernel stores for this part (before 4-byte register padding).
-    pub fn len(self) -> usize {
+    pub fn byte_len(self) -> usize {
         match self {
             DataType::Ipv4Addr => 4,
             DataType::Ipv6Addr => 16,
@@ -517,7 +528,7 @@ pub struct Set {
     pub timeout: Option<u32>,
     pub size: Option<u32>,
     pub comment: Option<String>,
-    pub elements: BTreeMap<Vec<Value>, Element>,
+    pub elements: Elements,
 }
 
 impl Set {
@@ -530,7 +541,7 @@ impl Set {
             timeout: None,
             size: None,
             comment: None,
-            elements: BTreeMap::new(),
+            elements: Elements::default(),
         }
     }
     pub fn with_comment(mut self, c: impl Into<String>) -> Set {
@@ -541,7 +552,84 @@ impl Set {
         !matches!(self.data, SetData::None)
     }
     pub fn insert(&mut self, element: Element) {
-        self.elements.insert(element.key.clone(), element);
+        self.elements.insert(element);
+    }
+
+    /// Adds many elements at once (sorted and merged in one pass).
+    pub fn extend(&mut self, elements: Vec<Element>) {
+        self.elements.extend(elements);
+    }
+}
+
+/// A set's elements: sorted by key, keys unique. One contiguous allocation per set, binary
+/// search for lookups, ordered iteration for printing and for merge-walking two versions
+/// (diffs). Of equal keys inserted, the last one wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Elements(Vec<Element>);
+
+impl Elements {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> std::slice::Iter<'_, Element> {
+        self.0.iter()
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<Value>> {
+        self.0.iter().map(|e| &e.key)
+    }
+    fn position(&self, key: &[Value]) -> Result<usize, usize> {
+        self.0.binary_search_by(|e| e.key.as_slice().cmp(key))
+    }
+    pub fn get(&self, key: &[Value]) -> Option<&Element> {
+        self.position(key).ok().map(|i| &self.0[i])
+    }
+    pub fn contains_key(&self, key: &[Value]) -> bool {
+        self.position(key).is_ok()
+    }
+    /// Inserts or replaces one element (O(n) shift: for small sets and single updates).
+    pub fn insert(&mut self, e: Element) {
+        match self.position(&e.key) {
+            Ok(i) => self.0[i] = e,
+            Err(i) => self.0.insert(i, e),
+        }
+    }
+    /// Removes the element with this key, if any.
+    pub fn remove(&mut self, key: &[Value]) -> Option<Element> {
+        self.position(key).ok().map(|i| self.0.remove(i))
+    }
+    /// Adds many elements: one stable sort and a merge, O(n log n) overall.
+    pub fn extend(&mut self, more: Vec<Element>) {
+        let mut v = std::mem::take(&mut self.0);
+        v.extend(more);
+        // Stable: among equal keys the later one stays later, and the dedup keeps it.
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out: Vec<Element> = Vec::with_capacity(v.len());
+        for e in v {
+            match out.last_mut() {
+                Some(last) if last.key == e.key => *last = e,
+                _ => out.push(e),
+            }
+        }
+        self.0 = out;
+    }
+}
+
+impl<'a> IntoIterator for &'a Elements {
+    type Item = &'a Element;
+    type IntoIter = std::slice::Iter<'a, Element>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<Element> for Elements {
+    fn from_iter<I: IntoIterator<Item = Element>>(iter: I) -> Elements {
+        let mut e = Elements::default();
+        e.extend(iter.into_iter().collect());
+        e
     }
 }
 
@@ -557,7 +645,8 @@ pub enum ElementData {
 pub struct Element {
     pub key: Vec<Value>,
     pub data: ElementData,
-    pub comment: Option<String>,
+    /// Shared: many elements carry the same `namespace/service:port` comment.
+    pub comment: Option<Arc<str>>,
 }
 
 impl Element {
@@ -582,7 +671,7 @@ impl Element {
             comment: None,
         }
     }
-    pub fn with_comment(mut self, c: impl Into<String>) -> Element {
+    pub fn with_comment(mut self, c: impl Into<Arc<str>>) -> Element {
         self.comment = Some(c.into());
         self
     }

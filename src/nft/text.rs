@@ -1,1 +1,404 @@
-//! (being written)
+//! `nft -f` text for a [`Ruleset`]: what `kproxy render` prints, what golden tests compare
+//! and what a reviewer reads.
+//!
+//! Owns: the exact syntax. The output must load with the oldest nft we support (Debian 12's
+//! nft 1.0.6), so a few spellings are chosen for that parser:
+//! - maps keyed by numgen slots are declared with `typeof numgen random mod 1 : …`, because
+//!   `type mark` does not accept numgen's plain integer ("datatype mismatch");
+//! - priorities are printed as numbers (valid for every chain type);
+//! - every element and rule sits on its own line (1.0.6 mis-parses some one-line blocks).
+//!
+//! Must not: decide what the rules are. Comments are sanitised (no `"`, at most
+//! [`COMMENT_MAX`] bytes) since the kernel keeps them in 256-byte userdata.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use super::*;
+
+/// Longest comment printed (the kernel's userdata limit is 256 bytes incl. framing).
+pub const COMMENT_MAX: usize = 128;
+
+/// The whole ruleset, one table after another.
+pub fn ruleset(rs: &Ruleset) -> String {
+    let mut out = String::new();
+    for (i, t) in rs.tables.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&table(t));
+    }
+    out
+}
+
+/// One table block. Sets and maps first (rules refer to them), then base chains in hook
+/// order, then regular chains by name.
+pub fn table(t: &Table) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table {} {} {{", t.family, t.name);
+    if let Some(c) = &t.comment {
+        let _ = writeln!(out, "\tcomment {}", quote(c));
+    }
+    for s in t.sets.values() {
+        out.push_str(&set(t.family, s));
+    }
+    let mut chains: Vec<&Chain> = t.chains.values().collect();
+    chains.sort_by_key(|c| {
+        (
+            c.base.is_none(),
+            c.base.as_ref().map(|b| (b.hook, b.priority)),
+            c.name.clone(),
+        )
+    });
+    for c in chains {
+        out.push_str(&chain(t.family, c));
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn set(family: Family, s: &Set) -> String {
+    let mut out = String::new();
+    let kw = if s.is_map() { "map" } else { "set" };
+    let _ = writeln!(out, "\t{kw} {} {{", s.name);
+    let data_types: &[DataType] = match &s.data {
+        SetData::Values(v) => v,
+        _ => &[],
+    };
+    let use_typeof = s.key.contains(&DataType::Slot) || data_types.contains(&DataType::Slot);
+    let _ = write!(out, "\t\t{} ", if use_typeof { "typeof" } else { "type" });
+    out.push_str(&types(family, &s.key, use_typeof));
+    match &s.data {
+        SetData::None => {}
+        SetData::Verdict => out.push_str(" : verdict"),
+        SetData::Values(v) => {
+            out.push_str(" : ");
+            out.push_str(&types(family, v, use_typeof));
+        }
+    }
+    out.push('\n');
+    let mut flags = Vec::new();
+    if s.flags.dynamic {
+        flags.push("dynamic");
+    }
+    if s.flags.interval {
+        flags.push("interval");
+    }
+    if s.flags.timeout {
+        flags.push("timeout");
+    }
+    if !flags.is_empty() {
+        let _ = writeln!(out, "\t\tflags {}", flags.join(","));
+    }
+    if let Some(t) = s.timeout {
+        let _ = writeln!(out, "\t\ttimeout {t}s");
+    }
+    if let Some(n) = s.size {
+        let _ = writeln!(out, "\t\tsize {n}");
+    }
+    if let Some(c) = &s.comment {
+        let _ = writeln!(out, "\t\tcomment {}", quote(c));
+    }
+    if !s.elements.is_empty() {
+        out.push_str("\t\telements = {\n");
+        let n = s.elements.len();
+        for (i, e) in s.elements.iter().enumerate() {
+            out.push_str("\t\t\t");
+            out.push_str(&element(e));
+            out.push_str(if i + 1 < n { ",\n" } else { "\n" });
+        }
+        out.push_str("\t\t}\n");
+    }
+    out.push_str("\t}\n\n");
+    out
+}
+
+fn types(family: Family, parts: &[DataType], use_typeof: bool) -> String {
+    parts
+        .iter()
+        .map(|t| {
+            if use_typeof {
+                typeof_expr(family, *t)
+            } else {
+                type_name(*t)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+fn type_name(t: DataType) -> &'static str {
+    match t {
+        DataType::Ipv4Addr => "ipv4_addr",
+        DataType::Ipv6Addr => "ipv6_addr",
+        DataType::InetProto => "inet_proto",
+        DataType::InetService => "inet_service",
+        DataType::Mark | DataType::Slot => "mark",
+        DataType::Verdict => "verdict",
+    }
+}
+
+fn typeof_expr(_family: Family, t: DataType) -> &'static str {
+    match t {
+        DataType::Ipv4Addr => "ip daddr",
+        DataType::Ipv6Addr => "ip6 daddr",
+        DataType::InetProto => "meta l4proto",
+        DataType::InetService => "tcp dport",
+        DataType::Mark => "meta mark",
+        DataType::Slot => "numgen random mod 1",
+        DataType::Verdict => "verdict",
+    }
+}
+
+/// One element as it appears inside `elements = { … }`.
+pub fn element(e: &Element) -> String {
+    let mut out = e.key.iter().map(value).collect::<Vec<_>>().join(" . ");
+    if let Some(c) = &e.comment {
+        out.push_str(" comment ");
+        out.push_str(&quote(c));
+    }
+    match &e.data {
+        ElementData::None => {}
+        ElementData::Verdict(v) => {
+            out.push_str(" : ");
+            out.push_str(&verdict(v));
+        }
+        ElementData::Values(vs) => {
+            out.push_str(" : ");
+            out.push_str(&vs.iter().map(value).collect::<Vec<_>>().join(" . "));
+        }
+    }
+    out
+}
+
+fn chain(family: Family, c: &Chain) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\tchain {} {{", c.name);
+    if let Some(b) = &c.base {
+        let _ = writeln!(
+            out,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            b.kind.name(),
+            b.hook.name(),
+            b.priority
+        );
+    }
+    if let Some(cm) = &c.comment {
+        let _ = writeln!(out, "\t\tcomment {}", quote(cm));
+    }
+    for r in &c.rules {
+        out.push_str("\t\t");
+        out.push_str(&rule(family, r));
+        out.push('\n');
+    }
+    out.push_str("\t}\n\n");
+    out
+}
+
+/// One rule on one line, as in `nft list`.
+pub fn rule(family: Family, r: &Rule) -> String {
+    let mut parts: Vec<String> = r.stmts.iter().map(|s| stmt(family, s)).collect();
+    if let Some(c) = &r.comment {
+        parts.push(format!("comment {}", quote(c)));
+    }
+    parts.join(" ")
+}
+
+/// One statement.
+pub fn stmt(family: Family, s: &Stmt) -> String {
+    match s {
+        Stmt::Cmp {
+            field: f,
+            op,
+            value: v,
+        } => {
+            let lhs = field(family, f);
+            let rhs = value(v);
+            match (f, op) {
+                // Bit tests read naturally without an operator.
+                (Field::CtState | Field::CtStatus, CmpOp::Eq) => format!("{lhs} {rhs}"),
+                (Field::MarkAnd(_) | Field::Numgen { .. }, CmpOp::Eq) => format!("{lhs} == {rhs}"),
+                (_, CmpOp::Eq) => format!("{lhs} {rhs}"),
+                (_, CmpOp::Ne) => format!("{lhs} != {rhs}"),
+            }
+        }
+        Stmt::Lookup { key, set, negate } => {
+            let neg = if *negate { "!= " } else { "" };
+            format!("{} {neg}@{set}", fields(family, key))
+        }
+        Stmt::Vmap { key, map } => format!("{} vmap @{map}", fields(family, key)),
+        Stmt::Update { set, key } => format!("update @{set} {{ {} }}", fields(family, key)),
+        Stmt::SetMark(MarkOp::Or(m)) => format!("meta mark set meta mark | {}", hex(*m)),
+        Stmt::SetMark(MarkOp::Xor(m)) => format!("meta mark set meta mark ^ {}", hex(*m)),
+        Stmt::DnatTo { proto, addr, port } => match addr {
+            IpAddr::V4(a) => format!("meta l4proto {proto} dnat to {a}:{port}"),
+            IpAddr::V6(a) => format!("meta l4proto {proto} dnat to [{a}]:{port}"),
+        },
+        Stmt::DnatSlot {
+            proto,
+            modulus,
+            offset,
+            map,
+        } => format!(
+            "meta l4proto {proto} dnat {} addr . port to {} map @{map}",
+            family.keyword(),
+            numgen(*modulus, *offset)
+        ),
+        Stmt::Masquerade => "masquerade fully-random".to_string(),
+        Stmt::Reject => "reject".to_string(),
+        Stmt::Verdict(v) => verdict(v),
+    }
+}
+
+fn numgen(modulus: u32, offset: u32) -> String {
+    if offset == 0 {
+        format!("numgen random mod {modulus}")
+    } else {
+        format!("numgen random mod {modulus} offset {offset}")
+    }
+}
+
+fn fields(family: Family, key: &[Field]) -> String {
+    key.iter()
+        .map(|f| field(family, f))
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// A packet field in nft syntax.
+pub fn field(family: Family, f: &Field) -> String {
+    let ip = family.keyword();
+    match f {
+        Field::Saddr => format!("{ip} saddr"),
+        Field::Daddr => format!("{ip} daddr"),
+        Field::L4Proto => "meta l4proto".into(),
+        Field::ThDport => "th dport".into(),
+        Field::Dport(p) => format!("{p} dport"),
+        Field::Mark => "meta mark".into(),
+        Field::MarkAnd(m) => format!("meta mark & {}", hex(*m)),
+        Field::Iifname => "iifname".into(),
+        Field::FibSaddrType => "fib saddr type".into(),
+        Field::FibDaddrType => "fib daddr type".into(),
+        Field::CtState => "ct state".into(),
+        Field::CtStatus => "ct status".into(),
+        Field::Numgen { modulus, offset } => numgen(*modulus, *offset),
+    }
+}
+
+/// A literal in nft syntax.
+pub fn value(v: &Value) -> String {
+    match v {
+        Value::Addr(a) => a.to_string(),
+        Value::Net(n) => format!("{}/{}", n.network(), n.prefix()),
+        Value::Proto(p) => p.name().to_string(),
+        Value::Port(p) => p.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Iface(s) => quote(s),
+        Value::FibType(FibType::Local) => "local".into(),
+        Value::CtState(CtState::New) => "new".into(),
+        Value::CtStatus(CtStatus::Dnat) => "dnat".into(),
+    }
+}
+
+pub fn verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept => "accept".into(),
+        Verdict::Drop => "drop".into(),
+        Verdict::Return => "return".into(),
+        Verdict::Jump(c) => format!("jump {c}"),
+        Verdict::Goto(c) => format!("goto {c}"),
+    }
+}
+
+fn hex(m: u32) -> String {
+    format!("{m:#010x}")
+}
+
+/// A quoted string, safe for nft: no `"` or control characters, at most [`COMMENT_MAX`]
+/// bytes (cut on a character boundary).
+pub fn quote(s: &str) -> String {
+    let mut clean: String = s
+        .chars()
+        .map(|c| if c == '"' || c.is_control() { '\'' } else { c })
+        .collect();
+    if clean.len() > COMMENT_MAX {
+        let mut cut = COMMENT_MAX;
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+    }
+    format!("\"{clean}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_print_as_nft_syntax() {
+        let r = Rule::new(vec![
+            Stmt::cmp(Field::Daddr, Value::Addr("10.96.0.10".parse().unwrap())),
+            Stmt::cmp(Field::Dport(Protocol::Tcp), Value::Port(53)),
+            Stmt::cmp_ne(Field::Saddr, Value::Net("10.244.0.0/16".parse().unwrap())),
+            Stmt::jump("mark-for-masquerade"),
+        ]);
+        assert_eq!(
+            rule(Family::V4, &r),
+            "ip daddr 10.96.0.10 tcp dport 53 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
+        );
+        let d = Stmt::DnatSlot {
+            proto: Protocol::Udp,
+            modulus: 3,
+            offset: 7,
+            map: "endpoints".into(),
+        };
+        assert_eq!(
+            stmt(Family::V6, &d),
+            "meta l4proto udp dnat ip6 addr . port to numgen random mod 3 offset 7 map @endpoints"
+        );
+        let d = Stmt::DnatTo {
+            proto: Protocol::Tcp,
+            addr: "fd00::5".parse().unwrap(),
+            port: 80,
+        };
+        assert_eq!(
+            stmt(Family::V6, &d),
+            "meta l4proto tcp dnat to [fd00::5]:80"
+        );
+        assert_eq!(
+            stmt(
+                Family::V4,
+                &Stmt::cmp(Field::MarkAnd(0x4000), Value::Int(0))
+            ),
+            "meta mark & 0x00004000 == 0"
+        );
+    }
+
+    #[test]
+    fn quoting_is_safe() {
+        assert_eq!(quote("a\"b"), "\"a'b\"");
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert!(q.len() <= COMMENT_MAX + 2);
+    }
+
+    #[test]
+    fn slot_maps_use_typeof() {
+        let mut s = Set::new(
+            "endpoints",
+            vec![DataType::Slot],
+            SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
+        );
+        s.insert(
+            Element::values(
+                vec![Value::Int(4)],
+                vec![Value::Addr("10.0.0.1".parse().unwrap()), Value::Port(80)],
+            )
+            .with_comment("ns/a:http"),
+        );
+        let txt = set(Family::V4, &s);
+        assert!(txt.contains("typeof numgen random mod 1 : ip daddr . tcp dport"));
+        assert!(txt.contains("4 comment \"ns/a:http\" : 10.0.0.1 . 80"));
+    }
+}

@@ -1,1 +1,793 @@
-//! (being written)
+//! `render`: Model → nft::Ruleset (pure). One table per family, `ip kproxy` and
+//! `ip6 kproxy`, implementing upstream kube-proxy's nftables behaviour with a layout
+//! chosen for kernel cost (docs/ruleset.md explains both).
+//!
+//! Owns: chain, set and map names; which rules each service port gets; slot numbers in
+//! the table-wide endpoint map (through [`SlotAllocator`], kept in [`RenderState`] so that
+//! a later render moves as little as possible).
+//!
+//! Must not: decide which endpoints a service uses (that is `model`), do I/O, or create a
+//! set or map per service (kernel cost grows with the number of sets; see
+//! notes/nftables-netlink.md). The only per-service-port sets are the affinity sets of
+//! services with ClientIP session affinity, one per endpoint, as upstream.
+
+pub mod slots;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+use sha2::{Digest, Sha256};
+
+use crate::model::{
+    EndpointAddr, FamilyModel, LocalDetect, Model, NodePortIps, ServicePort, ServicePortName,
+};
+use crate::nft::*;
+pub use slots::{Policy, SlotAllocator};
+
+/// Name of kproxy's table in each family.
+pub const TABLE: &str = "kproxy";
+
+/// Chain, set and map names of the fixed skeleton.
+pub mod names {
+    pub const FILTER_PREROUTING: &str = "filter-prerouting";
+    pub const FILTER_INPUT: &str = "filter-input";
+    pub const FILTER_FORWARD: &str = "filter-forward";
+    pub const FILTER_OUTPUT: &str = "filter-output";
+    pub const FILTER_OUTPUT_POST_DNAT: &str = "filter-output-post-dnat";
+    pub const NAT_PREROUTING: &str = "nat-prerouting";
+    pub const NAT_OUTPUT: &str = "nat-output";
+    pub const NAT_POSTROUTING: &str = "nat-postrouting";
+
+    pub const SERVICES: &str = "services";
+    pub const MASQUERADING: &str = "masquerading";
+    pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+    pub const ENDPOINTS_CHECK: &str = "service-endpoints-check";
+    pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+    pub const FIREWALL_CHECK: &str = "firewall-check";
+    pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+    pub const REJECT: &str = "reject-chain";
+
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    pub const SERVICE_CIDRS: &str = "service-cidrs";
+    pub const POD_CIDRS: &str = "pod-cidrs";
+    pub const NODEPORT_IPS: &str = "nodeport-ips";
+    pub const SERVICE_IPS: &str = "service-ips";
+    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    pub const FIREWALL_IPS: &str = "firewall-ips";
+    pub const FIREWALL_ALLOW: &str = "firewall-allow";
+    pub const ENDPOINTS: &str = "endpoints";
+    pub const HAIRPIN: &str = "hairpin-endpoints";
+
+    pub const PREFIX_CLUSTER: &str = "service-";
+    pub const PREFIX_LOCAL: &str = "local-";
+    pub const PREFIX_EXTERNAL: &str = "external-";
+    pub const PREFIX_ENDPOINT: &str = "endpoint-";
+    pub const PREFIX_AFFINITY: &str = "affinity-";
+}
+use names::*;
+
+/// Priorities of the base chains: filtering sees pre-DNAT addresses (dstnat - 10); the
+/// ClusterIP check in output runs after DNAT (dstnat + 10).
+const PRIO_FILTER_PRE_DNAT: i32 = priority::DSTNAT - 10;
+const PRIO_FILTER_POST_DNAT: i32 = priority::DSTNAT + 10;
+
+/// What a render remembers for the next one: slot ranges per family.
+#[derive(Clone, Debug, Default)]
+pub struct RenderState {
+    slots_v4: SlotAllocator,
+    slots_v6: SlotAllocator,
+}
+
+impl RenderState {
+    fn slots(&mut self, family: Family) -> &mut SlotAllocator {
+        match family {
+            Family::V4 => &mut self.slots_v4,
+            Family::V6 => &mut self.slots_v6,
+        }
+    }
+}
+
+/// Renders a model from scratch (fresh slot numbering).
+pub fn render(model: &Model) -> Ruleset {
+    render_with(model, &mut RenderState::default())
+}
+
+/// Renders a model, reusing the slot ranges remembered in `state` and updating it.
+pub fn render_with(model: &Model, state: &mut RenderState) -> Ruleset {
+    let tables = model
+        .families
+        .iter()
+        .map(|fm| {
+            let slots = state.slots(fm.family);
+            let t = render_family(fm, slots);
+            slots.sweep();
+            t
+        })
+        .collect();
+    Ruleset { tables }
+}
+
+/// `HASH-namespace/name/protocol/port`: upstream's chain-name base, so names are unique,
+/// readable and (at most 8 + 4 + 3×63 + 4 characters) well within nft's limit.
+pub fn chain_base(name: &ServicePortName) -> String {
+    hashed(&format!(
+        "{}/{}/{}/{}",
+        name.namespace, name.name, name.protocol, name.port
+    ))
+}
+
+/// `HASH-namespace/name/protocol/port__ip/port` (IPv6 colons become dots).
+pub fn endpoint_base(name: &ServicePortName, ep: &EndpointAddr) -> String {
+    let ip = ep.ip.to_string().replace(':', ".");
+    hashed(&format!(
+        "{}/{}/{}/{}__{}/{}",
+        name.namespace, name.name, name.protocol, name.port, ip, ep.port
+    ))
+}
+
+/// Longest name part after a prefix (prefixes are at most 16 characters).
+const NAME_BASE_MAX: usize = NAME_MAX - 16;
+
+fn hashed(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    let enc = base32::encode(base32::Alphabet::Rfc4648 { padding: true }, &digest);
+    let mut out = format!("{}-{s}", &enc[..8]);
+    if out.len() > NAME_BASE_MAX {
+        let mut cut = NAME_BASE_MAX - 3;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
+}
+
+fn addr_type(f: Family) -> DataType {
+    DataType::addr(f)
+}
+
+/// The fixed sets and maps of a table, empty.
+fn skeleton_sets(fm: &FamilyModel) -> Vec<Set> {
+    let a = addr_type(fm.family);
+    use DataType::{InetProto as P, InetService as S};
+    let mut sets = vec![
+        Set::new(CLUSTER_IPS, vec![a], SetData::None).with_comment("Active ClusterIPs"),
+        {
+            let mut s = Set::new(SERVICE_CIDRS, vec![a], SetData::None)
+                .with_comment("Service CIDRs: unallocated addresses inside are dropped");
+            s.flags.interval = true;
+            s
+        },
+        Set::new(SERVICE_IPS, vec![a, P, S], SetData::Verdict)
+            .with_comment("ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+        Set::new(SERVICE_NODEPORTS, vec![P, S], SetData::Verdict).with_comment("NodePort traffic"),
+        Set::new(NO_ENDPOINT_SERVICES, vec![a, P, S], SetData::Verdict)
+            .with_comment("vmap to drop or reject packets to services with no endpoints"),
+        Set::new(NO_ENDPOINT_NODEPORTS, vec![P, S], SetData::Verdict)
+            .with_comment("vmap to drop or reject packets to service nodeports with no endpoints"),
+        Set::new(FIREWALL_IPS, vec![a, P, S], SetData::None)
+            .with_comment("destinations that are subject to LoadBalancerSourceRanges"),
+        {
+            let mut s = Set::new(FIREWALL_ALLOW, vec![a, P, S, a], SetData::None)
+                .with_comment("allowed sources per LoadBalancer IP and port");
+            s.flags.interval = true;
+            s
+        },
+        Set::new(
+            ENDPOINTS,
+            vec![DataType::Slot],
+            SetData::Values(vec![a, DataType::InetService]),
+        )
+        .with_comment("endpoint slots: each service port owns a contiguous range"),
+        Set::new(HAIRPIN, vec![a, a], SetData::None)
+            .with_comment("endpoint . endpoint: a pod reaching itself through a service"),
+    ];
+    if let NodePortIps::Ips(_) = fm.nodeport_ips {
+        sets.push(
+            Set::new(NODEPORT_IPS, vec![a], SetData::None)
+                .with_comment("IPs that accept NodePort traffic"),
+        );
+    }
+    if let LocalDetect::SourceCidrs(c) = &fm.local_detect {
+        if c.len() > 1 {
+            let mut s = Set::new(POD_CIDRS, vec![a], SetData::None)
+                .with_comment("sources that are pods (local traffic detector)");
+            s.flags.interval = true;
+            sets.push(s);
+        }
+    }
+    sets
+}
+
+/// Statements matching "the source is a pod" (`negate`: "is not a pod"), or `None`
+/// without a detector.
+fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
+    let op = if negate { CmpOp::Ne } else { CmpOp::Eq };
+    match &fm.local_detect {
+        LocalDetect::None => None,
+        LocalDetect::SourceCidrs(c) if c.is_empty() => None,
+        LocalDetect::SourceCidrs(c) if c.len() == 1 => Some(vec![Stmt::Cmp {
+            field: Field::Saddr,
+            op,
+            value: Value::Net(c[0]),
+        }]),
+        LocalDetect::SourceCidrs(_) => Some(vec![Stmt::Lookup {
+            key: vec![Field::Saddr],
+            set: POD_CIDRS.into(),
+            negate,
+        }]),
+        LocalDetect::Interface(i) => Some(vec![Stmt::Cmp {
+            field: Field::Iifname,
+            op,
+            value: Value::Iface(i.clone()),
+        }]),
+        LocalDetect::InterfacePrefix(p) => Some(vec![Stmt::Cmp {
+            field: Field::Iifname,
+            op,
+            value: Value::Iface(format!("{p}*")),
+        }]),
+    }
+}
+
+/// Statements matching "the destination accepts NodePorts".
+fn nodeport_dst(fm: &FamilyModel) -> Vec<Stmt> {
+    match fm.nodeport_ips {
+        NodePortIps::All => {
+            let lo: IpNetwork = match fm.family {
+                Family::V4 => "127.0.0.0/8".parse().expect("literal"),
+                Family::V6 => "::1/128".parse().expect("literal"),
+            };
+            vec![
+                Stmt::cmp(Field::FibDaddrType, Value::FibType(FibType::Local)),
+                Stmt::cmp_ne(Field::Daddr, Value::Net(lo)),
+            ]
+        }
+        NodePortIps::Ips(_) => vec![Stmt::Lookup {
+            key: vec![Field::Daddr],
+            set: NODEPORT_IPS.into(),
+            negate: false,
+        }],
+    }
+}
+
+fn ct_new() -> Stmt {
+    Stmt::cmp(Field::CtState, Value::CtState(CtState::New))
+}
+
+fn dst_key() -> Vec<Field> {
+    vec![Field::Daddr, Field::L4Proto, Field::ThDport]
+}
+
+fn proto_port_key() -> Vec<Field> {
+    vec![Field::L4Proto, Field::ThDport]
+}
+
+/// The fixed chains of a table.
+fn skeleton_chains(fm: &FamilyModel) -> Vec<Chain> {
+    use ChainType::{Filter, Nat};
+    let mark = fm.masquerade_mark;
+    let jump_new = |c: &str| Rule::new(vec![ct_new(), Stmt::jump(c)]);
+
+    let mut fpre = Chain::base(
+        FILTER_PREROUTING,
+        Filter,
+        Hook::Prerouting,
+        PRIO_FILTER_PRE_DNAT,
+    );
+    fpre.push(jump_new(FIREWALL_CHECK));
+    // The NodePort check runs in input only: traffic from the node itself to a NodePort is
+    // DNATed (and short-circuited under eTP Local) in nat-output first, as upstream.
+    let mut finput = Chain::base(FILTER_INPUT, Filter, Hook::Input, PRIO_FILTER_PRE_DNAT);
+    finput.push(jump_new(NODEPORT_ENDPOINTS_CHECK));
+    finput.push(jump_new(ENDPOINTS_CHECK));
+    let mut ffwd = Chain::base(FILTER_FORWARD, Filter, Hook::Forward, PRIO_FILTER_PRE_DNAT);
+    ffwd.push(jump_new(ENDPOINTS_CHECK));
+    ffwd.push(jump_new(CLUSTER_IPS_CHECK));
+    let mut fout = Chain::base(FILTER_OUTPUT, Filter, Hook::Output, PRIO_FILTER_PRE_DNAT);
+    fout.push(jump_new(ENDPOINTS_CHECK));
+    fout.push(jump_new(FIREWALL_CHECK));
+    let mut fout_post = Chain::base(
+        FILTER_OUTPUT_POST_DNAT,
+        Filter,
+        Hook::Output,
+        PRIO_FILTER_POST_DNAT,
+    );
+    fout_post.push(jump_new(CLUSTER_IPS_CHECK));
+
+    let mut npre = Chain::base(NAT_PREROUTING, Nat, Hook::Prerouting, priority::DSTNAT);
+    npre.push(Rule::new(vec![Stmt::jump(SERVICES)]));
+    let mut nout = Chain::base(NAT_OUTPUT, Nat, Hook::Output, priority::DSTNAT);
+    nout.push(Rule::new(vec![Stmt::jump(SERVICES)]));
+    let mut npost = Chain::base(NAT_POSTROUTING, Nat, Hook::Postrouting, priority::SRCNAT);
+    npost.push(Rule::new(vec![Stmt::jump(MASQUERADING)]));
+
+    let mut services = Chain::regular(SERVICES);
+    services.push(Rule::new(vec![Stmt::Vmap {
+        key: dst_key(),
+        map: SERVICE_IPS.into(),
+    }]));
+    let mut np = nodeport_dst(fm);
+    np.push(Stmt::Vmap {
+        key: proto_port_key(),
+        map: SERVICE_NODEPORTS.into(),
+    });
+    services.push(Rule::new(np));
+
+    let mut check = Chain::regular(ENDPOINTS_CHECK);
+    check.push(Rule::new(vec![Stmt::Vmap {
+        key: dst_key(),
+        map: NO_ENDPOINT_SERVICES.into(),
+    }]));
+    let mut np = nodeport_dst(fm);
+    np.push(Stmt::Vmap {
+        key: proto_port_key(),
+        map: NO_ENDPOINT_NODEPORTS.into(),
+    });
+    let mut np_check = Chain::regular(NODEPORT_ENDPOINTS_CHECK);
+    np_check.push(Rule::new(np));
+
+    let mut fw = Chain::regular(FIREWALL_CHECK);
+    fw.push(
+        Rule::new(vec![
+            Stmt::Lookup {
+                key: dst_key(),
+                set: FIREWALL_IPS.into(),
+                negate: false,
+            },
+            Stmt::Lookup {
+                key: vec![Field::Daddr, Field::L4Proto, Field::ThDport, Field::Saddr],
+                set: FIREWALL_ALLOW.into(),
+                negate: true,
+            },
+            Stmt::Verdict(Verdict::Drop),
+        ])
+        .with_comment("loadBalancerSourceRanges"),
+    );
+
+    let mut cic = Chain::regular(CLUSTER_IPS_CHECK);
+    cic.push(
+        Rule::new(vec![
+            Stmt::Lookup {
+                key: vec![Field::Daddr],
+                set: CLUSTER_IPS.into(),
+                negate: false,
+            },
+            Stmt::Reject,
+        ])
+        .with_comment("Reject traffic to invalid ports of ClusterIPs"),
+    );
+    cic.push(
+        Rule::new(vec![
+            Stmt::Lookup {
+                key: vec![Field::Daddr],
+                set: SERVICE_CIDRS.into(),
+                negate: false,
+            },
+            Stmt::Verdict(Verdict::Drop),
+        ])
+        .with_comment("Drop traffic to unallocated ClusterIPs"),
+    );
+
+    let mut reject = Chain::regular(REJECT)
+        .with_comment("helper for @no-endpoint-services / @no-endpoint-nodeports");
+    reject.push(Rule::new(vec![Stmt::Reject]));
+
+    let mut markc = Chain::regular(MARK_FOR_MASQUERADE);
+    markc.push(Rule::new(vec![Stmt::SetMark(MarkOp::Or(mark))]));
+
+    let mut masq = Chain::regular(MASQUERADING);
+    masq.push(
+        Rule::new(vec![
+            Stmt::cmp(Field::CtStatus, Value::CtStatus(CtStatus::Dnat)),
+            Stmt::Lookup {
+                key: vec![Field::Saddr, Field::Daddr],
+                set: HAIRPIN.into(),
+                negate: false,
+            },
+            Stmt::jump(MARK_FOR_MASQUERADE),
+        ])
+        .with_comment("hairpin: a pod reaching itself through a service"),
+    );
+    masq.push(Rule::new(vec![
+        Stmt::cmp(Field::MarkAnd(mark), Value::Int(0)),
+        Stmt::Verdict(Verdict::Return),
+    ]));
+    masq.push(Rule::new(vec![Stmt::SetMark(MarkOp::Xor(mark))]));
+    masq.push(Rule::new(vec![Stmt::Masquerade]));
+
+    vec![
+        fpre, finput, ffwd, fout, fout_post, npre, nout, npost, services, check, np_check, fw, cic,
+        reject, markc, masq,
+    ]
+}
+
+/// Renders the table of one family.
+pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
+    let mut t = Table::new(fm.family, TABLE);
+    t.comment = Some("rules for kproxy".into());
+    for s in skeleton_sets(fm) {
+        t.add_set(s);
+    }
+    for c in skeleton_chains(fm) {
+        t.add_chain(c);
+    }
+    fill_skeleton_sets(fm, &mut t);
+    let mut pending = Pending::default();
+    let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new();
+    for sp in &fm.services {
+        render_service_port(fm, sp, &mut t, &mut pending, slots, &mut hairpin);
+    }
+    pending.add(
+        HAIRPIN,
+        hairpin
+            .into_iter()
+            .map(|ip| Element::key(vec![Value::Addr(ip), Value::Addr(ip)])),
+    );
+    for (set, elements) in pending.0 {
+        t.sets
+            .get_mut(set)
+            .expect("pending elements go to skeleton sets")
+            .extend(elements);
+    }
+    t
+}
+
+/// Elements collected per skeleton set while rendering, bulk-inserted at the end (sorting
+/// once is much cheaper than half a million ordered inserts).
+#[derive(Default)]
+struct Pending(HashMap<&'static str, Vec<Element>>);
+
+impl Pending {
+    fn push(&mut self, set: &'static str, e: Element) {
+        self.0.entry(set).or_default().push(e);
+    }
+    fn add(&mut self, set: &'static str, es: impl IntoIterator<Item = Element>) {
+        self.0.entry(set).or_default().extend(es);
+    }
+}
+
+fn fill_skeleton_sets(fm: &FamilyModel, t: &mut Table) {
+    if let NodePortIps::Ips(ips) = &fm.nodeport_ips {
+        let s = t.sets.get_mut(NODEPORT_IPS).expect("skeleton set");
+        for ip in ips.iter().filter(|ip| !ip.is_loopback()) {
+            s.insert(Element::key(vec![Value::Addr(*ip)]));
+        }
+    }
+    let s = t.sets.get_mut(SERVICE_CIDRS).expect("skeleton set");
+    for c in merge_cidrs(&fm.service_cidrs) {
+        s.insert(Element::key(vec![Value::Net(c)]));
+    }
+    if let LocalDetect::SourceCidrs(c) = &fm.local_detect {
+        if let Some(s) = t.sets.get_mut(POD_CIDRS) {
+            for c in merge_cidrs(c) {
+                s.insert(Element::key(vec![Value::Net(c)]));
+            }
+        }
+    }
+}
+
+/// Drops CIDRs contained in others: the kernel refuses overlapping interval elements.
+fn merge_cidrs(cidrs: &[IpNetwork]) -> Vec<IpNetwork> {
+    let mut v: Vec<IpNetwork> = cidrs
+        .iter()
+        .map(|c| IpNetwork::new(c.network(), c.prefix()).expect("same prefix is valid"))
+        .collect();
+    v.sort_by_key(|c| (c.prefix(), c.network()));
+    let mut out: Vec<IpNetwork> = Vec::new();
+    for c in v {
+        if !out.iter().any(|o| o.contains(c.network())) {
+            out.push(c);
+        }
+    }
+    out.sort_by_key(|c| (c.network(), c.prefix()));
+    out
+}
+
+fn svc_key(ip: IpAddr, proto: Protocol, port: u16) -> Vec<Value> {
+    vec![Value::Addr(ip), Value::Proto(proto), Value::Port(port)]
+}
+
+/// Chain names of one service port.
+struct PortChains {
+    cluster: String,
+    local: String,
+    external: String,
+}
+
+fn render_service_port(
+    fm: &FamilyModel,
+    sp: &ServicePort,
+    t: &mut Table,
+    pending: &mut Pending,
+    slots: &mut SlotAllocator,
+    hairpin: &mut BTreeSet<IpAddr>,
+) {
+    let proto = sp.name.protocol;
+    let label: Arc<str> = sp.name.to_string().into();
+    let base = chain_base(&sp.name);
+    let ch = PortChains {
+        cluster: format!("{PREFIX_CLUSTER}{base}"),
+        local: format!("{PREFIX_LOCAL}{base}"),
+        external: format!("{PREFIX_EXTERNAL}{base}"),
+    };
+
+    let has_endpoints = sp.has_endpoints;
+    let uses_cluster_chain = !sp.cluster_endpoints.is_empty() && sp.uses_cluster_endpoints();
+    let uses_local_chain = !sp.local_endpoints.is_empty() && sp.uses_local_endpoints();
+    let (internal_chain, has_internal) = if sp.internal_policy_local {
+        (&ch.local, has_endpoints && uses_local_chain)
+    } else {
+        (&ch.cluster, has_endpoints && uses_cluster_chain)
+    };
+    let (external_policy_chain, has_external) = if sp.external_policy_local {
+        (&ch.local, has_endpoints && uses_local_chain)
+    } else {
+        (&ch.cluster, has_endpoints && uses_cluster_chain)
+    };
+    let uses_external_chain = has_endpoints && sp.externally_accessible();
+    let reject = Verdict::Goto(REJECT.into());
+    let internal_filter = if has_endpoints {
+        Verdict::Drop
+    } else {
+        reject.clone()
+    };
+    let external_filter = internal_filter.clone();
+
+    let add = |p: &mut Pending, set: &'static str, e: Element| {
+        p.push(set, e.with_comment(label.clone()));
+    };
+
+    add(
+        pending,
+        CLUSTER_IPS,
+        Element::key(vec![Value::Addr(sp.cluster_ip)]),
+    );
+    // ClusterIP.
+    let cip = svc_key(sp.cluster_ip, proto, sp.port);
+    if has_internal {
+        add(
+            pending,
+            SERVICE_IPS,
+            Element::verdict(cip, Verdict::Goto(internal_chain.clone())),
+        );
+    } else {
+        add(
+            pending,
+            NO_ENDPOINT_SERVICES,
+            Element::verdict(cip, internal_filter),
+        );
+    }
+    // externalIPs and LoadBalancer IPs take external traffic.
+    for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
+        let key = svc_key(*ip, proto, sp.port);
+        if uses_external_chain {
+            add(
+                pending,
+                SERVICE_IPS,
+                Element::verdict(key.clone(), Verdict::Goto(ch.external.clone())),
+            );
+        }
+        if !has_external {
+            add(
+                pending,
+                NO_ENDPOINT_SERVICES,
+                Element::verdict(key, external_filter.clone()),
+            );
+        }
+    }
+    // loadBalancerSourceRanges: the LB IPs only (not NodePorts, not externalIPs).
+    if !sp.load_balancer_ips.is_empty() && !sp.source_ranges.is_empty() {
+        let from_node = fm
+            .node_ip
+            .is_some_and(|n| sp.source_ranges.iter().any(|r| r.contains(n)));
+        let mut sources = sp.source_ranges.clone();
+        if from_node {
+            sources.extend(sp.load_balancer_ips.iter().map(|ip| IpNetwork::from(*ip)));
+        }
+        let sources = merge_cidrs(&sources);
+        for lb in &sp.load_balancer_ips {
+            add(
+                pending,
+                FIREWALL_IPS,
+                Element::key(svc_key(*lb, proto, sp.port)),
+            );
+            for src in &sources {
+                let mut k = svc_key(*lb, proto, sp.port);
+                k.push(Value::Net(*src));
+                add(pending, FIREWALL_ALLOW, Element::key(k));
+            }
+        }
+    }
+    // NodePort.
+    if sp.node_port != 0 {
+        let key = vec![Value::Proto(proto), Value::Port(sp.node_port)];
+        if uses_external_chain {
+            add(
+                pending,
+                SERVICE_NODEPORTS,
+                Element::verdict(key.clone(), Verdict::Goto(ch.external.clone())),
+            );
+        }
+        if !has_external {
+            add(
+                pending,
+                NO_ENDPOINT_NODEPORTS,
+                Element::verdict(key, external_filter.clone()),
+            );
+        }
+    }
+
+    // Policy chains.
+    let mut cluster = uses_cluster_chain.then(|| Chain::regular(ch.cluster.clone()));
+    let mut local = uses_local_chain.then(|| Chain::regular(ch.local.clone()));
+
+    // Internal traffic: masquerade what does not come from a pod (or everything).
+    if has_internal {
+        let mut stmts = vec![
+            Stmt::cmp(Field::Daddr, Value::Addr(sp.cluster_ip)),
+            Stmt::cmp(Field::Dport(proto), Value::Port(sp.port)),
+        ];
+        let add_rule = if fm.masquerade_all {
+            true
+        } else if let Some(not_pod) = local_match(fm, true) {
+            stmts.extend(not_pod);
+            true
+        } else {
+            false
+        };
+        if add_rule {
+            stmts.push(Stmt::jump(MARK_FOR_MASQUERADE));
+            let target = if sp.internal_policy_local {
+                local.as_mut()
+            } else {
+                cluster.as_mut()
+            };
+            if let Some(c) = target {
+                c.push(Rule::new(stmts));
+            }
+        }
+    }
+
+    // External traffic.
+    if uses_external_chain {
+        let mut ext = Chain::regular(ch.external.clone());
+        if !sp.external_policy_local {
+            ext.push(
+                Rule::new(vec![Stmt::jump(MARK_FOR_MASQUERADE)])
+                    .with_comment("masquerade traffic from external"),
+            );
+        } else if uses_cluster_chain {
+            if let Some(mut is_pod) = local_match(fm, false) {
+                is_pod.push(Stmt::goto(ch.cluster.clone()));
+                ext.push(Rule::new(is_pod).with_comment("short-circuit pod traffic"));
+            }
+            let local_src = || Stmt::cmp(Field::FibSaddrType, Value::FibType(FibType::Local));
+            ext.push(
+                Rule::new(vec![local_src(), Stmt::jump(MARK_FOR_MASQUERADE)])
+                    .with_comment("masquerade local traffic"),
+            );
+            ext.push(
+                Rule::new(vec![local_src(), Stmt::goto(ch.cluster.clone())])
+                    .with_comment("short-circuit local traffic"),
+            );
+        }
+        if has_external {
+            ext.push(Rule::new(vec![Stmt::goto(external_policy_chain.clone())]));
+        }
+        t.add_chain(ext);
+    }
+
+    let lists = [
+        (cluster, &sp.cluster_endpoints, Policy::Cluster),
+        (local, &sp.local_endpoints, Policy::Local),
+    ];
+    for (chain, eps, policy) in lists {
+        let Some(mut chain) = chain else { continue };
+        hairpin.extend(eps.iter().map(|e| e.ip));
+        match sp.affinity_timeout {
+            None => {
+                let n = eps.len() as u32;
+                let range = slots.range(&(sp.name.clone(), policy), n);
+                let what: Arc<str> = match policy {
+                    Policy::Cluster => format!("{label} cluster"),
+                    Policy::Local => format!("{label} local"),
+                }
+                .into();
+                pending.add(
+                    ENDPOINTS,
+                    eps.iter().enumerate().map(|(i, ep)| {
+                        Element::values(
+                            vec![Value::Int(range.base + i as u32)],
+                            vec![Value::Addr(ep.ip), Value::Port(ep.port)],
+                        )
+                        .with_comment(what.clone())
+                    }),
+                );
+                chain.push(Rule::new(vec![Stmt::DnatSlot {
+                    proto,
+                    modulus: n,
+                    offset: range.base,
+                    map: ENDPOINTS.into(),
+                }]));
+            }
+            Some(timeout) => affinity_rules(sp, eps, timeout, &mut chain, t),
+        }
+        t.add_chain(chain);
+    }
+}
+
+/// Session affinity (ClientIP), as upstream: one dynamic set and one chain per endpoint.
+/// A known client goes back to its endpoint; a new one picks uniformly with sequential
+/// `numgen random mod k == 0` rules (k = n, n-1, …, 2), which needs no anonymous map.
+fn affinity_rules(
+    sp: &ServicePort,
+    eps: &[EndpointAddr],
+    timeout: u32,
+    chain: &mut Chain,
+    t: &mut Table,
+) {
+    let proto = sp.name.protocol;
+    let names: Vec<(String, String)> = eps
+        .iter()
+        .map(|ep| {
+            let b = endpoint_base(&sp.name, ep);
+            (
+                format!("{PREFIX_ENDPOINT}{b}"),
+                format!("{PREFIX_AFFINITY}{b}"),
+            )
+        })
+        .collect();
+    for (ep, (ep_chain, set)) in eps.iter().zip(&names) {
+        chain.push(Rule::new(vec![
+            Stmt::Lookup {
+                key: vec![Field::Saddr],
+                set: set.clone(),
+                negate: false,
+            },
+            Stmt::goto(ep_chain.clone()),
+        ]));
+        if t.chains.contains_key(ep_chain) {
+            continue; // shared by the Cluster and Local lists
+        }
+        let mut s = Set::new(set.clone(), vec![addr_type(t.family)], SetData::None)
+            .with_comment(format!("{} affinity to {ep}", sp.name));
+        s.flags.dynamic = true;
+        s.flags.timeout = true;
+        s.timeout = Some(timeout);
+        t.add_set(s);
+        let mut c = Chain::regular(ep_chain.clone());
+        c.push(Rule::new(vec![Stmt::Update {
+            set: set.clone(),
+            key: vec![Field::Saddr],
+        }]));
+        c.push(Rule::new(vec![Stmt::DnatTo {
+            proto,
+            addr: ep.ip,
+            port: ep.port,
+        }]));
+        t.add_chain(c);
+    }
+    let n = names.len() as u32;
+    for (i, (ep_chain, _)) in names.iter().enumerate() {
+        let k = n - i as u32;
+        if k > 1 {
+            chain.push(Rule::new(vec![
+                Stmt::cmp(
+                    Field::Numgen {
+                        modulus: k,
+                        offset: 0,
+                    },
+                    Value::Int(0),
+                ),
+                Stmt::goto(ep_chain.clone()),
+            ]));
+        } else {
+            chain.push(Rule::new(vec![Stmt::goto(ep_chain.clone())]));
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Shared test helpers: scenario discovery, running the kproxy binary, and throwaway
+//! network namespaces for kernel tests (removed on drop, also when a test fails).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every scenario directory under rules/scenarios, sorted.
+pub fn scenarios() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("rules/scenarios"))
+        .expect("rules/scenarios")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.join("manifests.yaml").exists())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The extra flags of a scenario (`args`: one per line).
+pub fn scenario_args(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("args"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Runs the kproxy binary.
+pub fn kproxy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .expect("run kproxy")
+}
+
+/// `kproxy SUB -f DIR/manifests.yaml ARGS… EXTRA…` for a scenario.
+pub fn kproxy_scenario(sub: &str, dir: &Path, extra: &[&str]) -> Output {
+    let manifests = dir
+        .strip_prefix(root())
+        .unwrap_or(dir)
+        .join("manifests.yaml");
+    let mut args: Vec<String> = vec![sub.into(), "-f".into(), manifests.display().to_string()];
+    args.extend(scenario_args(dir));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    kproxy(&refs)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether kernel tests can run. In CI (root) they always run: a missing privilege there
+/// fails the test instead of skipping it. Elsewhere without root: one line, then skip.
+pub fn kernel_tests_enabled(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI is set but not running as root; kernel tests cannot run");
+    }
+    println!("skipping {test}: needs root for network namespaces (not root, CI unset)");
+    false
+}
+
+static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace that exists for the lifetime of this value.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("kpx-{tag}-{}-{n}", std::process::id());
+        run_ok("ip", &["netns", "add", &name]);
+        Netns { name }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+pub fn run_ok(cmd: &str, args: &[&str]) -> Output {
+    let o = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The in-process pipeline: manifests text + kube-proxy flags → (model, warnings, ruleset).
+pub fn pipeline(
+    yaml: &str,
+    flags: &[&str],
+) -> (
+    kproxy::model::Model,
+    Vec<kproxy::model::Warning>,
+    kproxy::nft::Ruleset,
+) {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        proxy: kproxy::config::ProxyFlags,
+    }
+    let mut argv = vec!["kproxy"];
+    argv.extend_from_slice(flags);
+    let f = Flags::try_parse_from(argv).expect("flags parse");
+    let config = kproxy::config::Config::from_flags(&f.proxy).expect("valid flags");
+    let loaded = kproxy::k8s::manifests::load_str("fixture.yaml", yaml);
+    assert!(loaded.warnings.is_empty(), "fixture: {:?}", loaded.warnings);
+    let (model, warnings) = kproxy::model::build(&loaded.objects, &config.settings);
+    let rs = kproxy::render::render(&model);
+    (model, warnings, rs)
+}

@@ -1,0 +1,535 @@
+//! Property tests over generated clusters (valid and malformed objects mixed):
+//! - building and rendering never panic;
+//! - rendering is deterministic and independent of object order (text and warnings);
+//! - every name is valid for nft and within its length limit, and every reference
+//!   (jump/goto, vmap element, set lookup, dynamic update, endpoint map) resolves to an
+//!   object of the right kind; every regular chain is reachable from a base chain;
+//! - every numgen slot a service chain can draw exists in the endpoint map;
+//! - for every service port, a new connection from a pod to its ClusterIP reaches exactly
+//!   the endpoints the model chose (or is rejected / dropped as the model says);
+//! - a re-render after one endpoint is added changes only that service's objects.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy::model::build::{Objects, Settings};
+use kproxy::model::{self, LocalDetect};
+use kproxy::nft::*;
+use kproxy::render::{self, RenderState};
+use kproxy::trace::{trace, Host, Origin, Probe, TraceVerdict};
+use proptest::prelude::*;
+use serde_json::{json, Value as J};
+
+const NODE_IP: &str = "192.168.50.10";
+
+fn ipv4(i: u32) -> String {
+    format!("10.{}.{}.{}", 96 + (i >> 16) % 8, (i >> 8) & 255, i & 255)
+}
+
+/// A pool of address strings, mostly valid, sometimes not.
+fn addr_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => (0u32..2000).prop_map(|i| format!("10.244.{}.{}", i / 250, i % 250 + 1)),
+        2 => (0u32..2000).prop_map(|i| format!("fd00:10:244::{:x}", i + 1)),
+        1 => Just("10.244.0.300".to_string()),
+        1 => Just("not-an-ip".to_string()),
+    ]
+}
+
+fn protocol_strategy() -> impl Strategy<Value = J> {
+    prop_oneof![
+        6 => Just(json!("TCP")),
+        3 => Just(json!("UDP")),
+        1 => Just(json!("SCTP")),
+        1 => Just(json!("ICMP")),
+        1 => Just(J::Null),
+    ]
+}
+
+fn port_strategy() -> impl Strategy<Value = i32> {
+    prop_oneof![10 => 1i32..65536, 1 => Just(0), 1 => Just(70000), 1 => Just(-1)]
+}
+
+#[derive(Clone, Debug)]
+struct GenEndpoint {
+    addr: String,
+    node: Option<u8>,
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+    zone_hint: Option<u8>,
+}
+
+#[derive(Clone, Debug)]
+struct GenService {
+    kind: u8,
+    ports: Vec<(Option<String>, i32, J, i32)>,
+    etp_local: bool,
+    itp_local: bool,
+    affinity: Option<Option<i32>>,
+    external_ips: Vec<String>,
+    lb_ips: Vec<String>,
+    source_ranges: Vec<String>,
+    endpoints: Vec<GenEndpoint>,
+    slice_port_names: Vec<Option<String>>,
+    slice_protocol_v6: bool,
+    orphan_slice: bool,
+}
+
+fn endpoint_strategy() -> impl Strategy<Value = GenEndpoint> {
+    (
+        addr_strategy(),
+        prop::option::of(0u8..3),
+        prop::option::of(any::<bool>()),
+        prop::option::of(any::<bool>()),
+        prop::option::of(any::<bool>()),
+        prop::option::of(0u8..2),
+    )
+        .prop_map(
+            |(addr, node, ready, serving, terminating, zone_hint)| GenEndpoint {
+                addr,
+                node,
+                ready,
+                serving,
+                terminating,
+                zone_hint,
+            },
+        )
+}
+
+fn service_strategy() -> impl Strategy<Value = GenService> {
+    (
+        0u8..4,
+        prop::collection::vec(
+            (
+                prop::option::of(prop_oneof![
+                    Just("http".to_string()),
+                    Just("dns".to_string()),
+                    Just("a".to_string())
+                ]),
+                port_strategy(),
+                protocol_strategy(),
+                prop_oneof![5 => 30000i32..32768, 5 => Just(0)],
+            ),
+            1..4,
+        ),
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(prop::option::of(prop_oneof![1i32..100000, Just(-5)])),
+        prop::collection::vec(addr_strategy(), 0..2),
+        prop::collection::vec(
+            prop_oneof![
+                (0u8..50).prop_map(|i| format!("203.0.113.{i}")),
+                Just("300.1.1.1".to_string())
+            ],
+            0..2,
+        ),
+        prop::collection::vec(
+            prop_oneof![
+                Just("198.51.100.0/24".to_string()),
+                Just("192.168.50.0/24".to_string()),
+                Just("10.0.0.0/33".to_string())
+            ],
+            0..2,
+        ),
+        prop::collection::vec(endpoint_strategy(), 0..6),
+        (
+            prop::collection::vec(
+                prop::option::of(prop_oneof![
+                    Just("http".to_string()),
+                    Just("dns".to_string()),
+                    Just("a".to_string())
+                ]),
+                1..3,
+            ),
+            any::<bool>(),
+            prop::bool::weighted(0.1),
+        ),
+    )
+        .prop_map(
+            |(
+                kind,
+                ports,
+                etp_local,
+                itp_local,
+                affinity,
+                external_ips,
+                lb_ips,
+                source_ranges,
+                endpoints,
+                (slice_port_names, slice_protocol_v6, orphan_slice),
+            )| GenService {
+                kind,
+                ports,
+                etp_local,
+                itp_local,
+                affinity,
+                external_ips,
+                lb_ips,
+                source_ranges,
+                endpoints,
+                slice_port_names,
+                slice_protocol_v6,
+                orphan_slice,
+            },
+        )
+}
+
+/// Turns generated services into k8s objects (ClusterIPs unique by index).
+fn objects(gen: &[GenService]) -> Objects {
+    let mut o = Objects::default();
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-0"}},
+        "spec": {"podCIDRs": ["10.244.0.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}
+    }))
+    .unwrap();
+    o.nodes.push(node);
+    for (i, g) in gen.iter().enumerate() {
+        let name = format!("svc{i}");
+        let kind = ["ClusterIP", "NodePort", "LoadBalancer", "ClusterIP"][g.kind as usize];
+        let ports: Vec<J> = g
+            .ports
+            .iter()
+            .map(|(n, p, proto, np)| {
+                let mut v = json!({"port": p, "targetPort": p});
+                if let Some(n) = n {
+                    v["name"] = json!(n);
+                }
+                if !proto.is_null() {
+                    v["protocol"] = proto.clone();
+                }
+                if *np != 0 && kind != "ClusterIP" {
+                    v["nodePort"] = json!(np);
+                }
+                v
+            })
+            .collect();
+        let mut spec = json!({
+            "type": kind,
+            "clusterIP": ipv4(i as u32 + 1),
+            "ports": ports,
+            "externalIPs": g.external_ips,
+            "loadBalancerSourceRanges": g.source_ranges,
+        });
+        if g.etp_local && kind != "ClusterIP" {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
+        if g.itp_local {
+            spec["internalTrafficPolicy"] = json!("Local");
+        }
+        if let Some(t) = g.affinity {
+            spec["sessionAffinity"] = json!("ClientIP");
+            if let Some(t) = t {
+                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": t}});
+            }
+        }
+        let ingress: Vec<J> = g.lb_ips.iter().map(|ip| json!({"ip": ip})).collect();
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec,
+            "status": {"loadBalancer": {"ingress": ingress}},
+        }))
+        .unwrap();
+        o.services.push(svc);
+        let eps: Vec<J> = g
+            .endpoints
+            .iter()
+            .map(|e| {
+                let mut v = json!({"addresses": [e.addr], "conditions": {}});
+                if let Some(n) = e.node {
+                    v["nodeName"] = json!(format!("node-{}", ["a", "b", "c"][n as usize]));
+                }
+                for (k, c) in [
+                    ("ready", e.ready),
+                    ("serving", e.serving),
+                    ("terminating", e.terminating),
+                ] {
+                    if let Some(c) = c {
+                        v["conditions"][k] = json!(c);
+                    }
+                }
+                if let Some(z) = e.zone_hint {
+                    v["hints"] = json!({"forZones": [{"name": format!("zone-{z}")}]});
+                }
+                v
+            })
+            .collect();
+        let sports: Vec<J> = g
+            .slice_port_names
+            .iter()
+            .zip(&g.ports)
+            .map(|(n, (_, p, proto, _))| {
+                json!({"name": n.clone().unwrap_or_default(), "port": p, "protocol": if proto.is_null() { json!("TCP") } else { proto.clone() }})
+            })
+            .collect();
+        let target = if g.orphan_slice {
+            format!("gone{i}")
+        } else {
+            name.clone()
+        };
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-x"), "namespace": "ns", "labels": {"kubernetes.io/service-name": target}},
+            "addressType": if g.slice_protocol_v6 { "IPv6" } else { "IPv4" },
+            "ports": sports,
+            "endpoints": eps,
+        }))
+        .unwrap();
+        o.slices.push(slice);
+    }
+    o
+}
+
+fn settings() -> Settings {
+    Settings {
+        hostname: "node-a".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Settings::default()
+    }
+}
+
+/// Every reference in a table resolves, names are valid, every per-service chain is
+/// reachable.
+fn check_table(t: &Table) {
+    for name in t.chains.keys().chain(t.sets.keys()) {
+        assert!(valid_name(name), "invalid name {name:?}");
+        assert!(name.len() <= NAME_MAX);
+    }
+    let chain_exists = |c: &str| assert!(t.chains.contains_key(c), "missing chain {c}");
+    let map_of = |s: &str, want_map: bool| {
+        let set = t.sets.get(s).unwrap_or_else(|| panic!("missing set {s}"));
+        assert_eq!(set.is_map(), want_map, "set {s} kind");
+        set
+    };
+    let mut edges: Vec<(String, String)> = Vec::new();
+    for s in t.sets.values() {
+        for e in &s.elements {
+            assert_eq!(e.key.len(), s.key.len(), "{}: key arity", s.name);
+            match (&s.data, &e.data) {
+                (SetData::None, ElementData::None) => {}
+                (SetData::Verdict, ElementData::Verdict(v)) => {
+                    if let Some(c) = v.target() {
+                        chain_exists(c);
+                        edges.push((format!("@{}", s.name), c.to_string()));
+                    }
+                }
+                (SetData::Values(ts), ElementData::Values(vs)) => assert_eq!(ts.len(), vs.len()),
+                _ => panic!("{}: element data does not match the set", s.name),
+            }
+        }
+    }
+    for c in t.chains.values() {
+        for r in &c.rules {
+            for s in &r.stmts {
+                match s {
+                    Stmt::Verdict(v) => {
+                        if let Some(target) = v.target() {
+                            chain_exists(target);
+                            edges.push((c.name.clone(), target.to_string()));
+                        }
+                    }
+                    Stmt::Vmap { map, .. } => {
+                        map_of(map, true);
+                        edges.push((c.name.clone(), format!("@{map}")));
+                    }
+                    Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => {
+                        map_of(set, false);
+                    }
+                    Stmt::DnatSlot {
+                        modulus,
+                        offset,
+                        map,
+                        ..
+                    } => {
+                        let m = map_of(map, true);
+                        assert!(*modulus > 0);
+                        for slot in *offset..offset + modulus {
+                            assert!(
+                                m.elements.contains_key(&[Value::Int(slot)]),
+                                "{}: slot {slot} missing",
+                                c.name
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Reachability from base chains.
+    let mut seen: HashSet<String> = t
+        .chains
+        .values()
+        .filter(|c| c.base.is_some())
+        .map(|c| c.name.clone())
+        .collect();
+    let mut todo: Vec<String> = seen.iter().cloned().collect();
+    while let Some(n) = todo.pop() {
+        for (from, to) in &edges {
+            if *from == n && seen.insert(to.clone()) {
+                todo.push(to.clone());
+            }
+        }
+    }
+    // Per-service chains (their names carry namespace/name) are never left behind; the
+    // fixed skeleton (e.g. reject-chain, used only by map elements) always exists.
+    for c in t.chains.keys().filter(|c| c.contains('/')) {
+        assert!(seen.contains(c), "chain {c} is unreachable");
+    }
+}
+
+/// Slot ranges of different rules never overlap.
+fn check_slots_disjoint(t: &Table) {
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut ranges: HashSet<(u32, u32)> = HashSet::new();
+    for c in t.chains.values() {
+        for r in &c.rules {
+            for s in &r.stmts {
+                if let Stmt::DnatSlot {
+                    modulus, offset, ..
+                } = s
+                {
+                    if ranges.insert((*offset, *modulus)) {
+                        for slot in *offset..offset + modulus {
+                            assert!(used.insert(slot), "slot {slot} used twice");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn render_is_total_deterministic_and_order_independent(
+        gen in prop::collection::vec(service_strategy(), 0..12),
+        seed in any::<u64>(),
+    ) {
+        let objs = objects(&gen);
+        let (m1, w1) = model::build(&objs, &settings());
+        let r1 = render::render(&m1);
+        let t1 = text::ruleset(&r1);
+        // Same input again.
+        let (m2, w2) = model::build(&objs, &settings());
+        prop_assert_eq!(&t1, &text::ruleset(&render::render(&m2)));
+        prop_assert_eq!(&w1, &w2);
+        // Shuffled object order.
+        let mut shuffled = objs.clone();
+        let n = shuffled.services.len().max(1);
+        shuffled.services.rotate_left((seed as usize) % n);
+        shuffled.slices.reverse();
+        let (m3, w3) = model::build(&shuffled, &settings());
+        prop_assert_eq!(&t1, &text::ruleset(&render::render(&m3)));
+        prop_assert_eq!(&w1, &w3);
+        for t in &r1.tables {
+            check_table(t);
+            check_slots_disjoint(t);
+        }
+    }
+
+    #[test]
+    fn clusterip_traffic_reaches_exactly_the_models_endpoints(
+        gen in prop::collection::vec(service_strategy(), 1..8),
+    ) {
+        let objs = objects(&gen);
+        let mut s = settings();
+        s.detect_local_mode = model::build::DetectLocalMode::ClusterCidr;
+        let (m, _) = model::build(&objs, &s);
+        let rs = render::render(&m);
+        let fm = m.family(Family::V4).unwrap();
+        prop_assert!(matches!(fm.local_detect, LocalDetect::SourceCidrs(_)));
+        let host = Host { local_addrs: vec![NODE_IP.parse().unwrap()] };
+        for sp in &fm.services {
+            let t = trace(&rs, &host, &Probe {
+                origin: Origin::Pod { iifname: "cni0".into() },
+                src: "10.244.0.99".parse().unwrap(),
+                dst: sp.cluster_ip,
+                proto: sp.name.protocol,
+                port: sp.port,
+            });
+            if !sp.has_endpoints {
+                prop_assert_eq!(t.verdict, TraceVerdict::Reject, "{}", sp.name);
+            } else if sp.internal_endpoints().is_empty() {
+                prop_assert_eq!(t.verdict, TraceVerdict::Drop, "{}", sp.name);
+            } else {
+                prop_assert_eq!(t.verdict, TraceVerdict::Dnat, "{}", sp.name);
+                let want: BTreeSet<_> = sp.internal_endpoints().iter().copied().collect();
+                let got: BTreeSet<_> = t.endpoints.iter().copied().collect();
+                prop_assert_eq!(got, want, "{}", sp.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn adding_one_endpoint_rewrites_only_that_service() {
+    let gen: Vec<GenService> = (0..20)
+        .map(|i| GenService {
+            kind: 1,
+            ports: vec![(Some("http".into()), 80, json!("TCP"), 30000 + i)],
+            etp_local: false,
+            itp_local: false,
+            affinity: None,
+            external_ips: vec![],
+            lb_ips: vec![],
+            source_ranges: vec![],
+            endpoints: (0..3)
+                .map(|e| GenEndpoint {
+                    addr: format!("10.244.{i}.{}", e + 1),
+                    node: Some(1),
+                    ready: None,
+                    serving: None,
+                    terminating: None,
+                    zone_hint: None,
+                })
+                .collect(),
+            slice_port_names: vec![Some("http".into())],
+            slice_protocol_v6: false,
+            orphan_slice: false,
+        })
+        .collect();
+    let mut state = RenderState::default();
+    let (m1, _) = model::build(&objects(&gen), &settings());
+    let before = render::render_with(&m1, &mut state);
+    let mut gen2 = gen.clone();
+    gen2[7].endpoints.push(GenEndpoint {
+        addr: "10.244.7.99".into(),
+        node: Some(2),
+        ready: None,
+        serving: None,
+        terminating: None,
+        zone_hint: None,
+    });
+    let (m2, _) = model::build(&objects(&gen2), &settings());
+    let after = render::render_with(&m2, &mut state);
+    let (a, b) = (
+        before.table(Family::V4).unwrap(),
+        after.table(Family::V4).unwrap(),
+    );
+    let changed: Vec<&String> = a
+        .chains
+        .keys()
+        .filter(|k| a.chains.get(*k) != b.chains.get(*k))
+        .collect();
+    assert_eq!(
+        changed.len(),
+        1,
+        "only ns/svc7's service chain changes: {changed:?}"
+    );
+    assert!(changed[0].contains("ns/svc7/"));
+    let ea = &a.sets["endpoints"].elements;
+    let eb = &b.sets["endpoints"].elements;
+    let diff = eb.iter().filter(|e| ea.get(&e.key) != Some(*e)).count()
+        + ea.keys().filter(|k| !eb.contains_key(k)).count();
+    // 3 → 4 endpoints fits the range of 4: exactly one new slot, nothing else moves.
+    assert_eq!(diff, 1, "endpoint map elements changed");
+    let hp_diff =
+        b.sets["hairpin-endpoints"].elements.len() - a.sets["hairpin-endpoints"].elements.len();
+    assert_eq!(hp_diff, 1);
+}
