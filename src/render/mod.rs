@@ -562,23 +562,21 @@ fn render_service_port(
             Element::verdict(cip, internal_filter),
         );
     }
-    // externalIPs and LoadBalancer IPs take external traffic.
-    for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
-        let key = svc_key(*ip, proto, sp.port);
+    // An entry point for external traffic (externalIP, LB IP, NodePort): dispatched to the
+    // external chain while the service has endpoints anywhere (pods and the node may still
+    // short-circuit), and given the no-endpoint verdict while external traffic has none.
+    let external_entry = |p: &mut Pending, dispatch: &'static str, none: &'static str, key| {
         if uses_external_chain {
-            add(
-                pending,
-                SERVICE_IPS,
-                Element::verdict(key.clone(), Verdict::Goto(ch.external.clone())),
-            );
+            let goto = Verdict::Goto(ch.external.clone());
+            add(p, dispatch, Element::verdict(Vec::clone(&key), goto));
         }
         if !has_external {
-            add(
-                pending,
-                NO_ENDPOINT_SERVICES,
-                Element::verdict(key, external_filter.clone()),
-            );
+            add(p, none, Element::verdict(key, external_filter.clone()));
         }
+    };
+    for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
+        let key = svc_key(*ip, proto, sp.port);
+        external_entry(pending, SERVICE_IPS, NO_ENDPOINT_SERVICES, key);
     }
     // loadBalancerSourceRanges: the LB IPs only (not NodePorts, not externalIPs).
     if !sp.load_balancer_ips.is_empty() && !sp.source_ranges.is_empty() {
@@ -603,23 +601,9 @@ fn render_service_port(
             }
         }
     }
-    // NodePort.
     if sp.node_port != 0 {
         let key = vec![Value::Proto(proto), Value::Port(sp.node_port)];
-        if uses_external_chain {
-            add(
-                pending,
-                SERVICE_NODEPORTS,
-                Element::verdict(key.clone(), Verdict::Goto(ch.external.clone())),
-            );
-        }
-        if !has_external {
-            add(
-                pending,
-                NO_ENDPOINT_NODEPORTS,
-                Element::verdict(key, external_filter.clone()),
-            );
-        }
+        external_entry(pending, SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS, key);
     }
 
     // Policy chains.
