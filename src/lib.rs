@@ -19,8 +19,10 @@
 //! The pure core (`model`, `nft`, `render`, `trace`) does no I/O, reads no clocks and
 //! spawns nothing; only `k8s::manifests` and `config` read files, and only `main` exits.
 
+pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod k8s;
 pub mod model;
 pub mod nft;

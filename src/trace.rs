@@ -713,6 +713,16 @@ impl<'a> Tracer<'a> {
                 return vec![(t, Flow::Next)];
             };
             match stmt {
+                // A statement kproxy did not write: its effect is unknown, so the rule is
+                // treated as not matching (the step records it).
+                Stmt::Foreign(_) => {
+                    self.record(
+                        &mut t,
+                        ctx,
+                        Some("statement not kproxy's: treated as no match".into()),
+                    );
+                    return vec![(t, Flow::Next)];
+                }
                 Stmt::Cmp { field, op, value } => {
                     let Some(vals) = self.field_values(&t.pkt, field) else {
                         return vec![(t, Flow::Next)];

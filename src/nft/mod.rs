@@ -13,6 +13,7 @@
 //! [`valid_name`].
 
 pub mod text;
+pub mod tx;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -433,6 +434,10 @@ pub enum Stmt {
     /// `reject` (ICMP port unreachable for IPv4, ICMPv6 port unreachable for IPv6). Terminal.
     Reject,
     Verdict(Verdict),
+    /// A statement read back from the kernel that this vocabulary does not describe
+    /// (someone else's rule, or a hand edit), with the best description available. Never
+    /// rendered by kproxy: a chain holding one differs from anything kproxy means.
+    Foreign(String),
 }
 
 impl Stmt {

@@ -61,43 +61,8 @@ fn set(family: Family, s: &Set) -> String {
     let mut out = String::new();
     let kw = if s.is_map() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kw} {} {{", s.name);
-    let data_types: &[DataType] = match &s.data {
-        SetData::Values(v) => v,
-        _ => &[],
-    };
-    let use_typeof = s.key.contains(&DataType::Slot) || data_types.contains(&DataType::Slot);
-    let _ = write!(out, "\t\t{} ", if use_typeof { "typeof" } else { "type" });
-    out.push_str(&types(family, &s.key, use_typeof));
-    match &s.data {
-        SetData::None => {}
-        SetData::Verdict => out.push_str(" : verdict"),
-        SetData::Values(v) => {
-            out.push_str(" : ");
-            out.push_str(&types(family, v, use_typeof));
-        }
-    }
-    out.push('\n');
-    let mut flags = Vec::new();
-    if s.flags.dynamic {
-        flags.push("dynamic");
-    }
-    if s.flags.interval {
-        flags.push("interval");
-    }
-    if s.flags.timeout {
-        flags.push("timeout");
-    }
-    if !flags.is_empty() {
-        let _ = writeln!(out, "\t\tflags {}", flags.join(","));
-    }
-    if let Some(t) = s.timeout {
-        let _ = writeln!(out, "\t\ttimeout {t}s");
-    }
-    if let Some(n) = s.size {
-        let _ = writeln!(out, "\t\tsize {n}");
-    }
-    if let Some(c) = &s.comment {
-        let _ = writeln!(out, "\t\tcomment {}", quote(c));
+    for line in set_decl(family, s) {
+        let _ = writeln!(out, "\t\t{line}");
     }
     if !s.elements.is_empty() {
         out.push_str("\t\telements = {\n");
@@ -111,6 +76,51 @@ fn set(family: Family, s: &Set) -> String {
     }
     out.push_str("\t}\n\n");
     out
+}
+
+/// The declaration lines of a set or map (type, flags, timeout, size, comment).
+fn set_decl(family: Family, s: &Set) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut out = String::new();
+    let data_types: &[DataType] = match &s.data {
+        SetData::Values(v) => v,
+        _ => &[],
+    };
+    let use_typeof = s.key.contains(&DataType::Slot) || data_types.contains(&DataType::Slot);
+    let _ = write!(out, "{} ", if use_typeof { "typeof" } else { "type" });
+    out.push_str(&types(family, &s.key, use_typeof));
+    match &s.data {
+        SetData::None => {}
+        SetData::Verdict => out.push_str(" : verdict"),
+        SetData::Values(v) => {
+            out.push_str(" : ");
+            out.push_str(&types(family, v, use_typeof));
+        }
+    }
+    lines.push(out);
+    let mut flags = Vec::new();
+    if s.flags.dynamic {
+        flags.push("dynamic");
+    }
+    if s.flags.interval {
+        flags.push("interval");
+    }
+    if s.flags.timeout {
+        flags.push("timeout");
+    }
+    if !flags.is_empty() {
+        lines.push(format!("flags {}", flags.join(",")));
+    }
+    if let Some(t) = s.timeout {
+        lines.push(format!("timeout {t}s"));
+    }
+    if let Some(n) = s.size {
+        lines.push(format!("size {n}"));
+    }
+    if let Some(c) = &s.comment {
+        lines.push(format!("comment {}", quote(c)));
+    }
+    lines
 }
 
 fn types(family: Family, parts: &[DataType], use_typeof: bool) -> String {
@@ -174,17 +184,8 @@ pub fn element(e: &Element) -> String {
 fn chain(family: Family, c: &Chain) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\tchain {} {{", c.name);
-    if let Some(b) = &c.base {
-        let _ = writeln!(
-            out,
-            "\t\ttype {} hook {} priority {}; policy accept;",
-            b.kind.name(),
-            b.hook.name(),
-            b.priority
-        );
-    }
-    if let Some(cm) = &c.comment {
-        let _ = writeln!(out, "\t\tcomment {}", quote(cm));
+    for line in chain_decl(&c.base, &c.comment) {
+        let _ = writeln!(out, "\t\t{line}");
     }
     for r in &c.rules {
         out.push_str("\t\t");
@@ -192,6 +193,99 @@ fn chain(family: Family, c: &Chain) -> String {
         out.push('\n');
     }
     out.push_str("\t}\n\n");
+    out
+}
+
+/// The declaration lines of a chain (base chain type/hook/priority, comment).
+fn chain_decl(base: &Option<BaseChain>, comment: &Option<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(b) = base {
+        lines.push(format!(
+            "type {} hook {} priority {}; policy accept;",
+            b.kind.name(),
+            b.hook.name(),
+            b.priority
+        ));
+    }
+    if let Some(c) = comment {
+        lines.push(format!("comment {};", quote(c)));
+    }
+    lines
+}
+
+/// A transaction as `nft -f` commands, one per line (elements one per line inside their
+/// braces). What `--dry-run` prints and trace-level logs show.
+pub fn transaction(tx: &tx::Transaction) -> String {
+    use tx::Op;
+    let mut out = String::new();
+    for op in &tx.ops {
+        let t = op.table();
+        let tn = format!("{} {}", t.family, t.name);
+        match op {
+            Op::AddTable { comment, .. } => match comment {
+                Some(c) => {
+                    let _ = writeln!(out, "add table {tn} {{ comment {}; }}", quote(c));
+                }
+                None => {
+                    let _ = writeln!(out, "add table {tn}");
+                }
+            },
+            Op::DeleteTable { .. } => {
+                let _ = writeln!(out, "delete table {tn}");
+            }
+            Op::AddChain { chain, .. } => {
+                let decl = chain_decl(&chain.base, &chain.comment);
+                if decl.is_empty() {
+                    let _ = writeln!(out, "add chain {tn} {}", chain.name);
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "add chain {tn} {} {{ {} }}",
+                        chain.name,
+                        decl.join(" ")
+                    );
+                }
+            }
+            Op::FlushChain { chain, .. } => {
+                let _ = writeln!(out, "flush chain {tn} {chain}");
+            }
+            Op::DeleteChain { chain, .. } => {
+                let _ = writeln!(out, "delete chain {tn} {chain}");
+            }
+            Op::AddRule { chain, rule: r, .. } => {
+                let _ = writeln!(out, "add rule {tn} {chain} {}", rule(t.family, r));
+            }
+            Op::AddSet { set, .. } => {
+                let kw = if set.is_map() { "map" } else { "set" };
+                let _ = writeln!(
+                    out,
+                    "add {kw} {tn} {} {{ {}; }}",
+                    set.name,
+                    set_decl(t.family, set).join("; ")
+                );
+            }
+            Op::DeleteSet { set, .. } => {
+                let _ = writeln!(out, "delete set {tn} {set}");
+            }
+            Op::AddElements { set, elements, .. } => {
+                let _ = writeln!(out, "add element {tn} {set} {{");
+                let n = elements.len();
+                for (i, e) in elements.iter().enumerate() {
+                    let _ = writeln!(out, "\t{}{}", element(e), if i + 1 < n { "," } else { "" });
+                }
+                out.push_str("}\n");
+            }
+            Op::DeleteElements { set, keys, .. } => {
+                let _ = writeln!(out, "delete element {tn} {set} {{");
+                let n = keys.len();
+                for (i, k) in keys.iter().enumerate() {
+                    let key = k.iter().map(value).collect::<Vec<_>>().join(" . ");
+                    let _ = writeln!(out, "\t{key}{}", if i + 1 < n { "," } else { "" });
+                }
+                out.push_str("}\n");
+            }
+        }
+    }
     out
 }
 
@@ -247,6 +341,7 @@ pub fn stmt(family: Family, s: &Stmt) -> String {
         Stmt::Masquerade => "masquerade fully-random".to_string(),
         Stmt::Reject => "reject".to_string(),
         Stmt::Verdict(v) => verdict(v),
+        Stmt::Foreign(d) => format!("# not kproxy's: {d}"),
     }
 }
 

@@ -1,0 +1,69 @@
+//! Backends: where transactions are applied and current state is read back.
+//!
+//! Owns: the [`Backend`] seam. `netlink` is the only code that touches the kernel's
+//! nftables; `fake` is the in-memory, validating, all-or-nothing test double. `sync` and
+//! `kproxy apply` are written against the trait and never know which one they drive.
+
+pub mod fake;
+pub mod netlink;
+
+use std::fmt;
+
+use crate::nft::tx::Transaction;
+use crate::nft::Ruleset;
+
+/// What applying a transaction cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Netlink messages sent (0 for an empty transaction, which is not sent at all).
+    pub messages: usize,
+    /// Bytes of the encoded batch.
+    pub bytes: usize,
+}
+
+/// One operation the kernel (or the fake) refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpFailure {
+    /// Index of the operation in the transaction.
+    pub index: usize,
+    /// `Op::describe()` of it, plus the object it names where useful.
+    pub op: String,
+    /// The errno the kernel reported (e.g. `libc::ENOENT`).
+    pub errno: i32,
+}
+
+impl fmt::Display for OpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "operation #{} ({}): {}",
+            self.index,
+            self.op,
+            std::io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The transaction was refused as a whole; nothing changed. Every failing operation
+    /// the kernel reported is listed (the first is usually the cause).
+    #[error("transaction rejected, nothing changed: {}", .failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
+    Rejected { failures: Vec<OpFailure> },
+    /// Talking to the kernel failed (socket, buffer sizes, truncated replies).
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("netlink I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Applies transactions and reads state back.
+pub trait Backend {
+    /// Applies `tx` atomically: on `Ok` every operation is committed; on `Err` nothing
+    /// changed. An empty transaction succeeds without sending anything.
+    fn apply(&mut self, tx: &Transaction) -> Result<ApplyReport, BackendError>;
+    /// kproxy's tables (`ip` and `ip6`, by the backend's table name) as they are now;
+    /// a missing table is simply absent. Elements of dynamic sets (affinity) are the
+    /// runtime contents and must be ignored by callers that compare.
+    fn dump(&mut self) -> Result<Ruleset, BackendError>;
+}

@@ -1,0 +1,192 @@
+//! A transaction: the ordered operations that turn what the kernel holds into what was
+//! meant, applied atomically (one netlink batch).
+//!
+//! Owns: the operation vocabulary shared by `diff` (produces it), `backend::fake` and
+//! `backend::netlink` (apply it) and `nft::text` (prints it as `nft -f` commands for
+//! `--dry-run` and logs).
+//!
+//! Semantics of each operation are the kernel's (as `nft` commands):
+//! - `AddTable`, `AddChain`, `AddSet` create the object if missing and leave an existing
+//!   one alone (no `NLM_F_EXCL`), like `nft add`.
+//! - `AddRule` appends to the chain. `FlushChain` removes every rule of the chain.
+//! - `AddElements` adds elements; an existing key is an error unless the element is
+//!   identical (kernel: `EEXIST` with `NLM_F_EXCL`, which kproxy never sets, so it is not
+//!   an error). To change an element's data, delete then add it in the same transaction.
+//! - `DeleteElements`, `DeleteChain`, `DeleteSet`, `DeleteTable` fail on missing objects
+//!   (`ENOENT`); deleting a chain or set that something still references fails (`EBUSY`).
+//!
+//! Must not: do I/O.
+
+use super::{BaseChain, Element, Family, Rule, Set, Value};
+
+/// Which table an operation works on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRef {
+    pub family: Family,
+    pub name: String,
+}
+
+impl TableRef {
+    pub fn new(family: Family, name: impl Into<String>) -> TableRef {
+        TableRef {
+            family,
+            name: name.into(),
+        }
+    }
+}
+
+/// A chain's declaration without its rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainDecl {
+    pub name: String,
+    pub base: Option<BaseChain>,
+    pub comment: Option<String>,
+}
+
+/// One operation of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    AddTable {
+        table: TableRef,
+        comment: Option<String>,
+    },
+    DeleteTable {
+        table: TableRef,
+    },
+    AddChain {
+        table: TableRef,
+        chain: ChainDecl,
+    },
+    FlushChain {
+        table: TableRef,
+        chain: String,
+    },
+    DeleteChain {
+        table: TableRef,
+        chain: String,
+    },
+    AddRule {
+        table: TableRef,
+        chain: String,
+        rule: Rule,
+    },
+    /// Declares a set or map; its `elements` are ignored (use `AddElements`).
+    AddSet {
+        table: TableRef,
+        set: Set,
+    },
+    DeleteSet {
+        table: TableRef,
+        set: String,
+    },
+    AddElements {
+        table: TableRef,
+        set: String,
+        elements: Vec<Element>,
+    },
+    DeleteElements {
+        table: TableRef,
+        set: String,
+        keys: Vec<Vec<Value>>,
+    },
+}
+
+impl Op {
+    pub fn table(&self) -> &TableRef {
+        match self {
+            Op::AddTable { table, .. }
+            | Op::DeleteTable { table }
+            | Op::AddChain { table, .. }
+            | Op::FlushChain { table, .. }
+            | Op::DeleteChain { table, .. }
+            | Op::AddRule { table, .. }
+            | Op::AddSet { table, .. }
+            | Op::DeleteSet { table, .. }
+            | Op::AddElements { table, .. }
+            | Op::DeleteElements { table, .. } => table,
+        }
+    }
+
+    /// A short description for logs and error messages, e.g.
+    /// `add rule ip kproxy services (#2)` or `delete element ip kproxy endpoints (3)`.
+    pub fn describe(&self) -> String {
+        let t = self.table();
+        let tn = format!("{} {}", t.family, t.name);
+        match self {
+            Op::AddTable { .. } => format!("add table {tn}"),
+            Op::DeleteTable { .. } => format!("delete table {tn}"),
+            Op::AddChain { chain, .. } => format!("add chain {tn} {}", chain.name),
+            Op::FlushChain { chain, .. } => format!("flush chain {tn} {chain}"),
+            Op::DeleteChain { chain, .. } => format!("delete chain {tn} {chain}"),
+            Op::AddRule { chain, .. } => format!("add rule {tn} {chain}"),
+            Op::AddSet { set, .. } => format!(
+                "add {} {tn} {}",
+                if set.is_map() { "map" } else { "set" },
+                set.name
+            ),
+            Op::DeleteSet { set, .. } => format!("delete set {tn} {set}"),
+            Op::AddElements { set, elements, .. } => {
+                format!("add element {tn} {set} ({} elements)", elements.len())
+            }
+            Op::DeleteElements { set, keys, .. } => {
+                format!("delete element {tn} {set} ({} elements)", keys.len())
+            }
+        }
+    }
+}
+
+/// Counts that say how big a transaction is (for logs and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxStats {
+    /// Operations (each becomes one or more netlink messages).
+    pub ops: usize,
+    pub chains_added: usize,
+    pub chains_flushed: usize,
+    pub chains_deleted: usize,
+    pub rules: usize,
+    pub sets_added: usize,
+    pub sets_deleted: usize,
+    pub elements_added: usize,
+    pub elements_deleted: usize,
+}
+
+/// An ordered list of operations, applied all-or-nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    pub fn new() -> Transaction {
+        Transaction::default()
+    }
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn stats(&self) -> TxStats {
+        let mut s = TxStats {
+            ops: self.ops.len(),
+            ..TxStats::default()
+        };
+        for op in &self.ops {
+            match op {
+                Op::AddChain { .. } => s.chains_added += 1,
+                Op::FlushChain { .. } => s.chains_flushed += 1,
+                Op::DeleteChain { .. } => s.chains_deleted += 1,
+                Op::AddRule { .. } => s.rules += 1,
+                Op::AddSet { .. } => s.sets_added += 1,
+                Op::DeleteSet { .. } => s.sets_deleted += 1,
+                Op::AddElements { elements, .. } => s.elements_added += elements.len(),
+                Op::DeleteElements { keys, .. } => s.elements_deleted += keys.len(),
+                Op::AddTable { .. } | Op::DeleteTable { .. } => {}
+            }
+        }
+        s
+    }
+}
