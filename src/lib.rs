@@ -11,14 +11,25 @@
 //!  render        (pure)  Model → nft::Ruleset (one `ip kproxy` + one `ip6 kproxy` table)
 //!                                      ▼
 //!  nft::text             Ruleset → `nft -f` text (render output, golden tests)
+//!  render::Renderer      keeps per-service fragments: a change to a few services
+//!                        re-renders only those (incremental syncs)
+//!                                      ▼
+//!  diff          (pure)  (what the kernel holds, what is meant) → nft::tx::Transaction:
+//!                        minimal, ordered so the kernel accepts every step
+//!                                      ▼
+//!  backend               Backend trait: netlink (the only code touching the kernel's
+//!                        nftables: one atomic batch per transaction, read-back) and
+//!                        fake (validating, all-or-nothing test double)
+//!  apply                 one-shot: dump → diff → apply (`kproxy apply`, `cleanup`)
 //!  trace         (pure)  Ruleset + a packet → where a new connection goes
 //!  report                Model → the reviewer's summary / JSON
-//!  cli                   `kproxy render`, `kproxy trace`: flags → Config → the above
+//!  cli                   `kproxy render | trace | apply | cleanup`: flags → Config → the above
 //! ```
 //!
 //! The pure core (`model`, `nft`, `render`, `trace`) does no I/O, reads no clocks and
 //! spawns nothing; only `k8s::manifests` and `config` read files, and only `main` exits.
 
+pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod config;

@@ -18,7 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::model::build::{Objects, Settings};
 use kproxy::model::{self, LocalDetect};
 use kproxy::nft::*;
-use kproxy::render::{self, RenderState};
+use kproxy::render;
 use kproxy::trace::{trace, Host, Origin, Probe, TraceVerdict};
 use proptest::prelude::*;
 use serde_json::{json, Value as J};
@@ -494,9 +494,8 @@ fn adding_one_endpoint_rewrites_only_that_service() {
             orphan_slice: false,
         })
         .collect();
-    let mut state = RenderState::default();
     let (m1, _) = model::build(&objects(&gen), &settings());
-    let before = render::render_with(&m1, &mut state);
+    let before = render::render(&m1);
     let mut gen2 = gen.clone();
     gen2[7].endpoints.push(GenEndpoint {
         addr: "10.244.7.99".into(),
@@ -507,7 +506,7 @@ fn adding_one_endpoint_rewrites_only_that_service() {
         zone_hint: None,
     });
     let (m2, _) = model::build(&objects(&gen2), &settings());
-    let after = render::render_with(&m2, &mut state);
+    let after = render::render(&m2);
     let (a, b) = (
         before.table(Family::V4).unwrap(),
         after.table(Family::V4).unwrap(),

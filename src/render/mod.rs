@@ -3,7 +3,7 @@
 //! chosen for kernel cost (docs/ruleset.md explains both).
 //!
 //! Owns: chain, set and map names; which rules each service port gets; slot numbers in
-//! the table-wide endpoint map (through [`SlotAllocator`], kept in [`RenderState`] so that
+//! the table-wide endpoint map (through [`SlotAllocator`], kept in a [`Renderer`] so that
 //! a later render moves as little as possible).
 //!
 //! Must not: decide which endpoints a service uses (that is `model`), do I/O, or create a
@@ -11,9 +11,10 @@
 //! notes/nftables-netlink.md). The only per-service-port sets are the affinity sets of
 //! services with ClientIP session affinity, one per endpoint, as upstream.
 
+pub mod incremental;
 pub mod slots;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::model::{
     EndpointAddr, FamilyModel, LocalDetect, Model, NodePortIps, ServicePort, ServicePortName,
 };
 use crate::nft::*;
+pub use incremental::Renderer;
 pub use slots::{Policy, SlotAllocator};
 
 /// Name of kproxy's table in each family.
@@ -75,38 +77,13 @@ use names::*;
 const PRIO_FILTER_PRE_DNAT: i32 = priority::DSTNAT - 10;
 const PRIO_FILTER_POST_DNAT: i32 = priority::DSTNAT + 10;
 
-/// What a render remembers for the next one: slot ranges per family.
-#[derive(Clone, Debug, Default)]
-pub struct RenderState {
-    slots_v4: SlotAllocator,
-    slots_v6: SlotAllocator,
-}
-
-impl RenderState {
-    fn slots(&mut self, family: Family) -> &mut SlotAllocator {
-        match family {
-            Family::V4 => &mut self.slots_v4,
-            Family::V6 => &mut self.slots_v6,
-        }
-    }
-}
-
-/// Renders a model from scratch (fresh slot numbering).
+/// Renders a model from scratch (fresh slot numbering). Deterministic: the same model
+/// always gives the same ruleset.
 pub fn render(model: &Model) -> Ruleset {
-    render_with(model, &mut RenderState::default())
-}
-
-/// Renders a model, reusing the slot ranges remembered in `state` and updating it.
-pub fn render_with(model: &Model, state: &mut RenderState) -> Ruleset {
     let tables = model
         .families
         .iter()
-        .map(|fm| {
-            let slots = state.slots(fm.family);
-            let t = render_family(fm, slots);
-            slots.sweep();
-            t
-        })
+        .map(|fm| render_family(fm, &mut SlotAllocator::new()))
         .collect();
     Ruleset { tables }
 }
@@ -406,8 +383,46 @@ fn skeleton_chains(fm: &FamilyModel) -> Vec<Chain> {
     ]
 }
 
-/// Renders the table of one family.
+/// Renders the table of one family: the fixed skeleton plus every service port's fragment.
 pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
+    let frags: Vec<Fragment> = fm
+        .services
+        .iter()
+        .map(|sp| fragment(fm, sp, slots))
+        .collect();
+    assemble(skeleton(fm), frags)
+}
+
+/// A table from its skeleton and its service ports' fragments, in service-port order.
+/// Where ports share an element key, the later port's element is kept (shared keys carry
+/// equal elements except when Services collide, e.g. two claiming one externalIP).
+pub fn assemble(mut t: Table, frags: impl IntoIterator<Item = Fragment>) -> Table {
+    let mut pending: HashMap<&'static str, Vec<Element>> = HashMap::new();
+    for f in frags {
+        for c in f.chains {
+            t.add_chain(c);
+        }
+        for s in f.sets {
+            t.add_set(s);
+        }
+        for (set, e) in f.elements {
+            pending.entry(set).or_default().push(e);
+        }
+    }
+    // One stable sort per set instead of half a million ordered inserts.
+    for (set, elements) in pending {
+        t.sets
+            .get_mut(set)
+            .expect("fragments only add to skeleton sets")
+            .extend(elements);
+    }
+    t
+}
+
+/// The fixed part of a family's table: base chains, dispatch chains, the table-wide sets
+/// and maps, and the elements that come from node-level settings (NodePort addresses,
+/// ServiceCIDRs, pod CIDRs).
+pub fn skeleton(fm: &FamilyModel) -> Table {
     let mut t = Table::new(fm.family, TABLE);
     t.comment = Some("rules for kproxy".into());
     for s in skeleton_sets(fm) {
@@ -417,38 +432,21 @@ pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
         t.add_chain(c);
     }
     fill_skeleton_sets(fm, &mut t);
-    let mut pending = Pending::default();
-    let mut hairpin: BTreeSet<IpAddr> = BTreeSet::new();
-    for sp in &fm.services {
-        render_service_port(fm, sp, &mut t, &mut pending, slots, &mut hairpin);
-    }
-    pending.add(
-        HAIRPIN,
-        hairpin
-            .into_iter()
-            .map(|ip| Element::key(vec![Value::Addr(ip), Value::Addr(ip)])),
-    );
-    for (set, elements) in pending.0 {
-        t.sets
-            .get_mut(set)
-            .expect("pending elements go to skeleton sets")
-            .extend(elements);
-    }
     t
 }
 
-/// Elements collected per skeleton set while rendering, bulk-inserted at the end (sorting
-/// once is much cheaper than half a million ordered inserts).
-#[derive(Default)]
-struct Pending(HashMap<&'static str, Vec<Element>>);
-
-impl Pending {
-    fn push(&mut self, set: &'static str, e: Element) {
-        self.0.entry(set).or_default().push(e);
-    }
-    fn add(&mut self, set: &'static str, es: impl IntoIterator<Item = Element>) {
-        self.0.entry(set).or_default().extend(es);
-    }
+/// Everything one service port contributes to its family's table. Chains and sets are
+/// its own (their names carry the port's identity); elements go into the skeleton's
+/// table-wide sets and maps, where a few keys may be shared with other ports (a ClusterIP
+/// used by several ports, a hairpin pair of an endpoint several services use): shared keys
+/// always carry equal elements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fragment {
+    pub chains: Vec<Chain>,
+    pub sets: Vec<Set>,
+    pub elements: Vec<(&'static str, Element)>,
+    /// The endpoint lists that hold a slot range in `@endpoints`.
+    pub slot_lists: Vec<Policy>,
 }
 
 fn fill_skeleton_sets(fm: &FamilyModel, t: &mut Table) {
@@ -499,14 +497,10 @@ struct PortChains {
     external: String,
 }
 
-fn render_service_port(
-    fm: &FamilyModel,
-    sp: &ServicePort,
-    t: &mut Table,
-    pending: &mut Pending,
-    slots: &mut SlotAllocator,
-    hairpin: &mut BTreeSet<IpAddr>,
-) {
+/// Renders one service port's [`Fragment`], taking its endpoint slot ranges from `slots`.
+pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -> Fragment {
+    let mut frag = Fragment::default();
+    let pending = &mut frag.elements;
     let proto = sp.name.protocol;
     let label: Arc<str> = sp.name.to_string().into();
     let base = chain_base(&sp.name);
@@ -538,15 +532,16 @@ fn render_service_port(
     };
     let external_filter = internal_filter.clone();
 
-    let add = |p: &mut Pending, set: &'static str, e: Element| {
-        p.push(set, e.with_comment(label.clone()));
+    let add = |p: &mut Vec<(&'static str, Element)>, set: &'static str, e: Element| {
+        p.push((set, e.with_comment(label.clone())));
     };
 
-    add(
-        pending,
+    // Shared by all ports of the service: commented with the service, not the port.
+    pending.push((
         CLUSTER_IPS,
-        Element::key(vec![Value::Addr(sp.cluster_ip)]),
-    );
+        Element::key(vec![Value::Addr(sp.cluster_ip)])
+            .with_comment(format!("{}/{}", sp.name.namespace, sp.name.name)),
+    ));
     // ClusterIP.
     let cip = svc_key(sp.cluster_ip, proto, sp.port);
     if has_internal {
@@ -565,15 +560,16 @@ fn render_service_port(
     // An entry point for external traffic (externalIP, LB IP, NodePort): dispatched to the
     // external chain while the service has endpoints anywhere (pods and the node may still
     // short-circuit), and given the no-endpoint verdict while external traffic has none.
-    let external_entry = |p: &mut Pending, dispatch: &'static str, none: &'static str, key| {
-        if uses_external_chain {
-            let goto = Verdict::Goto(ch.external.clone());
-            add(p, dispatch, Element::verdict(Vec::clone(&key), goto));
-        }
-        if !has_external {
-            add(p, none, Element::verdict(key, external_filter.clone()));
-        }
-    };
+    let external_entry =
+        |p: &mut Vec<(&'static str, Element)>, dispatch: &'static str, none: &'static str, key| {
+            if uses_external_chain {
+                let goto = Verdict::Goto(ch.external.clone());
+                add(p, dispatch, Element::verdict(Vec::clone(&key), goto));
+            }
+            if !has_external {
+                add(p, none, Element::verdict(key, external_filter.clone()));
+            }
+        };
     for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
         let key = svc_key(*ip, proto, sp.port);
         external_entry(pending, SERVICE_IPS, NO_ENDPOINT_SERVICES, key);
@@ -663,7 +659,7 @@ fn render_service_port(
         if has_external {
             ext.push(Rule::new(vec![Stmt::goto(external_policy_chain.clone())]));
         }
-        t.add_chain(ext);
+        frag.chains.push(ext);
     }
 
     let lists = [
@@ -672,26 +668,29 @@ fn render_service_port(
     ];
     for (chain, eps, policy) in lists {
         let Some(mut chain) = chain else { continue };
-        hairpin.extend(eps.iter().map(|e| e.ip));
+        frag.elements.extend(eps.iter().map(|e| {
+            (
+                HAIRPIN,
+                Element::key(vec![Value::Addr(e.ip), Value::Addr(e.ip)]),
+            )
+        }));
         match sp.affinity_timeout {
             None => {
                 let n = eps.len() as u32;
                 let range = slots.range(&(sp.name.clone(), policy), n);
+                frag.slot_lists.push(policy);
                 let what: Arc<str> = match policy {
                     Policy::Cluster => format!("{label} cluster"),
                     Policy::Local => format!("{label} local"),
                 }
                 .into();
-                pending.add(
-                    ENDPOINTS,
-                    eps.iter().enumerate().map(|(i, ep)| {
-                        Element::values(
-                            vec![Value::Int(range.base + i as u32)],
-                            vec![Value::Addr(ep.ip), Value::Port(ep.port)],
-                        )
-                        .with_comment(what.clone())
-                    }),
-                );
+                frag.elements.extend(eps.iter().enumerate().map(|(i, ep)| {
+                    let e = Element::values(
+                        vec![Value::Int(range.base + i as u32)],
+                        vec![Value::Addr(ep.ip), Value::Port(ep.port)],
+                    );
+                    (ENDPOINTS, e.with_comment(what.clone()))
+                }));
                 chain.push(Rule::new(vec![Stmt::DnatSlot {
                     proto,
                     modulus: n,
@@ -699,21 +698,23 @@ fn render_service_port(
                     map: ENDPOINTS.into(),
                 }]));
             }
-            Some(timeout) => affinity_rules(sp, eps, timeout, &mut chain, t),
+            Some(timeout) => affinity_rules(fm.family, sp, eps, timeout, &mut chain, &mut frag),
         }
-        t.add_chain(chain);
+        frag.chains.push(chain);
     }
+    frag
 }
 
 /// Session affinity (ClientIP), as upstream: one dynamic set and one chain per endpoint.
 /// A known client goes back to its endpoint; a new one picks uniformly with sequential
 /// `numgen random mod k == 0` rules (k = n, n-1, …, 2), which needs no anonymous map.
 fn affinity_rules(
+    family: Family,
     sp: &ServicePort,
     eps: &[EndpointAddr],
     timeout: u32,
     chain: &mut Chain,
-    t: &mut Table,
+    frag: &mut Fragment,
 ) {
     let proto = sp.name.protocol;
     let names: Vec<(String, String)> = eps
@@ -735,15 +736,15 @@ fn affinity_rules(
             },
             Stmt::goto(ep_chain.clone()),
         ]));
-        if t.chains.contains_key(ep_chain) {
+        if frag.chains.iter().any(|c| &c.name == ep_chain) {
             continue; // shared by the Cluster and Local lists
         }
-        let mut s = Set::new(set.clone(), vec![addr_type(t.family)], SetData::None)
+        let mut s = Set::new(set.clone(), vec![addr_type(family)], SetData::None)
             .with_comment(format!("{} affinity to {ep}", sp.name));
         s.flags.dynamic = true;
         s.flags.timeout = true;
         s.timeout = Some(timeout);
-        t.add_set(s);
+        frag.sets.push(s);
         let mut c = Chain::regular(ep_chain.clone());
         c.push(Rule::new(vec![Stmt::Update {
             set: set.clone(),
@@ -754,7 +755,7 @@ fn affinity_rules(
             addr: ep.ip,
             port: ep.port,
         }]));
-        t.add_chain(c);
+        frag.chains.push(c);
     }
     let n = names.len() as u32;
     for (i, (ep_chain, _)) in names.iter().enumerate() {

@@ -75,6 +75,15 @@ impl SlotAllocator {
         r
     }
 
+    /// Frees the range of `owner`, if it holds one (incremental updates: a list that
+    /// disappeared, or a service port that was deleted).
+    pub fn release_owner(&mut self, owner: &Owner) {
+        if let Some(r) = self.owned.remove(owner) {
+            self.release(r);
+        }
+        self.seen.remove(owner);
+    }
+
     /// Frees the ranges of owners not asked for since the previous sweep.
     pub fn sweep(&mut self) {
         let stale: Vec<Owner> = self

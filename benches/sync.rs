@@ -1,0 +1,311 @@
+//! End-to-end sync benchmarks in a throwaway network namespace (root only; otherwise
+//! they print one line and do nothing):
+//! - `cold_full_sync/N`: render + diff against an empty kernel + encode + commit of N
+//!   services × 10 endpoints (targets: 10k < 1 s, 50k < 5 s);
+//! - `one_endpoint_added/50000`: with 50k services programmed, one endpoint added to one
+//!   service: incremental render + diff + encode + commit (target < 5 ms);
+//! - `upstream_shape_nft_f/N`: the same services in upstream kube-proxy's layout (an
+//!   inline `numgen … vmap { … }` per service and a chain per endpoint) loaded with
+//!   `nft -f`, for the ratio;
+//! - and, printed once: the peak heap of the sync path (model, rulesets, transaction,
+//!   encoded batch; manifests excluded) for 50k × 10 (target < 300 MiB).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
+use kproxy::backend::netlink::NetlinkBackend;
+use kproxy::backend::Backend;
+use kproxy::diff::DiffOptions;
+use kproxy::model::{self, EndpointAddr, Model};
+use kproxy::nft::tx::{Op, TableRef, Transaction};
+use kproxy::nft::Family;
+use kproxy::render::Renderer;
+use kproxy::testutil::{synthetic_cluster, synthetic_settings};
+
+/// Counts live and peak heap bytes.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded to the system allocator with the caller's layout.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` was allocated by `alloc` above with this layout.
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A network namespace this thread lives in until dropped.
+struct InNetns {
+    name: String,
+    home: std::fs::File,
+}
+
+impl InNetns {
+    fn enter(tag: &str) -> InNetns {
+        let name = format!("kpx-bench-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success());
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        let target = std::fs::File::open(format!("/var/run/netns/{name}")).expect("new netns");
+        setns(&target);
+        InNetns { name, home }
+    }
+}
+
+fn setns(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a valid namespace file descriptor; affects this thread only.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        setns(&self.home);
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+fn model_for(n: usize) -> Model {
+    let objects = synthetic_cluster(n, 10, false);
+    let (m, warnings) = model::build(&objects, &synthetic_settings());
+    assert!(warnings.is_empty());
+    m
+}
+
+fn tables() -> Vec<TableRef> {
+    vec![
+        TableRef::new(Family::V4, "kproxy"),
+        TableRef::new(Family::V6, "kproxy"),
+    ]
+}
+
+fn delete_tables(b: &mut NetlinkBackend) {
+    let present = b.dump().expect("dump");
+    let mut tx = Transaction::new();
+    for t in tables() {
+        if present.table(t.family).is_some() {
+            tx.push(Op::DeleteTable { table: t });
+        }
+    }
+    b.apply(&tx).expect("delete tables");
+}
+
+/// Render + diff against the (empty) kernel + encode + commit.
+fn full_sync(b: &mut NetlinkBackend, m: &Model) {
+    let mut r = Renderer::new();
+    let next = r.full(m);
+    let current = b.dump().expect("dump");
+    let d = kproxy::diff::diff(&current, &next, &DiffOptions::default());
+    b.apply(&d.tx).expect("apply");
+}
+
+fn cold(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cold_full_sync");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    let _ns = InNetns::enter("cold");
+    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    for n in [10_000usize, 50_000] {
+        let m = model_for(n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &m, |bench, m| {
+            bench.iter_batched(
+                || delete_tables(&mut b),
+                |_| full_sync(&mut b, m),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// With 50k services programmed, add one endpoint to one service (and take it away again
+/// in the next iteration, so the state stays the same size).
+fn incremental(c: &mut Criterion) {
+    let mut g = c.benchmark_group("one_endpoint_added");
+    g.sample_size(50);
+    let _ns = InNetns::enter("incr");
+    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    let n = 50_000;
+    let mut m = model_for(n);
+    let mut r = Renderer::new();
+    let full = r.full(&m);
+    let d = kproxy::diff::diff(&b.dump().expect("dump"), &full, &DiffOptions::default());
+    b.apply(&d.tx).expect("initial load");
+    drop(full);
+    let idx = 12_345;
+    let fm = m.families.iter_mut().find(|f| f.family == Family::V4).unwrap();
+    let name = fm.services[idx].name.clone();
+    let key: BTreeSet<(String, String)> = [(name.namespace.clone(), name.name.clone())].into();
+    let extra = EndpointAddr {
+        ip: "10.250.0.1".parse::<IpAddr>().unwrap(),
+        port: 8080,
+    };
+    let mut added = false;
+    g.bench_function(BenchmarkId::from_parameter(n), |bench| {
+        bench.iter(|| {
+            {
+                let fm = m.families.iter_mut().find(|f| f.family == Family::V4).unwrap();
+                let sp = &mut fm.services[idx];
+                if added {
+                    sp.cluster_endpoints.retain(|e| *e != extra);
+                } else {
+                    sp.cluster_endpoints.push(extra);
+                }
+                added = !added;
+            }
+            let d = r.update(&m, &key, &DiffOptions::default()).expect("incremental");
+            assert!(!d.tx.is_empty());
+            b.apply(&d.tx).expect("apply");
+        })
+    });
+    g.finish();
+}
+
+/// Upstream kube-proxy's nftables layout for the same services, as `nft -f` text.
+fn upstream_shape(n: usize) -> String {
+    let mut s = String::from("table ip kube-proxy {\n");
+    s.push_str(
+        "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }\n\
+         \tchain services { ip daddr . meta l4proto . th dport vmap @service-ips; }\n\
+         \tchain nat-prerouting { type nat hook prerouting priority -100; jump services; }\n\
+         \tchain mark-for-masquerade { meta mark set meta mark | 0x4000; }\n",
+    );
+    let mut elements = Vec::new();
+    for i in 0..n {
+        let svc = format!("service-{i:08}-ns/svc-{i}/tcp/http");
+        let mut vmap = Vec::new();
+        for e in 0..10 {
+            let k = i * 10 + e;
+            let ip = format!("10.{}.{}.{}", 128 + k / 65000, (k / 250) % 256, k % 250 + 1);
+            let ep = format!("endpoint-{i:08}-{e}");
+            let _ = writeln!(
+                s,
+                "\tchain {ep} {{ ip saddr {ip} jump mark-for-masquerade; meta l4proto tcp dnat to {ip}:8080; }}"
+            );
+            vmap.push(format!("{e} : goto {ep}"));
+        }
+        let cip = format!("172.16.{}.{}", i / 250, i % 250 + 1);
+        let _ = writeln!(
+            s,
+            "\tchain {svc} {{ ip daddr {cip} tcp dport 80 ip saddr != 10.128.0.0/9 jump mark-for-masquerade; numgen random mod 10 vmap {{ {} }}; }}",
+            vmap.join(", ")
+        );
+        elements.push(format!("{cip} . tcp . 80 : goto {svc}"));
+    }
+    let _ = writeln!(s, "\tmap service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {} }} }}", elements.join(", "));
+    s.push_str("}\n");
+    s
+}
+
+fn upstream(c: &mut Criterion) {
+    let mut g = c.benchmark_group("upstream_shape_nft_f");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(30));
+    let _ns = InNetns::enter("upstream");
+    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    for n in [1_000usize, 5_000] {
+        let text = upstream_shape(n);
+        let file = std::env::temp_dir().join(format!("kproxy-upstream-{n}.nft"));
+        std::fs::write(&file, &text).expect("write");
+        let m = model_for(n);
+        g.bench_with_input(BenchmarkId::new("upstream", n), &file, |bench, file| {
+            bench.iter_batched(
+                || {
+                    let _ = Command::new("nft")
+                        .args(["delete", "table", "ip", "kube-proxy"])
+                        .output();
+                },
+                |_| {
+                    let o = Command::new("nft").arg("-f").arg(file).output().expect("nft");
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_with_input(BenchmarkId::new("kproxy", n), &m, |bench, m| {
+            bench.iter_batched(
+                || delete_tables(&mut b),
+                |_| full_sync(&mut b, m),
+                BatchSize::PerIteration,
+            )
+        });
+        let _ = std::fs::remove_file(&file);
+    }
+    g.finish();
+}
+
+/// Peak heap of one cold full sync of 50k × 10, from the built model (manifests excluded)
+/// to commit.
+fn memory() {
+    let _ns = InNetns::enter("mem");
+    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    let objects = synthetic_cluster(50_000, 10, false);
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let (m, _) = model::build(&objects, &synthetic_settings());
+    full_sync(&mut b, &m);
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    drop(m);
+    println!(
+        "sync_path_peak_heap/50000x10: {:.1} MiB (model, rulesets, transaction, encoded batch; manifests excluded)",
+        peak as f64 / (1024.0 * 1024.0)
+    );
+}
+
+criterion_group!(benches, cold, incremental, upstream);
+
+fn main() {
+    // `cargo test --benches` runs bench targets without `--bench`: these need a release
+    // build and minutes, so they only run under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("sync benchmarks: run with `cargo bench --bench sync` (skipped in test mode)");
+        return;
+    }
+    if !is_root() {
+        println!("skipping sync benchmarks: they need root for network namespaces");
+        return;
+    }
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_none_or(|f| "sync_path_peak_heap".contains(f)) {
+        memory();
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

@@ -1,0 +1,364 @@
+//! Incremental rendering: a change to a few services re-renders and diffs only their
+//! fragments, so its cost does not grow with the number of services programmed.
+//!
+//! Owns: the [`Renderer`] state between syncs: the model each service port was rendered
+//! from, its [`Fragment`], its slot ranges, and who contributes each element of the
+//! table-wide sets (a key can be shared: a ClusterIP by the ports of one service, a hairpin
+//! pair by every service using that endpoint). An update builds two *partial* tables — the
+//! touched objects before and after — and lets [`crate::diff`] turn them into the
+//! transaction, so incremental and full syncs share one diff engine.
+//!
+//! Must not: do I/O or decide anything the full render would decide differently: after any
+//! sequence of updates, [`Renderer::ruleset`] equals a full render of the same model with
+//! the same slot ranges (tested).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::diff::{diff, Diff, DiffOptions};
+use crate::model::{FamilyModel, Model, ServicePort, ServicePortName};
+use crate::nft::{Element, Family, Ruleset, Table, Value};
+
+use super::names::{ENDPOINTS, HAIRPIN};
+use super::{assemble, fragment, skeleton, Fragment, Policy, SlotAllocator};
+
+/// A `(namespace, name)` of a Service.
+pub type ServiceKey = (String, String);
+
+type ElementKey = (&'static str, Vec<Value>);
+
+/// How the current element of a key is known, by set:
+/// - `@endpoints`: a slot belongs to one port's range at a time (the allocator never
+///   hands out an owned slot), so only the changed ports' own fragments can hold it;
+/// - `@hairpin-endpoints`: equal elements by construction: a count per endpoint IP;
+/// - every other set (ClusterIPs, VIP / NodePort dispatch, firewall; a few keys per
+///   service): the list of contributing ports, the greatest one's element winning, as in
+///   [`assemble`].
+#[derive(Clone, Debug, Default)]
+struct FamilyState {
+    /// The node-level part of the model the skeleton was rendered from (no services).
+    settings: Option<FamilyModel>,
+    skeleton: Option<Table>,
+    slots: SlotAllocator,
+    ports: BTreeMap<ServicePortName, (ServicePort, Fragment)>,
+    contributors: HashMap<ElementKey, Vec<(ServicePortName, Element)>>,
+    hairpin: HashMap<IpAddr, u32>,
+}
+
+fn hairpin_ip(e: &Element) -> Option<IpAddr> {
+    match e.key.first() {
+        Some(Value::Addr(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+impl FamilyState {
+    /// The element the full table holds for `key` now (not for `@endpoints`).
+    fn shared(&self, key: &ElementKey) -> Option<Element> {
+        if key.0 == HAIRPIN {
+            let ip = match key.1.first() {
+                Some(Value::Addr(ip)) => *ip,
+                _ => return None,
+            };
+            return (self.hairpin.get(&ip).copied().unwrap_or(0) > 0)
+                .then(|| Element::key(key.1.clone()));
+        }
+        self.contributors
+            .get(key)
+            .and_then(|c| c.last())
+            .map(|(_, e)| e.clone())
+    }
+
+    fn add_contributions(&mut self, name: &ServicePortName, frag: &Fragment) {
+        for (set, e) in &frag.elements {
+            match *set {
+                ENDPOINTS => {}
+                HAIRPIN => {
+                    if let Some(ip) = hairpin_ip(e) {
+                        *self.hairpin.entry(ip).or_default() += 1;
+                    }
+                }
+                _ => {
+                    let c = self.contributors.entry((*set, e.key.clone())).or_default();
+                    let at = c.partition_point(|(n, _)| n < name);
+                    c.insert(at, (name.clone(), e.clone()));
+                }
+            }
+        }
+    }
+
+    fn remove_contributions(&mut self, name: &ServicePortName, frag: &Fragment) {
+        for (set, e) in &frag.elements {
+            match *set {
+                ENDPOINTS => {}
+                HAIRPIN => {
+                    if let Some(ip) = hairpin_ip(e) {
+                        if let Some(n) = self.hairpin.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.hairpin.remove(&ip);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let key = (*set, e.key.clone());
+                    if let Some(c) = self.contributors.get_mut(&key) {
+                        c.retain(|(n, _)| n != name);
+                        if c.is_empty() {
+                            self.contributors.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps what was rendered so that later changes cost only what they touch.
+#[derive(Clone, Debug, Default)]
+pub struct Renderer {
+    families: BTreeMap<Family, FamilyState>,
+}
+
+fn settings_of(fm: &FamilyModel) -> FamilyModel {
+    FamilyModel {
+        services: Vec::new(),
+        ..fm.clone()
+    }
+}
+
+impl Renderer {
+    pub fn new() -> Renderer {
+        Renderer::default()
+    }
+
+    /// Renders the whole model, keeping slot ranges of service ports rendered before, and
+    /// returns the full ruleset.
+    pub fn full(&mut self, model: &Model) -> Ruleset {
+        self.families.retain(|f, _| model.family(*f).is_some());
+        for fm in &model.families {
+            let st = self.families.entry(fm.family).or_default();
+            st.ports.clear();
+            st.contributors.clear();
+            st.hairpin.clear();
+            st.settings = Some(settings_of(fm));
+            st.skeleton = Some(skeleton(fm));
+            for sp in &fm.services {
+                let frag = fragment(fm, sp, &mut st.slots);
+                st.add_contributions(&sp.name, &frag);
+                st.ports.insert(sp.name.clone(), (sp.clone(), frag));
+            }
+            st.slots.sweep();
+        }
+        self.ruleset()
+    }
+
+    /// Brings the state to `model`, looking only at the service ports of `changed`
+    /// services, and returns the diff from the previous state. `None` when node-level
+    /// settings changed (node IPs, detector, ServiceCIDRs…) or a family appeared: then
+    /// the caller renders in full and diffs against the kernel.
+    pub fn update(
+        &mut self,
+        model: &Model,
+        changed: &BTreeSet<ServiceKey>,
+        opts: &DiffOptions,
+    ) -> Option<Diff> {
+        if self.families.len() != model.families.len() {
+            return None;
+        }
+        for fm in &model.families {
+            let st = self.families.get(&fm.family)?;
+            if st.settings.as_ref() != Some(&settings_of(fm)) {
+                return None;
+            }
+        }
+        let mut prev = Ruleset::default();
+        let mut next = Ruleset::default();
+        for fm in &model.families {
+            let st = self.families.get_mut(&fm.family).expect("checked above");
+            let (p, n) = update_family(st, fm, changed);
+            prev.tables.push(p);
+            next.tables.push(n);
+        }
+        Some(diff(&prev, &next, opts))
+    }
+
+    /// The full ruleset of the current state (what a full render of the same model, with
+    /// the same slot ranges, gives).
+    pub fn ruleset(&self) -> Ruleset {
+        let tables = self
+            .families
+            .values()
+            .filter_map(|st| {
+                let skel = st.skeleton.clone()?;
+                Some(assemble(skel, st.ports.values().map(|(_, f)| f.clone())))
+            })
+            .collect();
+        Ruleset { tables }
+    }
+
+    /// Number of service ports held (all families).
+    pub fn len(&self) -> usize {
+        self.families.values().map(|f| f.ports.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The service ports of `fm` that belong to one of `changed`, by name.
+fn ports_of<'m>(
+    fm: &'m FamilyModel,
+    changed: &BTreeSet<ServiceKey>,
+) -> BTreeMap<ServicePortName, &'m ServicePort> {
+    let mut out = BTreeMap::new();
+    for (ns, name) in changed {
+        // Services are sorted by (namespace, name, port, protocol): one contiguous run.
+        let start = fm
+            .services
+            .partition_point(|sp| (&sp.name.namespace, &sp.name.name) < (ns, name));
+        for sp in &fm.services[start..] {
+            if (&sp.name.namespace, &sp.name.name) != (ns, name) {
+                break;
+            }
+            out.insert(sp.name.clone(), sp);
+        }
+    }
+    out
+}
+
+/// Updates one family; returns the partial tables (touched objects before, after).
+fn update_family(
+    st: &mut FamilyState,
+    fm: &FamilyModel,
+    changed: &BTreeSet<ServiceKey>,
+) -> (Table, Table) {
+    let skel = st.skeleton.as_ref().expect("rendered before");
+    // Both partial tables declare every skeleton set (without elements), so the diff sees
+    // no set changes, only the touched elements.
+    let mut prev = Table::new(skel.family, skel.name.clone());
+    prev.comment = skel.comment.clone();
+    for s in skel.sets.values() {
+        let mut decl = s.clone();
+        decl.elements = Default::default();
+        prev.add_set(decl);
+    }
+    let mut next = prev.clone();
+
+    // Which ports change: old ports of the changed services, and their new ports.
+    let new_ports = ports_of(fm, changed);
+    let mut old_names: BTreeSet<ServicePortName> = BTreeSet::new();
+    for (ns, name) in changed {
+        for (n, _) in st.ports.range(
+            ServicePortName {
+                namespace: ns.clone(),
+                name: name.clone(),
+                port: String::new(),
+                protocol: crate::nft::Protocol::Tcp,
+            }..,
+        ) {
+            if (&n.namespace, &n.name) != (ns, name) {
+                break;
+            }
+            old_names.insert(n.clone());
+        }
+    }
+    let names: BTreeSet<ServicePortName> = old_names
+        .into_iter()
+        .chain(new_ports.keys().cloned())
+        .filter(|n| match (st.ports.get(n), new_ports.get(n)) {
+            (Some((old, _)), Some(new)) => old != *new,
+            _ => true,
+        })
+        .collect();
+
+    // Phase 1: render the new fragments (old ones stay in place for now).
+    let mut new_frags: Vec<(ServicePortName, Option<(ServicePort, Fragment)>)> = Vec::new();
+    for n in &names {
+        let new = new_ports.get(n).map(|sp| {
+            let frag = fragment(fm, sp, &mut st.slots);
+            for policy in [Policy::Cluster, Policy::Local] {
+                if !frag.slot_lists.contains(&policy) {
+                    st.slots.release_owner(&(n.clone(), policy));
+                }
+            }
+            ((*sp).clone(), frag)
+        });
+        if new.is_none() {
+            for policy in [Policy::Cluster, Policy::Local] {
+                st.slots.release_owner(&(n.clone(), policy));
+            }
+        }
+        new_frags.push((n.clone(), new));
+    }
+
+    // Phase 2: every element key either side touches, with the element the full table
+    // holds for it before. Slots come only from the changed ports' own fragments.
+    let mut touched: BTreeSet<ElementKey> = BTreeSet::new();
+    let mut slots_before: HashMap<Vec<Value>, Element> = HashMap::new();
+    let mut slots_after: HashMap<Vec<Value>, Element> = HashMap::new();
+    for (n, new) in &new_frags {
+        let old = st.ports.get(n).map(|(_, f)| f);
+        for (f, slots) in [
+            (old, &mut slots_before),
+            (new.as_ref().map(|(_, f)| f), &mut slots_after),
+        ] {
+            for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
+                if *set == ENDPOINTS {
+                    slots.insert(e.key.clone(), e.clone());
+                } else {
+                    touched.insert((*set, e.key.clone()));
+                }
+            }
+        }
+    }
+    let before: Vec<(ElementKey, Option<Element>)> = touched
+        .into_iter()
+        .map(|k| {
+            let e = st.shared(&k);
+            (k, e)
+        })
+        .collect();
+
+    // Phase 3: swap the fragments, chains and sets going into the partial tables.
+    for (n, new) in new_frags {
+        if let Some((_, old)) = st.ports.remove(&n) {
+            st.remove_contributions(&n, &old);
+            for c in old.chains {
+                prev.add_chain(c);
+            }
+            for s in old.sets {
+                prev.add_set(s);
+            }
+        }
+        if let Some((sp, frag)) = new {
+            st.add_contributions(&n, &frag);
+            for c in &frag.chains {
+                next.add_chain(c.clone());
+            }
+            for s in &frag.sets {
+                next.add_set(s.clone());
+            }
+            st.ports.insert(n, (sp, frag));
+        }
+    }
+
+    // Phase 4: the touched elements before and after.
+    for ((set, key), old) in before {
+        if let Some(e) = old {
+            prev.sets.get_mut(set).expect("skeleton set").insert(e);
+        }
+        if let Some(e) = st.shared(&(set, key)) {
+            next.sets.get_mut(set).expect("skeleton set").insert(e);
+        }
+    }
+    let slot_map = |t: &mut Table, slots: HashMap<Vec<Value>, Element>| {
+        let s = t.sets.get_mut(ENDPOINTS).expect("skeleton map");
+        s.extend(slots.into_values().collect());
+    };
+    slot_map(&mut prev, slots_before);
+    slot_map(&mut next, slots_after);
+    (prev, next)
+}
