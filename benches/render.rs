@@ -3,6 +3,10 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
+use std::collections::BTreeSet;
+
+use kproxy::diff::DiffOptions;
+use kproxy::model::EndpointAddr;
 use kproxy::{model, nft, render};
 
 fn bench(c: &mut Criterion) {
@@ -30,5 +34,40 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// With 50k services × 10 endpoints held by the incremental renderer, one endpoint added
+/// to (then removed from) one service: re-render that service and diff it.
+fn incremental(c: &mut Criterion) {
+    let mut g = c.benchmark_group("render");
+    let objects = synthetic_cluster(50_000, 10, true);
+    let (mut m, _) = model::build(&objects, &synthetic_settings());
+    let mut r = render::Renderer::new();
+    r.full(&m);
+    let idx = 12_345;
+    let name = m.families[0].services[idx].name.clone();
+    let key: BTreeSet<(String, String)> = [(name.namespace.clone(), name.name.clone())].into();
+    let extra = EndpointAddr {
+        ip: "10.250.0.1".parse().unwrap(),
+        port: 8080,
+    };
+    let mut added = false;
+    g.bench_function("one_endpoint_update_and_diff/50000", |b| {
+        b.iter(|| {
+            let sp = &mut m.families[0].services[idx];
+            if added {
+                sp.cluster_endpoints.retain(|e| *e != extra);
+            } else {
+                sp.cluster_endpoints.push(extra);
+            }
+            added = !added;
+            let d = r
+                .update(&m, &key, &DiffOptions::default())
+                .expect("incremental");
+            assert!(!d.tx.is_empty());
+            d
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, incremental);
 criterion_main!(benches);

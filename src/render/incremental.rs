@@ -121,10 +121,18 @@ pub struct Renderer {
     families: BTreeMap<Family, FamilyState>,
 }
 
+/// The node-level part of a family's model (everything but its services), without
+/// copying the services.
 fn settings_of(fm: &FamilyModel) -> FamilyModel {
     FamilyModel {
+        family: fm.family,
+        node_ip: fm.node_ip,
+        nodeport_ips: fm.nodeport_ips.clone(),
+        local_detect: fm.local_detect.clone(),
+        masquerade_all: fm.masquerade_all,
+        masquerade_mark: fm.masquerade_mark,
+        service_cidrs: fm.service_cidrs.clone(),
         services: Vec::new(),
-        ..fm.clone()
     }
 }
 
