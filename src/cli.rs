@@ -1,12 +1,14 @@
 //! The command line: `kproxy render` and `kproxy trace` (dry-run review; they never touch
-//! the kernel).
+//! the kernel), `kproxy apply` (program the current network namespace from manifests) and
+//! `kproxy cleanup` (remove kproxy's tables).
 //!
 //! Owns: argument parsing (clap), the mapping of failures to exit codes, and printing.
 //! Flags use kube-proxy's names (from [`crate::config::ProxyFlags`]) so an operator can
 //! paste the DaemonSet's arguments. Must not: exit the process (it returns the code to
 //! `main`) or hold logic the pure core should own.
 //!
-//! Exit codes: 0 success (also when objects were skipped with warnings), 64 usage error,
+//! Exit codes: 0 success (also when objects were skipped with warnings), 1 the kernel
+//! refused or could not be reached (nothing changed), 64 usage error,
 //! 66 an input path (manifest or `--config` file) cannot be read, or no host name is known.
 
 use std::net::IpAddr;
@@ -14,14 +16,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::apply;
+use crate::backend::netlink::NetlinkBackend;
 use crate::config::{Config, ProxyFlags};
 use crate::k8s::manifests;
 use crate::model::{self, build::Objects, Family, Model, Protocol};
+use crate::nft::tx::{TableRef, TxStats};
 use crate::nft::{text, Ruleset};
 use crate::render;
 use crate::report;
 use crate::trace::{self, Host, Origin, Probe};
 
+pub const EXIT_KERNEL: i32 = 1;
 pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_NOINPUT: i32 = 66;
 
@@ -43,6 +49,20 @@ enum Command {
     Render(RenderArgs),
     /// Show where a new connection would go through the rendered rules.
     Trace(TraceArgs),
+    /// Program this network namespace from manifests: the minimal change to what the
+    /// kernel holds, as one atomic transaction.
+    Apply(ApplyArgs),
+    /// Remove kproxy's tables (`ip kproxy`, `ip6 kproxy`) and nothing else.
+    Cleanup,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    #[command(flatten)]
+    input: Input,
+    /// Print the transaction (as `nft -f` commands) instead of sending it.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +138,8 @@ where
     let result = match cli.command {
         Command::Render(a) => cmd_render(a),
         Command::Trace(a) => cmd_trace(a),
+        Command::Apply(a) => cmd_apply(a),
+        Command::Cleanup => cmd_cleanup(),
     };
     match result {
         Ok(()) => 0,
@@ -189,6 +211,83 @@ fn cmd_render(a: RenderArgs) -> Result<(), Failure> {
             serde_json::to_string_pretty(&report::json(&p.model, &p.warnings, &p.ruleset))
                 .expect("json")
         ),
+    }
+    Ok(())
+}
+
+fn kernel_failure(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: EXIT_KERNEL,
+        message: e.to_string(),
+    }
+}
+
+fn our_tables() -> Vec<TableRef> {
+    vec![
+        TableRef::new(crate::nft::Family::V4, render::TABLE),
+        TableRef::new(crate::nft::Family::V6, render::TABLE),
+    ]
+}
+
+/// `chains +2 ~1 -0, rules 14, sets +0 -0, elements +31 -2`
+fn describe_stats(s: &TxStats) -> String {
+    format!(
+        "chains +{} ~{} -{}, rules {}, sets +{} -{}, elements +{} -{}",
+        s.chains_added,
+        s.chains_flushed,
+        s.chains_deleted,
+        s.rules,
+        s.sets_added,
+        s.sets_deleted,
+        s.elements_added,
+        s.elements_deleted
+    )
+}
+
+fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
+    let p = prepare(&a.input)?;
+    let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
+    let defer = apply::kernel_needs_deferred_chain_deletes(&apply::kernel_release());
+    let done = apply::apply(&mut backend, &p.ruleset, defer, a.dry_run).map_err(kernel_failure)?;
+    let ms = done.elapsed.as_secs_f64() * 1e3;
+    if a.dry_run {
+        print!("{}", text::transaction(&done.tx));
+        eprintln!(
+            "kproxy apply --dry-run: would send {} operations ({})",
+            done.stats.ops,
+            describe_stats(&done.stats)
+        );
+    } else if done.tx.is_empty() {
+        eprintln!(
+            "kproxy apply: nothing to do, the kernel already holds this ruleset (0 operations sent, {ms:.1} ms)"
+        );
+    } else {
+        eprintln!(
+            "kproxy apply: committed {} operations in {} netlink messages, {ms:.1} ms ({}){}",
+            done.stats.ops,
+            done.report.messages,
+            describe_stats(&done.stats),
+            if done.deferred_deleted > 0 {
+                format!(
+                    "; {} stale chains deleted afterwards",
+                    done.deferred_deleted
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+fn cmd_cleanup() -> Result<(), Failure> {
+    let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
+    let removed = apply::cleanup(&mut backend, &our_tables()).map_err(kernel_failure)?;
+    if removed.is_empty() {
+        eprintln!("kproxy cleanup: no kproxy tables here");
+    }
+    for t in removed {
+        eprintln!("kproxy cleanup: deleted table {} {}", t.family, t.name);
     }
     Ok(())
 }
