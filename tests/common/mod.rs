@@ -154,3 +154,4 @@ pub fn pipeline(
     let rs = kproxy::render::render(&model);
     (model, warnings, rs)
 }
+pub mod topology;

@@ -1,0 +1,1086 @@
+//! Tier 3: packet tests. kproxy's rules are loaded into the node namespace of a throwaway
+//! topology (`common::topology`: a node, pods on it and on node-b, an outside network) and
+//! real TCP, UDP and SCTP connections prove where traffic goes: DNAT targets, spread,
+//! affinity, masquerade (the source the backend saw), reject (refused at once) and drop
+//! (timeout), for IPv4 and IPv6 with the same test body.
+//!
+//! Every probe is also traced on the same ruleset (`kproxy::trace`), and the kernel's
+//! outcome must be one the tracer predicted: the endpoint reached is among the trace's
+//! endpoints and masquerade matches that path, refused ↔ reject, timeout ↔ drop. A
+//! disagreement is a bug in the rules or in the tracer.
+//!
+//! The manifests are generated here for both families at once (dual-stack services) from
+//! the topology's addresses; see [`services`]. Needs root; elsewhere (CI unset) each test
+//! prints one line and skips.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::kernel_tests_enabled;
+use common::topology::{
+    cidr, gateway_ip, node_ip, node_link_b_ip, outside_ip, pod_ip, Client, Outcome, Topology,
+    DEFAULT_TIMEOUT, SCTP_PORT,
+};
+use kproxy::model::EndpointAddr;
+use kproxy::nft::{Family, Protocol};
+use kproxy::trace::{Probe, Trace, TraceVerdict};
+
+use Protocol::{Sctp, Tcp, Udp};
+
+/// How long a probe the tracer says is dropped waits before it counts as a timeout.
+const DROP_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A refusal must come at once: from the ICMP error answering the SYN (or its first
+/// retransmission, 1 s later), well before the 3 s a timeout would take. Linux ignores an
+/// ICMP error that arrives while `connect()` still holds the socket (nstat
+/// `TcpExtLockDroppedIcmps`); over veth pairs the whole path runs in the sender's own
+/// softirq, so the error for an IPv6 pod's first SYN is dropped that way and the
+/// retransmitted SYN's error is the one that refuses.
+const REFUSED_WITHIN: Duration = Duration::from_millis(1500);
+
+const LOCAL_PODS: usize = 4;
+const REMOTE_PODS: usize = 3;
+/// The pod used as a client: on this node, an endpoint of no service.
+const CLIENT: Client = Client::Pod("A4");
+
+// ---------------------------------------------------------------------------------------
+// Manifests.
+
+fn fam(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// Service addresses: `S<n>` in the ServiceCIDR, `E<n>` external/LoadBalancer addresses.
+fn ip(f: Family, logical: &str) -> IpAddr {
+    let (kind, n) = logical.split_at(1);
+    let n: u8 = n.parse().expect("number");
+    let s = match (f, kind) {
+        (Family::V4, "S") => format!("10.96.0.{n}"),
+        (Family::V6, "S") => format!("fd00:10:96::{n}"),
+        (Family::V4, "E") => format!("203.0.113.{n}"),
+        (Family::V6, "E") => format!("2001:db8:113::{n}"),
+        _ => panic!("unknown logical address {logical}"),
+    };
+    s.parse().expect("address")
+}
+
+fn service_cidr(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "10.96.0.0/16",
+        Family::V6 => "fd00:10:96::/112",
+    }
+}
+
+#[derive(Clone)]
+struct Svc {
+    name: &'static str,
+    /// Extra `spec:` lines (indented by two), `{E1}` etc. expand to both families' addresses.
+    spec: &'static str,
+    /// LoadBalancer ingress address (`E<n>`), if any.
+    lb: Option<&'static str>,
+    ports: &'static str,
+    slice_ports: &'static str,
+    /// (pod, extra endpoint fields).
+    endpoints: Vec<(&'static str, &'static str)>,
+}
+
+const HTTP: &str = "[{name: http, port: 80, protocol: TCP, targetPort: http}]";
+const HTTP_SLICE: &str = "[{name: http, port: 8080, protocol: TCP}]";
+const NOT_READY: &str = "conditions: {ready: false}";
+
+/// The cluster every test programs (some change it). Pods are shared between services.
+fn services() -> Vec<Svc> {
+    let s = |name, spec, lb, ports, slice_ports, endpoints| Svc {
+        name,
+        spec,
+        lb,
+        ports,
+        slice_ports,
+        endpoints,
+    };
+    vec![
+        s(
+            "web",
+            "type: NodePort\n  externalIPs: [{E1}]",
+            None,
+            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30080}]",
+            HTTP_SLICE,
+            vec![("A1", ""), ("B1", ""), ("B2", ""), ("B3", NOT_READY)],
+        ),
+        s(
+            "named",
+            "",
+            None,
+            "[{name: http, port: 80, protocol: TCP, targetPort: web}, {name: alt, port: 81, protocol: TCP, targetPort: alt}]",
+            "[{name: http, port: 8080, protocol: TCP}, {name: alt, port: 8081, protocol: TCP}]",
+            vec![("A2", ""), ("B2", "")],
+        ),
+        s(
+            "lb",
+            "type: LoadBalancer\n  loadBalancerSourceRanges: [{sources}]",
+            Some("E2"),
+            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30090}]",
+            HTTP_SLICE,
+            vec![("A2", ""), ("B1", "")],
+        ),
+        s(
+            "lb-open",
+            "type: LoadBalancer",
+            Some("E5"),
+            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30091}]",
+            HTTP_SLICE,
+            vec![("A1", ""), ("B2", "")],
+        ),
+        s(
+            "etp",
+            "type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000",
+            Some("E3"),
+            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30081}]",
+            HTTP_SLICE,
+            vec![("A3", ""), ("B2", "")],
+        ),
+        s(
+            "etp-none",
+            "type: NodePort\n  externalTrafficPolicy: Local",
+            None,
+            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30082}]",
+            HTTP_SLICE,
+            vec![("B3", "")],
+        ),
+        s(
+            "itp",
+            "internalTrafficPolicy: Local",
+            None,
+            HTTP,
+            HTTP_SLICE,
+            vec![("A1", ""), ("B1", "")],
+        ),
+        s(
+            "itp-none",
+            "internalTrafficPolicy: Local",
+            None,
+            HTTP,
+            HTTP_SLICE,
+            vec![("B2", "")],
+        ),
+        s(
+            "term",
+            "",
+            None,
+            HTTP,
+            HTTP_SLICE,
+            vec![
+                ("B1", "conditions: {ready: false, serving: true, terminating: true}"),
+                ("B2", "conditions: {ready: false, serving: false, terminating: true}"),
+            ],
+        ),
+        s(
+            "empty",
+            "type: NodePort\n  externalIPs: [{E4}]",
+            None,
+            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30083}, {name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30084}]",
+            HTTP_SLICE,
+            vec![],
+        ),
+        s(
+            "sticky",
+            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}",
+            None,
+            HTTP,
+            HTTP_SLICE,
+            vec![("A1", ""), ("A2", ""), ("B1", ""), ("B2", "")],
+        ),
+        s(
+            "dns",
+            "type: NodePort",
+            None,
+            "[{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}, {name: sig, port: 2905, protocol: SCTP, targetPort: 2905, nodePort: 30905}]",
+            "[{name: dns, port: 5353, protocol: UDP}, {name: sig, port: 2905, protocol: SCTP}]",
+            vec![("A2", ""), ("B2", "")],
+        ),
+        s("self", "", None, HTTP, HTTP_SLICE, vec![("A1", "")]),
+        s("gone", "", None, HTTP, HTTP_SLICE, vec![("A2", "")]),
+    ]
+}
+
+/// The ClusterIP of a service of [`services`] (stable: by position in that list).
+fn svc_ip(f: Family, name: &str) -> IpAddr {
+    let i = services()
+        .iter()
+        .position(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name}"));
+    ip(f, &format!("S{}", 10 + i))
+}
+
+fn both_q(f: impl Fn(Family) -> IpAddr) -> String {
+    format!("\"{}\", \"{}\"", f(Family::V4), f(Family::V6))
+}
+
+/// Dual-stack manifests: the node, the ServiceCIDRs, each service (ClusterIPs of both
+/// families) and one EndpointSlice per family.
+fn manifests(svcs: &[Svc]) -> String {
+    let all = services();
+    let mut y = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n\
+         spec: {{podCIDRs: [\"{}\", \"{}\"]}}\n\
+         status: {{addresses: [{{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}, \
+         {{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}]}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\n\
+         spec: {{cidrs: [\"{}\", \"{}\"]}}\n",
+        cidr(Family::V4, "pods"),
+        cidr(Family::V6, "pods"),
+        node_ip(Family::V4),
+        node_ip(Family::V6),
+        node_link_b_ip(Family::V4),
+        node_link_b_ip(Family::V6),
+        service_cidr(Family::V4),
+        service_cidr(Family::V6),
+    );
+    for s in svcs {
+        assert!(
+            all.iter().any(|a| a.name == s.name),
+            "{} not in services()",
+            s.name
+        );
+        let spec = s
+            .spec
+            .replace("{E1}", &both_q(|f| ip(f, "E1")))
+            .replace("{E4}", &both_q(|f| ip(f, "E4")))
+            .replace(
+                "{sources}",
+                &format!(
+                    "\"{}\", \"{}\"",
+                    cidr(Family::V4, "sources"),
+                    cidr(Family::V6, "sources")
+                ),
+            );
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {}, namespace: t}}\nspec:\n  \
+             clusterIP: \"{}\"\n  clusterIPs: [{}]\n  ipFamilies: [IPv4, IPv6]\n  \
+             ipFamilyPolicy: RequireDualStack\n  ports: {}\n",
+            s.name,
+            svc_ip(Family::V4, s.name),
+            both_q(|f| svc_ip(f, s.name)),
+            s.ports
+        ));
+        if !s.spec.is_empty() {
+            y.push_str(&format!("  {spec}\n"));
+        }
+        if let Some(lb) = s.lb {
+            y.push_str(&format!(
+                "status: {{loadBalancer: {{ingress: [{{ip: \"{}\"}}, {{ip: \"{}\"}}]}}}}\n",
+                ip(Family::V4, lb),
+                ip(Family::V6, lb)
+            ));
+        }
+        if s.endpoints.is_empty() {
+            continue;
+        }
+        for f in [Family::V4, Family::V6] {
+            let eps: Vec<String> = s
+                .endpoints
+                .iter()
+                .map(|(pod, extra)| {
+                    let node = if pod.starts_with('A') {
+                        "node-a"
+                    } else {
+                        "node-b"
+                    };
+                    let extra = if extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {extra}")
+                    };
+                    format!(
+                        "- {{addresses: [\"{}\"], nodeName: {node}{extra}}}",
+                        pod_ip(f, pod)
+                    )
+                })
+                .collect();
+            y.push_str(&format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: {}-{}, namespace: t, labels: {{kubernetes.io/service-name: {}}}}}\n\
+                 addressType: {}\nports: {}\nendpoints:\n{}\n",
+                s.name,
+                fam(f).to_lowercase(),
+                s.name,
+                fam(f),
+                s.slice_ports,
+                eps.join("\n")
+            ));
+        }
+    }
+    y
+}
+
+fn flags(extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--hostname-override=node-a".to_string(),
+        format!(
+            "--cluster-cidr={},{}",
+            cidr(Family::V4, "cluster"),
+            cidr(Family::V6, "cluster")
+        ),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness.
+
+/// A topology programmed with `svcs`, or `None` (after one printed line) without root.
+fn lab(test: &str, sctp: bool, svcs: &[Svc], extra_flags: &[&str]) -> Option<Topology> {
+    if !kernel_tests_enabled(test) {
+        return None;
+    }
+    let t = Topology::new(LOCAL_PODS, REMOTE_PODS, sctp);
+    program(&t, svcs, extra_flags);
+    Some(t)
+}
+
+fn program(t: &Topology, svcs: &[Svc], extra_flags: &[&str]) {
+    let flags = flags(extra_flags);
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    t.program(&manifests(svcs), &refs);
+}
+
+/// Runs the body for IPv4 and IPv6 at the same time (the families are independent).
+fn both(body: impl Fn(Family) + Sync) {
+    thread::scope(|s| {
+        let b = &body;
+        s.spawn(move || b(Family::V4));
+        s.spawn(move || b(Family::V6));
+    });
+}
+
+/// `n` connections through the kernel, each checked against the tracer's prediction for
+/// the same ruleset.
+fn probes(
+    t: &Topology,
+    from: Client,
+    to: IpAddr,
+    port: u16,
+    proto: Protocol,
+    n: usize,
+) -> Vec<Outcome> {
+    let probe = t.probe(from, to, port, proto);
+    let tr = t.trace(&probe);
+    let timeout = if tr.verdict == TraceVerdict::Drop {
+        DROP_TIMEOUT
+    } else {
+        DEFAULT_TIMEOUT
+    };
+    let start = Instant::now();
+    let outs = t.connect_many(from, to, port, proto, timeout, n);
+    let per_attempt = start.elapsed() / n as u32;
+    for o in &outs {
+        agree(t, &probe, &tr, o, per_attempt);
+    }
+    outs
+}
+
+/// The kernel's outcome `o` of `probe` (which took `elapsed`) is one the tracer predicted.
+fn agree(t: &Topology, probe: &Probe, tr: &Trace, o: &Outcome, elapsed: Duration) {
+    let ctx = |why: &str| {
+        format!(
+            "kernel and tracer disagree ({why}): {} → {} {}:{}: kernel: {o:?}\n\
+             tracer:\n{}",
+            probe.src,
+            probe.proto.name(),
+            probe.dst,
+            probe.port,
+            tr.render_text(probe)
+        )
+    };
+    match o {
+        Outcome::Reached {
+            server,
+            port,
+            saw_source,
+        } => {
+            assert_eq!(tr.verdict, TraceVerdict::Dnat, "{}", ctx("verdict"));
+            let ep = EndpointAddr {
+                ip: *server,
+                port: *port,
+            };
+            let masq: BTreeSet<bool> = tr
+                .paths
+                .iter()
+                .filter(|p| p.verdict == TraceVerdict::Dnat && p.endpoint == Some(ep))
+                .map(|p| p.masquerade)
+                .collect();
+            assert!(!masq.is_empty(), "{}", ctx("endpoint not predicted"));
+            let kernel_masq = *saw_source != probe.src;
+            assert!(masq.contains(&kernel_masq), "{}", ctx("masquerade"));
+            if kernel_masq {
+                assert_eq!(
+                    *saw_source,
+                    t.egress_addr(*server),
+                    "{}",
+                    ctx("masqueraded to the wrong address")
+                );
+            }
+        }
+        Outcome::Refused => {
+            // Not DNATed to a node address: nothing listens there, so it is refused too.
+            let accepted_locally = tr.verdict == TraceVerdict::Accept && t.is_node_addr(probe.dst);
+            assert!(
+                tr.verdict == TraceVerdict::Reject || accepted_locally,
+                "{}",
+                ctx("refused")
+            );
+            assert!(
+                elapsed < REFUSED_WITHIN,
+                "{}",
+                ctx(&format!("refused only after {elapsed:?}"))
+            );
+        }
+        Outcome::Timeout => {
+            assert_eq!(tr.verdict, TraceVerdict::Drop, "{}", ctx("timeout"));
+        }
+        Outcome::Unreachable | Outcome::Broken => panic!("{}", ctx("unexpected")),
+    }
+}
+
+fn probe(t: &Topology, from: Client, to: IpAddr, port: u16, proto: Protocol) -> Outcome {
+    probes(t, from, to, port, proto, 1)
+        .pop()
+        .expect("one outcome")
+}
+
+/// Who the backend saw as the source.
+#[derive(Clone, Copy, Debug)]
+enum Seen {
+    /// The client's own address (not masqueraded).
+    Client,
+    /// The node's address on the link to the endpoint (masqueraded).
+    Masqueraded,
+}
+
+#[track_caller]
+fn check_source(t: &Topology, from: Client, o: &Outcome, seen: Seen) {
+    let Outcome::Reached {
+        server, saw_source, ..
+    } = o
+    else {
+        panic!("{from:?}: expected a server, got {o:?}");
+    };
+    let want = match seen {
+        Seen::Client => t.source_of(from, *server),
+        Seen::Masqueraded => t.egress_addr(*server),
+    };
+    assert_eq!(
+        *saw_source, want,
+        "{from:?} → {server}: source seen ({seen:?})"
+    );
+}
+
+/// Connects until every pod in `want` answered on `port` (each answer must come from one
+/// of them, with the source `seen`); at most 10 rounds of 12 connections.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn spread(
+    t: &Topology,
+    from: Client,
+    to: IpAddr,
+    port: u16,
+    proto: Protocol,
+    want: &[&str],
+    want_port: u16,
+    seen: Seen,
+) {
+    let f = Family::of(&to);
+    let want: BTreeSet<IpAddr> = want.iter().map(|p| pod_ip(f, p)).collect();
+    let mut got = BTreeSet::new();
+    for _ in 0..10 {
+        for o in probes(t, from, to, port, proto, 12) {
+            let Outcome::Reached {
+                server, port: p, ..
+            } = o
+            else {
+                panic!("{from:?} → {to}:{port}: {o:?}, expected one of {want:?}");
+            };
+            assert!(
+                want.contains(&server) && p == want_port,
+                "{from:?} → {to}:{port}: reached {server}:{p}, expected one of {want:?} on {want_port}"
+            );
+            check_source(t, from, &o, seen);
+            got.insert(server);
+        }
+        if got == want {
+            return;
+        }
+    }
+    panic!("{from:?} → {to}:{port}: only {got:?} of {want:?} answered in 120 connections");
+}
+
+/// `n` connections, all answered by `pod` on `want_port`.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn only(
+    t: &Topology,
+    from: Client,
+    to: IpAddr,
+    port: u16,
+    proto: Protocol,
+    pod: &str,
+    want_port: u16,
+    seen: Seen,
+) {
+    let want = pod_ip(Family::of(&to), pod);
+    for o in probes(t, from, to, port, proto, 8) {
+        assert_eq!(
+            o.server(),
+            Some(want),
+            "{from:?} → {to}:{port}: {o:?}, expected only {pod}"
+        );
+        assert!(matches!(o, Outcome::Reached { port: p, .. } if p == want_port));
+        check_source(t, from, &o, seen);
+    }
+}
+
+#[track_caller]
+fn refused(t: &Topology, from: Client, to: IpAddr, port: u16, proto: Protocol) {
+    let o = probe(t, from, to, port, proto);
+    assert_eq!(
+        o,
+        Outcome::Refused,
+        "{from:?} → {} {to}:{port}",
+        proto.name()
+    );
+}
+
+#[track_caller]
+fn dropped(t: &Topology, from: Client, to: IpAddr, port: u16, proto: Protocol) {
+    let o = probe(t, from, to, port, proto);
+    assert_eq!(
+        o,
+        Outcome::Timeout,
+        "{from:?} → {} {to}:{port}",
+        proto.name()
+    );
+}
+
+fn o5(f: Family) -> Client {
+    Client::Outside(outside_ip(f, "O5"))
+}
+
+fn x5(f: Family) -> Client {
+    Client::Outside(outside_ip(f, "X5"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn clusterip_spreads_over_ready_endpoints_with_named_target_ports() {
+    let Some(t) = lab("clusterip_spreads", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        // Not-ready B3 never answers; the named target port "http" is the slice's 8080.
+        let web = svc_ip(f, "web");
+        spread(
+            &t,
+            CLIENT,
+            web,
+            80,
+            Tcp,
+            &["A1", "B1", "B2"],
+            8080,
+            Seen::Client,
+        );
+        // Two named ports of one service resolve to their own slice ports.
+        let named = svc_ip(f, "named");
+        spread(
+            &t,
+            CLIENT,
+            named,
+            80,
+            Tcp,
+            &["A2", "B2"],
+            8080,
+            Seen::Client,
+        );
+        spread(
+            &t,
+            CLIENT,
+            named,
+            81,
+            Tcp,
+            &["A2", "B2"],
+            8081,
+            Seen::Client,
+        );
+    });
+}
+
+#[test]
+fn masquerade_exactly_where_upstream_masquerades() {
+    let Some(t) = lab("masquerade", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        let web = svc_ip(f, "web");
+        let all = ["A1", "B1", "B2"];
+        // Pod → ClusterIP keeps the pod's address.
+        spread(&t, CLIENT, web, 80, Tcp, &all, 8080, Seen::Client);
+        // The node itself and outside clients are masqueraded to the node's address on the
+        // link towards the endpoint (the bridge for A*, the node-b link for B*).
+        spread(
+            &t,
+            Client::Node,
+            web,
+            80,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        spread(&t, o5(f), web, 80, Tcp, &all, 8080, Seen::Masqueraded);
+        spread(
+            &t,
+            o5(f),
+            node_ip(f),
+            30080,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        // Hairpin: a pod reaching itself through a service sees the node's bridge address,
+        // another pod reaching the same endpoint keeps its own.
+        let own = svc_ip(f, "self");
+        let o = probe(&t, Client::Pod("A1"), own, 80, Tcp);
+        assert_eq!(
+            o,
+            Outcome::Reached {
+                server: pod_ip(f, "A1"),
+                port: 8080,
+                saw_source: gateway_ip(f)
+            }
+        );
+        only(&t, CLIENT, own, 80, Tcp, "A1", 8080, Seen::Client);
+    });
+}
+
+#[test]
+fn nodeports_external_ips_and_nodeport_addresses() {
+    let Some(t) = lab("nodeports", false, &services(), &[]) else {
+        return;
+    };
+    let all = ["A1", "B1", "B2"];
+    both(|f| {
+        // Default nodePortAddresses: the primary node IP only.
+        spread(
+            &t,
+            o5(f),
+            node_ip(f),
+            30080,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        refused(&t, o5(f), node_link_b_ip(f), 30080, Tcp);
+        // externalIPs, from outside and from a pod (external traffic either way).
+        spread(
+            &t,
+            o5(f),
+            ip(f, "E1"),
+            80,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        spread(
+            &t,
+            CLIENT,
+            ip(f, "E1"),
+            80,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        // The node reaching its own NodePort.
+        spread(
+            &t,
+            Client::Node,
+            node_ip(f),
+            30080,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+    });
+    // nodePortAddresses as CIDRs: only the node's address on the node-b link serves them.
+    let cidrs = format!(
+        "--nodeport-addresses={},{}",
+        cidr(Family::V4, "nodes-b"),
+        cidr(Family::V6, "nodes-b")
+    );
+    program(&t, &services(), &[cidrs.as_str()]);
+    both(|f| {
+        spread(
+            &t,
+            o5(f),
+            node_link_b_ip(f),
+            30080,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        refused(&t, o5(f), node_ip(f), 30080, Tcp);
+    });
+}
+
+#[test]
+fn load_balancer_ips_with_and_without_source_ranges() {
+    let Some(t) = lab("loadbalancer", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        let lb = ip(f, "E2");
+        // Inside loadBalancerSourceRanges: reached (masqueraded, eTP Cluster).
+        spread(
+            &t,
+            o5(f),
+            lb,
+            80,
+            Tcp,
+            &["A2", "B1"],
+            8080,
+            Seen::Masqueraded,
+        );
+        // Outside them: dropped.
+        dropped(&t, x5(f), lb, 80, Tcp);
+        // The same service's NodePort and ClusterIP are not firewalled.
+        spread(
+            &t,
+            x5(f),
+            node_ip(f),
+            30090,
+            Tcp,
+            &["A2", "B1"],
+            8080,
+            Seen::Masqueraded,
+        );
+        spread(
+            &t,
+            x5(f),
+            svc_ip(f, "lb"),
+            80,
+            Tcp,
+            &["A2", "B1"],
+            8080,
+            Seen::Masqueraded,
+        );
+        // A LoadBalancer without source ranges takes everyone.
+        let open = ip(f, "E5");
+        spread(
+            &t,
+            x5(f),
+            open,
+            80,
+            Tcp,
+            &["A1", "B2"],
+            8080,
+            Seen::Masqueraded,
+        );
+        spread(
+            &t,
+            o5(f),
+            open,
+            80,
+            Tcp,
+            &["A1", "B2"],
+            8080,
+            Seen::Masqueraded,
+        );
+    });
+}
+
+#[test]
+fn external_traffic_policy_local() {
+    let Some(t) = lab("etp_local", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        // Outside clients: the local endpoint only, and it sees the real client address.
+        only(&t, o5(f), ip(f, "E3"), 80, Tcp, "A3", 8080, Seen::Client);
+        only(&t, o5(f), node_ip(f), 30081, Tcp, "A3", 8080, Seen::Client);
+        // No local endpoint: outside traffic is dropped.
+        dropped(&t, o5(f), node_ip(f), 30082, Tcp);
+        // Pods short-circuit to every endpoint, unmasqueraded …
+        let all = ["A3", "B2"];
+        spread(&t, CLIENT, ip(f, "E3"), 80, Tcp, &all, 8080, Seen::Client);
+        spread(&t, CLIENT, node_ip(f), 30081, Tcp, &all, 8080, Seen::Client);
+        only(&t, CLIENT, node_ip(f), 30082, Tcp, "B3", 8080, Seen::Client);
+        // … the node itself too, masqueraded.
+        spread(
+            &t,
+            Client::Node,
+            node_ip(f),
+            30081,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        only(
+            &t,
+            Client::Node,
+            node_ip(f),
+            30082,
+            Tcp,
+            "B3",
+            8080,
+            Seen::Masqueraded,
+        );
+        // The ClusterIP is not affected by eTP.
+        spread(
+            &t,
+            CLIENT,
+            svc_ip(f, "etp"),
+            80,
+            Tcp,
+            &all,
+            8080,
+            Seen::Client,
+        );
+    });
+}
+
+#[test]
+fn internal_traffic_policy_local_and_terminating_fallback() {
+    let Some(t) = lab("itp_local", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        only(
+            &t,
+            CLIENT,
+            svc_ip(f, "itp"),
+            80,
+            Tcp,
+            "A1",
+            8080,
+            Seen::Client,
+        );
+        // No local endpoint while remote ones exist: dropped, not rejected.
+        dropped(&t, CLIENT, svc_ip(f, "itp-none"), 80, Tcp);
+        // Whatever the node gets, the tracer must agree.
+        probes(&t, Client::Node, svc_ip(f, "itp"), 80, Tcp, 4);
+        // No ready endpoint: the serving+terminating one takes the traffic, the
+        // non-serving one never does.
+        only(
+            &t,
+            CLIENT,
+            svc_ip(f, "term"),
+            80,
+            Tcp,
+            "B1",
+            8080,
+            Seen::Client,
+        );
+    });
+}
+
+#[test]
+fn rejects_are_immediate_and_drops_time_out() {
+    let Some(t) = lab("reject_drop", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        // No endpoints: every entry point is refused at once (ICMP port unreachable).
+        let empty = svc_ip(f, "empty");
+        refused(&t, CLIENT, empty, 80, Tcp);
+        refused(&t, Client::Node, empty, 80, Tcp);
+        refused(&t, o5(f), node_ip(f), 30083, Tcp);
+        refused(&t, o5(f), ip(f, "E4"), 80, Tcp);
+        refused(&t, CLIENT, empty, 53, Udp);
+        refused(&t, o5(f), node_ip(f), 30084, Udp);
+        // A live ClusterIP on a port it does not serve: refused.
+        refused(&t, CLIENT, svc_ip(f, "web"), 81, Tcp);
+        refused(&t, Client::Node, svc_ip(f, "web"), 81, Tcp);
+        // TCP on the UDP port of a ClusterIP is not served either.
+        refused(&t, CLIENT, svc_ip(f, "dns"), 53, Tcp);
+        // An unallocated address inside the ServiceCIDR: dropped.
+        let unallocated = ip(f, "S250");
+        dropped(&t, CLIENT, unallocated, 80, Tcp);
+        dropped(&t, Client::Node, unallocated, 80, Tcp);
+    });
+}
+
+#[test]
+fn session_affinity_sticks_until_the_timeout() {
+    let Some(t) = lab("affinity", false, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        let sticky = svc_ip(f, "sticky");
+        let all: BTreeSet<IpAddr> = ["A1", "A2", "B1", "B2"]
+            .iter()
+            .map(|p| pod_ip(f, p))
+            .collect();
+        // One client: every connection to the same endpoint (each one refreshes the
+        // 2-second timeout).
+        let outs = probes(&t, CLIENT, sticky, 80, Tcp, 24);
+        let first = outs[0].server().expect("reached");
+        assert!(all.contains(&first));
+        for o in &outs {
+            assert_eq!(o.server(), Some(first), "affinity broken: {outs:?}");
+            check_source(&t, CLIENT, o, Seen::Client);
+        }
+        // Another client has its own affinity (it may or may not be the same endpoint).
+        let other = probes(&t, Client::Pod("A3"), sticky, 80, Tcp, 8);
+        assert!(other.iter().all(|o| o.server() == other[0].server()));
+        // After the timeout the client is new again: some later pick differs (each pick
+        // repeats the old endpoint with probability 1/4).
+        let mut last = first;
+        for round in 0..8 {
+            thread::sleep(Duration::from_millis(2300));
+            let o = probe(&t, CLIENT, sticky, 80, Tcp);
+            let now = o.server().expect("reached");
+            if now != last {
+                return;
+            }
+            last = now;
+            assert!(round < 7, "{f}: the same endpoint after 8 expiries");
+        }
+    });
+}
+
+#[test]
+fn udp_and_sctp_services() {
+    let Some(t) = lab("udp_sctp", true, &services(), &[]) else {
+        return;
+    };
+    both(|f| {
+        let dns = svc_ip(f, "dns");
+        let all = ["A2", "B2"];
+        spread(&t, CLIENT, dns, 53, Udp, &all, 5353, Seen::Client);
+        spread(
+            &t,
+            o5(f),
+            node_ip(f),
+            30053,
+            Udp,
+            &all,
+            5353,
+            Seen::Masqueraded,
+        );
+        spread(
+            &t,
+            Client::Node,
+            dns,
+            53,
+            Udp,
+            &all,
+            5353,
+            Seen::Masqueraded,
+        );
+        // SCTP: the backend's raw listener sees the INIT, DNATed to its own address and
+        // the target port, from the pod (ClusterIP) or from the node (NodePort, masqueraded).
+        spread(
+            &t,
+            CLIENT,
+            dns,
+            SCTP_PORT,
+            Sctp,
+            &all,
+            SCTP_PORT,
+            Seen::Client,
+        );
+        spread(
+            &t,
+            o5(f),
+            node_ip(f),
+            30905,
+            Sctp,
+            &all,
+            SCTP_PORT,
+            Seen::Masqueraded,
+        );
+    });
+}
+
+#[test]
+fn updates_keep_established_connections() {
+    let svcs = services();
+    let Some(t) = lab("updates", false, &svcs, &[]) else {
+        return;
+    };
+    // One long-lived connection per family through the web ClusterIP.
+    let hold = Duration::from_millis(3000);
+    let held: Vec<_> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| {
+            let web = svc_ip(f, "web");
+            let h = t.hold(CLIENT, web, 80, hold);
+            let probe = t.probe(CLIENT, web, 80, Tcp);
+            agree(&t, &probe, &t.trace(&probe), &h.first, Duration::ZERO);
+            (f, h)
+        })
+        .collect();
+    let mut pinned = BTreeSet::new();
+    for (f, h) in &held {
+        let server = h
+            .first
+            .server()
+            .unwrap_or_else(|| panic!("{f}: {:?}", h.first));
+        pinned.insert(server);
+    }
+    // Remove a web endpoint neither held connection uses, add A2, delete "gone".
+    let removed = ["A1", "B1", "B2"]
+        .into_iter()
+        .find(|p| {
+            !pinned.contains(&pod_ip(Family::V4, p)) && !pinned.contains(&pod_ip(Family::V6, p))
+        })
+        .expect("three endpoints, two held connections");
+    let mut next: Vec<Svc> = svcs.into_iter().filter(|s| s.name != "gone").collect();
+    let web = next.iter_mut().find(|s| s.name == "web").expect("web");
+    web.endpoints.retain(|(p, _)| *p != removed);
+    web.endpoints.push(("A2", ""));
+    program(&t, &next, &[]);
+    for (_, h) in &held {
+        assert!(
+            Instant::now() < h.second_at,
+            "the update took longer than the hold time: the test proves nothing"
+        );
+    }
+    both(|f| {
+        let want: Vec<&str> = ["A1", "B1", "B2", "A2"]
+            .into_iter()
+            .filter(|p| *p != removed)
+            .collect();
+        spread(
+            &t,
+            CLIENT,
+            svc_ip(f, "web"),
+            80,
+            Tcp,
+            &want,
+            8080,
+            Seen::Client,
+        );
+        // The deleted service's address is now an unallocated ServiceCIDR address.
+        dropped(&t, CLIENT, svc_ip(f, "gone"), 80, Tcp);
+    });
+    for (f, h) in held {
+        let first = h.first.clone();
+        let second = h.finish();
+        assert_eq!(second, first, "{f}: the held connection after the update");
+    }
+}
