@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
 use kproxy::backend::netlink::NetlinkBackend;
@@ -96,7 +96,9 @@ fn setns(f: &std::fs::File) {
 impl Drop for InNetns {
     fn drop(&mut self) {
         setns(&self.home);
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -134,6 +136,18 @@ fn full_sync(b: &mut NetlinkBackend, m: &Model) {
     b.apply(&d.tx).expect("apply");
 }
 
+/// `iters` cold full syncs, each after deleting the tables (untimed).
+fn timed_cold_syncs(b: &mut NetlinkBackend, m: &Model, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        delete_tables(b);
+        let start = Instant::now();
+        full_sync(b, m);
+        total += start.elapsed();
+    }
+    total
+}
+
 fn cold(c: &mut Criterion) {
     let mut g = c.benchmark_group("cold_full_sync");
     g.sample_size(10);
@@ -143,11 +157,7 @@ fn cold(c: &mut Criterion) {
     for n in [10_000usize, 50_000] {
         let m = model_for(n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &m, |bench, m| {
-            bench.iter_batched(
-                || delete_tables(&mut b),
-                |_| full_sync(&mut b, m),
-                BatchSize::PerIteration,
-            )
+            bench.iter_custom(|iters| timed_cold_syncs(&mut b, m, iters))
         });
     }
     g.finish();
@@ -168,7 +178,11 @@ fn incremental(c: &mut Criterion) {
     b.apply(&d.tx).expect("initial load");
     drop(full);
     let idx = 12_345;
-    let fm = m.families.iter_mut().find(|f| f.family == Family::V4).unwrap();
+    let fm = m
+        .families
+        .iter_mut()
+        .find(|f| f.family == Family::V4)
+        .unwrap();
     let name = fm.services[idx].name.clone();
     let key: BTreeSet<(String, String)> = [(name.namespace.clone(), name.name.clone())].into();
     let extra = EndpointAddr {
@@ -179,7 +193,11 @@ fn incremental(c: &mut Criterion) {
     g.bench_function(BenchmarkId::from_parameter(n), |bench| {
         bench.iter(|| {
             {
-                let fm = m.families.iter_mut().find(|f| f.family == Family::V4).unwrap();
+                let fm = m
+                    .families
+                    .iter_mut()
+                    .find(|f| f.family == Family::V4)
+                    .unwrap();
                 let sp = &mut fm.services[idx];
                 if added {
                     sp.cluster_endpoints.retain(|e| *e != extra);
@@ -188,7 +206,9 @@ fn incremental(c: &mut Criterion) {
                 }
                 added = !added;
             }
-            let d = r.update(&m, &key, &DiffOptions::default()).expect("incremental");
+            let d = r
+                .update(&m, &key, &DiffOptions::default())
+                .expect("incremental");
             assert!(!d.tx.is_empty());
             b.apply(&d.tx).expect("apply");
         })
@@ -251,22 +271,74 @@ fn upstream(c: &mut Criterion) {
                         .output();
                 },
                 |_| {
-                    let o = Command::new("nft").arg("-f").arg(file).output().expect("nft");
+                    let o = Command::new("nft")
+                        .arg("-f")
+                        .arg(file)
+                        .output()
+                        .expect("nft");
                     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
                 },
                 BatchSize::PerIteration,
             )
         });
         g.bench_with_input(BenchmarkId::new("kproxy", n), &m, |bench, m| {
-            bench.iter_batched(
-                || delete_tables(&mut b),
-                |_| full_sync(&mut b, m),
-                BatchSize::PerIteration,
-            )
+            bench.iter_custom(|iters| timed_cold_syncs(&mut b, m, iters))
         });
         let _ = std::fs::remove_file(&file);
     }
     g.finish();
+}
+
+/// User + system CPU time of this thread.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage struct.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// One cold sync of `n` services, phase by phase (printed once, for the notes).
+fn breakdown(n: usize) {
+    let _ns = InNetns::enter("phases");
+    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    let m = model_for(n);
+    let t = Instant::now();
+    let next = Renderer::new().full(&m);
+    let render = t.elapsed();
+    let t = Instant::now();
+    let current = b.dump().expect("dump");
+    let dump = t.elapsed();
+    let t = Instant::now();
+    let d = kproxy::diff::diff(&current, &next, &DiffOptions::default());
+    let diff = t.elapsed();
+    let t = Instant::now();
+    let batch = kproxy::backend::netlink::encode(&d.tx).expect("encode");
+    let encode = t.elapsed();
+    let t = Instant::now();
+    let cpu0 = cpu_time();
+    let result = b.apply(&d.tx);
+    let apply = t.elapsed();
+    let apply_cpu = cpu_time() - cpu0;
+    let total = render + dump + diff + apply;
+    println!(
+        "phases/{n}x10: render {:.0} ms, read-back {:.0} ms, diff {:.0} ms, encode {:.0} ms \
+         ({} messages, {:.1} MB), encode+commit {:.0} ms (cpu {:.0} ms) => total {:.0} ms{}",
+        render.as_secs_f64() * 1e3,
+        dump.as_secs_f64() * 1e3,
+        diff.as_secs_f64() * 1e3,
+        encode.as_secs_f64() * 1e3,
+        batch.messages(),
+        batch.len_bytes() as f64 / 1e6,
+        apply.as_secs_f64() * 1e3,
+        apply_cpu.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        match result {
+            Ok(_) => String::new(),
+            Err(e) => format!(" FAILED: {e}"),
+        }
+    );
 }
 
 /// Peak heap of one cold full sync of 50k × 10, from the built model (manifests excluded)
@@ -301,8 +373,17 @@ fn main() {
         return;
     }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    if filter.as_deref().is_none_or(|f| "sync_path_peak_heap".contains(f)) {
+    if filter
+        .as_deref()
+        .is_none_or(|f| "sync_path_peak_heap".contains(f))
+    {
         memory();
+    }
+    if filter.as_deref().is_none_or(|f| f.starts_with("phases")) {
+        breakdown(10_000);
+        if filter.as_deref() != Some("phases10k") {
+            breakdown(50_000);
+        }
     }
     benches();
     criterion::Criterion::default()

@@ -153,7 +153,9 @@ fn typeof_expr(_family: Family, t: DataType) -> &'static str {
         DataType::Ipv4Addr => "ip daddr",
         DataType::Ipv6Addr => "ip6 daddr",
         DataType::InetProto => "meta l4proto",
-        DataType::InetService => "tcp dport",
+        // `th dport`, not `tcp dport`: nft 1.0.6 refuses a UDP/SCTP rule whose map data
+        // carries a TCP dependency in ip6 tables ("conflicting protocols").
+        DataType::InetService => "th dport",
         DataType::Mark => "meta mark",
         DataType::Slot => "numgen random mod 1",
         DataType::Verdict => "verdict",
@@ -493,7 +495,7 @@ mod tests {
             .with_comment("ns/a:http"),
         );
         let txt = set(Family::V4, &s);
-        assert!(txt.contains("typeof numgen random mod 1 : ip daddr . tcp dport"));
+        assert!(txt.contains("typeof numgen random mod 1 : ip daddr . th dport"));
         assert!(txt.contains("4 comment \"ns/a:http\" : 10.0.0.1 . 80"));
     }
 }

@@ -19,16 +19,16 @@ use crate::diff::{diff, Diff, DiffOptions};
 use crate::model::{FamilyModel, Model, ServicePort, ServicePortName};
 use crate::nft::{Element, Family, Ruleset, Table, Value};
 
-use super::names::{ENDPOINTS, HAIRPIN};
-use super::{assemble, fragment, skeleton, Fragment, Policy, SlotAllocator};
+use super::names::HAIRPIN;
+use super::{assemble, endpoint_map, fragment, skeleton, Fragment, Policy, SetRef, SlotAllocator};
 
 /// A `(namespace, name)` of a Service.
 pub type ServiceKey = (String, String);
 
-type ElementKey = (&'static str, Vec<Value>);
+type ElementKey = (SetRef, Vec<Value>);
 
 /// How the current element of a key is known, by set:
-/// - `@endpoints`: a slot belongs to one port's range at a time (the allocator never
+/// - `@endpoints-N`: a slot belongs to one port's range at a time (the allocator never
 ///   hands out an owned slot), so only the changed ports' own fragments can hold it;
 /// - `@hairpin-endpoints`: equal elements by construction: a count per endpoint IP;
 /// - every other set (ClusterIPs, VIP / NodePort dispatch, firewall; a few keys per
@@ -53,9 +53,9 @@ fn hairpin_ip(e: &Element) -> Option<IpAddr> {
 }
 
 impl FamilyState {
-    /// The element the full table holds for `key` now (not for `@endpoints`).
+    /// The element the full table holds for `key` now (not for `@endpoints-N`).
     fn shared(&self, key: &ElementKey) -> Option<Element> {
-        if key.0 == HAIRPIN {
+        if key.0 == SetRef::Named(HAIRPIN) {
             let ip = match key.1.first() {
                 Some(Value::Addr(ip)) => *ip,
                 _ => return None,
@@ -72,8 +72,8 @@ impl FamilyState {
     fn add_contributions(&mut self, name: &ServicePortName, frag: &Fragment) {
         for (set, e) in &frag.elements {
             match *set {
-                ENDPOINTS => {}
-                HAIRPIN => {
+                SetRef::Endpoints(_) => {}
+                SetRef::Named(HAIRPIN) => {
                     if let Some(ip) = hairpin_ip(e) {
                         *self.hairpin.entry(ip).or_default() += 1;
                     }
@@ -90,8 +90,8 @@ impl FamilyState {
     fn remove_contributions(&mut self, name: &ServicePortName, frag: &Fragment) {
         for (set, e) in &frag.elements {
             match *set {
-                ENDPOINTS => {}
-                HAIRPIN => {
+                SetRef::Endpoints(_) => {}
+                SetRef::Named(HAIRPIN) => {
                     if let Some(ip) = hairpin_ip(e) {
                         if let Some(n) = self.hairpin.get_mut(&ip) {
                             *n -= 1;
@@ -200,7 +200,11 @@ impl Renderer {
             .values()
             .filter_map(|st| {
                 let skel = st.skeleton.clone()?;
-                Some(assemble(skel, st.ports.values().map(|(_, f)| f.clone())))
+                Some(assemble(
+                    skel,
+                    &st.slots,
+                    st.ports.values().map(|(_, f)| f.clone()),
+                ))
             })
             .collect();
         Ruleset { tables }
@@ -254,6 +258,7 @@ fn update_family(
         prev.add_set(decl);
     }
     let mut next = prev.clone();
+    let shards_before = st.slots.shards_in_use();
 
     // Which ports change: old ports of the changed services, and their new ports.
     let new_ports = ports_of(fm, changed);
@@ -305,8 +310,8 @@ fn update_family(
     // Phase 2: every element key either side touches, with the element the full table
     // holds for it before. Slots come only from the changed ports' own fragments.
     let mut touched: BTreeSet<ElementKey> = BTreeSet::new();
-    let mut slots_before: HashMap<Vec<Value>, Element> = HashMap::new();
-    let mut slots_after: HashMap<Vec<Value>, Element> = HashMap::new();
+    let mut slots_before: HashMap<ElementKey, Element> = HashMap::new();
+    let mut slots_after: HashMap<ElementKey, Element> = HashMap::new();
     for (n, new) in &new_frags {
         let old = st.ports.get(n).map(|(_, f)| f);
         for (f, slots) in [
@@ -314,8 +319,8 @@ fn update_family(
             (new.as_ref().map(|(_, f)| f), &mut slots_after),
         ] {
             for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
-                if *set == ENDPOINTS {
-                    slots.insert(e.key.clone(), e.clone());
+                if let SetRef::Endpoints(_) = set {
+                    slots.insert((*set, e.key.clone()), e.clone());
                 } else {
                     touched.insert((*set, e.key.clone()));
                 }
@@ -353,20 +358,39 @@ fn update_family(
         }
     }
 
-    // Phase 4: the touched elements before and after.
+    // Phase 4: the touched elements before and after, and the endpoint maps in use.
+    for shard in shards_before {
+        prev.add_set(endpoint_map(prev.family, shard));
+    }
+    for shard in st.slots.shards_in_use() {
+        next.add_set(endpoint_map(next.family, shard));
+    }
     for ((set, key), old) in before {
+        let name = set.name();
         if let Some(e) = old {
-            prev.sets.get_mut(set).expect("skeleton set").insert(e);
+            prev.sets
+                .get_mut(name.as_ref())
+                .expect("declared set")
+                .insert(e);
         }
         if let Some(e) = st.shared(&(set, key)) {
-            next.sets.get_mut(set).expect("skeleton set").insert(e);
+            next.sets
+                .get_mut(name.as_ref())
+                .expect("declared set")
+                .insert(e);
         }
     }
-    let slot_map = |t: &mut Table, slots: HashMap<Vec<Value>, Element>| {
-        let s = t.sets.get_mut(ENDPOINTS).expect("skeleton map");
-        s.extend(slots.into_values().collect());
-    };
-    slot_map(&mut prev, slots_before);
-    slot_map(&mut next, slots_after);
+    for (t, slots) in [(&mut prev, slots_before), (&mut next, slots_after)] {
+        let mut by_shard: BTreeMap<SetRef, Vec<Element>> = BTreeMap::new();
+        for ((set, _), e) in slots {
+            by_shard.entry(set).or_default().push(e);
+        }
+        for (set, elements) in by_shard {
+            t.sets
+                .get_mut(set.name().as_ref())
+                .expect("shard map of a slot in use")
+                .extend(elements);
+        }
+    }
     (prev, next)
 }

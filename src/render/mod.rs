@@ -57,11 +57,15 @@ pub mod names {
     pub const NODEPORT_IPS: &str = "nodeport-ips";
     pub const SERVICE_IPS: &str = "service-ips";
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    pub const CLUSTERIP_MASQUERADE: &str = "clusterip-masquerade";
+    pub const EXTERNAL_MASQUERADE: &str = "external-masquerade";
+    pub const NODEPORT_MASQUERADE: &str = "nodeport-masquerade";
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
     pub const FIREWALL_IPS: &str = "firewall-ips";
     pub const FIREWALL_ALLOW: &str = "firewall-allow";
-    pub const ENDPOINTS: &str = "endpoints";
+    /// Endpoint maps are sharded: `endpoints-0`, `endpoints-1`, … (see `slots`).
+    pub const ENDPOINTS_PREFIX: &str = "endpoints-";
     pub const HAIRPIN: &str = "hairpin-endpoints";
 
     pub const PREFIX_CLUSTER: &str = "service-";
@@ -143,6 +147,14 @@ fn skeleton_sets(fm: &FamilyModel) -> Vec<Set> {
         Set::new(SERVICE_IPS, vec![a, P, S], SetData::Verdict)
             .with_comment("ClusterIP, ExternalIP and LoadBalancer IP traffic"),
         Set::new(SERVICE_NODEPORTS, vec![P, S], SetData::Verdict).with_comment("NodePort traffic"),
+        Set::new(CLUSTERIP_MASQUERADE, vec![a, P, S], SetData::None).with_comment(
+            "ClusterIP ports whose traffic from outside the pod network is masqueraded",
+        ),
+        Set::new(EXTERNAL_MASQUERADE, vec![a, P, S], SetData::None).with_comment(
+            "externalIP and LoadBalancer IP ports with externalTrafficPolicy Cluster: masqueraded",
+        ),
+        Set::new(NODEPORT_MASQUERADE, vec![P, S], SetData::None)
+            .with_comment("NodePorts with externalTrafficPolicy Cluster: masqueraded"),
         Set::new(NO_ENDPOINT_SERVICES, vec![a, P, S], SetData::Verdict)
             .with_comment("vmap to drop or reject packets to services with no endpoints"),
         Set::new(NO_ENDPOINT_NODEPORTS, vec![P, S], SetData::Verdict)
@@ -155,12 +167,6 @@ fn skeleton_sets(fm: &FamilyModel) -> Vec<Set> {
             s.flags.interval = true;
             s
         },
-        Set::new(
-            ENDPOINTS,
-            vec![DataType::Slot],
-            SetData::Values(vec![a, DataType::InetService]),
-        )
-        .with_comment("endpoint slots: each service port owns a contiguous range"),
         Set::new(HAIRPIN, vec![a, a], SetData::None)
             .with_comment("endpoint . endpoint: a pod reaching itself through a service"),
     ];
@@ -179,6 +185,36 @@ fn skeleton_sets(fm: &FamilyModel) -> Vec<Set> {
         }
     }
     sets
+}
+
+/// The endpoint map of one shard: slot → endpoint address and port.
+pub fn endpoint_map(family: Family, shard: u32) -> Set {
+    Set::new(
+        format!("{ENDPOINTS_PREFIX}{shard}"),
+        vec![DataType::Slot],
+        SetData::Values(vec![addr_type(family), DataType::InetService]),
+    )
+    .with_comment(format!(
+        "endpoint slots, shard {shard}: each service port's list owns a contiguous range"
+    ))
+}
+
+/// Which table-wide set or map an element of a fragment goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetRef {
+    /// A skeleton set or map.
+    Named(&'static str),
+    /// The endpoint map of a shard.
+    Endpoints(u32),
+}
+
+impl SetRef {
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            SetRef::Named(n) => std::borrow::Cow::Borrowed(n),
+            SetRef::Endpoints(s) => std::borrow::Cow::Owned(format!("{ENDPOINTS_PREFIX}{s}")),
+        }
+    }
 }
 
 /// Statements matching "the source is a pod" (`negate`: "is not a pod"), or `None`
@@ -208,6 +244,17 @@ fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
             op,
             value: Value::Iface(format!("{p}*")),
         }]),
+    }
+}
+
+/// The extra condition under which ClusterIP traffic is masqueraded: none with
+/// masqueradeAll (everything is), "not from a pod" with a detector, and `None` (never)
+/// without a detector.
+fn clusterip_masquerade_condition(fm: &FamilyModel) -> Option<Vec<Stmt>> {
+    if fm.masquerade_all {
+        Some(Vec::new())
+    } else {
+        local_match(fm, true)
     }
 }
 
@@ -283,11 +330,38 @@ fn skeleton_chains(fm: &FamilyModel) -> Vec<Chain> {
     let mut npost = Chain::base(NAT_POSTROUTING, Nat, Hook::Postrouting, priority::SRCNAT);
     npost.push(Rule::new(vec![Stmt::jump(MASQUERADING)]));
 
+    // Masquerade marks first (table-wide sets instead of a rule per service: the mark is
+    // only read in postrouting), then dispatch.
     let mut services = Chain::regular(SERVICES);
+    let in_set = |key: Vec<Field>, set: &str| Stmt::Lookup {
+        key,
+        set: set.into(),
+        negate: false,
+    };
+    if let Some(cond) = clusterip_masquerade_condition(fm) {
+        let mut stmts = vec![in_set(dst_key(), CLUSTERIP_MASQUERADE)];
+        stmts.extend(cond);
+        stmts.push(Stmt::jump(MARK_FOR_MASQUERADE));
+        services
+            .push(Rule::new(stmts).with_comment("ClusterIP traffic from outside the pod network"));
+    }
+    services.push(
+        Rule::new(vec![
+            in_set(dst_key(), EXTERNAL_MASQUERADE),
+            Stmt::jump(MARK_FOR_MASQUERADE),
+        ])
+        .with_comment("external traffic to externalTrafficPolicy Cluster services"),
+    );
     services.push(Rule::new(vec![Stmt::Vmap {
         key: dst_key(),
         map: SERVICE_IPS.into(),
     }]));
+    let mut np = nodeport_dst(fm);
+    np.push(in_set(proto_port_key(), NODEPORT_MASQUERADE));
+    np.push(Stmt::jump(MARK_FOR_MASQUERADE));
+    services.push(
+        Rule::new(np).with_comment("NodePort traffic to externalTrafficPolicy Cluster services"),
+    );
     let mut np = nodeport_dst(fm);
     np.push(Stmt::Vmap {
         key: proto_port_key(),
@@ -390,14 +464,21 @@ pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
         .iter()
         .map(|sp| fragment(fm, sp, slots))
         .collect();
-    assemble(skeleton(fm), frags)
+    assemble(skeleton(fm), slots, frags)
 }
 
 /// A table from its skeleton and its service ports' fragments, in service-port order.
 /// Where ports share an element key, the later port's element is kept (shared keys carry
 /// equal elements except when Services collide, e.g. two claiming one externalIP).
-pub fn assemble(mut t: Table, frags: impl IntoIterator<Item = Fragment>) -> Table {
-    let mut pending: HashMap<&'static str, Vec<Element>> = HashMap::new();
+pub fn assemble(
+    mut t: Table,
+    slots: &SlotAllocator,
+    frags: impl IntoIterator<Item = Fragment>,
+) -> Table {
+    for shard in slots.shards_in_use() {
+        t.add_set(endpoint_map(t.family, shard));
+    }
+    let mut pending: HashMap<SetRef, Vec<Element>> = HashMap::new();
     for f in frags {
         for c in f.chains {
             t.add_chain(c);
@@ -412,8 +493,8 @@ pub fn assemble(mut t: Table, frags: impl IntoIterator<Item = Fragment>) -> Tabl
     // One stable sort per set instead of half a million ordered inserts.
     for (set, elements) in pending {
         t.sets
-            .get_mut(set)
-            .expect("fragments only add to skeleton sets")
+            .get_mut(set.name().as_ref())
+            .expect("fragments only add to declared sets")
             .extend(elements);
     }
     t
@@ -444,7 +525,7 @@ pub fn skeleton(fm: &FamilyModel) -> Table {
 pub struct Fragment {
     pub chains: Vec<Chain>,
     pub sets: Vec<Set>,
-    pub elements: Vec<(&'static str, Element)>,
+    pub elements: Vec<(SetRef, Element)>,
     /// The endpoint lists that hold a slot range in `@endpoints`.
     pub slot_lists: Vec<Policy>,
 }
@@ -532,13 +613,13 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
     };
     let external_filter = internal_filter.clone();
 
-    let add = |p: &mut Vec<(&'static str, Element)>, set: &'static str, e: Element| {
-        p.push((set, e.with_comment(label.clone())));
+    let add = |p: &mut Vec<(SetRef, Element)>, set: &'static str, e: Element| {
+        p.push((SetRef::Named(set), e.with_comment(label.clone())));
     };
 
     // Shared by all ports of the service: commented with the service, not the port.
     pending.push((
-        CLUSTER_IPS,
+        SetRef::Named(CLUSTER_IPS),
         Element::key(vec![Value::Addr(sp.cluster_ip)])
             .with_comment(format!("{}/{}", sp.name.namespace, sp.name.name)),
     ));
@@ -557,22 +638,43 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
             Element::verdict(cip, internal_filter),
         );
     }
-    // An entry point for external traffic (externalIP, LB IP, NodePort): dispatched to the
-    // external chain while the service has endpoints anywhere (pods and the node may still
-    // short-circuit), and given the no-endpoint verdict while external traffic has none.
-    let external_entry =
-        |p: &mut Vec<(&'static str, Element)>, dispatch: &'static str, none: &'static str, key| {
-            if uses_external_chain {
+    // An entry point for external traffic (externalIP, LB IP, NodePort). With
+    // externalTrafficPolicy Cluster it is marked for masquerade and dispatched straight to
+    // the Cluster chain; with Local it goes to the external chain (short-circuits for pods
+    // and the node, then the Local chain). Either way it is dispatched while the service
+    // has endpoints anywhere, and gets the no-endpoint verdict while external traffic has
+    // none.
+    let etp_cluster = !sp.external_policy_local;
+    let external_entry = |p: &mut Vec<(SetRef, Element)>,
+                          dispatch: &'static str,
+                          masq: &'static str,
+                          none: &'static str,
+                          key: Vec<Value>| {
+        if uses_external_chain {
+            if etp_cluster {
+                if has_external {
+                    let goto = Verdict::Goto(ch.cluster.clone());
+                    add(p, dispatch, Element::verdict(key.clone(), goto));
+                    add(p, masq, Element::key(key.clone()));
+                }
+            } else {
                 let goto = Verdict::Goto(ch.external.clone());
-                add(p, dispatch, Element::verdict(Vec::clone(&key), goto));
+                add(p, dispatch, Element::verdict(key.clone(), goto));
             }
-            if !has_external {
-                add(p, none, Element::verdict(key, external_filter.clone()));
-            }
-        };
+        }
+        if !has_external {
+            add(p, none, Element::verdict(key, external_filter.clone()));
+        }
+    };
     for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
         let key = svc_key(*ip, proto, sp.port);
-        external_entry(pending, SERVICE_IPS, NO_ENDPOINT_SERVICES, key);
+        external_entry(
+            pending,
+            SERVICE_IPS,
+            EXTERNAL_MASQUERADE,
+            NO_ENDPOINT_SERVICES,
+            key,
+        );
     }
     // loadBalancerSourceRanges: the LB IPs only (not NodePorts, not externalIPs).
     if !sp.load_balancer_ips.is_empty() && !sp.source_ranges.is_empty() {
@@ -599,49 +701,35 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
     }
     if sp.node_port != 0 {
         let key = vec![Value::Proto(proto), Value::Port(sp.node_port)];
-        external_entry(pending, SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS, key);
+        external_entry(
+            pending,
+            SERVICE_NODEPORTS,
+            NODEPORT_MASQUERADE,
+            NO_ENDPOINT_NODEPORTS,
+            key,
+        );
     }
 
     // Policy chains.
-    let mut cluster = uses_cluster_chain.then(|| Chain::regular(ch.cluster.clone()));
-    let mut local = uses_local_chain.then(|| Chain::regular(ch.local.clone()));
+    let cluster = uses_cluster_chain.then(|| Chain::regular(ch.cluster.clone()));
+    let local = uses_local_chain.then(|| Chain::regular(ch.local.clone()));
 
-    // Internal traffic: masquerade what does not come from a pod (or everything).
-    if has_internal {
-        let mut stmts = vec![
-            Stmt::cmp(Field::Daddr, Value::Addr(sp.cluster_ip)),
-            Stmt::cmp(Field::Dport(proto), Value::Port(sp.port)),
-        ];
-        let add_rule = if fm.masquerade_all {
-            true
-        } else if let Some(not_pod) = local_match(fm, true) {
-            stmts.extend(not_pod);
-            true
-        } else {
-            false
-        };
-        if add_rule {
-            stmts.push(Stmt::jump(MARK_FOR_MASQUERADE));
-            let target = if sp.internal_policy_local {
-                local.as_mut()
-            } else {
-                cluster.as_mut()
-            };
-            if let Some(c) = target {
-                c.push(Rule::new(stmts));
-            }
-        }
+    // Internal traffic: masquerade what does not come from a pod (or everything), through
+    // the table-wide rule in `services`.
+    if has_internal && clusterip_masquerade_condition(fm).is_some() {
+        add(
+            pending,
+            CLUSTERIP_MASQUERADE,
+            Element::key(svc_key(sp.cluster_ip, proto, sp.port)),
+        );
     }
 
-    // External traffic.
-    if uses_external_chain {
+    // External traffic under externalTrafficPolicy Local: pods and the node itself
+    // short-circuit to the Cluster chain (the node masqueraded); everyone else goes to the
+    // Local chain, or falls through to the no-endpoint drop when there is none.
+    if uses_external_chain && sp.external_policy_local {
         let mut ext = Chain::regular(ch.external.clone());
-        if !sp.external_policy_local {
-            ext.push(
-                Rule::new(vec![Stmt::jump(MARK_FOR_MASQUERADE)])
-                    .with_comment("masquerade traffic from external"),
-            );
-        } else if uses_cluster_chain {
+        if uses_cluster_chain {
             if let Some(mut is_pod) = local_match(fm, false) {
                 is_pod.push(Stmt::goto(ch.cluster.clone()));
                 ext.push(Rule::new(is_pod).with_comment("short-circuit pod traffic"));
@@ -668,12 +756,13 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
     ];
     for (chain, eps, policy) in lists {
         let Some(mut chain) = chain else { continue };
-        frag.elements.extend(eps.iter().map(|e| {
-            (
-                HAIRPIN,
-                Element::key(vec![Value::Addr(e.ip), Value::Addr(e.ip)]),
-            )
-        }));
+        frag.elements
+            .extend(eps.iter().filter(|e| may_hairpin(sp, e)).map(|e| {
+                (
+                    SetRef::Named(HAIRPIN),
+                    Element::key(vec![Value::Addr(e.ip), Value::Addr(e.ip)]),
+                )
+            }));
         match sp.affinity_timeout {
             None => {
                 let n = eps.len() as u32;
@@ -689,13 +778,13 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
                         vec![Value::Int(range.base + i as u32)],
                         vec![Value::Addr(ep.ip), Value::Port(ep.port)],
                     );
-                    (ENDPOINTS, e.with_comment(what.clone()))
+                    (SetRef::Endpoints(range.shard), e.with_comment(what.clone()))
                 }));
                 chain.push(Rule::new(vec![Stmt::DnatSlot {
                     proto,
                     modulus: n,
                     offset: range.base,
-                    map: ENDPOINTS.into(),
+                    map: SetRef::Endpoints(range.shard).name().into_owned(),
                 }]));
             }
             Some(timeout) => affinity_rules(fm.family, sp, eps, timeout, &mut chain, &mut frag),
@@ -703,6 +792,18 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
         frag.chains.push(chain);
     }
     frag
+}
+
+/// Whether a connection from this endpoint to its own service can pass through this node's
+/// rules: only a client on this node is DNATed here (a pod elsewhere goes through its own
+/// node's rules), so only endpoints on this node, or of unknown node, go into the hairpin
+/// set. Upstream marks every endpoint; the packets affected are the same, and the set is a
+/// tenth of the size in a ten-node cluster (each element costs kernel time at every load).
+fn may_hairpin(sp: &ServicePort, ep: &EndpointAddr) -> bool {
+    sp.endpoints
+        .iter()
+        .filter(|e| e.ip == ep.ip && e.port == ep.port)
+        .any(|e| e.local || e.node.is_none())
 }
 
 /// Session affinity (ClientIP), as upstream: one dynamic set and one chain per endpoint.

@@ -1,10 +1,16 @@
-//! Slot ranges in the table-wide endpoint map.
+//! Slot ranges in the endpoint maps.
 //!
-//! Owns: which contiguous range of slot numbers each endpoint list (a service port's
-//! Cluster or Local list) occupies in `@endpoints`. A list of `n` endpoints gets a range of
-//! capacity `n.next_power_of_two()`; it keeps its base while it fits, so adding or removing
-//! an endpoint rewrites a few elements and one rule, never other services' slots. Freed
-//! ranges are reused by size class.
+//! Owns: which map (shard) and which contiguous range of slot numbers each endpoint list
+//! (a service port's Cluster or Local list) occupies. A list of `n` endpoints gets a range
+//! of capacity `n.next_power_of_two()`; it keeps its shard and base while it fits, so adding
+//! or removing an endpoint rewrites a few elements and one rule, never other services'
+//! slots. Freed ranges are reused by size class.
+//!
+//! Why shards: the kernel checks every element added to a data map against every rule that
+//! references the map (and every rule binding a map from a new chain walks all its
+//! elements), so one map referenced by every service chain costs elements × rules: 16 s for
+//! 10k services × 10 endpoints. A shard is referenced by at most [`SHARD_OWNERS`] rules,
+//! which makes the cost linear in the number of endpoints.
 //!
 //! Must not: depend on iteration order of anything but its input. A fresh allocator fed
 //! lists in sorted order gives the same numbers every time (render is deterministic).
@@ -23,19 +29,30 @@ pub enum Policy {
 /// The owner of a range: a service port's endpoint list.
 pub type Owner = (ServicePortName, Policy);
 
-/// A range of slots: `base .. base + capacity`.
+/// Endpoint lists (= rules referencing the map) per shard.
+pub const SHARD_OWNERS: usize = 64;
+
+/// A range of slots in one shard: `base .. base + capacity`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
+    pub shard: u32,
     pub base: u32,
     pub capacity: u32,
+}
+
+/// One endpoint map's slot space.
+#[derive(Clone, Debug, Default)]
+struct Shard {
+    owners: usize,
+    next: u32,
+    /// Free ranges by capacity.
+    free: BTreeMap<u32, Vec<u32>>,
 }
 
 /// Hands out slot ranges and remembers them between renders.
 #[derive(Clone, Debug, Default)]
 pub struct SlotAllocator {
-    next: u32,
-    /// Free ranges by capacity.
-    free: BTreeMap<u32, Vec<u32>>,
+    shards: Vec<Shard>,
     owned: HashMap<Owner, Range>,
     /// Owners seen since the last [`SlotAllocator::sweep`].
     seen: HashSet<Owner>,
@@ -59,20 +76,40 @@ impl SlotAllocator {
             let old = *r;
             self.release(old);
         }
-        let base = match self.free.get_mut(&want).and_then(|v| v.pop()) {
+        let shard = match self.shards.iter().position(|s| s.owners < SHARD_OWNERS) {
+            Some(i) => i,
+            None => {
+                self.shards.push(Shard::default());
+                self.shards.len() - 1
+            }
+        };
+        let sh = &mut self.shards[shard];
+        sh.owners += 1;
+        let base = match sh.free.get_mut(&want).and_then(|v| v.pop()) {
             Some(b) => b,
             None => {
-                let b = self.next;
-                self.next = self.next.checked_add(want).expect("slot space exhausted");
+                let b = sh.next;
+                sh.next = sh.next.checked_add(want).expect("slot space exhausted");
                 b
             }
         };
         let r = Range {
+            shard: shard as u32,
             base,
             capacity: want,
         };
         self.owned.insert(owner.clone(), r);
         r
+    }
+
+    /// Shards that hold at least one range (their maps must exist), ascending.
+    pub fn shards_in_use(&self) -> Vec<u32> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.owners > 0)
+            .map(|(i, _)| i as u32)
+            .collect()
     }
 
     /// Frees the range of `owner`, if it holds one (incremental updates: a list that
@@ -101,7 +138,9 @@ impl SlotAllocator {
     }
 
     fn release(&mut self, r: Range) {
-        self.free.entry(r.capacity).or_default().push(r.base);
+        let sh = &mut self.shards[r.shard as usize];
+        sh.owners -= 1;
+        sh.free.entry(r.capacity).or_default().push(r.base);
     }
 
     /// How many ranges are held.
@@ -139,6 +178,7 @@ mod tests {
         assert_eq!(
             r1,
             Range {
+                shard: 0,
                 base: 0,
                 capacity: 4
             }
@@ -146,6 +186,7 @@ mod tests {
         assert_eq!(
             r2,
             Range {
+                shard: 0,
                 base: 4,
                 capacity: 8
             }
@@ -158,6 +199,26 @@ mod tests {
         assert_eq!(r1b.capacity, 8);
         assert_ne!(r1b.base, r2.base);
         assert_eq!(a.range(&owner("b"), 5), r2);
+    }
+
+    #[test]
+    fn shards_hold_at_most_shard_owners_lists() {
+        let mut a = SlotAllocator::new();
+        let ranges: Vec<Range> = (0..SHARD_OWNERS * 2 + 1)
+            .map(|i| a.range(&owner(&format!("s{i}")), 3))
+            .collect();
+        assert!(ranges[..SHARD_OWNERS].iter().all(|r| r.shard == 0));
+        assert!(ranges[SHARD_OWNERS..SHARD_OWNERS * 2]
+            .iter()
+            .all(|r| r.shard == 1));
+        assert_eq!(ranges[SHARD_OWNERS * 2].shard, 2);
+        assert_eq!(a.shards_in_use(), vec![0, 1, 2]);
+        // A freed place in shard 0 is taken by the next new list.
+        a.release_owner(&owner("s5"));
+        assert_eq!(a.range(&owner("new"), 2).shard, 0);
+        // A shard whose lists all go away is no longer in use.
+        a.release_owner(&owner(&format!("s{}", SHARD_OWNERS * 2)));
+        assert_eq!(a.shards_in_use(), vec![0, 1]);
     }
 
     #[test]

@@ -1,0 +1,465 @@
+//! Kernel dump messages → kproxy's typed ruleset: tables, chains, sets and their elements
+//! (decoded with the set's declared types; interval elements folded back into prefixes),
+//! rules (via [`super::rule::decode_stmts`]).
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::encode::{
+    TYPE_BITS, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER, TYPE_IP6ADDR, TYPE_IPADDR,
+    TYPE_MARK,
+};
+use super::expr::{parse_data, Expr, ImmData};
+use super::rule::{decode_stmts, ip_from, verdict_of};
+use super::wire::{align4, c, cstr, udata_get, udata_u32, Attrs, Msg};
+use crate::nft::{
+    BaseChain, Chain, ChainType, DataType, Element, ElementData, Family, Hook, Protocol, Rule, Set,
+    SetData, SetFlags, Stmt, Value,
+};
+
+/// Size the kernel gives a dynamic set declared without one.
+const DYNAMIC_DEFAULT_SIZE: u32 = 65535;
+
+/// Table name and comment of a NEWTABLE message.
+pub fn table(m: &Msg<'_>) -> (String, Option<String>) {
+    let a = m.attrs();
+    let name = a.str(c::NFTA_TABLE_NAME).unwrap_or_default();
+    let comment = a
+        .get(c::NFTA_TABLE_USERDATA)
+        .and_then(|u| udata_get(u, c::UDATA_TABLE_COMMENT))
+        .map(cstr);
+    (name, comment)
+}
+
+fn hook_of(n: u32) -> Option<Hook> {
+    Some(match n {
+        0 => Hook::Prerouting,
+        1 => Hook::Input,
+        2 => Hook::Forward,
+        3 => Hook::Output,
+        4 => Hook::Postrouting,
+        _ => return None,
+    })
+}
+
+/// A chain (without rules) and its table name. Declarations kproxy cannot express (other
+/// chain types or hooks, a drop policy) become a leading [`Stmt::Foreign`] rule so that the
+/// chain differs from anything kproxy means.
+pub fn chain(m: &Msg<'_>) -> (String, Chain) {
+    let a = m.attrs();
+    let table = a.str(c::NFTA_CHAIN_TABLE).unwrap_or_default();
+    let name = a.str(c::NFTA_CHAIN_NAME).unwrap_or_default();
+    let comment = a
+        .get(c::NFTA_CHAIN_USERDATA)
+        .and_then(|u| udata_get(u, c::UDATA_CHAIN_COMMENT))
+        .map(cstr);
+    let mut ch = Chain::regular(name);
+    ch.comment = comment;
+    if let Some(h) = a.nest(c::NFTA_CHAIN_HOOK) {
+        let num = h.u32_be(c::NFTA_HOOK_HOOKNUM).unwrap_or(u32::MAX);
+        let prio = h.u32_be(c::NFTA_HOOK_PRIORITY).unwrap_or(0) as i32;
+        let ty = a.str(c::NFTA_CHAIN_TYPE).unwrap_or_default();
+        let kind = match ty.as_str() {
+            "filter" => Some(ChainType::Filter),
+            "nat" => Some(ChainType::Nat),
+            _ => None,
+        };
+        let policy = a
+            .u32_be(c::NFTA_CHAIN_POLICY)
+            .unwrap_or(c::NF_ACCEPT as u32);
+        match (kind, hook_of(num)) {
+            (Some(kind), Some(hook)) => {
+                ch.base = Some(BaseChain {
+                    kind,
+                    hook,
+                    priority: prio,
+                })
+            }
+            _ => ch.rules.push(Rule::new(vec![Stmt::Foreign(format!(
+                "base chain type {ty} hook {num} priority {prio}"
+            ))])),
+        }
+        if policy != c::NF_ACCEPT as u32 {
+            ch.rules.push(Rule::new(vec![Stmt::Foreign(format!(
+                "chain policy {policy}"
+            ))]));
+        }
+    }
+    (table, ch)
+}
+
+/// A rule and the chain it belongs to.
+pub fn rule(m: &Msg<'_>, family: Family) -> (String, Rule) {
+    let a = m.attrs();
+    let chain = a.str(c::NFTA_RULE_CHAIN).unwrap_or_default();
+    let exprs: Vec<Expr> = a
+        .nest(c::NFTA_RULE_EXPRESSIONS)
+        .map(|l| {
+            l.filter(|(t, _)| *t == c::NFTA_LIST_ELEM)
+                .map(|(_, d)| Expr::parse(Attrs::new(d)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let comment = a
+        .get(c::NFTA_RULE_USERDATA)
+        .and_then(|u| udata_get(u, c::UDATA_RULE_COMMENT))
+        .map(cstr);
+    let mut r = Rule::new(decode_stmts(family, &exprs));
+    r.comment = comment;
+    (chain, r)
+}
+
+/// The raw expressions of a rule message (tests).
+#[cfg(test)]
+pub fn rule_exprs(m: &Msg<'_>) -> Vec<Expr> {
+    m.attrs()
+        .nest(c::NFTA_RULE_EXPRESSIONS)
+        .map(|l| l.map(|(_, d)| Expr::parse(Attrs::new(d))).collect())
+        .unwrap_or_default()
+}
+
+fn type_of(id: u32, typeof_numgen: bool) -> Option<DataType> {
+    Some(match id {
+        TYPE_IPADDR => DataType::Ipv4Addr,
+        TYPE_IP6ADDR => DataType::Ipv6Addr,
+        TYPE_INET_PROTOCOL => DataType::InetProto,
+        TYPE_INET_SERVICE => DataType::InetService,
+        TYPE_MARK => DataType::Mark,
+        TYPE_INTEGER if typeof_numgen => DataType::Slot,
+        TYPE_INTEGER => DataType::Slot,
+        _ => return None,
+    })
+}
+
+/// Splits a (concatenated) nft type number into parts whose lengths add up to `len`.
+fn split_type(id: u32, len: u32, typeof_numgen: bool) -> Option<Vec<DataType>> {
+    let mut ids = Vec::new();
+    let mut rest = id;
+    while rest != 0 {
+        ids.push(rest & ((1 << TYPE_BITS) - 1));
+        rest >>= TYPE_BITS;
+    }
+    ids.reverse();
+    let parts: Vec<DataType> = ids
+        .into_iter()
+        .map(|t| type_of(t, typeof_numgen))
+        .collect::<Option<_>>()?;
+    (!parts.is_empty() && super::encode::key_len(&parts) == len as usize).then_some(parts)
+}
+
+/// Whether a `typeof` userdata blob (key or data) starts with a numgen expression.
+fn typeof_has_numgen(u: Option<&[u8]>) -> bool {
+    u.and_then(|u| udata_u32(u, c::UDATA_TYPEOF_EXPR)) == Some(23)
+}
+
+/// A set declaration (without elements) and its table name.
+pub fn set(m: &Msg<'_>) -> Result<(String, Set), String> {
+    let a = m.attrs();
+    let table = a.str(c::NFTA_SET_TABLE).unwrap_or_default();
+    let name = a.str(c::NFTA_SET_NAME).unwrap_or_default();
+    let flags = a.u32_be(c::NFTA_SET_FLAGS).unwrap_or(0);
+    let udata = a.get(c::NFTA_SET_USERDATA).unwrap_or(&[]);
+    let key_typeof = udata_get(udata, c::UDATA_SET_KEY_TYPEOF);
+    let key = split_type(
+        a.u32_be(c::NFTA_SET_KEY_TYPE).unwrap_or(0),
+        a.u32_be(c::NFTA_SET_KEY_LEN).unwrap_or(0),
+        typeof_has_numgen(key_typeof),
+    )
+    .ok_or_else(|| format!("set {name}: key type kproxy does not use"))?;
+    let data = if flags & c::NFT_SET_MAP != 0 {
+        let dt = a.u32_be(c::NFTA_SET_DATA_TYPE).unwrap_or(0);
+        if dt == c::NFT_DATA_VERDICT {
+            SetData::Verdict
+        } else {
+            let data_typeof = udata_get(udata, c::UDATA_SET_DATA_TYPEOF);
+            SetData::Values(
+                split_type(
+                    dt,
+                    a.u32_be(c::NFTA_SET_DATA_LEN).unwrap_or(0),
+                    typeof_has_numgen(data_typeof),
+                )
+                .ok_or_else(|| format!("map {name}: data type kproxy does not use"))?,
+            )
+        }
+    } else if flags & 0x40 != 0 {
+        return Err(format!("set {name}: object maps are not kproxy's"));
+    } else {
+        SetData::None
+    };
+    let mut s = Set::new(name, key, data);
+    s.flags = SetFlags {
+        interval: flags & c::NFT_SET_INTERVAL != 0,
+        timeout: flags & c::NFT_SET_TIMEOUT != 0,
+        dynamic: flags & c::NFT_SET_EVAL != 0,
+    };
+    s.timeout = a
+        .u64_be(c::NFTA_SET_TIMEOUT)
+        .filter(|t| *t > 0)
+        .map(|t| (t / 1000) as u32);
+    // The kernel gives dynamic sets declared without a size a default of 65535 (and
+    // reports it): read that back as "no size", as declared.
+    s.size = a
+        .nest(c::NFTA_SET_DESC)
+        .and_then(|d| d.u32_be(c::NFTA_SET_DESC_SIZE))
+        .filter(|n| !(s.flags.dynamic && *n == DYNAMIC_DEFAULT_SIZE));
+    s.comment = udata_get(udata, c::UDATA_SET_COMMENT).map(cstr);
+    Ok((table, s))
+}
+
+/// One element as the kernel holds it.
+#[derive(Clone, Debug)]
+pub struct RawElem {
+    pub flags: u32,
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub data: Option<ImmData>,
+    pub comment: Option<String>,
+    pub open: bool,
+}
+
+/// The elements of a NEWSETELEM dump message.
+pub fn raw_elements(m: &Msg<'_>, out: &mut Vec<RawElem>) {
+    let Some(list) = m.attrs().nest(c::NFTA_SET_ELEM_LIST_ELEMENTS) else {
+        return;
+    };
+    for (t, d) in list {
+        if t != c::NFTA_LIST_ELEM {
+            continue;
+        }
+        let e = Attrs::new(d);
+        let udata = e.get(c::NFTA_SET_ELEM_USERDATA).unwrap_or(&[]);
+        out.push(RawElem {
+            flags: e.u32_be(c::NFTA_SET_ELEM_FLAGS).unwrap_or(0),
+            key: e.data_value(c::NFTA_SET_ELEM_KEY).unwrap_or(&[]).to_vec(),
+            key_end: e.data_value(c::NFTA_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
+            data: e.nest(c::NFTA_SET_ELEM_DATA).and_then(parse_data),
+            comment: udata_get(udata, c::UDATA_SET_ELEM_COMMENT).map(cstr),
+            open: udata_u32(udata, c::UDATA_SET_ELEM_FLAGS)
+                .is_some_and(|f| f & c::UDATA_SET_ELEM_F_INTERVAL_OPEN != 0),
+        });
+    }
+}
+
+/// A value of type `t` from its bytes.
+pub fn value_of(t: DataType, b: &[u8]) -> Option<Value> {
+    Some(match t {
+        DataType::Ipv4Addr => Value::Addr(ip_from(Family::V4, b)?),
+        DataType::Ipv6Addr => Value::Addr(ip_from(Family::V6, b)?),
+        DataType::InetProto if b.len() == 1 => match Protocol::from_number(b[0]) {
+            Some(p) => Value::Proto(p),
+            None => Value::Int(b[0] as u32),
+        },
+        DataType::InetService if b.len() == 2 => Value::Port(u16::from_be_bytes([b[0], b[1]])),
+        DataType::Mark | DataType::Slot if b.len() == 4 => {
+            Value::Int(u32::from_ne_bytes(b.try_into().ok()?))
+        }
+        _ => return None,
+    })
+}
+
+/// Splits concatenated bytes into typed values.
+fn split_values(types: &[DataType], b: &[u8]) -> Option<Vec<Value>> {
+    if types.len() == 1 {
+        return Some(vec![value_of(types[0], b)?]);
+    }
+    let mut off = 0;
+    let mut out = Vec::new();
+    for t in types {
+        let n = t.byte_len();
+        out.push(value_of(*t, b.get(off..off + n)?)?);
+        off += align4(n);
+    }
+    (off == b.len()).then_some(out)
+}
+
+fn element_data(set: &Set, d: &Option<ImmData>) -> Option<ElementData> {
+    Some(match (&set.data, d) {
+        (SetData::None, _) => ElementData::None,
+        (SetData::Verdict, Some(ImmData::Verdict { code, chain })) => {
+            ElementData::Verdict(verdict_of(*code, chain.as_deref())?)
+        }
+        (SetData::Values(ts), Some(ImmData::Value(v))) => ElementData::Values(split_values(ts, v)?),
+        _ => return None,
+    })
+}
+
+fn as_u128(b: &[u8]) -> u128 {
+    b.iter().fold(0u128, |acc, x| (acc << 8) | *x as u128)
+}
+
+fn ip_of(v: u128, bytes: usize) -> IpAddr {
+    if bytes == 4 {
+        IpAddr::V4((v as u32).into())
+    } else {
+        IpAddr::V6(v.into())
+    }
+}
+
+/// The smallest list of prefixes covering `[first, last]` exactly.
+pub fn range_to_prefixes(mut first: u128, last: u128, bytes: usize) -> Vec<Value> {
+    let bits = (bytes * 8) as u32;
+    let mut out = Vec::new();
+    loop {
+        // Largest block aligned at `first` that stays within `last`.
+        let mut size_bits = if first == 0 {
+            bits
+        } else {
+            first.trailing_zeros().min(bits)
+        };
+        while size_bits > 0 {
+            let span = if size_bits >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << size_bits) - 1
+            };
+            if first.checked_add(span).is_some_and(|e| e <= last) {
+                break;
+            }
+            size_bits -= 1;
+        }
+        let prefix = (bits - size_bits) as u8;
+        let ip = ip_of(first, bytes);
+        out.push(if prefix as u32 == bits {
+            Value::Addr(ip)
+        } else {
+            Value::Net(IpNetwork::new(ip, prefix).expect("valid prefix"))
+        });
+        let span = if size_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << size_bits) - 1
+        };
+        match first.checked_add(span) {
+            Some(end) if end < last => first = end + 1,
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Elements in kproxy's form. Interval sets: start/end pairs become prefixes (a range
+/// that is not one prefix becomes several elements); pipapo elements: each part whose
+/// start and end differ becomes a prefix. Elements that cannot be typed are dropped.
+pub fn fold_elements(set: &Set, mut raw: Vec<RawElem>) -> Vec<Element> {
+    let mut out = Vec::new();
+    let mk = |key: Vec<Value>, r: &RawElem| -> Option<Element> {
+        Some(Element {
+            key,
+            data: element_data(set, &r.data)?,
+            comment: r.comment.as_deref().map(Into::into),
+        })
+    };
+    if set.flags.interval && set.key.len() == 1 {
+        let bytes = set.key[0].byte_len();
+        if !matches!(set.key[0], DataType::Ipv4Addr | DataType::Ipv6Addr) {
+            return out;
+        }
+        raw.retain(|r| r.key.len() == bytes);
+        // Starts sort before ends at the same key (an end closes the previous range).
+        raw.sort_by(|a, b| {
+            as_u128(&a.key).cmp(&as_u128(&b.key)).then(
+                (b.flags & c::NFT_SET_ELEM_INTERVAL_END)
+                    .cmp(&(a.flags & c::NFT_SET_ELEM_INTERVAL_END)),
+            )
+        });
+        let max = if bytes == 4 {
+            u32::MAX as u128
+        } else {
+            u128::MAX
+        };
+        let mut i = 0;
+        while i < raw.len() {
+            let r = &raw[i];
+            if r.flags & c::NFT_SET_ELEM_INTERVAL_END != 0 {
+                i += 1;
+                continue;
+            }
+            let first = as_u128(&r.key);
+            let next_end = raw
+                .get(i + 1)
+                .filter(|n| n.flags & c::NFT_SET_ELEM_INTERVAL_END != 0);
+            let last = match next_end {
+                Some(n) if !r.open => as_u128(&n.key).saturating_sub(1),
+                _ => max,
+            };
+            if last >= first {
+                for v in range_to_prefixes(first, last, bytes) {
+                    if let Some(e) = mk(vec![v], r) {
+                        out.push(e);
+                    }
+                }
+            }
+            i += if next_end.is_some() { 2 } else { 1 };
+        }
+        return out;
+    }
+    for r in &raw {
+        let Some(start) = split_values(&set.key, &r.key) else {
+            continue;
+        };
+        let key = match (&r.key_end, set.flags.interval) {
+            (Some(end), true) => {
+                let Some(end) = split_values(&set.key, end) else {
+                    continue;
+                };
+                let mut key = Vec::new();
+                let mut ok = true;
+                for (s, e) in start.into_iter().zip(end) {
+                    if s == e {
+                        key.push(s);
+                        continue;
+                    }
+                    match (&s, &e) {
+                        (Value::Addr(a), Value::Addr(b)) => {
+                            let bytes = if a.is_ipv4() { 4 } else { 16 };
+                            let (fa, lb) = (addr_u128(a), addr_u128(b));
+                            let p = range_to_prefixes(fa, lb, bytes);
+                            if p.len() == 1 && fa <= lb {
+                                key.push(p.into_iter().next().unwrap());
+                            } else {
+                                ok = false;
+                            }
+                        }
+                        _ => ok = false,
+                    }
+                }
+                if !ok {
+                    continue;
+                }
+                key
+            }
+            _ => start,
+        };
+        if let Some(e) = mk(key, r) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn addr_u128(a: &IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u32::from(*v) as u128,
+        IpAddr::V6(v) => u128::from(*v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_prefixes() {
+        let v = range_to_prefixes(0x0a00_0000, 0x0aff_ffff, 4);
+        assert_eq!(v, vec![Value::Net("10.0.0.0/8".parse().unwrap())]);
+        let v = range_to_prefixes(5, 5, 4);
+        assert_eq!(v, vec![Value::Addr("0.0.0.5".parse().unwrap())]);
+        let v = range_to_prefixes(0, u32::MAX as u128, 4);
+        assert_eq!(v, vec![Value::Net("0.0.0.0/0".parse().unwrap())]);
+        let v = range_to_prefixes(0, u128::MAX, 16);
+        assert_eq!(v, vec![Value::Net("::/0".parse().unwrap())]);
+        let v = range_to_prefixes(1, 6, 4);
+        assert_eq!(v.len(), 4); // 1, 2-3, 4-5, 6
+    }
+}

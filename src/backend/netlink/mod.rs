@@ -1,0 +1,561 @@
+//! The netlink backend: the only code in kproxy that touches the kernel's nftables.
+//!
+//! Owns: encoding a [`Transaction`] into one nfnetlink batch ([`encode`], pure), sending it
+//! atomically over a `NETLINK_NETFILTER` socket, mapping kernel errors back to operations,
+//! and reading kproxy's tables (`ip NAME`, `ip6 NAME`) back into a typed [`Ruleset`].
+//! Must not: decide what the rules are, or touch any table but its own two.
+//!
+//! The encoding is nft 1.0.6's, message for message (checked with `nft --debug=netlink`
+//! and `--debug=mnl`), so `nft list` shows exactly what loading `kproxy render` output with
+//! `nft -f` shows: same expressions and registers, comments in nft's userdata, `typeof` set
+//! declarations, interval elements as nft sends them.
+//!
+//! Kernel and library quirks this module works around (measured on 6.18 unless noted):
+//! - The whole batch goes out in ONE `sendmsg()` with every page as an iovec, after raising
+//!   `SO_SNDBUFFORCE` to its size: nfnetlink processes one skb per batch, and the `mnl`
+//!   crate's `send_all` (one `sendto` per 128 KiB page) silently breaks batches larger
+//!   than a page (the first page is aborted for lack of BATCH_END, later pages get EINVAL).
+//! - No message asks for an ACK except BATCH_END (errors are reported regardless), and
+//!   `NETLINK_CAP_ACK` keeps error replies small; `SO_RCVBUFFORCE` is raised as well. With
+//!   per-message ACKs (nftnl's default) an 8k-message batch overflows the receive buffer
+//!   (ENOBUFS) and errors are lost.
+//! - Committed means: no NLMSG_ERROR for any message AND, on kernel >= 6.10, the ACK for
+//!   BATCH_END. An ACK for a message of an aborted batch means nothing. Batch processing
+//!   is synchronous inside `sendmsg()`, so all replies are queued when it returns.
+//! - Elements are sent without `NLM_F_EXCL` (re-adding an identical element is not an
+//!   error), tables/chains/sets with `NLM_F_CREATE` only (like `nft add`).
+//! - `reject` is encoded as type ICMP_UNREACH with code port-unreachable (3 for `ip`, 4 =
+//!   ICMPv6 port unreachable for `ip6`); nftnl's `Reject` encodes ICMPX codes, which in an
+//!   `ip`/`ip6` table mean host-unreachable.
+//! - Concatenated interval sets need `NFTA_SET_DESC_CONCAT` with one u32 length per field
+//!   AND the `NFT_SET_CONCAT` flag (0x80, kernel >= 5.6), else EINVAL on the set and ENOENT
+//!   on everything that references it. Their elements carry `NFTA_SET_ELEM_KEY_END`.
+//! - Plain interval sets get a start element and an end-flagged element (`last + 1`); a
+//!   range reaching the top of the address space has no end element and nft marks its
+//!   start "open" in userdata.
+//! - Attribute lengths are 16 bits: element lists are split into messages below 64 KiB.
+//! - Dumps use `NLM_F_DUMP` and read until NLMSG_DONE; the generation id is read before and
+//!   after, and the dump is retried if it changed (or the kernel flagged NLM_F_DUMP_INTR).
+//!   Chain dumps are not filtered by table on older kernels: filtered here.
+//!
+//! nftnl's safe API is not used for encoding: it hard-codes register 1, per-message ACKs
+//! and `NLM_F_EXCL` on elements, and has no reading back; a small TLV writer/parser here
+//! gives byte-exact control and the same code decodes what it encodes.
+
+mod decode;
+mod encode;
+mod expr;
+mod rule;
+mod socket;
+mod wire;
+
+use std::io;
+
+pub use encode::{
+    encode, encode_with, Batch, EncodeError, MsgInfo, MsgKind, SetCatalog, SetShape, PAGE_SIZE,
+};
+
+#[cfg(any(test, feature = "test-util"))]
+pub use self::socket::enter_netns;
+
+use self::encode::family_proto;
+use self::socket::NlSocket;
+use self::wire::{c, messages, Writer};
+use super::{ApplyReport, Backend, BackendError, OpFailure};
+use crate::nft::tx::{Op, TableRef, Transaction};
+use crate::nft::{Family, Ruleset, Table};
+
+/// kproxy's table name unless configured otherwise.
+pub const DEFAULT_TABLE: &str = "kproxy";
+
+/// Sets with at least this many elements are dumped until two reads agree.
+const STABLE_DUMP_MIN: usize = 256;
+
+/// How long to wait for the BATCH_END acknowledgement after `sendmsg()` returned.
+const ACK_WAIT_MS: i32 = 5000;
+
+/// Applies transactions to, and reads back, the `ip`/`ip6` tables named `table` in the
+/// network namespace of the thread that created it.
+pub struct NetlinkBackend {
+    table: String,
+    sock: NlSocket,
+    seq: u32,
+    catalog: SetCatalog,
+    /// Kernel >= 6.10 acknowledges BATCH_END; older ones never do.
+    ack_batch_end: bool,
+}
+
+enum ReqError {
+    Errno(i32),
+    Backend(BackendError),
+}
+
+impl From<io::Error> for ReqError {
+    fn from(e: io::Error) -> Self {
+        ReqError::Backend(BackendError::Io(e))
+    }
+}
+
+impl From<ReqError> for BackendError {
+    fn from(e: ReqError) -> Self {
+        match e {
+            ReqError::Errno(n) => BackendError::Io(io::Error::from_raw_os_error(n)),
+            ReqError::Backend(b) => b,
+        }
+    }
+}
+
+struct Reply {
+    /// The reply messages (aligned, back to back).
+    buf: Vec<u8>,
+    /// NLM_F_DUMP_INTR was set: the ruleset changed during the dump.
+    interrupted: bool,
+}
+
+/// `(major, minor)` of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let s = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = s
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+fn msg_type(ty: u16) -> u16 {
+    (c::NFNL_SUBSYS_NFTABLES << 8) | ty
+}
+
+/// Errno and extended-ACK offset of an NLMSG_ERROR (0 = an ACK).
+fn parse_error(m: &wire::Msg<'_>) -> (i32, Option<u32>) {
+    let p = m.payload;
+    let err = p
+        .get(..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+        .unwrap_or(-libc::EPROTO);
+    let mut offs = None;
+    if m.flags & c::NLM_F_ACK_TLVS != 0 {
+        // With NETLINK_CAP_ACK only the original header follows the error code.
+        if let Some(tlvs) = p.get(4 + c::NLMSG_HDRLEN..) {
+            offs = wire::Attrs::new(tlvs)
+                .get(c::NLMSGERR_ATTR_OFFS)
+                .and_then(|b| b.get(..4))
+                .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
+        }
+    }
+    (-err, offs)
+}
+
+/// What a failing operation was about, for error messages.
+fn describe_failure(tx: &Transaction, index: usize, element: Option<usize>) -> String {
+    let op = &tx.ops[index];
+    let t = op.table();
+    let base = op.describe();
+    match op {
+        Op::AddRule { rule, .. } => format!("{base}: {}", crate::nft::text::rule(t.family, rule)),
+        Op::AddElements { elements, .. } => match element.and_then(|i| elements.get(i)) {
+            Some(e) => format!("{base}: {}", crate::nft::text::element(e)),
+            None => base,
+        },
+        Op::DeleteElements { keys, .. } => match element.and_then(|i| keys.get(i)) {
+            Some(k) => format!(
+                "{base}: {}",
+                k.iter()
+                    .map(crate::nft::text::value)
+                    .collect::<Vec<_>>()
+                    .join(" . ")
+            ),
+            None => base,
+        },
+        _ => base,
+    }
+}
+
+impl NetlinkBackend {
+    /// Opens the netlink socket (in the calling thread's network namespace) for the tables
+    /// `ip TABLE` and `ip6 TABLE`.
+    pub fn new(table: &str) -> Result<NetlinkBackend, BackendError> {
+        let sock = NlSocket::open()?;
+        let (major, minor) = kernel_version();
+        // Start sequence numbers somewhere unpredictable, so replies to an earlier
+        // process's requests on a reused port id cannot be mistaken for ours.
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(1)
+            | 1;
+        Ok(NetlinkBackend {
+            table: table.to_string(),
+            sock,
+            seq,
+            catalog: SetCatalog::default(),
+            ack_batch_end: (major, minor) >= (6, 10),
+        })
+    }
+
+    /// The table name this backend manages.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    fn next_seq(&mut self, n: usize) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(n as u32 + 1);
+        if self.seq == 0 {
+            self.seq = 1;
+        }
+        s
+    }
+
+    /// The ruleset generation id (NFT_MSG_GETGEN); it changes with every committed
+    /// transaction by anyone, so a changed id means someone may have edited the ruleset.
+    pub fn generation(&mut self) -> Result<u32, BackendError> {
+        let r = self.request(c::NFT_MSG_GETGEN, c::NLM_F_REQUEST, 0, |_| {})?;
+        let id = messages(&r.buf)
+            .find(|m| m.ty == msg_type(c::NFT_MSG_NEWGEN))
+            .and_then(|m| m.attrs().u32_be(c::NFTA_GEN_ID));
+        id.ok_or_else(|| BackendError::Netlink("no generation id in NEWGEN".into()))
+    }
+
+    /// Sends one request and collects its replies (until NLMSG_DONE for dumps).
+    fn request(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        family: u8,
+        attrs: impl FnOnce(&mut Writer),
+    ) -> Result<Reply, ReqError> {
+        let seq = self.next_seq(1);
+        let mut w = Writer::new();
+        let m = w.begin_msg(msg_type(ty), flags, seq, family, 0);
+        attrs(&mut w);
+        w.end_msg(m);
+        self.sock.send_pages(std::slice::from_ref(&w.buf))?;
+        let dump = flags & c::NLM_F_DUMP == c::NLM_F_DUMP;
+        let mut out = Reply {
+            buf: Vec::new(),
+            interrupted: false,
+        };
+        loop {
+            let buf = self.sock.recv(false)?.unwrap_or(&[]);
+            if buf.is_empty() {
+                return Err(ReqError::Backend(BackendError::Netlink(
+                    "netlink socket closed".into(),
+                )));
+            }
+            for m in messages(buf) {
+                if m.seq != seq {
+                    continue; // stale reply to an earlier request
+                }
+                if m.flags & c::NLM_F_DUMP_INTR != 0 {
+                    out.interrupted = true;
+                }
+                match m.ty {
+                    c::NLMSG_ERROR => {
+                        let (errno, _) = parse_error(&m);
+                        if errno != 0 {
+                            return Err(ReqError::Errno(errno));
+                        }
+                        return Ok(out);
+                    }
+                    c::NLMSG_DONE => return Ok(out),
+                    c::NLMSG_NOOP => {}
+                    _ => {
+                        let len = c::NLMSG_HDRLEN + m.payload.len();
+                        let mut w = Writer::new();
+                        let s = w.begin_msg(m.ty, m.flags, m.seq, 0, 0);
+                        w.buf.truncate(s + c::NLMSG_HDRLEN);
+                        w.buf.extend_from_slice(m.payload);
+                        w.buf[s..s + 4].copy_from_slice(&(len as u32).to_ne_bytes());
+                        while !w.buf.len().is_multiple_of(4) {
+                            w.buf.push(0);
+                        }
+                        out.buf.extend_from_slice(&w.buf);
+                        if !dump {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The declaration of one set as the kernel has it (`None` if it does not exist).
+    fn fetch_set(&mut self, t: &TableRef, set: &str) -> Result<Option<SetShape>, BackendError> {
+        let r = self.request(
+            c::NFT_MSG_GETSET,
+            c::NLM_F_REQUEST,
+            family_proto(t.family),
+            |w| {
+                w.str(c::NFTA_SET_TABLE, &t.name);
+                w.str(c::NFTA_SET_NAME, set);
+            },
+        );
+        let r = match r {
+            Ok(r) => r,
+            Err(ReqError::Errno(libc::ENOENT)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let shape = messages(&r.buf)
+            .find(|m| m.ty == msg_type(c::NFT_MSG_NEWSET))
+            .and_then(|m| decode::set(&m).ok())
+            .map(|(_, s)| SetShape::of(&s));
+        Ok(shape)
+    }
+
+    /// Sends an encoded batch and collects the kernel's verdict on it.
+    fn send(&mut self, batch: &Batch, tx: &Transaction) -> Result<(), BackendError> {
+        self.sock.reserve(batch.len_bytes())?;
+        let sent = self.sock.send_pages(batch.pages())?;
+        if sent != batch.len_bytes() {
+            return Err(BackendError::Netlink(format!(
+                "sent {sent} of {} bytes",
+                batch.len_bytes()
+            )));
+        }
+        let mut failures: Vec<OpFailure> = Vec::new();
+        let mut refused: Option<i32> = None;
+        let mut acked = false;
+        let mut overflow = false;
+        loop {
+            match self.sock.recv(true) {
+                Ok(Some(buf)) => {
+                    for m in messages(buf) {
+                        if m.ty != c::NLMSG_ERROR || batch.message(m.seq).is_none() {
+                            continue;
+                        }
+                        let (errno, offs) = parse_error(&m);
+                        let info = batch.message(m.seq).unwrap();
+                        match (info.kind, errno) {
+                            (MsgKind::BatchEnd, 0) => acked = true,
+                            (_, 0) => {}
+                            (MsgKind::Op, e) => {
+                                let index = info.op.unwrap_or(0);
+                                let element = offs.and_then(|o| batch.element_at(m.seq, o));
+                                let f = OpFailure {
+                                    index,
+                                    op: describe_failure(tx, index, element),
+                                    errno: e,
+                                };
+                                if !failures.contains(&f) {
+                                    failures.push(f);
+                                }
+                            }
+                            (_, e) => refused = Some(e),
+                        }
+                    }
+                }
+                Ok(None) => {
+                    let done = acked
+                        || !failures.is_empty()
+                        || refused.is_some()
+                        || overflow
+                        || !self.ack_batch_end;
+                    if done || !self.sock.wait_readable(ACK_WAIT_MS)? {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => overflow = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !failures.is_empty() {
+            failures.sort_by_key(|f| f.index);
+            return Err(BackendError::Rejected { failures });
+        }
+        if let Some(e) = refused {
+            return Err(BackendError::Netlink(format!(
+                "batch refused: {}",
+                io::Error::from_raw_os_error(e)
+            )));
+        }
+        if overflow {
+            return Err(BackendError::Netlink(
+                "replies lost (ENOBUFS): the transaction's outcome is unknown".into(),
+            ));
+        }
+        if self.ack_batch_end && !acked {
+            return Err(BackendError::Netlink(
+                "no acknowledgement for BATCH_END: the transaction's outcome is unknown".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn dump_once(&mut self) -> Result<(Ruleset, bool), BackendError> {
+        let mut rs = Ruleset::default();
+        let mut interrupted = false;
+        let name = self.table.clone();
+        for family in [Family::V4, Family::V6] {
+            let fam = family_proto(family);
+            let r = match self.request(c::NFT_MSG_GETTABLE, c::NLM_F_REQUEST, fam, |w| {
+                w.str(c::NFTA_TABLE_NAME, &name)
+            }) {
+                Ok(r) => r,
+                Err(ReqError::Errno(libc::ENOENT)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut table = Table::new(family, name.clone());
+            if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
+                table.comment = decode::table(&m).1;
+            }
+            let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+
+            let r = self.request(c::NFT_MSG_GETCHAIN, dump, fam, |w| {
+                w.str(c::NFTA_CHAIN_TABLE, &name)
+            })?;
+            interrupted |= r.interrupted;
+            for m in messages(&r.buf) {
+                if m.ty == msg_type(c::NFT_MSG_NEWCHAIN) && m.family() == fam {
+                    let (t, ch) = decode::chain(&m);
+                    if t == name {
+                        table.add_chain(ch);
+                    }
+                }
+            }
+
+            let r = self.request(c::NFT_MSG_GETSET, dump, fam, |w| {
+                w.str(c::NFTA_SET_TABLE, &name)
+            })?;
+            interrupted |= r.interrupted;
+            let mut sets = Vec::new();
+            for m in messages(&r.buf) {
+                if m.ty == msg_type(c::NFT_MSG_NEWSET) && m.family() == fam {
+                    match decode::set(&m) {
+                        Ok((t, s)) if t == name => sets.push(s),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "set not read back"),
+                    }
+                }
+            }
+            for mut s in sets {
+                // A hash set's element dump spans several skbs, each resuming by count;
+                // a background rehash (right after many inserts) between them skips or
+                // repeats elements without any flag or generation change (seen on 6.18:
+                // 88k of 100k). Large sets are therefore read until two reads agree.
+                let mut previous: Option<Vec<Vec<u8>>> = None;
+                let mut raw = Vec::new();
+                for _ in 0..8 {
+                    let r = self.request(c::NFT_MSG_GETSETELEM, dump, fam, |w| {
+                        w.str(c::NFTA_SET_ELEM_LIST_TABLE, &name);
+                        w.str(c::NFTA_SET_ELEM_LIST_SET, &s.name);
+                    })?;
+                    interrupted |= r.interrupted;
+                    raw.clear();
+                    for m in messages(&r.buf) {
+                        if m.ty == msg_type(c::NFT_MSG_NEWSETELEM) {
+                            decode::raw_elements(&m, &mut raw);
+                        }
+                    }
+                    if raw.len() < STABLE_DUMP_MIN || s.flags.dynamic {
+                        break;
+                    }
+                    let mut keys: Vec<Vec<u8>> = raw.iter().map(|e| e.key.clone()).collect();
+                    keys.sort_unstable();
+                    if previous.as_ref() == Some(&keys) {
+                        break;
+                    }
+                    previous = Some(keys);
+                }
+                let elements = decode::fold_elements(&s, raw);
+                s.extend(elements);
+                table.add_set(s);
+            }
+
+            let r = self.request(c::NFT_MSG_GETRULE, dump, fam, |w| {
+                w.str(c::NFTA_RULE_TABLE, &name)
+            })?;
+            interrupted |= r.interrupted;
+            for m in messages(&r.buf) {
+                if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
+                    if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
+                        continue;
+                    }
+                    let (chain, rule) = decode::rule(&m, family);
+                    if let Some(ch) = table.chains.get_mut(&chain) {
+                        ch.push(rule);
+                    }
+                }
+            }
+            rs.tables.push(table);
+        }
+        Ok((rs, interrupted))
+    }
+}
+
+impl Backend for NetlinkBackend {
+    fn apply(&mut self, tx: &Transaction) -> Result<ApplyReport, BackendError> {
+        if tx.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        // Element operations need the set's declaration (interval or not, types).
+        let mut failures = Vec::new();
+        for (t, s) in self.catalog.missing(tx) {
+            match self.fetch_set(&t, &s)? {
+                Some(shape) => self.catalog.insert(&t, &s, shape),
+                None => {
+                    for (index, op) in tx.ops.iter().enumerate() {
+                        let refers = match op {
+                            Op::AddElements { table, set, .. }
+                            | Op::DeleteElements { table, set, .. } => *table == t && *set == s,
+                            _ => false,
+                        };
+                        if refers {
+                            failures.push(OpFailure {
+                                index,
+                                op: describe_failure(tx, index, None),
+                                errno: libc::ENOENT,
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if !failures.is_empty() {
+            return Err(BackendError::Rejected { failures });
+        }
+        let seq0 = self.seq;
+        let batch = encode_with(tx, &self.catalog, seq0).map_err(|e| BackendError::Rejected {
+            failures: vec![OpFailure {
+                index: e.index,
+                op: format!("{}: {}", e.op, e.reason),
+                errno: libc::EINVAL,
+            }],
+        })?;
+        self.next_seq(batch.messages());
+        self.send(&batch, tx)?;
+        self.catalog.apply(tx);
+        Ok(ApplyReport {
+            messages: batch.messages(),
+            bytes: batch.len_bytes(),
+        })
+    }
+
+    fn dump(&mut self) -> Result<Ruleset, BackendError> {
+        for _ in 0..5 {
+            let g0 = self.generation()?;
+            let (rs, interrupted) = self.dump_once()?;
+            let g1 = self.generation()?;
+            if g0 == g1 && !interrupted {
+                for f in [Family::V4, Family::V6] {
+                    self.catalog
+                        .remove_table(&TableRef::new(f, self.table.clone()));
+                }
+                for t in &rs.tables {
+                    let tr = TableRef::new(t.family, t.name.clone());
+                    for s in t.sets.values() {
+                        self.catalog.insert(&tr, &s.name, SetShape::of(s));
+                    }
+                }
+                return Ok(rs);
+            }
+        }
+        Err(BackendError::Netlink(
+            "the ruleset kept changing while it was read".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,432 @@
+//! Netlink framing: message headers, attributes (TLVs), nests, and a parser for them.
+//! Pure byte handling: no sockets, no `unsafe`.
+
+/// Netlink / nfnetlink / nf_tables constants used by the encoder and decoder (from
+/// `linux/netlink.h`, `linux/netfilter/nfnetlink.h`, `linux/netfilter/nf_tables.h`).
+#[allow(dead_code)]
+pub mod c {
+    pub const NLMSG_HDRLEN: usize = 16;
+    pub const NFGENMSG_LEN: usize = 4;
+
+    pub const NLMSG_NOOP: u16 = 1;
+    pub const NLMSG_ERROR: u16 = 2;
+    pub const NLMSG_DONE: u16 = 3;
+
+    pub const NLM_F_REQUEST: u16 = 0x1;
+    pub const NLM_F_MULTI: u16 = 0x2;
+    pub const NLM_F_ACK: u16 = 0x4;
+    pub const NLM_F_DUMP_INTR: u16 = 0x10;
+    pub const NLM_F_ACK_TLVS: u16 = 0x200;
+    pub const NLM_F_DUMP: u16 = 0x300;
+    pub const NLM_F_EXCL: u16 = 0x200;
+    pub const NLM_F_CREATE: u16 = 0x400;
+    pub const NLM_F_APPEND: u16 = 0x800;
+
+    pub const NLA_F_NESTED: u16 = 0x8000;
+    pub const NLA_TYPE_MASK: u16 = 0x3fff;
+
+    pub const NLMSGERR_ATTR_OFFS: u16 = 2;
+
+    pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+    pub const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+    pub const NFT_MSG_NEWTABLE: u16 = 0;
+    pub const NFT_MSG_GETTABLE: u16 = 1;
+    pub const NFT_MSG_DELTABLE: u16 = 2;
+    pub const NFT_MSG_NEWCHAIN: u16 = 3;
+    pub const NFT_MSG_GETCHAIN: u16 = 4;
+    pub const NFT_MSG_DELCHAIN: u16 = 5;
+    pub const NFT_MSG_NEWRULE: u16 = 6;
+    pub const NFT_MSG_GETRULE: u16 = 7;
+    pub const NFT_MSG_DELRULE: u16 = 8;
+    pub const NFT_MSG_NEWSET: u16 = 9;
+    pub const NFT_MSG_GETSET: u16 = 10;
+    pub const NFT_MSG_DELSET: u16 = 11;
+    pub const NFT_MSG_NEWSETELEM: u16 = 12;
+    pub const NFT_MSG_GETSETELEM: u16 = 13;
+    pub const NFT_MSG_DELSETELEM: u16 = 14;
+    pub const NFT_MSG_NEWGEN: u16 = 15;
+    pub const NFT_MSG_GETGEN: u16 = 16;
+
+    pub const NFPROTO_IPV4: u8 = 2;
+    pub const NFPROTO_IPV6: u8 = 10;
+
+    // Tables.
+    pub const NFTA_TABLE_NAME: u16 = 1;
+    pub const NFTA_TABLE_FLAGS: u16 = 2;
+    pub const NFTA_TABLE_USERDATA: u16 = 6;
+    // Chains.
+    pub const NFTA_CHAIN_TABLE: u16 = 1;
+    pub const NFTA_CHAIN_NAME: u16 = 3;
+    pub const NFTA_CHAIN_HOOK: u16 = 4;
+    pub const NFTA_CHAIN_POLICY: u16 = 5;
+    pub const NFTA_CHAIN_TYPE: u16 = 7;
+    pub const NFTA_CHAIN_USERDATA: u16 = 12;
+    pub const NFTA_HOOK_HOOKNUM: u16 = 1;
+    pub const NFTA_HOOK_PRIORITY: u16 = 2;
+    // Rules.
+    pub const NFTA_RULE_TABLE: u16 = 1;
+    pub const NFTA_RULE_CHAIN: u16 = 2;
+    pub const NFTA_RULE_HANDLE: u16 = 3;
+    pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
+    pub const NFTA_RULE_USERDATA: u16 = 7;
+    pub const NFTA_LIST_ELEM: u16 = 1;
+    pub const NFTA_EXPR_NAME: u16 = 1;
+    pub const NFTA_EXPR_DATA: u16 = 2;
+    // Sets.
+    pub const NFTA_SET_TABLE: u16 = 1;
+    pub const NFTA_SET_NAME: u16 = 2;
+    pub const NFTA_SET_FLAGS: u16 = 3;
+    pub const NFTA_SET_KEY_TYPE: u16 = 4;
+    pub const NFTA_SET_KEY_LEN: u16 = 5;
+    pub const NFTA_SET_DATA_TYPE: u16 = 6;
+    pub const NFTA_SET_DATA_LEN: u16 = 7;
+    pub const NFTA_SET_DESC: u16 = 9;
+    pub const NFTA_SET_ID: u16 = 10;
+    pub const NFTA_SET_TIMEOUT: u16 = 11;
+    pub const NFTA_SET_USERDATA: u16 = 13;
+    pub const NFTA_SET_DESC_SIZE: u16 = 1;
+    pub const NFTA_SET_DESC_CONCAT: u16 = 2;
+    pub const NFTA_SET_FIELD_LEN: u16 = 1;
+    pub const NFT_SET_CONSTANT: u32 = 0x2;
+    pub const NFT_SET_INTERVAL: u32 = 0x4;
+    pub const NFT_SET_MAP: u32 = 0x8;
+    pub const NFT_SET_TIMEOUT: u32 = 0x10;
+    pub const NFT_SET_EVAL: u32 = 0x20;
+    /// Not in older uapi headers; the kernel wants it with NFTA_SET_DESC_CONCAT (5.6+).
+    pub const NFT_SET_CONCAT: u32 = 0x80;
+    // Set elements.
+    pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+    pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+    pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+    pub const NFTA_SET_ELEM_KEY: u16 = 1;
+    pub const NFTA_SET_ELEM_DATA: u16 = 2;
+    pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+    pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
+    pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
+    pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+    // Data.
+    pub const NFTA_DATA_VALUE: u16 = 1;
+    pub const NFTA_DATA_VERDICT: u16 = 2;
+    pub const NFTA_VERDICT_CODE: u16 = 1;
+    pub const NFTA_VERDICT_CHAIN: u16 = 2;
+    pub const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+    pub const NF_DROP: i32 = 0;
+    pub const NF_ACCEPT: i32 = 1;
+    pub const NFT_CONTINUE: i32 = -1;
+    pub const NFT_BREAK: i32 = -2;
+    pub const NFT_JUMP: i32 = -3;
+    pub const NFT_GOTO: i32 = -4;
+    pub const NFT_RETURN: i32 = -5;
+    // Generation.
+    pub const NFTA_GEN_ID: u16 = 1;
+
+    // nft's userdata TLVs (libnftnl `udata.h`; one-byte type, one-byte length).
+    pub const UDATA_TABLE_COMMENT: u8 = 0;
+    pub const UDATA_CHAIN_COMMENT: u8 = 0;
+    pub const UDATA_RULE_COMMENT: u8 = 0;
+    pub const UDATA_SET_ELEM_COMMENT: u8 = 0;
+    pub const UDATA_SET_ELEM_FLAGS: u8 = 1;
+    pub const UDATA_SET_ELEM_F_INTERVAL_OPEN: u32 = 1;
+    pub const UDATA_SET_KEYBYTEORDER: u8 = 0;
+    pub const UDATA_SET_DATABYTEORDER: u8 = 1;
+    pub const UDATA_SET_KEY_TYPEOF: u8 = 3;
+    pub const UDATA_SET_DATA_TYPEOF: u8 = 4;
+    pub const UDATA_SET_DATA_INTERVAL: u8 = 6;
+    pub const UDATA_SET_COMMENT: u8 = 7;
+    pub const UDATA_TYPEOF_EXPR: u8 = 0;
+    pub const UDATA_TYPEOF_DATA: u8 = 1;
+}
+
+/// Aligns to netlink's 4-byte boundary.
+pub const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Appends netlink messages and attributes to a byte buffer.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer::default()
+    }
+    pub fn with_capacity(n: usize) -> Writer {
+        Writer {
+            buf: Vec::with_capacity(n),
+        }
+    }
+
+    /// Starts an nfnetlink message; returns its offset for [`Writer::end_msg`].
+    pub fn begin_msg(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched later
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        self.buf.push(family);
+        self.buf.push(0); // NFNETLINK_V0
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        start
+    }
+
+    pub fn end_msg(&mut self, start: usize) {
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    pub fn attr(&mut self, ty: u16, data: &[u8]) {
+        let len = 4 + data.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+    pub fn u32_be(&mut self, ty: u16, v: u32) {
+        self.attr(ty, &v.to_be_bytes());
+    }
+    pub fn u64_be(&mut self, ty: u16, v: u64) {
+        self.attr(ty, &v.to_be_bytes());
+    }
+    pub fn u8(&mut self, ty: u16, v: u8) {
+        self.attr(ty, &[v]);
+    }
+    /// A NUL-terminated string attribute.
+    pub fn str(&mut self, ty: u16, s: &str) {
+        let len = 4 + s.len() + 1;
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+        self.pad();
+    }
+    pub fn nest_begin(&mut self, ty: u16) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | c::NLA_F_NESTED).to_ne_bytes());
+        start
+    }
+    pub fn nest_end(&mut self, start: usize) {
+        let len = self.buf.len() - start;
+        debug_assert!(len <= u16::MAX as usize);
+        self.buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
+    }
+    /// `NFTA_DATA_VALUE` inside a nest of type `ty`.
+    pub fn data_value(&mut self, ty: u16, value: &[u8]) {
+        let n = self.nest_begin(ty);
+        self.attr(c::NFTA_DATA_VALUE, value);
+        self.nest_end(n);
+    }
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+}
+
+/// One netlink message of a received buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Msg<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    /// Everything after the netlink header.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Msg<'a> {
+    /// nf_tables attributes (after the 4-byte nfgenmsg).
+    pub fn attrs(&self) -> Attrs<'a> {
+        Attrs::new(self.payload.get(c::NFGENMSG_LEN..).unwrap_or(&[]))
+    }
+    pub fn family(&self) -> u8 {
+        self.payload.first().copied().unwrap_or(0)
+    }
+}
+
+/// Iterates over the netlink messages in `buf`. Stops at the first malformed header.
+pub fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
+    let mut off = 0usize;
+    std::iter::from_fn(move || {
+        if off + c::NLMSG_HDRLEN > buf.len() {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().ok()?) as usize;
+        if len < c::NLMSG_HDRLEN || off + len > buf.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().ok()?);
+        let flags = u16::from_ne_bytes(buf[off + 6..off + 8].try_into().ok()?);
+        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().ok()?);
+        let m = Msg {
+            ty,
+            flags,
+            seq,
+            payload: &buf[off + c::NLMSG_HDRLEN..off + len],
+        };
+        off += align4(len);
+        Some(m)
+    })
+}
+
+/// Iterator over the attributes of a message or nest: `(type without flags, payload)`.
+#[derive(Clone)]
+pub struct Attrs<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Attrs<'a> {
+    pub fn new(buf: &'a [u8]) -> Attrs<'a> {
+        Attrs { buf }
+    }
+    /// The first attribute of this type.
+    pub fn get(&self, ty: u16) -> Option<&'a [u8]> {
+        self.clone().find(|(t, _)| *t == ty).map(|(_, d)| d)
+    }
+    pub fn nest(&self, ty: u16) -> Option<Attrs<'a>> {
+        self.get(ty).map(Attrs::new)
+    }
+    pub fn u32_be(&self, ty: u16) -> Option<u32> {
+        self.get(ty).and_then(be32)
+    }
+    pub fn u64_be(&self, ty: u16) -> Option<u64> {
+        self.get(ty)
+            .and_then(|d| d.get(..8))
+            .map(|d| u64::from_be_bytes(d.try_into().unwrap()))
+    }
+    pub fn str(&self, ty: u16) -> Option<String> {
+        self.get(ty).map(cstr)
+    }
+    /// `NFTA_DATA_VALUE` bytes inside the nest `ty`.
+    pub fn data_value(&self, ty: u16) -> Option<&'a [u8]> {
+        self.nest(ty).and_then(|n| n.get(c::NFTA_DATA_VALUE))
+    }
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = (u16, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([self.buf[0], self.buf[1]]) as usize;
+        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & c::NLA_TYPE_MASK;
+        if len < 4 || len > self.buf.len() {
+            self.buf = &[];
+            return None;
+        }
+        let data = &self.buf[4..len];
+        let adv = align4(len).min(self.buf.len());
+        self.buf = &self.buf[adv..];
+        Some((ty, data))
+    }
+}
+
+pub fn be32(d: &[u8]) -> Option<u32> {
+    d.get(..4)
+        .map(|d| u32::from_be_bytes(d.try_into().unwrap()))
+}
+
+/// A string attribute without its NUL terminator (and anything after it).
+pub fn cstr(d: &[u8]) -> String {
+    let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+    String::from_utf8_lossy(&d[..end]).into_owned()
+}
+
+/// nft's userdata: a sequence of `{type: u8, len: u8, value[len]}`.
+pub struct Udata {
+    pub buf: Vec<u8>,
+}
+
+impl Udata {
+    pub fn new() -> Udata {
+        Udata { buf: Vec::new() }
+    }
+    pub fn put(&mut self, ty: u8, value: &[u8]) {
+        self.buf.push(ty);
+        self.buf.push(value.len() as u8);
+        self.buf.extend_from_slice(value);
+    }
+    /// A NUL-terminated string.
+    pub fn put_strz(&mut self, ty: u8, s: &str) {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.put(ty, &v);
+    }
+    /// Host-endian u32, as libnftnl writes it.
+    pub fn put_u32(&mut self, ty: u8, v: u32) {
+        self.put(ty, &v.to_ne_bytes());
+    }
+    pub fn nest(&mut self, ty: u8, inner: &Udata) {
+        self.put(ty, &inner.buf);
+    }
+}
+
+/// Parses nft userdata TLVs (stops at the first truncated one).
+pub fn udata_iter(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut off = 0usize;
+    std::iter::from_fn(move || {
+        if off + 2 > buf.len() {
+            return None;
+        }
+        let ty = buf[off];
+        let len = buf[off + 1] as usize;
+        if off + 2 + len > buf.len() {
+            return None;
+        }
+        let v = &buf[off + 2..off + 2 + len];
+        off += 2 + len;
+        Some((ty, v))
+    })
+}
+
+/// The first userdata TLV of this type.
+pub fn udata_get(buf: &[u8], ty: u8) -> Option<&[u8]> {
+    udata_iter(buf).find(|(t, _)| *t == ty).map(|(_, v)| v)
+}
+
+pub fn udata_u32(buf: &[u8], ty: u8) -> Option<u32> {
+    udata_get(buf, ty)
+        .and_then(|v| v.get(..4))
+        .map(|v| u32::from_ne_bytes(v.try_into().unwrap()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_roundtrip() {
+        let mut w = Writer::new();
+        let m = w.begin_msg(0x0a00, c::NLM_F_REQUEST, 7, 2, 0);
+        w.str(1, "kproxy");
+        let n = w.nest_begin(4);
+        w.u32_be(1, 3);
+        w.attr(2, &[1, 2, 3]);
+        w.nest_end(n);
+        w.end_msg(m);
+        let msgs: Vec<Msg> = messages(&w.buf).collect();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].seq, 7);
+        let a = msgs[0].attrs();
+        assert_eq!(a.str(1).as_deref(), Some("kproxy"));
+        let n = a.nest(4).unwrap();
+        assert_eq!(n.u32_be(1), Some(3));
+        assert_eq!(n.get(2), Some(&[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn udata_roundtrip() {
+        let mut u = Udata::new();
+        u.put_strz(0, "hi");
+        u.put_u32(1, 5);
+        assert_eq!(udata_get(&u.buf, 0), Some(&b"hi\0"[..]));
+        assert_eq!(udata_u32(&u.buf, 1), Some(5));
+    }
+}

@@ -1,0 +1,167 @@
+//! `kproxy apply` and `kproxy cleanup` against the real kernel, in throwaway network
+//! namespaces: a second identical apply sends nothing; hand edits (a deleted element, a
+//! flushed chain) are repaired exactly; `--dry-run` prints the transaction and sends
+//! nothing; cleanup removes kproxy's tables and nothing else.
+
+mod common;
+
+use common::*;
+
+fn apply_in(ns: &Netns, scenario: &str, extra: &[&str]) -> std::process::Output {
+    let dir = root().join("rules/scenarios").join(scenario);
+    let mut args: Vec<String> = vec![
+        "apply".into(),
+        "-f".into(),
+        dir.join("manifests.yaml").display().to_string(),
+    ];
+    args.extend(scenario_args(&dir));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ns.exec(env!("CARGO_BIN_EXE_kproxy"), &refs)
+}
+
+fn list(ns: &Netns) -> String {
+    let o = ns.exec("nft", &["list", "ruleset"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+/// How many rules a chain of `ip kproxy` holds, as the kernel lists it.
+fn rule_count(ns: &Netns, chain: &str) -> usize {
+    let o = ns.exec("nft", &["-j", "list", "chain", "ip", "kproxy", chain]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("rule").is_some())
+        .count()
+}
+
+/// The first element of `ip kproxy cluster-ips`, as the kernel lists it.
+fn first_cluster_ip(ns: &Netns) -> String {
+    let o = ns.exec("nft", &["-j", "list", "set", "ip", "kproxy", "cluster-ips"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let set = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i.get("set"))
+        .expect("set");
+    let first = &set["elem"][0];
+    first["elem"]["val"]
+        .as_str()
+        .or(first.as_str())
+        .expect("an address")
+        .to_string()
+}
+
+#[track_caller]
+fn assert_ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "kproxy failed: {}", stderr(o));
+    stderr(o)
+}
+
+#[test]
+fn second_apply_sends_nothing_and_hand_edits_are_repaired() {
+    if !kernel_tests_enabled("second_apply_sends_nothing_and_hand_edits_are_repaired") {
+        return;
+    }
+    for scenario in ["traffic-policy", "affinity", "dual-stack", "external"] {
+        let ns = Netns::new("apply");
+        let first = assert_ok(&apply_in(&ns, scenario, &[]));
+        assert!(first.contains("committed"), "{scenario}: {first}");
+        let programmed = list(&ns);
+        let again = assert_ok(&apply_in(&ns, scenario, &[]));
+        assert!(
+            again.contains("nothing to do") && again.contains("0 operations"),
+            "{scenario}: a second apply must send nothing: {again}"
+        );
+        assert_eq!(list(&ns), programmed);
+
+        // Someone deletes one element by hand: exactly that element comes back.
+        let ip = first_cluster_ip(&ns);
+        let o = ns.exec(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "ip",
+                "kproxy",
+                "cluster-ips",
+                &format!("{{ {ip} }}"),
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let repair = assert_ok(&apply_in(&ns, scenario, &[]));
+        assert!(
+            repair.contains("elements +1 -0") && repair.contains("chains +0 ~0 -0"),
+            "{scenario}: {repair}"
+        );
+        assert_eq!(list(&ns), programmed, "{scenario}: repaired exactly");
+
+        // Someone flushes the dispatch chain: exactly its rules come back (the chain is
+        // empty, so nothing needs flushing first).
+        let rules = rule_count(&ns, "services");
+        assert!(rules >= 2);
+        let o = ns.exec("nft", &["flush", "chain", "ip", "kproxy", "services"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let repair = assert_ok(&apply_in(&ns, scenario, &[]));
+        assert!(
+            repair.contains(&format!("committed {rules} operations"))
+                && repair.contains(&format!("rules {rules},"))
+                && repair.contains("chains +0 ~0 -0")
+                && repair.contains("elements +0 -0"),
+            "{scenario}: {repair}"
+        );
+        assert_eq!(list(&ns), programmed, "{scenario}: repaired exactly");
+    }
+}
+
+#[test]
+fn dry_run_prints_the_transaction_and_sends_nothing() {
+    if !kernel_tests_enabled("dry_run_prints_the_transaction_and_sends_nothing") {
+        return;
+    }
+    let ns = Netns::new("dry");
+    let o = apply_in(&ns, "clusterip", &["--dry-run"]);
+    let err = assert_ok(&o);
+    assert!(err.contains("would send"), "{err}");
+    let tx = stdout(&o);
+    assert!(tx.contains("add table ip kproxy"), "{tx}");
+    assert!(tx.contains("add element ip kproxy service-ips"), "{tx}");
+    assert!(!list(&ns).contains("kproxy"), "a dry run changes nothing");
+    // The printed transaction is itself valid nft input that programs the same rules.
+    let file = std::env::temp_dir().join(format!("{}.nft", ns.name));
+    std::fs::write(&file, &tx).unwrap();
+    let o = ns.exec("nft", &["-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = assert_ok(&apply_in(&ns, "clusterip", &[]));
+    assert!(again.contains("nothing to do"), "{again}");
+}
+
+#[test]
+fn cleanup_removes_only_kproxy_tables() {
+    if !kernel_tests_enabled("cleanup_removes_only_kproxy_tables") {
+        return;
+    }
+    let ns = Netns::new("cleanup");
+    let o = ns.exec("nft", &["add", "table", "ip", "kube-proxy"]);
+    assert!(o.status.success());
+    let o = ns.exec("nft", &["add", "table", "inet", "someone-else"]);
+    assert!(o.status.success());
+    assert_ok(&apply_in(&ns, "clusterip", &[]));
+    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &["cleanup"]);
+    let err = assert_ok(&o);
+    assert!(err.contains("deleted table ip kproxy") && err.contains("deleted table ip6 kproxy"));
+    let tables = stdout(&ns.exec("nft", &["list", "tables"]));
+    assert_eq!(
+        tables.lines().collect::<Vec<_>>(),
+        ["table ip kube-proxy", "table inet someone-else"]
+    );
+    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &["cleanup"]);
+    assert!(assert_ok(&o).contains("no kproxy tables"));
+}

@@ -1,0 +1,560 @@
+//! Tier 2 for the netlink backend: transactions applied by `NetlinkBackend` inside
+//! throwaway network namespaces give the kernel exactly what `nft -f` of the same ruleset
+//! gives it, read back as the same typed ruleset; bad transactions change nothing; large
+//! batches commit whole; hand edits read back as differences, never panics.
+//!
+//! The backend runs on a thread that first enters the test's namespace (`setns`), so the
+//! host's ruleset is never touched.
+
+mod common;
+
+use std::time::Instant;
+
+use clap::Parser;
+use common::*;
+use kproxy::backend::netlink::{enter_netns, NetlinkBackend};
+use kproxy::backend::{Backend, BackendError};
+use kproxy::config::{Config, ProxyFlags};
+use kproxy::nft::tx::{ChainDecl, Op, TableRef, Transaction};
+use kproxy::nft::*;
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    proxy: ProxyFlags,
+}
+
+fn render_scenario(dir: &std::path::Path) -> Ruleset {
+    let mut argv = vec!["kproxy".to_string()];
+    argv.extend(scenario_args(dir));
+    let flags = Flags::parse_from(argv);
+    let config = Config::from_flags(&flags.proxy).expect("scenario flags are valid");
+    let loaded =
+        kproxy::k8s::manifests::load_paths(&[dir.join("manifests.yaml")]).expect("manifests");
+    let (model, _warnings) = kproxy::model::build(&loaded.objects, &config.settings);
+    kproxy::render::render(&model)
+}
+
+/// Runs `f` with a backend created inside the namespace `ns`.
+fn with_backend<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce(&mut NetlinkBackend) -> T + Send + 'static,
+) -> T {
+    let path = format!("/var/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        enter_netns(std::path::Path::new(&path)).expect("setns");
+        let mut b = NetlinkBackend::new("kproxy").expect("netlink socket");
+        f(&mut b)
+    })
+    .join()
+    .expect("backend thread")
+}
+
+/// Everything in `rs`, as one transaction, in the order `nft -f` sends a table: table,
+/// chains, sets, elements, then rules. (Elements before the rules that reference their
+/// set matter for cost: see the measurement test.)
+fn full_load(rs: &Ruleset) -> Transaction {
+    let mut tx = Transaction::new();
+    for t in &rs.tables {
+        let tr = TableRef::new(t.family, t.name.clone());
+        tx.push(Op::AddTable {
+            table: tr.clone(),
+            comment: t.comment.clone(),
+        });
+        // Chains in the order `nft -f` of the text creates them (the kernel lists chains
+        // in creation order): base chains by hook and priority, then by name.
+        let mut chains: Vec<&Chain> = t.chains.values().collect();
+        chains.sort_by_key(|c| {
+            (
+                c.base.is_none(),
+                c.base.as_ref().map(|b| (b.hook, b.priority)),
+                c.name.clone(),
+            )
+        });
+        for c in &chains {
+            tx.push(Op::AddChain {
+                table: tr.clone(),
+                chain: ChainDecl {
+                    name: c.name.clone(),
+                    base: c.base.clone(),
+                    comment: c.comment.clone(),
+                },
+            });
+        }
+        for s in t.sets.values() {
+            tx.push(Op::AddSet {
+                table: tr.clone(),
+                set: s.clone(),
+            });
+            if !s.elements.is_empty() {
+                tx.push(Op::AddElements {
+                    table: tr.clone(),
+                    set: s.name.clone(),
+                    elements: s.elements.iter().cloned().collect(),
+                });
+            }
+        }
+        for c in &chains {
+            for r in &c.rules {
+                tx.push(Op::AddRule {
+                    table: tr.clone(),
+                    chain: c.name.clone(),
+                    rule: r.clone(),
+                });
+            }
+        }
+    }
+    tx
+}
+
+fn nft_ok(ns: &Netns, args: &[&str]) -> String {
+    let o = ns.exec("nft", args);
+    assert!(o.status.success(), "nft {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn load_with_nft(ns: &Netns, rs: &Ruleset) {
+    let file = std::env::temp_dir().join(format!("{}.nft", ns.name));
+    std::fs::write(&file, text::ruleset(rs)).unwrap();
+    let o = ns.exec("nft", &["-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(o.status.success(), "nft -f: {}", stderr(&o));
+}
+
+fn strip_handles(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("handle");
+            m.values_mut().for_each(strip_handles);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_handles),
+        _ => {}
+    }
+}
+
+/// What the kernel holds, as `nft list` text and as JSON without handles.
+fn kernel_views(ns: &Netns, rs: &Ruleset) -> Vec<(String, serde_json::Value)> {
+    rs.tables
+        .iter()
+        .map(|t| {
+            let txt = nft_ok(ns, &["list", "table", t.family.keyword(), &t.name]);
+            let mut js: serde_json::Value = serde_json::from_str(&nft_ok(
+                ns,
+                &["-j", "list", "table", t.family.keyword(), &t.name],
+            ))
+            .expect("nft -j output");
+            strip_handles(&mut js);
+            (txt, js)
+        })
+        .collect()
+}
+
+/// A full-length prefix is the same bytes in the kernel as the address itself.
+fn canon(v: &Value) -> Value {
+    match v {
+        Value::Net(n) if n.prefix() == if n.is_ipv4() { 32 } else { 128 } => {
+            Value::Addr(n.network())
+        }
+        v => v.clone(),
+    }
+}
+
+/// A ruleset as it can be compared with a dump (full-length prefixes as addresses): comments as nft stores them, dynamic
+/// sets' runtime elements dropped.
+fn comparable(rs: &Ruleset) -> Ruleset {
+    let clean = |c: &str| {
+        let q = text::quote(c);
+        q[1..q.len() - 1].to_string()
+    };
+    let mut rs = rs.clone();
+    for t in &mut rs.tables {
+        t.comment = t.comment.as_deref().map(clean);
+        for s in t.sets.values_mut() {
+            s.comment = s.comment.as_deref().map(clean);
+            if s.flags.dynamic {
+                s.elements = Default::default();
+            }
+            let els: Vec<Element> = s
+                .elements
+                .iter()
+                .cloned()
+                .map(|mut e| {
+                    e.key = e.key.iter().map(canon).collect();
+                    e.comment = e.comment.as_deref().map(|c| clean(c).into());
+                    e
+                })
+                .collect();
+            s.elements = els.into_iter().collect();
+        }
+        for c in t.chains.values_mut() {
+            c.comment = c.comment.as_deref().map(clean);
+            for r in &mut c.rules {
+                for st in &mut r.stmts {
+                    if let Stmt::Cmp { value, .. } = st {
+                        *value = canon(value);
+                    }
+                }
+                r.comment = r.comment.as_deref().map(clean);
+            }
+        }
+    }
+    rs
+}
+
+fn assert_same_ruleset(got: &Ruleset, want: &Ruleset, what: &str) {
+    let (got, want) = (comparable(got), comparable(want));
+    assert_eq!(got.tables.len(), want.tables.len(), "{what}: tables");
+    for (g, w) in got.tables.iter().zip(&want.tables) {
+        assert_eq!(g.comment, w.comment, "{what}: {} comment", w.family);
+        assert_eq!(
+            g.sets.keys().collect::<Vec<_>>(),
+            w.sets.keys().collect::<Vec<_>>(),
+            "{what}: {} sets",
+            w.family
+        );
+        for (name, ws) in &w.sets {
+            assert_eq!(&g.sets[name], ws, "{what}: {} set {name}", w.family);
+        }
+        assert_eq!(
+            g.chains.keys().collect::<Vec<_>>(),
+            w.chains.keys().collect::<Vec<_>>(),
+            "{what}: {} chains",
+            w.family
+        );
+        for (name, wc) in &w.chains {
+            assert_eq!(&g.chains[name], wc, "{what}: {} chain {name}", w.family);
+        }
+    }
+}
+
+#[test]
+fn scenarios_applied_over_netlink_match_nft_and_read_back() {
+    if !kernel_tests_enabled("scenarios_applied_over_netlink_match_nft_and_read_back") {
+        return;
+    }
+    for dir in scenarios() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let rs = render_scenario(&dir);
+        let ours = Netns::new("nl-ours");
+        let theirs = Netns::new("nl-nft");
+        let tx = full_load(&rs);
+        let report = with_backend(&ours, move |b| b.apply(&tx))
+            .unwrap_or_else(|e| panic!("{name}: apply failed: {e}"));
+        assert!(report.messages > 2);
+        load_with_nft(&theirs, &rs);
+        let (a, b) = (kernel_views(&ours, &rs), kernel_views(&theirs, &rs));
+        for ((ta, ja), (tb, jb)) in a.iter().zip(&b) {
+            assert_eq!(
+                ta, tb,
+                "{name}: `nft list table` differs (left: netlink, right: nft -f)"
+            );
+            assert_eq!(ja, jb, "{name}: `nft -j list table` differs");
+        }
+        let dumped = with_backend(&ours, |b| b.dump()).expect("dump");
+        assert_same_ruleset(&dumped, &rs, &format!("{name}: dump after netlink"));
+        let dumped = with_backend(&theirs, |b| b.dump()).expect("dump");
+        assert_same_ruleset(&dumped, &rs, &format!("{name}: dump after nft -f"));
+    }
+}
+
+#[test]
+fn a_bad_operation_rejects_the_whole_transaction() {
+    if !kernel_tests_enabled("a_bad_operation_rejects_the_whole_transaction") {
+        return;
+    }
+    let dir = scenarios()
+        .into_iter()
+        .find(|d| d.ends_with("clusterip"))
+        .unwrap();
+    let rs = render_scenario(&dir);
+    let ns = Netns::new("nl-bad");
+    let tx = full_load(&rs);
+    with_backend(&ns, move |b| b.apply(&tx)).expect("load");
+    let before = nft_ok(&ns, &["list", "ruleset"]);
+    let gen_before = with_backend(&ns, |b| b.generation()).unwrap();
+
+    let t = TableRef::new(Family::V4, "kproxy");
+    let mut tx = Transaction::new();
+    tx.push(Op::FlushChain {
+        table: t.clone(),
+        chain: "services".into(),
+    });
+    tx.push(Op::AddChain {
+        table: t.clone(),
+        chain: ChainDecl {
+            name: "new-chain".into(),
+            base: None,
+            comment: None,
+        },
+    });
+    tx.push(Op::AddRule {
+        table: t.clone(),
+        chain: "new-chain".into(),
+        rule: Rule::new(vec![Stmt::jump("no-such-chain")]),
+    });
+    tx.push(Op::AddRule {
+        table: t,
+        chain: "new-chain".into(),
+        rule: Rule::new(vec![Stmt::Verdict(Verdict::Accept)]),
+    });
+    let err = with_backend(&ns, move |b| b.apply(&tx)).unwrap_err();
+    match &err {
+        BackendError::Rejected { failures } => {
+            assert_eq!(failures.len(), 1, "{err}");
+            assert_eq!(failures[0].index, 2, "{err}");
+            assert_eq!(failures[0].errno, libc::ENOENT, "{err}");
+            assert!(failures[0].op.contains("jump no-such-chain"), "{err}");
+        }
+        e => panic!("expected Rejected, got {e}"),
+    }
+    assert_eq!(nft_ok(&ns, &["list", "ruleset"]), before, "nothing changed");
+    assert_eq!(with_backend(&ns, |b| b.generation()).unwrap(), gen_before);
+
+    // Elements for a set that does not exist: refused up front with ENOENT.
+    let mut tx = Transaction::new();
+    tx.push(Op::AddElements {
+        table: TableRef::new(Family::V4, "kproxy"),
+        set: "no-such-set".into(),
+        elements: vec![Element::key(vec![Value::Int(1)])],
+    });
+    let err = with_backend(&ns, move |b| b.apply(&tx)).unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Rejected { failures } if failures[0].errno == libc::ENOENT),
+        "{err}"
+    );
+    // An empty transaction sends nothing.
+    let r = with_backend(&ns, |b| b.apply(&Transaction::new())).unwrap();
+    assert_eq!(r.messages, 0);
+}
+
+#[test]
+fn a_batch_over_one_mebibyte_commits_whole() {
+    if !kernel_tests_enabled("a_batch_over_one_mebibyte_commits_whole") {
+        return;
+    }
+    const N: u32 = 100_000;
+    let ns = Netns::new("nl-big");
+    let t = TableRef::new(Family::V4, "kproxy");
+    let mut set = Set::new(
+        "endpoints",
+        vec![DataType::Slot],
+        SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
+    );
+    set.comment = Some("slots".into());
+    let elements: Vec<Element> = (0..N)
+        .map(|i| {
+            Element::values(
+                vec![Value::Int(i)],
+                vec![
+                    Value::Addr(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())),
+                    Value::Port(8080),
+                ],
+            )
+            .with_comment("ns/svc:http")
+        })
+        .collect();
+    let mut tx = Transaction::new();
+    tx.push(Op::AddTable {
+        table: t.clone(),
+        comment: None,
+    });
+    tx.push(Op::AddSet {
+        table: t.clone(),
+        set,
+    });
+    tx.push(Op::AddElements {
+        table: t,
+        set: "endpoints".into(),
+        elements,
+    });
+    let (report, secs, dumped) = with_backend(&ns, move |b| {
+        let start = Instant::now();
+        let r = b.apply(&tx).expect("apply");
+        let secs = start.elapsed().as_secs_f64();
+        let d = b.dump().expect("dump");
+        (r, secs, d)
+    });
+    println!(
+        "100k elements: {} bytes in {} messages, applied in {secs:.3}s",
+        report.bytes, report.messages
+    );
+    assert!(report.bytes > 1 << 20);
+    let s = dumped.table(Family::V4).unwrap().set("endpoints").unwrap();
+    assert_eq!(s.elements.len(), N as usize);
+    let listed = nft_ok(&ns, &["list", "map", "ip", "kproxy", "endpoints"]);
+    assert_eq!(listed.matches(" : 10.").count(), N as usize);
+}
+
+#[test]
+fn hand_edits_read_back_as_differences() {
+    if !kernel_tests_enabled("hand_edits_read_back_as_differences") {
+        return;
+    }
+    let dir = scenarios()
+        .into_iter()
+        .find(|d| d.ends_with("clusterip"))
+        .unwrap();
+    let rs = render_scenario(&dir);
+    let ns = Netns::new("nl-edit");
+    let tx = full_load(&rs);
+    with_backend(&ns, move |b| b.apply(&tx)).expect("load");
+    nft_ok(
+        &ns,
+        &[
+            "add", "rule", "ip", "kproxy", "services", "counter", "log", "prefix", "\"x\"",
+        ],
+    );
+    nft_ok(
+        &ns,
+        &[
+            "insert", "rule", "ip", "kproxy", "services", "tcp", "sport", "1-1024", "accept",
+        ],
+    );
+    nft_ok(
+        &ns,
+        &[
+            "add", "rule", "ip", "kproxy", "services", "ip", "saddr", "1.2.3.4", "ct", "mark",
+            "set", "5",
+        ],
+    );
+    nft_ok(
+        &ns,
+        &[
+            "add", "chain", "ip", "kproxy", "extra", "{", "type", "filter", "hook", "input",
+            "priority", "0;", "policy", "drop;", "}",
+        ],
+    );
+    nft_ok(
+        &ns,
+        &[
+            "add",
+            "set",
+            "ip",
+            "kproxy",
+            "strange",
+            "{",
+            "type",
+            "ether_addr;",
+            "}",
+        ],
+    );
+    let dumped = with_backend(&ns, |b| b.dump()).expect("dump never fails on foreign rules");
+    let t = dumped.table(Family::V4).unwrap();
+    let services = t.chain("services").unwrap();
+    let want = rs.table(Family::V4).unwrap().chain("services").unwrap();
+    assert_ne!(services, want);
+    assert!(services
+        .rules
+        .iter()
+        .flat_map(|r| &r.stmts)
+        .any(|s| matches!(s, Stmt::Foreign(_))));
+    assert!(t
+        .chain("extra")
+        .unwrap()
+        .rules
+        .iter()
+        .flat_map(|r| &r.stmts)
+        .any(|s| matches!(s, Stmt::Foreign(d) if d.contains("policy"))));
+}
+
+/// The same operations with every element operation moved after the rules.
+fn rules_before_elements(tx: &Transaction) -> Transaction {
+    let (elems, rest): (Vec<Op>, Vec<Op>) = tx
+        .ops
+        .iter()
+        .cloned()
+        .partition(|op| matches!(op, Op::AddElements { .. }));
+    Transaction {
+        ops: rest.into_iter().chain(elems).collect(),
+    }
+}
+
+/// Not a timed assertion: prints how long a fresh 10k-service ruleset takes to commit.
+#[test]
+fn measure_ten_thousand_services() {
+    if !kernel_tests_enabled("measure_ten_thousand_services") {
+        return;
+    }
+    let objects = kproxy::testutil::synthetic_cluster(10_000, 10, false);
+    let (model, _) = kproxy::model::build(&objects, &kproxy::testutil::synthetic_settings());
+    let rs = kproxy::render::render(&model);
+    let tx = full_load(&rs);
+    let ops = tx.len();
+    let start = Instant::now();
+    let batch = kproxy::backend::netlink::encode(&tx).expect("encode");
+    println!(
+        "10k services: encoded {} messages / {} bytes in {:.3}s",
+        batch.messages(),
+        batch.len_bytes(),
+        start.elapsed().as_secs_f64()
+    );
+    if std::env::var_os("KPROXY_MEASURE_NFT").is_some() {
+        // Slow (minutes with nft 1.0.6): opt in.
+        let nft_ns = Netns::new("nl-10k-nft");
+        let start = Instant::now();
+        load_with_nft(&nft_ns, &rs);
+        println!(
+            "10k services: nft -f took {:.3}s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let ns = Netns::new("nl-10k");
+    let tx = rules_before_elements(&tx);
+    let n_tables = rs.tables.len();
+    let (report, secs, dump_secs) = with_backend(&ns, move |b| {
+        let start = Instant::now();
+        let r = b.apply(&tx).expect("apply");
+        let secs = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let d = b.dump().expect("dump");
+        let dump_secs = start.elapsed().as_secs_f64();
+        assert_eq!(d.tables.len(), n_tables);
+        (r, secs, dump_secs)
+    });
+    // The same ruleset in phases (separate transactions) to see where the kernel spends.
+    let phased = Netns::new("nl-10k-phases");
+    let mut phases: Vec<(String, Transaction)> = Vec::new();
+    let all = full_load(&rs);
+    let mut decl = Transaction::new();
+    let mut rules = Transaction::new();
+    let mut data_elems = Transaction::new();
+    let mut verdict_elems = Transaction::new();
+    for op in all.ops {
+        match &op {
+            Op::AddRule { .. } => rules.push(op),
+            Op::AddElements { table, set, .. } => {
+                let vmap = rs
+                    .table(table.family)
+                    .and_then(|t| t.set(set))
+                    .is_some_and(|s| s.data == SetData::Verdict);
+                if vmap {
+                    verdict_elems.push(op)
+                } else {
+                    data_elems.push(op)
+                }
+            }
+            _ => decl.push(op),
+        }
+    }
+    phases.push(("tables, chains, sets".into(), decl));
+    phases.push(("rules".into(), rules));
+    phases.push(("data/plain set elements".into(), data_elems));
+    phases.push(("verdict map elements".into(), verdict_elems));
+    let timings = with_backend(&phased, move |b| {
+        phases
+            .into_iter()
+            .map(|(name, tx)| {
+                let start = Instant::now();
+                b.apply(&tx).expect("phase");
+                (name, tx.len(), start.elapsed().as_secs_f64())
+            })
+            .collect::<Vec<_>>()
+    });
+    for (name, n, secs) in timings {
+        println!("10k services, phase {name}: {n} ops in {secs:.3}s");
+    }
+    println!(
+        "10k services x 10 endpoints: {ops} ops, {} messages, {} bytes, applied in {secs:.3}s, dumped in {dump_secs:.3}s",
+        report.messages, report.bytes
+    );
+}
