@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kproxy::nft::{text, Family, Protocol, Ruleset};
+use kproxy::nft::{Family, Protocol, Ruleset};
 use kproxy::trace::{trace, Host, Origin, Probe, Trace};
 
 use super::{pipeline, Netns};
@@ -617,24 +617,23 @@ impl Topology {
 
     /// Installs kproxy's rules for these manifests and flags in the node namespace,
     /// replacing whatever kproxy rules were there in one atomic transaction, and keeps the
-    /// ruleset for [`Topology::trace`]. Today: rendered in-process and loaded with `nft -f`.
+    /// ruleset for [`Topology::trace`]. Programmed with `kproxy apply` (netlink, minimal diff against what the kernel holds).
     pub fn program(&self, manifests_yaml: &str, flags: &[&str]) -> Ruleset {
+        // The ruleset the tracer checks against: `kproxy apply` renders the same input and
+        // makes the kernel hold exactly this (its minimal diff against what is there).
         let (_model, warnings, rs) = pipeline(manifests_yaml, flags);
         assert!(warnings.is_empty(), "fixture warnings: {warnings:?}");
         let n = self.files.fetch_add(1, Ordering::SeqCst);
-        let file = std::env::temp_dir().join(format!("{}-{n}.nft", self.node.name));
-        // `table X` + `delete table X` first: replaces both tables (or creates them) in the
-        // same transaction as the new content.
-        let mut body = String::from(
-            "table ip kproxy\ndelete table ip kproxy\ntable ip6 kproxy\ndelete table ip6 kproxy\n",
-        );
-        body.push_str(&text::ruleset(&rs));
-        std::fs::write(&file, body).expect("write ruleset file");
-        let o = self.node.exec("nft", &["-f", file.to_str().expect("path")]);
+        let file = std::env::temp_dir().join(format!("{}-{n}.yaml", self.node.name));
+        std::fs::write(&file, manifests_yaml).expect("write manifests");
+        let path = file.to_str().expect("path").to_string();
+        let mut args = vec!["apply", "-f", path.as_str()];
+        args.extend_from_slice(flags);
+        let o = self.node.exec(env!("CARGO_BIN_EXE_kproxy"), &args);
         let _ = std::fs::remove_file(&file);
         assert!(
             o.status.success(),
-            "nft -f refused the ruleset: {}",
+            "kproxy apply failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
         *self.ruleset.lock().unwrap() = Some(rs.clone());
