@@ -341,6 +341,66 @@ fn breakdown(n: usize) {
     );
 }
 
+/// With 50k services programmed: commit time of tiny transactions of different kinds, to
+/// show where an incremental sync's kernel time goes (printed once).
+fn commit_kinds(n: usize) {
+    use kproxy::nft::{Element, Rule, Stmt, Value};
+    let _ns = InNetns::enter("kinds");
+    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    let m = model_for(n);
+    let full = Renderer::new().full(&m);
+    let d = kproxy::diff::diff(&b.dump().expect("dump"), &full, &DiffOptions::default());
+    b.apply(&d.tx).expect("load");
+    let t = TableRef::new(Family::V4, "kproxy");
+    let chain = full.tables[0]
+        .chains
+        .keys()
+        .find(|c| c.starts_with("service-"))
+        .unwrap()
+        .clone();
+    let rule = full.tables[0].chains[&chain].rules[0].clone();
+    let mut time = |what: &str, ops: Vec<Op>| {
+        let tx = Transaction { ops };
+        let start = Instant::now();
+        b.apply(&tx).expect(what);
+        println!(
+            "commit_kinds/{n}: {what}: {:.2} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    };
+    let elem = |ip: &str| Element::key(vec![Value::Addr(ip.parse().unwrap())]);
+    time(
+        "add one plain-set element",
+        vec![Op::AddElements {
+            table: t.clone(),
+            set: "cluster-ips".into(),
+            elements: vec![elem("10.99.0.1")],
+        }],
+    );
+    time(
+        "flush a chain and re-add its dnat rule",
+        vec![
+            Op::FlushChain {
+                table: t.clone(),
+                chain: chain.clone(),
+            },
+            Op::AddRule {
+                table: t.clone(),
+                chain: chain.clone(),
+                rule: rule.clone(),
+            },
+        ],
+    );
+    time(
+        "add a rule without nat or jumps",
+        vec![Op::AddRule {
+            table: t.clone(),
+            chain: chain.clone(),
+            rule: Rule::new(vec![Stmt::Verdict(kproxy::nft::Verdict::Accept)]),
+        }],
+    );
+}
+
 /// Peak heap of one cold full sync of 50k × 10, from the built model (manifests excluded)
 /// to commit.
 fn memory() {
@@ -378,6 +438,10 @@ fn main() {
         .is_none_or(|f| "sync_path_peak_heap".contains(f))
     {
         memory();
+    }
+    if filter.as_deref().is_none_or(|f| "commit_kinds".contains(f)) {
+        commit_kinds(1_000);
+        commit_kinds(50_000);
     }
     if filter.as_deref().is_none_or(|f| f.starts_with("phases")) {
         breakdown(10_000);

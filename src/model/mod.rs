@@ -153,7 +153,8 @@ pub struct ServicePort {
     pub internal_policy_local: bool,
     /// `healthCheckNodePort` (eTP Local LoadBalancer services), 0 if none.
     pub health_check_node_port: u16,
-    /// Every endpoint of this family the slices list for this port (for review output).
+    /// Every endpoint of this family the slices list for this port, sorted (address and
+    /// port first; `render` relies on it).
     pub endpoints: Vec<Endpoint>,
     /// Endpoints used for Cluster traffic policy (after readiness, terminating fallback
     /// and topology). Empty when the port does not use cluster endpoints.

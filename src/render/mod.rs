@@ -800,9 +800,13 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
 /// set. Upstream marks every endpoint; the packets affected are the same, and the set is a
 /// tenth of the size in a ten-node cluster (each element costs kernel time at every load).
 fn may_hairpin(sp: &ServicePort, ep: &EndpointAddr) -> bool {
-    sp.endpoints
+    // `endpoints` is sorted, address and port first.
+    let start = sp
+        .endpoints
+        .partition_point(|e| (e.ip, e.port) < (ep.ip, ep.port));
+    sp.endpoints[start..]
         .iter()
-        .filter(|e| e.ip == ep.ip && e.port == ep.port)
+        .take_while(|e| e.ip == ep.ip && e.port == ep.port)
         .any(|e| e.local || e.node.is_none())
 }
 
