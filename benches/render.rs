@@ -2,6 +2,10 @@
 //! (target: 50k in under 1 s), plus model building and text printing for scale.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+/// The binary's allocator, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
 use std::collections::BTreeSet;
 
@@ -22,6 +26,13 @@ fn bench(c: &mut Criterion) {
         );
         g.bench_with_input(BenchmarkId::new("model_to_ruleset", n), &m, |b, m| {
             b.iter_with_large_drop(|| render::render(m))
+        });
+        g.bench_with_input(BenchmarkId::new("renderer_full", n), &m, |b, m| {
+            b.iter_with_large_drop(|| {
+                let mut r = render::Renderer::new();
+                let rs = r.full(m);
+                (r, rs)
+            })
         });
         g.bench_with_input(BenchmarkId::new("build_model", n), &objects, |b, o| {
             b.iter(|| model::build(o, &synthetic_settings()))

@@ -10,7 +10,9 @@
 //! - and, printed once: the peak heap of the sync path (model, rulesets, transaction,
 //!   encoded batch; manifests excluded) for 50k × 10 (target < 300 MiB).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -28,15 +30,15 @@ use kproxy::nft::Family;
 use kproxy::render::Renderer;
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
 
-/// Counts live and peak heap bytes.
+/// Counts live and peak heap bytes, on top of the binary's allocator (mimalloc).
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: forwarded to the system allocator with the caller's layout.
-        let p = unsafe { System.alloc(l) };
+        // SAFETY: forwarded to mimalloc with the caller's layout.
+        let p = unsafe { MiMalloc.alloc(l) };
         if !p.is_null() {
             let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
             PEAK.fetch_max(now, Ordering::Relaxed);
@@ -45,7 +47,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         // SAFETY: `p` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(p, l) };
+        unsafe { MiMalloc.dealloc(p, l) };
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
     }
 }
