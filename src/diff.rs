@@ -254,38 +254,37 @@ fn set_decl(s: &Set) -> Set {
     }
 }
 
-fn push_adds(out: &mut Vec<Op>, tref: &TableRef, set: &str, elements: Vec<Element>) {
-    let mut elements = elements;
-    while !elements.is_empty() {
-        let rest = if elements.len() > MAX_ELEMENTS_PER_OP {
-            elements.split_off(MAX_ELEMENTS_PER_OP)
-        } else {
-            Vec::new()
-        };
-        out.push(Op::AddElements {
-            table: tref.clone(),
-            set: set.to_string(),
-            elements,
-        });
-        elements = rest;
+/// Splits `v` in order into chunks of at most [`MAX_ELEMENTS_PER_OP`].
+fn chunked<T>(mut v: Vec<T>) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    while v.len() > MAX_ELEMENTS_PER_OP {
+        let rest = v.split_off(MAX_ELEMENTS_PER_OP);
+        out.push(std::mem::replace(&mut v, rest));
     }
+    if !v.is_empty() {
+        out.push(v);
+    }
+    out
+}
+
+fn push_adds(out: &mut Vec<Op>, tref: &TableRef, set: &str, elements: Vec<Element>) {
+    out.extend(
+        chunked(elements)
+            .into_iter()
+            .map(|elements| Op::AddElements {
+                table: tref.clone(),
+                set: set.to_string(),
+                elements,
+            }),
+    );
 }
 
 fn push_deletes(out: &mut Vec<Op>, tref: &TableRef, set: &str, keys: Vec<Vec<Value>>) {
-    let mut keys = keys;
-    while !keys.is_empty() {
-        let rest = if keys.len() > MAX_ELEMENTS_PER_OP {
-            keys.split_off(MAX_ELEMENTS_PER_OP)
-        } else {
-            Vec::new()
-        };
-        out.push(Op::DeleteElements {
-            table: tref.clone(),
-            set: set.to_string(),
-            keys,
-        });
-        keys = rest;
-    }
+    out.extend(chunked(keys).into_iter().map(|keys| Op::DeleteElements {
+        table: tref.clone(),
+        set: set.to_string(),
+        keys,
+    }));
 }
 
 /// What happens to a set or chain present on at least one side.

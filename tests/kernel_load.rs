@@ -7,27 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use clap::Parser;
 use common::*;
-use kproxy::config::{Config, ProxyFlags};
-use kproxy::nft::{text, Family, Ruleset};
-
-#[derive(Parser)]
-struct Flags {
-    #[command(flatten)]
-    proxy: ProxyFlags,
-}
-
-fn render_scenario(dir: &std::path::Path) -> Ruleset {
-    let mut argv = vec!["kproxy".to_string()];
-    argv.extend(scenario_args(dir));
-    let flags = Flags::parse_from(argv);
-    let config = Config::from_flags(&flags.proxy).expect("scenario flags are valid");
-    let loaded =
-        kproxy::k8s::manifests::load_paths(&[dir.join("manifests.yaml")]).expect("manifests");
-    let (model, _warnings) = kproxy::model::build(&loaded.objects, &config.settings);
-    kproxy::render::render(&model)
-}
+use kproxy::nft::{text, Family};
 
 /// (rules per chain, elements per set) as the kernel reports them.
 fn kernel_view(ns: &Netns, family: Family) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {

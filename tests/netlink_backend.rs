@@ -10,30 +10,11 @@ mod common;
 
 use std::time::Instant;
 
-use clap::Parser;
 use common::*;
 use kproxy::backend::netlink::{enter_netns, NetlinkBackend};
 use kproxy::backend::{Backend, BackendError};
-use kproxy::config::{Config, ProxyFlags};
 use kproxy::nft::tx::{ChainDecl, Op, TableRef, Transaction};
 use kproxy::nft::*;
-
-#[derive(Parser)]
-struct Flags {
-    #[command(flatten)]
-    proxy: ProxyFlags,
-}
-
-fn render_scenario(dir: &std::path::Path) -> Ruleset {
-    let mut argv = vec!["kproxy".to_string()];
-    argv.extend(scenario_args(dir));
-    let flags = Flags::parse_from(argv);
-    let config = Config::from_flags(&flags.proxy).expect("scenario flags are valid");
-    let loaded =
-        kproxy::k8s::manifests::load_paths(&[dir.join("manifests.yaml")]).expect("manifests");
-    let (model, _warnings) = kproxy::model::build(&loaded.objects, &config.settings);
-    kproxy::render::render(&model)
-}
 
 /// Runs `f` with a backend created inside the namespace `ns`.
 fn with_backend<T: Send + 'static>(

@@ -129,6 +129,30 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> Output {
     o
 }
 
+/// A `Config` from kube-proxy flags, as the binary would parse them.
+pub fn config_from_flags<S: AsRef<str>>(flags: &[S]) -> kproxy::config::Config {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        proxy: kproxy::config::ProxyFlags,
+    }
+    let mut argv = vec!["kproxy"];
+    argv.extend(flags.iter().map(|f| f.as_ref()));
+    let f = Flags::try_parse_from(argv).expect("flags parse");
+    kproxy::config::Config::from_flags(&f.proxy).expect("valid flags")
+}
+
+/// A scenario of rules/scenarios rendered in-process, with its flags (load and model
+/// warnings allowed: some scenarios are about them).
+pub fn render_scenario(dir: &Path) -> kproxy::nft::Ruleset {
+    let config = config_from_flags(&scenario_args(dir));
+    let loaded =
+        kproxy::k8s::manifests::load_paths(&[dir.join("manifests.yaml")]).expect("manifests");
+    let (model, _warnings) = kproxy::model::build(&loaded.objects, &config.settings);
+    kproxy::render::render(&model)
+}
+
 /// The in-process pipeline: manifests text + kube-proxy flags → (model, warnings, ruleset).
 pub fn pipeline(
     yaml: &str,
@@ -138,16 +162,7 @@ pub fn pipeline(
     Vec<kproxy::model::Warning>,
     kproxy::nft::Ruleset,
 ) {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        proxy: kproxy::config::ProxyFlags,
-    }
-    let mut argv = vec!["kproxy"];
-    argv.extend_from_slice(flags);
-    let f = Flags::try_parse_from(argv).expect("flags parse");
-    let config = kproxy::config::Config::from_flags(&f.proxy).expect("valid flags");
+    let config = config_from_flags(flags);
     let loaded = kproxy::k8s::manifests::load_str("fixture.yaml", yaml);
     assert!(loaded.warnings.is_empty(), "fixture: {:?}", loaded.warnings);
     let (model, warnings) = kproxy::model::build(&loaded.objects, &config.settings);
