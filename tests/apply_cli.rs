@@ -121,6 +121,23 @@ fn second_apply_sends_nothing_and_hand_edits_are_repaired() {
 }
 
 #[test]
+fn every_scenario_applies_idempotently() {
+    if !kernel_tests_enabled("every_scenario_applies_idempotently") {
+        return;
+    }
+    for dir in scenarios() {
+        let scenario = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let ns = Netns::new("idem");
+        assert_ok(&apply_in(&ns, &scenario, &[]));
+        let again = assert_ok(&apply_in(&ns, &scenario, &[]));
+        assert!(
+            again.contains("nothing to do"),
+            "{scenario}: a second apply must send nothing: {again}"
+        );
+    }
+}
+
+#[test]
 fn dry_run_prints_the_transaction_and_sends_nothing() {
     if !kernel_tests_enabled("dry_run_prints_the_transaction_and_sends_nothing") {
         return;

@@ -128,6 +128,21 @@ fn hashed(s: &str) -> String {
     out
 }
 
+/// A prefix as the kernel holds it: a full-length prefix (`/32`, `/128`) is an address, so
+/// it is written as one (read back, it could not be told apart, and every apply would see
+/// a difference).
+fn net(n: IpNetwork) -> Value {
+    let full = match n {
+        IpNetwork::V4(_) => 32,
+        IpNetwork::V6(_) => 128,
+    };
+    if n.prefix() == full {
+        Value::Addr(n.ip())
+    } else {
+        Value::Net(n)
+    }
+}
+
 fn addr_type(f: Family) -> DataType {
     DataType::addr(f)
 }
@@ -227,7 +242,7 @@ fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
         LocalDetect::SourceCidrs(c) if c.len() == 1 => Some(vec![Stmt::Cmp {
             field: Field::Saddr,
             op,
-            value: Value::Net(c[0]),
+            value: net(c[0]),
         }]),
         LocalDetect::SourceCidrs(_) => Some(vec![Stmt::Lookup {
             key: vec![Field::Saddr],
@@ -268,7 +283,7 @@ fn nodeport_dst(fm: &FamilyModel) -> Vec<Stmt> {
             };
             vec![
                 Stmt::cmp(Field::FibDaddrType, Value::FibType(FibType::Local)),
-                Stmt::cmp_ne(Field::Daddr, Value::Net(lo)),
+                Stmt::cmp_ne(Field::Daddr, net(lo)),
             ]
         }
         NodePortIps::Ips(_) => vec![Stmt::Lookup {
@@ -539,12 +554,12 @@ fn fill_skeleton_sets(fm: &FamilyModel, t: &mut Table) {
     }
     let s = t.sets.get_mut(SERVICE_CIDRS).expect("skeleton set");
     for c in merge_cidrs(&fm.service_cidrs) {
-        s.insert(Element::key(vec![Value::Net(c)]));
+        s.insert(Element::key(vec![net(c)]));
     }
     if let LocalDetect::SourceCidrs(c) = &fm.local_detect {
         if let Some(s) = t.sets.get_mut(POD_CIDRS) {
             for c in merge_cidrs(c) {
-                s.insert(Element::key(vec![Value::Net(c)]));
+                s.insert(Element::key(vec![net(c)]));
             }
         }
     }
@@ -694,7 +709,7 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
             );
             for src in &sources {
                 let mut k = svc_key(*lb, proto, sp.port);
-                k.push(Value::Net(*src));
+                k.push(net(*src));
                 add(pending, FIREWALL_ALLOW, Element::key(k));
             }
         }
