@@ -38,6 +38,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| model::build(o, &synthetic_settings()))
         });
         let rs = render::render(&m);
+        let full_load = kproxy::diff::diff(&Default::default(), &rs, &DiffOptions::default()).tx;
+        g.bench_with_input(
+            BenchmarkId::new("encode_full_load", n),
+            &full_load,
+            |b, tx| {
+                b.iter_with_large_drop(|| kproxy::backend::netlink::encode(tx).expect("encode"))
+            },
+        );
         g.bench_with_input(BenchmarkId::new("print_nft_text", n), &rs, |b, rs| {
             b.iter(|| nft::text::ruleset(rs))
         });

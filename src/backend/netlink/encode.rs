@@ -317,13 +317,13 @@ pub fn encode_with(
                         "set {set} is not declared in the transaction nor known"
                     ))
                 })?;
-                let mut encoded = Vec::with_capacity(elements.len());
+                let mut encoded = Encoded::with_capacity(elements.len());
                 for e in elements {
-                    let mut w = Writer::new();
-                    write_element(&mut w, table.family, &shape, ElemRef::Add(e)).map_err(|r| {
-                        err(format!("element {}: {r}", crate::nft::text::element(e)))
-                    })?;
-                    encoded.push(w.buf);
+                    let start = encoded.w.buf.len();
+                    write_element(&mut encoded.w, table.family, &shape, ElemRef::Add(e)).map_err(
+                        |r| err(format!("element {}: {r}", crate::nft::text::element(e))),
+                    )?;
+                    encoded.spans.push((start, encoded.w.buf.len()));
                 }
                 b.element_msgs(
                     c::NFT_MSG_NEWSETELEM,
@@ -342,11 +342,11 @@ pub fn encode_with(
                         "set {set} is not declared in the transaction nor known"
                     ))
                 })?;
-                let mut encoded = Vec::with_capacity(keys.len());
+                let mut encoded = Encoded::with_capacity(keys.len());
                 for k in keys {
-                    let mut w = Writer::new();
-                    write_element(&mut w, table.family, &shape, ElemRef::Delete(k)).map_err(
-                        |r| {
+                    let start = encoded.w.buf.len();
+                    write_element(&mut encoded.w, table.family, &shape, ElemRef::Delete(k))
+                        .map_err(|r| {
                             err(format!(
                                 "element {}: {r}",
                                 k.iter()
@@ -354,9 +354,8 @@ pub fn encode_with(
                                     .collect::<Vec<_>>()
                                     .join(" . ")
                             ))
-                        },
-                    )?;
-                    encoded.push(w.buf);
+                        })?;
+                    encoded.spans.push((start, encoded.w.buf.len()));
                 }
                 b.element_msgs(
                     c::NFT_MSG_DELSETELEM,
@@ -397,6 +396,22 @@ struct Builder {
     seq0: u32,
 }
 
+/// Elements encoded back to back in one buffer (no allocation per element), with each
+/// element's byte span, so messages can be cut at element boundaries.
+struct Encoded {
+    w: Writer,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Encoded {
+    fn with_capacity(n: usize) -> Encoded {
+        Encoded {
+            w: Writer::with_capacity(n * 48),
+            spans: Vec::with_capacity(n),
+        }
+    }
+}
+
 impl Builder {
     fn begin(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> usize {
         let seq = self.seq0.wrapping_add(self.msgs.len() as u32);
@@ -406,7 +421,11 @@ impl Builder {
         self.w.end_msg(start);
         self.msgs.push(MsgInfo { kind, op, elems });
         if self.w.buf.len() > PAGE_SIZE && start > 0 {
-            let tail = self.w.buf.split_off(start);
+            // The next page starts with this message; give it a page of room up front so it
+            // is not regrown (and copied) by doubling.
+            let mut tail = Vec::with_capacity(PAGE_SIZE + 4096);
+            tail.extend_from_slice(&self.w.buf[start..]);
+            self.w.buf.truncate(start);
             let page = std::mem::replace(&mut self.w.buf, tail);
             self.pages.push(page);
         }
@@ -421,8 +440,13 @@ impl Builder {
         set: &str,
         id: Option<u32>,
         index: usize,
-        encoded: Vec<Vec<u8>>,
+        encoded: Encoded,
     ) {
+        let elem = |i: usize| {
+            let (a, b) = encoded.spans[i];
+            &encoded.w.buf[a..b]
+        };
+        let count = encoded.spans.len();
         let mut i = 0;
         // Even an empty element list becomes one message, so every op has one.
         loop {
@@ -435,17 +459,15 @@ impl Builder {
             let n = self.w.nest_begin(c::NFTA_SET_ELEM_LIST_ELEMENTS);
             let mut elems = Vec::new();
             let mut bytes = 0;
-            while i < encoded.len()
-                && (elems.is_empty() || bytes + encoded[i].len() <= ELEMS_PER_MSG_BYTES)
-            {
+            while i < count && (elems.is_empty() || bytes + elem(i).len() <= ELEMS_PER_MSG_BYTES) {
                 elems.push(((self.w.buf.len() - m) as u32, i));
-                bytes += encoded[i].len();
-                self.w.buf.extend_from_slice(&encoded[i]);
+                bytes += elem(i).len();
+                self.w.buf.extend_from_slice(elem(i));
                 i += 1;
             }
             self.w.nest_end(n);
             self.finish(m, MsgKind::Op, Some(index), elems);
-            if i >= encoded.len() {
+            if i >= count {
                 break;
             }
         }
@@ -467,10 +489,16 @@ pub fn family_proto(f: Family) -> u8 {
     }
 }
 
-/// A comment as nft stores it after parsing kproxy's text (same sanitising).
-pub fn clean_comment(s: &str) -> String {
+/// A comment as nft stores it after parsing kproxy's text (same sanitising). Borrowed
+/// when it needs no change, which is nearly always (one comment per element).
+pub fn clean_comment(s: &str) -> std::borrow::Cow<'_, str> {
+    let clean =
+        s.len() <= crate::nft::text::COMMENT_MAX && !s.chars().any(|c| c == '"' || c.is_control());
+    if clean {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let q = crate::nft::text::quote(s);
-    q[1..q.len() - 1].to_string()
+    std::borrow::Cow::Owned(q[1..q.len() - 1].to_string())
 }
 
 pub fn hook_number(h: Hook) -> u32 {

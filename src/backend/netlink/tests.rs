@@ -395,7 +395,7 @@ fn rules_roundtrip_through_bytes() {
         for (g, r) in got.iter().zip(&rules) {
             let mut want = r.clone();
             // Comments are stored as nft stores them (sanitised).
-            want.comment = want.comment.map(|c| clean_comment(&c));
+            want.comment = want.comment.map(|c| clean_comment(&c).into_owned());
             assert_eq!(g, &want, "{family}: {}", text::rule(family, r));
         }
     }
