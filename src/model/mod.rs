@@ -88,7 +88,7 @@ impl fmt::Display for ServicePortName {
 }
 
 /// One endpoint of a service port, with the conditions that decide whether it is used.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
@@ -133,7 +133,7 @@ impl fmt::Display for EndpointAddr {
 
 /// Everything one service port needs in one family. All address lists hold only addresses
 /// of this family, sorted and deduplicated.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct ServicePort {
     pub name: ServicePortName,
     pub cluster_ip: IpAddr,

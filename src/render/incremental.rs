@@ -13,6 +13,7 @@
 //! the same slot ranges (tested).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 
 use crate::diff::{diff, Diff, DiffOptions};
@@ -40,7 +41,8 @@ struct FamilyState {
     settings: Option<FamilyModel>,
     skeleton: Option<Table>,
     slots: SlotAllocator,
-    ports: BTreeMap<ServicePortName, (ServicePort, Fragment)>,
+    /// Each port's fingerprint (of the `ServicePort` it was rendered from) and fragment.
+    ports: BTreeMap<ServicePortName, (Fingerprint, Fragment)>,
     contributors: HashMap<ElementKey, Vec<(ServicePortName, Element)>>,
     hairpin: HashMap<IpAddr, u32>,
 }
@@ -115,10 +117,25 @@ impl FamilyState {
     }
 }
 
+/// Which `ServicePort` a fragment was rendered from: two independent, randomly keyed
+/// SipHash values (128 bits), so keeping a whole copy of every port just to notice changes
+/// is not needed; an unnoticed change would take a 128-bit collision.
+type Fingerprint = (u64, u64);
+
+#[derive(Clone, Debug, Default)]
+struct Fingerprinter(RandomState, RandomState);
+
+impl Fingerprinter {
+    fn of(&self, sp: &ServicePort) -> Fingerprint {
+        (self.0.hash_one(sp), self.1.hash_one(sp))
+    }
+}
+
 /// Keeps what was rendered so that later changes cost only what they touch.
 #[derive(Clone, Debug, Default)]
 pub struct Renderer {
     families: BTreeMap<Family, FamilyState>,
+    fingerprint: Fingerprinter,
 }
 
 /// The node-level part of a family's model (everything but its services), without
@@ -155,7 +172,8 @@ impl Renderer {
             for sp in &fm.services {
                 let frag = fragment(fm, sp, &mut st.slots);
                 st.add_contributions(&sp.name, &frag);
-                st.ports.insert(sp.name.clone(), (sp.clone(), frag));
+                st.ports
+                    .insert(sp.name.clone(), (self.fingerprint.of(sp), frag));
             }
             st.slots.sweep();
         }
@@ -185,7 +203,7 @@ impl Renderer {
         let mut next = Ruleset::default();
         for fm in &model.families {
             let st = self.families.get_mut(&fm.family).expect("checked above");
-            let (p, n) = update_family(st, fm, changed);
+            let (p, n) = update_family(st, &self.fingerprint, fm, changed);
             prev.tables.push(p);
             next.tables.push(n);
         }
@@ -244,6 +262,7 @@ fn ports_of<'m>(
 /// Updates one family; returns the partial tables (touched objects before, after).
 fn update_family(
     st: &mut FamilyState,
+    fingerprint: &Fingerprinter,
     fm: &FamilyModel,
     changed: &BTreeSet<ServiceKey>,
 ) -> (Table, Table) {
@@ -282,13 +301,13 @@ fn update_family(
         .into_iter()
         .chain(new_ports.keys().cloned())
         .filter(|n| match (st.ports.get(n), new_ports.get(n)) {
-            (Some((old, _)), Some(new)) => old != *new,
+            (Some((old, _)), Some(new)) => *old != fingerprint.of(new),
             _ => true,
         })
         .collect();
 
     // Phase 1: render the new fragments (old ones stay in place for now).
-    let mut new_frags: Vec<(ServicePortName, Option<(ServicePort, Fragment)>)> = Vec::new();
+    let mut new_frags: Vec<(ServicePortName, Option<(Fingerprint, Fragment)>)> = Vec::new();
     for n in &names {
         let new = new_ports.get(n).map(|sp| {
             let frag = fragment(fm, sp, &mut st.slots);
@@ -297,7 +316,7 @@ fn update_family(
                     st.slots.release_owner(&(n.clone(), policy));
                 }
             }
-            ((*sp).clone(), frag)
+            (fingerprint.of(sp), frag)
         });
         if new.is_none() {
             for policy in [Policy::Cluster, Policy::Local] {
@@ -358,12 +377,26 @@ fn update_family(
         }
     }
 
-    // Phase 4: the touched elements before and after, and the endpoint maps in use.
-    for shard in shards_before {
-        prev.add_set(endpoint_map(prev.family, shard));
+    // Phase 4: the touched elements before and after, and the endpoint maps that matter:
+    // those with touched slots, and those that came into or went out of use. (Declaring
+    // all ~N/64 shards in both tables would cost the diff O(services) per update.)
+    let touched_shards: BTreeSet<u32> = slots_before
+        .keys()
+        .chain(slots_after.keys())
+        .filter_map(|(set, _)| match set {
+            SetRef::Endpoints(s) => Some(*s),
+            SetRef::Named(_) => None,
+        })
+        .collect();
+    let shards_after = st.slots.shards_in_use();
+    let wanted = |s: &u32, other_side: &[u32]| {
+        touched_shards.contains(s) || other_side.binary_search(s).is_err()
+    };
+    for shard in shards_before.iter().filter(|s| wanted(s, &shards_after)) {
+        prev.add_set(endpoint_map(prev.family, *shard));
     }
-    for shard in st.slots.shards_in_use() {
-        next.add_set(endpoint_map(next.family, shard));
+    for shard in shards_after.iter().filter(|s| wanted(s, &shards_before)) {
+        next.add_set(endpoint_map(next.family, *shard));
     }
     for ((set, key), old) in before {
         let name = set.name();
