@@ -541,7 +541,7 @@ pub struct Fragment {
     pub chains: Vec<Chain>,
     pub sets: Vec<Set>,
     pub elements: Vec<(SetRef, Element)>,
-    /// The endpoint lists that hold a slot range in `@endpoints`.
+    /// The endpoint lists that hold a slot range in the `@endpoints-N` maps.
     pub slot_lists: Vec<Policy>,
 }
 
