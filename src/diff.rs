@@ -355,6 +355,17 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
 
     // Sets and elements.
     for (&name, &f) in &set_fates {
+        // All elements of a set being (re-)created, except a dynamic set's runtime ones.
+        let load_elements = |ph: &mut Phases, s: &Set| {
+            if !s.flags.dynamic && !s.elements.is_empty() {
+                push_adds(
+                    &mut ph.add_elements,
+                    tref,
+                    name,
+                    s.elements.iter().cloned().collect(),
+                );
+            }
+        };
         match f {
             Fate::New => {
                 let s = &n.sets[name];
@@ -362,14 +373,7 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                     table: tref.clone(),
                     set: set_decl(s),
                 });
-                if !s.flags.dynamic && !s.elements.is_empty() {
-                    push_adds(
-                        &mut ph.add_elements,
-                        tref,
-                        name,
-                        s.elements.iter().cloned().collect(),
-                    );
-                }
+                load_elements(ph, s);
             }
             Fate::Recreated => {
                 let s = &n.sets[name];
@@ -381,14 +385,7 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                     table: tref.clone(),
                     set: set_decl(s),
                 });
-                if !s.flags.dynamic && !s.elements.is_empty() {
-                    push_adds(
-                        &mut ph.add_elements,
-                        tref,
-                        name,
-                        s.elements.iter().cloned().collect(),
-                    );
-                }
+                load_elements(ph, s);
             }
             Fate::Removed => {
                 ph.delete_sets.push(Op::DeleteSet {
