@@ -131,11 +131,8 @@ fn delete_tables(b: &mut NetlinkBackend) {
 
 /// Render + diff against the (empty) kernel + encode + commit.
 fn full_sync(b: &mut NetlinkBackend, m: &Model) {
-    let mut r = Renderer::new();
-    let next = r.full(m);
-    let current = b.dump().expect("dump");
-    let d = kproxy::diff::diff(&current, &next, &DiffOptions::default());
-    b.apply(&d.tx).expect("apply");
+    let next = Renderer::new().full(m);
+    kproxy::apply::apply(b, &next, false, false).expect("apply");
 }
 
 /// `iters` cold full syncs, each after deleting the tables (untimed).
