@@ -29,16 +29,19 @@
 //! The pure core (`model`, `nft`, `render`, `trace`) does no I/O, reads no clocks and
 //! spawns nothing; only `k8s::manifests` and `config` read files, and only `main` exits.
 
+pub mod admin;
 pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod k8s;
+pub mod metrics;
 pub mod model;
 pub mod nft;
 pub mod render;
 pub mod report;
+pub mod sync;
 #[cfg(feature = "test-util")]
 pub mod testutil;
 pub mod trace;

@@ -52,6 +52,8 @@ pub struct FakeBackend {
     applies: usize,
     commits: usize,
     inject: Option<i32>,
+    /// Times [`FakeBackend::state_mut`] was called: edits by "someone else".
+    outside_edits: u32,
 }
 
 impl FakeBackend {
@@ -87,6 +89,7 @@ impl FakeBackend {
     /// Changes the state behind kproxy's back (runtime affinity entries, drift, another
     /// program's edits).
     pub fn state_mut(&mut self) -> &mut Ruleset {
+        self.outside_edits += 1;
         &mut self.state
     }
 
@@ -99,6 +102,12 @@ impl FakeBackend {
     /// Calls of [`Backend::apply`] so far (committed, refused and empty).
     pub fn applies(&self) -> usize {
         self.applies
+    }
+
+    /// The generation id: moves with every commit and every outside edit, as the
+    /// kernel's does.
+    pub fn generation(&self) -> u32 {
+        self.commits as u32 + self.outside_edits
     }
 
     /// Non-empty transactions committed so far.
@@ -133,6 +142,10 @@ impl FakeBackend {
 }
 
 impl Backend for FakeBackend {
+    fn nft_generation(&mut self) -> Result<Option<u32>, BackendError> {
+        Ok(Some(self.generation()))
+    }
+
     fn apply(&mut self, tx: &Transaction) -> Result<ApplyReport, BackendError> {
         self.applies += 1;
         self.last = Some(tx.clone());

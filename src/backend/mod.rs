@@ -66,4 +66,10 @@ pub trait Backend {
     /// a missing table is simply absent. Elements of dynamic sets (affinity) are the
     /// runtime contents and must be ignored by callers that compare.
     fn dump(&mut self) -> Result<Ruleset, BackendError>;
+    /// The nftables generation id: it changes with every commit anyone makes in this
+    /// network namespace, so a change not made by kproxy means its tables may have been
+    /// touched. `None` when the backend cannot tell (drift checks are then skipped).
+    fn nft_generation(&mut self) -> Result<Option<u32>, BackendError> {
+        Ok(None)
+    }
 }

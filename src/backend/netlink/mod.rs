@@ -532,6 +532,10 @@ impl Backend for NetlinkBackend {
         })
     }
 
+    fn nft_generation(&mut self) -> Result<Option<u32>, BackendError> {
+        self.generation().map(Some)
+    }
+
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
         for _ in 0..5 {
             let g0 = self.generation()?;

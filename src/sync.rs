@@ -1,0 +1,806 @@
+//! The sync loop: keeps the kernel's rules equal to what the cluster says, through every
+//! change and fault.
+//!
+//! Owns: when to sync and how much. Nothing is programmed before the source has its first
+//! complete list; changes coalesce; at least `min_sync_period` separates syncs; a sync is
+//! partial (only changed services re-rendered and diffed, [`Renderer::update`]) unless
+//! node-level inputs changed, the hourly full resync is due, the previous sync failed, or
+//! the kernel's nftables generation moved under us (drift). A full sync diffs against what
+//! the kernel really holds ([`apply::apply`]), so the first one adopts existing rules
+//! without a flush. A failed transaction is counted and retried as a full sync with
+//! backoff, always within `sync_period`.
+//!
+//! [`Syncer`] is generic over a [`Source`] (the informer cache, or a test's in-memory
+//! one) and a [`Backend`] (netlink, or the fake): no kube client, no sockets of its own.
+//! Conntrack cleanup and Kubernetes Events reach it as trait objects ([`FlowCleaner`],
+//! [`WarningSink`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::admin::{HealthCheckService, HealthChecks, ProxyHealth};
+use crate::apply::{self, STALE_CHAIN_DELAY};
+use crate::backend::{Backend, BackendError};
+use crate::diff::DiffOptions;
+use crate::metrics::{family_label, Metrics};
+use crate::model::build::{Objects, Settings};
+use crate::model::{self, Model, ServicePort, ServicePortName, Warning};
+use crate::nft::tx::{Op, TableRef, Transaction};
+use crate::nft::{Family, Protocol};
+use crate::render::incremental::{Renderer, ServiceKey};
+
+/// Upstream's full resync period.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+/// How often the kernel's nftables generation is compared with ours.
+pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// What changed in the cluster since the last [`Source::take_changes`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Services whose Service object or EndpointSlices changed (added, updated, deleted).
+    pub services: BTreeSet<ServiceKey>,
+    /// This node's Node object changed (addresses, labels, deletion).
+    pub node: bool,
+    /// A ServiceCIDR changed.
+    pub service_cidrs: bool,
+    /// `endpoints.kubernetes.io/last-change-trigger-time` of the EndpointSlice changes
+    /// (and Service creation times) included, for `network_programming_duration_seconds`.
+    pub trigger_times: Vec<SystemTime>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && !self.node && !self.service_cidrs
+    }
+}
+
+/// Where the sync loop reads the cluster from.
+pub trait Source: Send + Sync {
+    /// True once the first complete list of Services and EndpointSlices is in.
+    fn synced(&self) -> bool;
+    /// The changes recorded since the last call (and forgets them).
+    fn take_changes(&self) -> Changes;
+    /// Objects to build the model from: the given services (all when `None`) with their
+    /// EndpointSlices, plus this node's Node and every ServiceCIDR.
+    fn objects(&self, only: Option<&BTreeSet<ServiceKey>>) -> Objects;
+}
+
+/// Deletes stale UDP conntrack entries (the `conntrack` module over netlink; a recorder in
+/// tests).
+pub trait FlowCleaner: Send {
+    /// Deletes UDP flows to the given service ports (cluster IP, external IPs, LB IPs,
+    /// and NodePorts on `node_addresses`) whose reply source is not one of the port's
+    /// serving endpoints, and, for ports that have endpoints, flows that were never
+    /// DNATed. Returns the number of entries deleted.
+    fn clean(
+        &mut self,
+        family: Family,
+        ports: &[ServicePort],
+        node_addresses: &[IpAddr],
+    ) -> Result<usize, String>;
+}
+
+/// Reports skipped invalid objects (Kubernetes Events in the daemon).
+pub trait WarningSink: Send + Sync {
+    fn warn(&self, warning: &Warning);
+}
+
+/// Wakes the sync loop: the source calls [`Trigger::notify`] on every change.
+pub struct Trigger {
+    pending: Mutex<bool>,
+    cv: Condvar,
+    health: Arc<ProxyHealth>,
+    metrics: Arc<Metrics>,
+}
+
+impl Trigger {
+    pub fn new(health: Arc<ProxyHealth>, metrics: Arc<Metrics>) -> Arc<Trigger> {
+        Arc::new(Trigger {
+            pending: Mutex::new(false),
+            cv: Condvar::new(),
+            health,
+            metrics,
+        })
+    }
+
+    /// A change is queued: records the time for `/healthz` and the metrics, and wakes
+    /// the loop.
+    pub fn notify(&self) {
+        let now = SystemTime::now();
+        for family in [Family::V4, Family::V6] {
+            self.health.queued_update(family, now);
+            self.metrics
+                .last_queued_timestamp
+                .with_label_values(&[family_label(family)])
+                .set(unix_seconds(now));
+        }
+        *self.pending.lock().expect("trigger lock") = true;
+        self.cv.notify_all();
+    }
+
+    /// Wakes the loop without queuing anything (shutdown).
+    pub fn wake(&self) {
+        self.cv.notify_all();
+    }
+
+    fn take(&self) -> bool {
+        std::mem::take(&mut *self.pending.lock().expect("trigger lock"))
+    }
+
+    fn is_pending(&self) -> bool {
+        *self.pending.lock().expect("trigger lock")
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let g = self.pending.lock().expect("trigger lock");
+        if !*g {
+            let _ = self.cv.wait_timeout(g, timeout).expect("trigger lock");
+        }
+    }
+}
+
+/// Timing and kernel knobs of the loop.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+    pub full_sync_period: Duration,
+    pub drift_check_period: Duration,
+    /// Kernel < 6.2: delete unreferenced chains in a second transaction a moment later.
+    pub defer_chain_deletes: bool,
+}
+
+impl SyncConfig {
+    pub fn new(min_sync_period: Duration, sync_period: Duration) -> SyncConfig {
+        SyncConfig {
+            min_sync_period,
+            sync_period,
+            full_sync_period: FULL_SYNC_PERIOD,
+            drift_check_period: DRIFT_CHECK_PERIOD,
+            defer_chain_deletes: apply::kernel_needs_deferred_chain_deletes(
+                &apply::kernel_release(),
+            ),
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub full: bool,
+    pub services_changed: usize,
+    /// Service ports programmed after the sync (all families).
+    pub service_ports: usize,
+    pub operations: usize,
+    pub elements: usize,
+    pub chains: usize,
+    pub conntrack_deleted: usize,
+    pub warnings: usize,
+    pub elapsed: Duration,
+}
+
+/// Per-service-port facts kept between syncs, so partial syncs can update the
+/// no-local-endpoints gauge, health checks and conntrack without the full model.
+#[derive(Clone, Debug)]
+struct PortFacts {
+    no_local_internal: bool,
+    no_local_external: bool,
+    health_check: Option<HealthCheckService>,
+    /// Kept only for UDP ports: conntrack needs the old addresses when a service goes.
+    udp: Option<ServicePort>,
+}
+
+impl PortFacts {
+    fn of(sp: &ServicePort) -> PortFacts {
+        let none_local = sp.local_endpoints.is_empty();
+        PortFacts {
+            no_local_internal: sp.internal_policy_local && none_local,
+            no_local_external: sp.external_policy_local && sp.externally_accessible() && none_local,
+            health_check: (sp.health_check_node_port != 0).then(|| HealthCheckService {
+                namespace: sp.name.namespace.clone(),
+                name: sp.name.name.clone(),
+                node_port: sp.health_check_node_port,
+                local_endpoints: sp.local_endpoints.len(),
+            }),
+            udp: (sp.name.protocol == Protocol::Udp).then(|| sp.clone()),
+        }
+    }
+}
+
+/// The sync loop's state.
+pub struct Syncer<S: Source + ?Sized, B: Backend> {
+    source: Arc<S>,
+    backend: B,
+    settings: Settings,
+    config: SyncConfig,
+    renderer: Renderer,
+    metrics: Arc<Metrics>,
+    health: Arc<ProxyHealth>,
+    health_checks: Arc<HealthChecks>,
+    cleaner: Option<Box<dyn FlowCleaner>>,
+    warnings: Option<Box<dyn WarningSink>>,
+    /// Returns the host's addresses (for nodePortAddresses CIDRs and conntrack); `None`
+    /// leaves `settings.local_addresses` as given.
+    local_addresses: Option<Box<dyn Fn() -> Vec<IpAddr> + Send>>,
+    facts: BTreeMap<(Family, ServicePortName), PortFacts>,
+    needs_full: bool,
+    last_sync: Option<Instant>,
+    last_full: Option<Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    generation: Option<u32>,
+    deferred: Vec<(TableRef, String)>,
+    deferred_at: Option<Instant>,
+    node_addresses: Vec<IpAddr>,
+}
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
+    pub fn new(
+        source: Arc<S>,
+        backend: B,
+        settings: Settings,
+        config: SyncConfig,
+        metrics: Arc<Metrics>,
+        health: Arc<ProxyHealth>,
+        health_checks: Arc<HealthChecks>,
+    ) -> Syncer<S, B> {
+        let backoff = config.min_sync_period.max(Duration::from_secs(1));
+        Syncer {
+            source,
+            backend,
+            settings,
+            config,
+            renderer: Renderer::new(),
+            metrics,
+            health,
+            health_checks,
+            cleaner: None,
+            warnings: None,
+            local_addresses: None,
+            facts: BTreeMap::new(),
+            needs_full: true,
+            last_sync: None,
+            last_full: None,
+            retry_at: None,
+            backoff,
+            generation: None,
+            deferred: Vec::new(),
+            deferred_at: None,
+            node_addresses: Vec::new(),
+        }
+    }
+
+    pub fn with_cleaner(mut self, cleaner: Box<dyn FlowCleaner>) -> Self {
+        self.cleaner = Some(cleaner);
+        self
+    }
+
+    pub fn with_warnings(mut self, sink: Box<dyn WarningSink>) -> Self {
+        self.warnings = Some(sink);
+        self
+    }
+
+    pub fn with_local_addresses(mut self, f: Box<dyn Fn() -> Vec<IpAddr> + Send>) -> Self {
+        self.local_addresses = Some(f);
+        self
+    }
+
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Runs until `stop` is set: waits for changes, respects the periods, syncs, checks
+    /// for drift. Blocking; the daemon gives it a thread of its own.
+    pub fn run(&mut self, trigger: &Trigger, stop: &AtomicBool) {
+        let mut next_drift = Instant::now() + self.config.drift_check_period;
+        while !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if !self.source.synced() {
+                trigger.wait(Duration::from_millis(100));
+                continue;
+            }
+            let earliest = self
+                .last_sync
+                .map_or(now, |t| t + self.config.min_sync_period);
+            let full_due = self.needs_full
+                || self
+                    .last_full
+                    .is_none_or(|t| now >= t + self.config.full_sync_period);
+            let retry_ok = self.retry_at.is_none_or(|t| now >= t);
+            if (trigger.is_pending() || full_due) && now >= earliest && retry_ok {
+                trigger.take();
+                self.sync_logged(full_due);
+                continue;
+            }
+            if let Some(at) = self.deferred_at {
+                if now >= at {
+                    self.delete_deferred();
+                }
+            }
+            if now >= next_drift {
+                self.check_drift();
+                next_drift = now + self.config.drift_check_period;
+            }
+            let mut wake = next_drift;
+            if trigger.is_pending() {
+                wake = wake.min(earliest);
+            }
+            if let Some(t) = self.retry_at {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.deferred_at {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.last_full {
+                wake = wake.min(t + self.config.full_sync_period);
+            }
+            trigger.wait(wake.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    fn sync_logged(&mut self, full: bool) {
+        match self.sync(full) {
+            Ok(r) => {
+                tracing::info!(
+                    full = r.full,
+                    services_changed = r.services_changed,
+                    service_ports = r.service_ports,
+                    operations = r.operations,
+                    elements = r.elements,
+                    chains = r.chains,
+                    conntrack_deleted = r.conntrack_deleted,
+                    warnings = r.warnings,
+                    elapsed_ms = r.elapsed.as_secs_f64() * 1e3,
+                    "synced"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "sync failed; retrying as a full sync");
+            }
+        }
+    }
+
+    /// One sync now: full when `full` or when the renderer cannot update in place.
+    /// On failure the next sync is full, after a backoff (doubling up to `sync_period`).
+    pub fn sync(&mut self, full: bool) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        let changes = self.source.take_changes();
+        self.metrics.service_changes_pending.set(0);
+        self.metrics.endpoint_changes_pending.set(0);
+        if let Some(f) = &self.local_addresses {
+            let addrs = f();
+            if self.settings.local_addresses.as_ref() != Some(&addrs) {
+                self.settings.local_addresses = Some(addrs);
+            }
+        }
+        let full = full || self.needs_full || changes.node || changes.service_cidrs;
+        let result = if full {
+            self.full_sync(&changes)
+        } else {
+            self.partial_sync(&changes)
+        };
+        self.last_sync = Some(Instant::now());
+        match result {
+            Ok(mut report) => {
+                let now = SystemTime::now();
+                report.elapsed = start.elapsed();
+                report.services_changed = changes.services.len();
+                self.record_success(&report, &changes, now);
+                self.needs_full = false;
+                self.retry_at = None;
+                self.backoff = self.config.min_sync_period.max(Duration::from_secs(1));
+                Ok(report)
+            }
+            Err(e) => {
+                for family in [Family::V4, Family::V6] {
+                    self.metrics
+                        .sync_failures
+                        .with_label_values(&[family_label(family)])
+                        .inc();
+                }
+                self.needs_full = true;
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(self.config.sync_period);
+                Err(e)
+            }
+        }
+    }
+
+    fn record_success(&mut self, r: &SyncReport, changes: &Changes, now: SystemTime) {
+        let secs = r.elapsed.as_secs_f64();
+        for family in [Family::V4, Family::V6] {
+            let l = [family_label(family)];
+            self.health.updated(family, now);
+            self.metrics
+                .sync_duration
+                .with_label_values(&l)
+                .observe(secs);
+            if r.full {
+                self.metrics
+                    .sync_full_duration
+                    .with_label_values(&l)
+                    .observe(secs);
+            } else {
+                self.metrics
+                    .sync_partial_duration
+                    .with_label_values(&l)
+                    .observe(secs);
+            }
+            self.metrics
+                .last_sync_timestamp
+                .with_label_values(&l)
+                .set(unix_seconds(now));
+            for t in &changes.trigger_times {
+                if let Ok(d) = now.duration_since(*t) {
+                    self.metrics
+                        .network_programming_duration
+                        .with_label_values(&l)
+                        .observe(d.as_secs_f64());
+                }
+            }
+        }
+        self.metrics
+            .last_sync_kind
+            .set(if r.full { 1.0 } else { 0.0 });
+        // Gauges derived from the per-port facts.
+        let mut no_local: HashMap<(Family, &str), i64> = HashMap::new();
+        let mut ports: HashMap<Family, i64> = HashMap::new();
+        let mut hcs = Vec::new();
+        for ((family, _), f) in &self.facts {
+            *ports.entry(*family).or_default() += 1;
+            *no_local.entry((*family, "internal")).or_default() += f.no_local_internal as i64;
+            *no_local.entry((*family, "external")).or_default() += f.no_local_external as i64;
+            if let Some(hc) = &f.health_check {
+                hcs.push(hc.clone());
+            }
+        }
+        for family in [Family::V4, Family::V6] {
+            let l = family_label(family);
+            for policy in ["internal", "external"] {
+                self.metrics
+                    .no_local_endpoints
+                    .with_label_values(&[l, policy])
+                    .set(no_local.get(&(family, policy)).copied().unwrap_or(0));
+            }
+            self.metrics
+                .programmed_service_ports
+                .with_label_values(&[l])
+                .set(ports.get(&family).copied().unwrap_or(0));
+        }
+        // A service with ports in both families appears twice; serve it once, summing
+        // local endpoints as upstream's per-service count does.
+        let mut merged: BTreeMap<u16, HealthCheckService> = BTreeMap::new();
+        for hc in hcs {
+            merged
+                .entry(hc.node_port)
+                .and_modify(|m| m.local_endpoints += hc.local_endpoints)
+                .or_insert(hc);
+        }
+        self.health_checks.update(merged.into_values().collect());
+    }
+
+    fn build(&mut self, only: Option<&BTreeSet<ServiceKey>>) -> (Model, usize) {
+        let objects = self.source.objects(only);
+        let eligible = node_eligible(&objects, &self.settings.hostname);
+        self.health.set_node_eligible(eligible);
+        let (model, warnings) = model::build(&objects, &self.settings);
+        drop(objects);
+        for w in &warnings {
+            tracing::warn!(object = %w.object, reason = %w.reason, "skipping invalid input");
+            let kind = w.object.split(' ').next().unwrap_or("Unknown");
+            self.metrics
+                .invalid_objects
+                .with_label_values(&[kind])
+                .inc();
+            if let Some(sink) = &self.warnings {
+                sink.warn(w);
+            }
+        }
+        self.node_addresses = node_addresses(&model, &self.settings);
+        (model, warnings.len())
+    }
+
+    fn full_sync(&mut self, _changes: &Changes) -> Result<SyncReport, SyncError> {
+        let (model, warnings) = self.build(None);
+        let ruleset = self.renderer.full(&model);
+        let applied = self.observe_commit(|b, defer| apply::apply(b, &ruleset, defer, false))?;
+        drop(ruleset);
+        self.deferred.clear();
+        self.deferred_at = None;
+        self.generation = self.backend_generation();
+        self.last_full = Some(Instant::now());
+
+        let mut facts = BTreeMap::new();
+        for fm in &model.families {
+            for sp in &fm.services {
+                facts.insert((fm.family, sp.name.clone()), PortFacts::of(sp));
+            }
+        }
+        self.facts = facts;
+        let mut deleted = 0;
+        for fm in &model.families {
+            let udp: Vec<ServicePort> = fm
+                .services
+                .iter()
+                .filter(|sp| sp.name.protocol == Protocol::Udp)
+                .cloned()
+                .collect();
+            deleted += self.clean_conntrack(fm.family, &udp);
+        }
+        Ok(SyncReport {
+            full: true,
+            service_ports: self.facts.len(),
+            operations: applied.stats.ops,
+            elements: applied.stats.elements_added + applied.stats.elements_deleted,
+            chains: applied.stats.chains_added
+                + applied.stats.chains_flushed
+                + applied.stats.chains_deleted,
+            conntrack_deleted: deleted,
+            warnings,
+            ..SyncReport::default()
+        })
+    }
+
+    fn partial_sync(&mut self, changes: &Changes) -> Result<SyncReport, SyncError> {
+        if changes.services.is_empty() {
+            return Ok(SyncReport {
+                service_ports: self.facts.len(),
+                ..SyncReport::default()
+            });
+        }
+        let (model, warnings) = self.build(Some(&changes.services));
+        let opts = DiffOptions {
+            defer_chain_deletes: self.config.defer_chain_deletes,
+        };
+        let Some(d) = self.renderer.update(&model, &changes.services, &opts) else {
+            // Node-level settings moved: render everything.
+            return self.full_sync(changes);
+        };
+        let stats = d.tx.stats();
+        self.observe_commit(|b, _| b.apply(&d.tx))?;
+        self.generation = self.backend_generation();
+        if !d.deferred.is_empty() {
+            self.deferred.extend(d.deferred);
+            self.deferred_at = Some(Instant::now() + STALE_CHAIN_DELAY);
+        }
+
+        // Update the per-port facts of the changed services, remembering UDP ports that
+        // went away for conntrack.
+        let mut gone: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
+        let changed_keys: Vec<(Family, ServicePortName)> = self
+            .facts
+            .keys()
+            .filter(|(_, n)| {
+                changes
+                    .services
+                    .contains(&(n.namespace.clone(), n.name.clone()))
+            })
+            .cloned()
+            .collect();
+        for key in changed_keys {
+            let f = self.facts.remove(&key).expect("listed");
+            if let Some(mut sp) = f.udp {
+                sp.cluster_endpoints.clear();
+                sp.local_endpoints.clear();
+                sp.endpoints.clear();
+                sp.has_endpoints = false;
+                gone.entry(key.0).or_default().push(sp);
+            }
+        }
+        let mut deleted = 0;
+        for fm in &model.families {
+            let mut udp = Vec::new();
+            for sp in &fm.services {
+                self.facts
+                    .insert((fm.family, sp.name.clone()), PortFacts::of(sp));
+                if sp.name.protocol == Protocol::Udp {
+                    udp.push(sp.clone());
+                }
+            }
+            let mut all = gone.remove(&fm.family).unwrap_or_default();
+            all.retain(|old| !udp.iter().any(|n| n.name == old.name));
+            all.extend(udp);
+            deleted += self.clean_conntrack(fm.family, &all);
+        }
+        Ok(SyncReport {
+            full: false,
+            service_ports: self.facts.len(),
+            operations: stats.ops,
+            elements: stats.elements_added + stats.elements_deleted,
+            chains: stats.chains_added + stats.chains_flushed + stats.chains_deleted,
+            conntrack_deleted: deleted,
+            warnings,
+            ..SyncReport::default()
+        })
+    }
+
+    /// Runs a commit, recording operations and kernel time.
+    fn observe_commit<T>(
+        &mut self,
+        f: impl FnOnce(&mut B, bool) -> Result<T, BackendError>,
+    ) -> Result<T, SyncError>
+    where
+        T: CommitStats,
+    {
+        let start = Instant::now();
+        let out = f(&mut self.backend, self.config.defer_chain_deletes)?;
+        let secs = start.elapsed().as_secs_f64();
+        let ops = out.operations();
+        if ops > 0 {
+            for family in [Family::V4, Family::V6] {
+                let l = [family_label(family)];
+                self.metrics
+                    .transaction_operations
+                    .with_label_values(&l)
+                    .observe(ops as f64);
+                self.metrics
+                    .kernel_commit_duration
+                    .with_label_values(&l)
+                    .observe(secs);
+            }
+        }
+        Ok(out)
+    }
+
+    fn clean_conntrack(&mut self, family: Family, ports: &[ServicePort]) -> usize {
+        let Some(cleaner) = self.cleaner.as_mut() else {
+            return 0;
+        };
+        if ports.is_empty() {
+            return 0;
+        }
+        let l = [family_label(family)];
+        let start = Instant::now();
+        let addrs: Vec<IpAddr> = self
+            .node_addresses
+            .iter()
+            .copied()
+            .filter(|a| Family::of(a) == family)
+            .collect();
+        match cleaner.clean(family, ports, &addrs) {
+            Ok(n) => {
+                self.metrics
+                    .conntrack_reconcile_duration
+                    .with_label_values(&l)
+                    .observe(start.elapsed().as_secs_f64());
+                self.metrics
+                    .conntrack_deleted_entries
+                    .with_label_values(&l)
+                    .inc_by(n as u64);
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, family = family_label(family), "conntrack cleanup failed");
+                0
+            }
+        }
+    }
+
+    fn delete_deferred(&mut self) {
+        let mut tx = Transaction::new();
+        for (table, chain) in self.deferred.drain(..) {
+            tx.push(Op::DeleteChain { table, chain });
+        }
+        self.deferred_at = None;
+        if let Err(e) = self.backend.apply(&tx) {
+            tracing::warn!(error = %e, "deleting stale chains failed; the next full sync retries");
+            for family in [Family::V4, Family::V6] {
+                self.metrics
+                    .cleanup_failures
+                    .with_label_values(&[family_label(family)])
+                    .inc();
+            }
+            self.needs_full = true;
+        }
+        self.generation = self.backend_generation();
+    }
+
+    fn backend_generation(&mut self) -> Option<u32> {
+        self.backend.nft_generation().ok().flatten()
+    }
+
+    /// Compares the kernel's nftables generation with the one after our last commit; if
+    /// it moved, diffs kproxy's tables against what they should be and repairs them.
+    fn check_drift(&mut self) {
+        let Some(ours) = self.generation else {
+            return;
+        };
+        let Some(now) = self.backend_generation() else {
+            return;
+        };
+        if now == ours || self.last_full.is_none() {
+            return;
+        }
+        let ruleset = self.renderer.ruleset();
+        let start = Instant::now();
+        match apply::apply(
+            &mut self.backend,
+            &ruleset,
+            self.config.defer_chain_deletes,
+            false,
+        ) {
+            Ok(applied) => {
+                if !applied.tx.is_empty() {
+                    self.metrics.drift_repairs.inc();
+                    tracing::warn!(
+                        operations = applied.stats.ops,
+                        elapsed_ms = start.elapsed().as_secs_f64() * 1e3,
+                        "kproxy's tables were changed by someone else; repaired"
+                    );
+                }
+                self.generation = self.backend_generation();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "repairing kproxy's tables failed; retrying as a full sync");
+                self.needs_full = true;
+            }
+        }
+    }
+}
+
+/// What a commit result tells about its size.
+pub trait CommitStats {
+    fn operations(&self) -> usize;
+}
+
+impl CommitStats for apply::Applied {
+    fn operations(&self) -> usize {
+        self.stats.ops
+    }
+}
+
+impl CommitStats for crate::backend::ApplyReport {
+    fn operations(&self) -> usize {
+        self.messages
+    }
+}
+
+/// The node exists and is not being deleted (or tainted for deletion by the cluster
+/// autoscaler), as upstream's `/healthz` requires.
+pub fn node_eligible(objects: &Objects, hostname: &str) -> bool {
+    objects.nodes.iter().any(|n| {
+        n.metadata.name.as_deref() == Some(hostname)
+            && n.metadata.deletion_timestamp.is_none()
+            && !n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"))
+    })
+}
+
+/// The addresses NodePorts answer on in the model (for conntrack): the explicit list,
+/// or every local address.
+fn node_addresses(model: &Model, settings: &Settings) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for fm in &model.families {
+        match &fm.nodeport_ips {
+            model::NodePortIps::Ips(ips) => out.extend(ips.iter().copied()),
+            model::NodePortIps::All => out.extend(
+                settings
+                    .local_addresses
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|a| Family::of(a) == fm.family && !a.is_loopback()),
+            ),
+        }
+    }
+    out
+}
