@@ -401,21 +401,36 @@ fn commit_kinds(n: usize) {
 }
 
 /// Peak heap of one cold full sync of 50k × 10, from the built model (manifests excluded)
-/// to commit.
+/// to commit, and what stays live afterwards (the daemon's steady state: the renderer's
+/// per-service fragments).
 fn memory() {
     let _ns = InNetns::enter("mem");
     let mut b = NetlinkBackend::new("kproxy").expect("netlink");
     let objects = synthetic_cluster(50_000, 10, false);
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let (m, _) = model::build(&objects, &synthetic_settings());
-    full_sync(&mut b, &m);
+    let model_bytes = LIVE.load(Ordering::Relaxed) - base;
+    let mut renderer = Renderer::new();
+    let next = renderer.full(&m);
+    let with_ruleset = LIVE.load(Ordering::Relaxed) - base;
+    kproxy::apply::apply(&mut b, &next, false, false).expect("apply");
     let peak = PEAK.load(Ordering::Relaxed) - base;
+    drop(next);
     drop(m);
+    let retained = LIVE.load(Ordering::Relaxed).saturating_sub(base);
     println!(
         "sync_path_peak_heap/50000x10: {:.1} MiB (model, rulesets, transaction, encoded batch; manifests excluded)",
-        peak as f64 / (1024.0 * 1024.0)
+        mib(peak)
     );
+    println!(
+        "  model {:.1} MiB; model + renderer + ruleset {:.1} MiB; retained after the sync (renderer, backend catalog) {:.1} MiB",
+        mib(model_bytes),
+        mib(with_ruleset),
+        mib(retained)
+    );
+    drop(renderer);
 }
 
 criterion_group!(benches, cold, incremental, upstream);

@@ -6,6 +6,7 @@
 
 pub mod fake;
 pub mod netlink;
+pub mod takeover;
 
 use std::fmt;
 

@@ -15,10 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::diff::{diff, Diff, DiffOptions};
 use crate::model::{FamilyModel, Model, ServicePort, ServicePortName};
-use crate::nft::{Element, Family, Ruleset, Table, Value};
+use crate::nft::{Chain, Element, ElementData, Family, Ruleset, Set, Table, Value};
 
 use super::names::HAIRPIN;
 use super::{assemble, endpoint_map, fragment, skeleton, Fragment, Policy, SetRef, SlotAllocator};
@@ -28,13 +29,106 @@ pub type ServiceKey = (String, String);
 
 type ElementKey = (SetRef, Vec<Value>);
 
-/// How the current element of a key is known, by set:
-/// - `@endpoints-N`: a slot belongs to one port's range at a time (the allocator never
-///   hands out an owned slot), so only the changed ports' own fragments can hold it;
-/// - `@hairpin-endpoints`: equal elements by construction: a count per endpoint IP;
-/// - every other set (ClusterIPs, VIP / NodePort dispatch, firewall; a few keys per
-///   service): the list of contributing ports, the greatest one's element winning, as in
-///   [`assemble`].
+/// One endpoint-map element (`slot : address . port`) kept as a fixed-size record. These
+/// are most of a fragment's elements; as general [`Element`]s (two vectors of values each)
+/// they cost about four times the memory, and the renderer keeps every service port's
+/// fragment for as long as the daemon runs.
+#[derive(Clone, Debug)]
+struct SlotElement {
+    shard: u32,
+    slot: u32,
+    ip: IpAddr,
+    port: u16,
+    comment: Option<Arc<str>>,
+}
+
+impl SlotElement {
+    fn of(set: &SetRef, e: &Element) -> Option<SlotElement> {
+        let SetRef::Endpoints(shard) = *set else {
+            return None;
+        };
+        match (e.key.as_slice(), &e.data) {
+            ([Value::Int(slot)], ElementData::Values(v)) => match v.as_slice() {
+                [Value::Addr(ip), Value::Port(port)] => Some(SlotElement {
+                    shard,
+                    slot: *slot,
+                    ip: *ip,
+                    port: *port,
+                    comment: e.comment.clone(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn element(&self) -> (SetRef, Element) {
+        let mut e = Element::values(
+            vec![Value::Int(self.slot)],
+            vec![Value::Addr(self.ip), Value::Port(self.port)],
+        );
+        e.comment = self.comment.clone();
+        (SetRef::Endpoints(self.shard), e)
+    }
+}
+
+/// A fragment as the renderer keeps it between syncs: exact-size storage, endpoint slots
+/// as [`SlotElement`]s. [`Stored::fragment`] gives back the fragment it was made from
+/// (elements in another order, which no consumer depends on).
+#[derive(Clone, Debug)]
+struct Stored {
+    chains: Box<[Chain]>,
+    sets: Box<[Set]>,
+    elements: Box<[(SetRef, Element)]>,
+    slots: Box<[SlotElement]>,
+}
+
+impl Stored {
+    fn new(frag: Fragment) -> Stored {
+        let mut elements = Vec::new();
+        let mut slots = Vec::new();
+        for (set, e) in frag.elements {
+            match SlotElement::of(&set, &e) {
+                Some(s) => slots.push(s),
+                None => elements.push((set, e)),
+            }
+        }
+        Stored {
+            chains: frag.chains.into_boxed_slice(),
+            sets: frag.sets.into_boxed_slice(),
+            elements: elements.into_boxed_slice(),
+            slots: slots.into_boxed_slice(),
+        }
+    }
+
+    /// Every element, endpoint slots rebuilt.
+    fn elements(&self) -> impl Iterator<Item = (SetRef, Element)> + '_ {
+        self.elements
+            .iter()
+            .cloned()
+            .chain(self.slots.iter().map(SlotElement::element))
+    }
+
+    fn fragment(&self) -> Fragment {
+        Fragment {
+            chains: self.chains.to_vec(),
+            sets: self.sets.to_vec(),
+            elements: self.elements().collect(),
+            slot_lists: Vec::new(),
+        }
+    }
+
+    /// The element this fragment holds for `key` in a table-wide (not endpoint) set.
+    fn find(&self, key: &ElementKey) -> Option<&Element> {
+        self.elements
+            .iter()
+            .find(|(set, e)| *set == key.0 && e.key == key.1)
+            .map(|(_, e)| e)
+    }
+}
+
+type PortName = Arc<ServicePortName>;
+
 #[derive(Clone, Debug, Default)]
 struct FamilyState {
     /// The node-level part of the model the skeleton was rendered from (no services).
@@ -42,8 +136,10 @@ struct FamilyState {
     skeleton: Option<Table>,
     slots: SlotAllocator,
     /// Each port's fingerprint (of the `ServicePort` it was rendered from) and fragment.
-    ports: BTreeMap<ServicePortName, (Fingerprint, Fragment)>,
-    contributors: HashMap<ElementKey, Vec<(ServicePortName, Element)>>,
+    ports: BTreeMap<PortName, (Fingerprint, Stored)>,
+    /// Who contributes each element of a table-wide set, sorted by name; the last one's
+    /// element (its comment) is the one the table holds.
+    contributors: HashMap<ElementKey, Vec<PortName>>,
     hairpin: HashMap<IpAddr, u32>,
 }
 
@@ -65,14 +161,13 @@ impl FamilyState {
             return (self.hairpin.get(&ip).copied().unwrap_or(0) > 0)
                 .then(|| Element::key(key.1.clone()));
         }
-        self.contributors
-            .get(key)
-            .and_then(|c| c.last())
-            .map(|(_, e)| e.clone())
+        let winner = self.contributors.get(key)?.last()?;
+        let (_, stored) = self.ports.get(winner)?;
+        stored.find(key).cloned()
     }
 
-    fn add_contributions(&mut self, name: &ServicePortName, frag: &Fragment) {
-        for (set, e) in &frag.elements {
+    fn add_contributions(&mut self, name: &PortName, frag: &Stored) {
+        for (set, e) in frag.elements.iter() {
             match *set {
                 SetRef::Endpoints(_) => {}
                 SetRef::Named(HAIRPIN) => {
@@ -82,15 +177,15 @@ impl FamilyState {
                 }
                 _ => {
                     let c = self.contributors.entry((*set, e.key.clone())).or_default();
-                    let at = c.partition_point(|(n, _)| n < name);
-                    c.insert(at, (name.clone(), e.clone()));
+                    let at = c.partition_point(|n| n < name);
+                    c.insert(at, name.clone());
                 }
             }
         }
     }
 
-    fn remove_contributions(&mut self, name: &ServicePortName, frag: &Fragment) {
-        for (set, e) in &frag.elements {
+    fn remove_contributions(&mut self, name: &PortName, frag: &Stored) {
+        for (set, e) in frag.elements.iter() {
             match *set {
                 SetRef::Endpoints(_) => {}
                 SetRef::Named(HAIRPIN) => {
@@ -106,7 +201,7 @@ impl FamilyState {
                 _ => {
                     let key = (*set, e.key.clone());
                     if let Some(c) = self.contributors.get_mut(&key) {
-                        c.retain(|(n, _)| n != name);
+                        c.retain(|n| n != name);
                         if c.is_empty() {
                             self.contributors.remove(&key);
                         }
@@ -170,10 +265,10 @@ impl Renderer {
             st.settings = Some(settings_of(fm));
             st.skeleton = Some(skeleton(fm));
             for sp in &fm.services {
-                let frag = fragment(fm, sp, &mut st.slots);
-                st.add_contributions(&sp.name, &frag);
-                st.ports
-                    .insert(sp.name.clone(), (self.fingerprint.of(sp), frag));
+                let frag = Stored::new(fragment(fm, sp, &mut st.slots));
+                let name = Arc::new(sp.name.clone());
+                st.add_contributions(&name, &frag);
+                st.ports.insert(name, (self.fingerprint.of(sp), frag));
             }
             st.slots.sweep();
         }
@@ -221,7 +316,7 @@ impl Renderer {
                 Some(assemble(
                     skel,
                     &st.slots,
-                    st.ports.values().map(|(_, f)| f.clone()),
+                    st.ports.values().map(|(_, f)| f.fragment()),
                 ))
             })
             .collect();
@@ -281,9 +376,9 @@ fn update_family(
 
     // Which ports change: old ports of the changed services, and their new ports.
     let new_ports = ports_of(fm, changed);
-    let mut old_names: BTreeSet<ServicePortName> = BTreeSet::new();
+    let mut old_names: BTreeSet<PortName> = BTreeSet::new();
     for (ns, name) in changed {
-        for (n, _) in st.ports.range(
+        for (n, _) in st.ports.range::<ServicePortName, _>(
             ServicePortName {
                 namespace: ns.clone(),
                 name: name.clone(),
@@ -297,26 +392,26 @@ fn update_family(
             old_names.insert(n.clone());
         }
     }
-    let names: BTreeSet<ServicePortName> = old_names
+    let names: BTreeSet<PortName> = old_names
         .into_iter()
-        .chain(new_ports.keys().cloned())
-        .filter(|n| match (st.ports.get(n), new_ports.get(n)) {
+        .chain(new_ports.keys().map(|n| Arc::new(n.clone())))
+        .filter(|n| match (st.ports.get(n), new_ports.get(n.as_ref())) {
             (Some((old, _)), Some(new)) => *old != fingerprint.of(new),
             _ => true,
         })
         .collect();
 
     // Phase 1: render the new fragments (old ones stay in place for now).
-    let mut new_frags: Vec<(ServicePortName, Option<(Fingerprint, Fragment)>)> = Vec::new();
+    let mut new_frags: Vec<(PortName, Option<(Fingerprint, Stored)>)> = Vec::new();
     for n in &names {
-        let new = new_ports.get(n).map(|sp| {
+        let new = new_ports.get(n.as_ref()).map(|sp| {
             let frag = fragment(fm, sp, &mut st.slots);
             for policy in [Policy::Cluster, Policy::Local] {
                 if !frag.slot_lists.contains(&policy) {
                     st.slots.release_owner(&(n.clone(), policy));
                 }
             }
-            (fingerprint.of(sp), frag)
+            (fingerprint.of(sp), Stored::new(frag))
         });
         if new.is_none() {
             for policy in [Policy::Cluster, Policy::Local] {
@@ -337,11 +432,11 @@ fn update_family(
             (old, &mut slots_before),
             (new.as_ref().map(|(_, f)| f), &mut slots_after),
         ] {
-            for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
+            for (set, e) in f.into_iter().flat_map(|f| f.elements()) {
                 if let SetRef::Endpoints(_) = set {
-                    slots.insert((*set, e.key.clone()), e.clone());
+                    slots.insert((set, e.key.clone()), e);
                 } else {
-                    touched.insert((*set, e.key.clone()));
+                    touched.insert((set, e.key));
                 }
             }
         }
@@ -358,19 +453,19 @@ fn update_family(
     for (n, new) in new_frags {
         if let Some((_, old)) = st.ports.remove(&n) {
             st.remove_contributions(&n, &old);
-            for c in old.chains {
+            for c in old.chains.into_vec() {
                 prev.add_chain(c);
             }
-            for s in old.sets {
+            for s in old.sets.into_vec() {
                 prev.add_set(s);
             }
         }
         if let Some((sp, frag)) = new {
             st.add_contributions(&n, &frag);
-            for c in &frag.chains {
+            for c in frag.chains.iter() {
                 next.add_chain(c.clone());
             }
-            for s in &frag.sets {
+            for s in frag.sets.iter() {
                 next.add_set(s.clone());
             }
             st.ports.insert(n, (sp, frag));

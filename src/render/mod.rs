@@ -599,6 +599,7 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
     let pending = &mut frag.elements;
     let proto = sp.name.protocol;
     let label: Arc<str> = sp.name.to_string().into();
+    let owner = Arc::new(sp.name.clone());
     let base = chain_base(&sp.name);
     let ch = PortChains {
         cluster: format!("{PREFIX_CLUSTER}{base}"),
@@ -781,7 +782,7 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -
         match sp.affinity_timeout {
             None => {
                 let n = eps.len() as u32;
-                let range = slots.range(&(sp.name.clone(), policy), n);
+                let range = slots.range(&(owner.clone(), policy), n);
                 frag.slot_lists.push(policy);
                 let what: Arc<str> = match policy {
                     Policy::Cluster => format!("{label} cluster"),

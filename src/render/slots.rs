@@ -16,6 +16,7 @@
 //! lists in sorted order gives the same numbers every time (render is deterministic).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::model::ServicePortName;
 
@@ -26,8 +27,9 @@ pub enum Policy {
     Local,
 }
 
-/// The owner of a range: a service port's endpoint list.
-pub type Owner = (ServicePortName, Policy);
+/// The owner of a range: a service port's endpoint list (the name shared, not copied:
+/// the allocator lives as long as the renderer, one entry per list).
+pub type Owner = (Arc<ServicePortName>, Policy);
 
 /// Endpoint lists (= rules referencing the map) per shard.
 pub const SHARD_OWNERS: usize = 64;
@@ -160,12 +162,12 @@ mod tests {
 
     fn owner(name: &str) -> Owner {
         (
-            ServicePortName {
+            Arc::new(ServicePortName {
                 namespace: "ns".into(),
                 name: name.into(),
                 port: "p".into(),
                 protocol: Protocol::Tcp,
-            },
+            }),
             Policy::Cluster,
         )
     }

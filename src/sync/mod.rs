@@ -804,3 +804,6 @@ fn node_addresses(model: &Model, settings: &Settings) -> Vec<IpAddr> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,640 @@
+//! The sync loop against the fake backend and an in-memory source.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::backend::fake::FakeBackend;
+use crate::k8s::manifests::load_str;
+use crate::model::LABEL_SERVICE_NAME;
+use crate::render::render;
+
+const NODE: &str = "
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDRs: [10.244.1.0/24]}
+status: {addresses: [{type: InternalIP, address: 192.168.50.10}]}
+";
+
+fn service(name: &str, ip: &str, proto: &str, extra: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: ns}}
+spec:
+  clusterIP: {ip}
+  ports: [{{name: p, port: 80, protocol: {proto}, targetPort: 8080}}]
+{extra}
+"
+    )
+}
+
+fn slice(name: &str, proto: &str, endpoints: &[(&str, &str)]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(ip, node)| format!("- {{addresses: [{ip}], nodeName: {node}}}"))
+        .collect();
+    format!(
+        "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: ns
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: p, port: 8080, protocol: {proto}}}]
+endpoints:
+{}
+",
+        eps.join("\n")
+    )
+}
+
+fn key_of_service(s: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
+    (
+        s.metadata.namespace.clone().unwrap_or_default(),
+        s.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn key_of_slice(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> ServiceKey {
+    let svc = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .cloned()
+        .unwrap_or_default();
+    (s.metadata.namespace.clone().unwrap_or_default(), svc)
+}
+
+/// A source whose whole content is replaced by YAML; changes are computed per service.
+#[derive(Default)]
+struct MemorySource {
+    inner: Mutex<(bool, Objects, Changes)>,
+}
+
+impl MemorySource {
+    fn new(yaml: &str) -> Arc<MemorySource> {
+        let s = Arc::new(MemorySource::default());
+        s.set(yaml);
+        s.inner.lock().unwrap().0 = true;
+        s
+    }
+
+    fn set(&self, yaml: &str) {
+        let loaded = load_str("test", yaml);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let new = loaded.objects;
+        let mut g = self.inner.lock().unwrap();
+        let old = std::mem::take(&mut g.1);
+        let json = |v: &dyn erased::Ser| v.json();
+        let mut keys = BTreeSet::new();
+        let per_key = |objs: &Objects| {
+            let mut m: BTreeMap<ServiceKey, Vec<String>> = BTreeMap::new();
+            for s in &objs.services {
+                m.entry(key_of_service(s)).or_default().push(json(s));
+            }
+            for s in &objs.slices {
+                m.entry(key_of_slice(s)).or_default().push(json(s));
+            }
+            m
+        };
+        let (a, b) = (per_key(&old), per_key(&new));
+        for k in a.keys().chain(b.keys()) {
+            if a.get(k) != b.get(k) {
+                keys.insert(k.clone());
+            }
+        }
+        let nodes = |o: &Objects| o.nodes.iter().map(|n| json(n)).collect::<Vec<_>>();
+        let cidrs = |o: &Objects| o.service_cidrs.iter().map(|n| json(n)).collect::<Vec<_>>();
+        g.2.node |= nodes(&old) != nodes(&new);
+        g.2.service_cidrs |= cidrs(&old) != cidrs(&new);
+        g.2.services.extend(keys);
+        g.1 = new;
+    }
+}
+
+mod erased {
+    pub trait Ser {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+    }
+}
+
+impl Source for MemorySource {
+    fn synced(&self) -> bool {
+        self.inner.lock().unwrap().0
+    }
+    fn take_changes(&self) -> Changes {
+        std::mem::take(&mut self.inner.lock().unwrap().2)
+    }
+    fn objects(&self, only: Option<&BTreeSet<ServiceKey>>) -> Objects {
+        let g = self.inner.lock().unwrap();
+        let keep = |k: &ServiceKey| only.is_none_or(|o| o.contains(k));
+        Objects {
+            services: g
+                .1
+                .services
+                .iter()
+                .filter(|s| keep(&key_of_service(s)))
+                .cloned()
+                .collect(),
+            slices: g
+                .1
+                .slices
+                .iter()
+                .filter(|s| keep(&key_of_slice(s)))
+                .cloned()
+                .collect(),
+            nodes: g.1.nodes.clone(),
+            service_cidrs: g.1.service_cidrs.clone(),
+        }
+    }
+}
+
+struct Fixture {
+    source: Arc<MemorySource>,
+    syncer: Syncer<MemorySource, FakeBackend>,
+    metrics: Arc<Metrics>,
+    health: Arc<ProxyHealth>,
+    checks: Arc<HealthChecks>,
+}
+
+fn settings() -> Settings {
+    Settings {
+        hostname: "node-a".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Settings::default()
+    }
+}
+
+fn fixture_with(yaml: &str, backend: FakeBackend) -> Fixture {
+    let source = MemorySource::new(yaml);
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+    let checks = Arc::new(HealthChecks::default());
+    let mut config = SyncConfig::new(Duration::ZERO, Duration::from_secs(30));
+    config.defer_chain_deletes = false;
+    let syncer = Syncer::new(
+        source.clone(),
+        backend,
+        settings(),
+        config,
+        metrics.clone(),
+        health.clone(),
+        checks.clone(),
+    );
+    Fixture {
+        source,
+        syncer,
+        metrics,
+        health,
+        checks,
+    }
+}
+
+fn fixture(yaml: &str) -> Fixture {
+    fixture_with(yaml, FakeBackend::new())
+}
+
+/// What a fresh full render of the source's current objects gives.
+fn expected(source: &MemorySource) -> crate::nft::Ruleset {
+    let (model, _) = model::build(&source.objects(None), &settings());
+    render(&model)
+}
+
+/// The kernel holds exactly what the renderer says it should (after partial syncs the
+/// slot ranges differ from a fresh render; `render::incremental`'s property tests prove
+/// the two equivalent), and `ip` is among the programmed endpoints.
+fn assert_programmed(f: &mut Fixture, endpoint: &str) {
+    let want = f.syncer.renderer.ruleset();
+    let state = f.syncer.backend().state().clone();
+    assert!(state == want, "kernel state differs from the renderer's");
+    let text = crate::nft::text::ruleset(&state);
+    assert!(
+        text.contains(endpoint),
+        "{endpoint} not programmed:\n{text}"
+    );
+}
+
+fn two_services() -> String {
+    format!(
+        "{NODE}{}{}{}{}",
+        service("a", "10.96.0.1", "TCP", ""),
+        slice(
+            "a",
+            "TCP",
+            &[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")]
+        ),
+        service("b", "10.96.0.2", "UDP", ""),
+        slice(
+            "b",
+            "UDP",
+            &[("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")]
+        ),
+    )
+}
+
+#[test]
+fn first_sync_is_full_and_programs_the_whole_ruleset() {
+    let mut f = fixture(&two_services());
+    let r = f.syncer.sync(false).unwrap();
+    assert!(r.full);
+    assert_eq!(r.service_ports, 2);
+    assert_eq!(f.syncer.backend().state(), &expected(&f.source));
+    let (healthy, last) = f.health.status(SystemTime::now());
+    assert!(healthy && last.is_some());
+    assert!(f.health.node_eligible());
+    assert_eq!(
+        f.metrics
+            .sync_full_duration
+            .with_label_values(&["IPv4"])
+            .get_sample_count(),
+        1
+    );
+}
+
+#[test]
+fn a_changed_endpoint_is_a_partial_sync_touching_only_elements() {
+    let mut f = fixture(&two_services());
+    f.syncer.sync(false).unwrap();
+    let commits = f.syncer.backend().commits();
+    f.source.set(&format!(
+        "{NODE}{}{}{}{}",
+        service("a", "10.96.0.1", "TCP", ""),
+        slice(
+            "a",
+            "TCP",
+            &[
+                ("10.244.1.5", "node-a"),
+                ("10.244.2.5", "node-b"),
+                ("10.244.2.7", "node-b")
+            ]
+        ),
+        service("b", "10.96.0.2", "UDP", ""),
+        slice(
+            "b",
+            "UDP",
+            &[("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")]
+        ),
+    ));
+    let r = f.syncer.sync(false).unwrap();
+    assert!(!r.full);
+    assert_eq!(r.services_changed, 1);
+    assert_eq!(f.syncer.backend().commits(), commits + 1);
+    assert_programmed(&mut f, "10.244.2.7");
+    let tx = f.syncer.backend().last_transaction().unwrap().clone();
+    assert!(
+        tx.ops.iter().all(|op| !matches!(
+            op,
+            Op::AddTable { .. } | Op::DeleteTable { .. } | Op::DeleteSet { .. }
+        )),
+        "{tx:?}"
+    );
+}
+
+#[test]
+fn nothing_changed_sends_nothing() {
+    let mut f = fixture(&two_services());
+    f.syncer.sync(false).unwrap();
+    let applies = f.syncer.backend().applies();
+    let r = f.syncer.sync(false).unwrap();
+    assert_eq!(r.operations, 0);
+    assert_eq!(f.syncer.backend().applies(), applies);
+}
+
+#[test]
+fn a_deleted_service_goes_away() {
+    let mut f = fixture(&two_services());
+    f.syncer.sync(false).unwrap();
+    f.source.set(&format!(
+        "{NODE}{}{}",
+        service("a", "10.96.0.1", "TCP", ""),
+        slice("a", "TCP", &[("10.244.1.5", "node-a")]),
+    ));
+    let r = f.syncer.sync(false).unwrap();
+    assert!(!r.full);
+    assert_eq!(r.service_ports, 1);
+    assert_programmed(&mut f, "10.244.1.5");
+    let text = crate::nft::text::ruleset(f.syncer.backend().state());
+    assert!(!text.contains("10.96.0.2"), "{text}");
+}
+
+#[test]
+fn a_failed_transaction_is_counted_and_retried_as_a_full_sync() {
+    let mut f = fixture(&two_services());
+    f.syncer.sync(false).unwrap();
+    let before = f.syncer.backend().state().clone();
+    f.source.set(&format!(
+        "{NODE}{}{}",
+        service("a", "10.96.0.1", "TCP", ""),
+        slice("a", "TCP", &[("10.244.1.9", "node-a")]),
+    ));
+    f.syncer.backend().fail_next(libc::EINVAL);
+    assert!(f.syncer.sync(false).is_err());
+    assert_eq!(
+        f.syncer.backend().state(),
+        &before,
+        "a failed sync changes nothing"
+    );
+    assert_eq!(
+        f.metrics.sync_failures.with_label_values(&["IPv4"]).get(),
+        1
+    );
+    // The retry waits for the backoff and is full, even though no new change arrived.
+    assert!(f.syncer.retry_at.is_some());
+    let r = f.syncer.sync(false).unwrap();
+    assert!(r.full);
+    assert_eq!(f.syncer.backend().state(), &expected(&f.source));
+    assert!(f.syncer.retry_at.is_none());
+}
+
+#[test]
+fn retry_backoff_doubles_up_to_the_sync_period() {
+    let mut f = fixture(&two_services());
+    f.syncer.config.sync_period = Duration::from_secs(5);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        f.syncer.backend().fail_next(libc::EINVAL);
+        assert!(f.syncer.sync(false).is_err());
+        seen.push(f.syncer.backoff);
+    }
+    assert_eq!(
+        seen,
+        [2, 4, 5, 5, 5].map(Duration::from_secs).to_vec(),
+        "backoff after each failure"
+    );
+}
+
+#[test]
+fn restart_adopts_what_the_kernel_holds_without_sending_anything() {
+    let source = MemorySource::new(&two_services());
+    let held = expected(&source);
+    let mut f = fixture_with(&two_services(), FakeBackend::with_state(held.clone()));
+    let r = f.syncer.sync(false).unwrap();
+    assert!(r.full);
+    assert_eq!(r.operations, 0);
+    assert_eq!(f.syncer.backend().commits(), 0);
+    assert_eq!(f.syncer.backend().state(), &held);
+}
+
+#[test]
+fn drift_is_noticed_by_generation_and_repaired_exactly() {
+    let mut f = fixture(&two_services());
+    f.syncer.sync(false).unwrap();
+    let good = f.syncer.backend().state().clone();
+    // Someone flushes one of kproxy's chains.
+    {
+        let st = f.syncer.backend().state_mut();
+        let (_, chain) = st.tables[0]
+            .chains
+            .iter_mut()
+            .find(|(name, _)| name.starts_with("service-"))
+            .unwrap();
+        chain.rules.clear();
+    }
+    f.syncer.check_drift();
+    assert_eq!(f.syncer.backend().state(), &good);
+    assert_eq!(f.metrics.drift_repairs.get(), 1);
+    // A generation change that did not touch kproxy's tables is not a repair.
+    f.syncer.backend().state_mut();
+    f.syncer.check_drift();
+    assert_eq!(f.metrics.drift_repairs.get(), 1);
+}
+
+#[test]
+fn node_changes_force_a_full_sync() {
+    let mut f = fixture(&two_services());
+    f.syncer.sync(false).unwrap();
+    let yaml = two_services().replace("192.168.50.10", "192.168.50.11");
+    f.source.set(&yaml);
+    let r = f.syncer.sync(false).unwrap();
+    assert!(r.full);
+    assert_eq!(f.syncer.backend().state(), &expected(&f.source));
+}
+
+#[test]
+fn node_not_found_makes_the_node_ineligible() {
+    let mut f = fixture(&two_services().replace("name: node-a}", "name: node-z}"));
+    f.syncer.sync(false).unwrap();
+    assert!(!f.health.node_eligible());
+}
+
+#[test]
+fn health_check_node_ports_follow_the_services() {
+    let lb = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.9
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{name: p, port: 80, protocol: TCP, targetPort: 8080, nodePort: 31000}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.9}]}}
+";
+    let yaml = format!(
+        "{NODE}{lb}{}",
+        slice(
+            "lb",
+            "TCP",
+            &[
+                ("10.244.1.5", "node-a"),
+                ("10.244.1.6", "node-a"),
+                ("10.244.2.5", "node-b")
+            ]
+        )
+    );
+    let mut f = fixture(&yaml);
+    f.syncer.sync(false).unwrap();
+    let hc = f.checks.get(32000).expect("health check served");
+    assert_eq!((hc.namespace.as_str(), hc.name.as_str()), ("ns", "lb"));
+    assert_eq!(hc.local_endpoints, 2);
+    // Local endpoints gone: the count drops to 0 and the no-local gauge counts it.
+    f.source.set(&format!(
+        "{NODE}{lb}{}",
+        slice("lb", "TCP", &[("10.244.2.5", "node-b")])
+    ));
+    f.syncer.sync(false).unwrap();
+    assert_eq!(f.checks.get(32000).unwrap().local_endpoints, 0);
+    assert_eq!(
+        f.metrics
+            .no_local_endpoints
+            .with_label_values(&["IPv4", "external"])
+            .get(),
+        1
+    );
+    // Service deleted: the health check goes.
+    f.source.set(NODE);
+    f.syncer.sync(false).unwrap();
+    assert!(f.checks.get(32000).is_none());
+}
+
+/// Each `clean` call: the family and the ports passed.
+type Calls = Arc<Mutex<Vec<(Family, Vec<ServicePort>)>>>;
+
+#[derive(Clone, Default)]
+struct Recorder(Calls);
+
+impl FlowCleaner for Recorder {
+    fn clean(
+        &mut self,
+        family: Family,
+        ports: &[ServicePort],
+        _node_addresses: &[IpAddr],
+    ) -> Result<usize, String> {
+        self.0.lock().unwrap().push((family, ports.to_vec()));
+        Ok(ports.len())
+    }
+}
+
+#[test]
+fn conntrack_cleanup_sees_changed_udp_ports_and_deleted_ones_empty() {
+    let rec = Recorder::default();
+    let mut f = fixture(&two_services());
+    f.syncer = f.syncer.with_cleaner(Box::new(rec.clone()));
+    f.syncer.sync(false).unwrap();
+    {
+        let calls = rec.0.lock().unwrap();
+        let v4: Vec<_> = calls.iter().filter(|(f, _)| *f == Family::V4).collect();
+        assert_eq!(v4.len(), 1);
+        assert_eq!(v4[0].1.len(), 1, "only the UDP port");
+        assert_eq!(v4[0].1[0].name.name, "b");
+    }
+    rec.0.lock().unwrap().clear();
+    // UDP service b deleted: its old port is passed with no endpoints.
+    f.source.set(&format!(
+        "{NODE}{}{}",
+        service("a", "10.96.0.1", "TCP", ""),
+        slice("a", "TCP", &[("10.244.1.5", "node-a")]),
+    ));
+    let r = f.syncer.sync(false).unwrap();
+    assert_eq!(r.conntrack_deleted, 1);
+    let calls = rec.0.lock().unwrap();
+    let (_, ports) = calls
+        .iter()
+        .find(|(f, p)| *f == Family::V4 && !p.is_empty())
+        .unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].name.name, "b");
+    assert!(ports[0].cluster_endpoints.is_empty() && ports[0].local_endpoints.is_empty());
+    assert_eq!(
+        f.metrics
+            .conntrack_deleted_entries
+            .with_label_values(&["IPv4"])
+            .get(),
+        2
+    );
+}
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<Warning>>>);
+
+impl WarningSink for Sink {
+    fn warn(&self, w: &Warning) {
+        self.0.lock().unwrap().push(w.clone());
+    }
+}
+
+#[test]
+fn invalid_objects_are_skipped_reported_and_counted_without_disturbing_others() {
+    let sink = Sink::default();
+    let yaml = format!(
+        "{}{}",
+        two_services(),
+        service("bad", "10.96.0.3", "TCP", "").replace("port: 80,", "port: 70000,")
+    );
+    let mut f = fixture(&yaml);
+    f.syncer = f.syncer.with_warnings(Box::new(sink.clone()));
+    let r = f.syncer.sync(false).unwrap();
+    assert_eq!(r.warnings, 1);
+    assert_eq!(r.service_ports, 2);
+    let w = sink.0.lock().unwrap();
+    assert_eq!(w[0].object, "Service ns/bad");
+    assert_eq!(
+        f.metrics
+            .invalid_objects
+            .with_label_values(&["Service"])
+            .get(),
+        1
+    );
+}
+
+fn run_in_background(
+    mut syncer: Syncer<MemorySource, FakeBackend>,
+    trigger: Arc<Trigger>,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Syncer<MemorySource, FakeBackend>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let h = std::thread::spawn(move || {
+        syncer.run(&trigger, &s);
+        syncer
+    });
+    (stop, h)
+}
+
+#[test]
+fn nothing_is_programmed_before_the_source_is_synced() {
+    let f = fixture(&two_services());
+    f.source.inner.lock().unwrap().0 = false;
+    let trigger = Trigger::new(f.health.clone(), f.metrics.clone());
+    let (stop, h) = run_in_background(f.syncer, trigger.clone());
+    trigger.notify();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    trigger.wake();
+    let mut syncer = h.join().unwrap();
+    assert_eq!(syncer.backend().applies(), 0);
+    assert!(syncer.backend().state().tables.is_empty());
+}
+
+#[test]
+fn changes_coalesce_and_respect_the_min_sync_period() {
+    let mut f = fixture(&two_services());
+    f.syncer.config.min_sync_period = Duration::from_millis(400);
+    let trigger = Trigger::new(f.health.clone(), f.metrics.clone());
+    let source = f.source.clone();
+    let (stop, h) = run_in_background(f.syncer, trigger.clone());
+    // 20 changes within ~200 ms after the first sync.
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..20 {
+        source.set(&format!(
+            "{NODE}{}{}",
+            service("a", "10.96.0.1", "TCP", ""),
+            slice("a", "TCP", &[(&format!("10.244.1.{}", 10 + i), "node-a")]),
+        ));
+        trigger.notify();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    stop.store(true, Ordering::SeqCst);
+    trigger.wake();
+    let syncer = h.join().unwrap();
+    let syncs = f
+        .metrics
+        .sync_duration
+        .with_label_values(&["IPv4"])
+        .get_sample_count();
+    // The first (full) sync, then the 20 changes in at most two more syncs.
+    assert!((2..=3).contains(&syncs), "{syncs} syncs");
+    let mut f = Fixture {
+        syncer,
+        ..fixture(NODE)
+    };
+    assert_programmed(&mut f, "10.244.1.29");
+}
