@@ -34,6 +34,7 @@ pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod diff;
 pub mod k8s;
 pub mod metrics;

@@ -46,8 +46,8 @@ mod decode;
 mod encode;
 mod expr;
 mod rule;
-mod socket;
-mod wire;
+pub(crate) mod socket;
+pub(crate) mod wire;
 
 use std::io;
 
