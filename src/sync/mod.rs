@@ -519,29 +519,29 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
     fn full_sync(&mut self, _changes: &Changes) -> Result<SyncReport, SyncError> {
         let (model, warnings) = self.build(None);
         let ruleset = self.renderer.full(&model);
+        // What later partial syncs need from the model, taken before it is dropped: the
+        // model is as large as the ruleset, and the commit is the sync's memory peak.
+        let mut facts = BTreeMap::new();
+        let mut udp: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
+        for fm in &model.families {
+            for sp in &fm.services {
+                facts.insert((fm.family, sp.name.clone()), PortFacts::of(sp));
+                if sp.name.protocol == Protocol::Udp {
+                    udp.entry(fm.family).or_default().push(sp.clone());
+                }
+            }
+        }
+        drop(model);
         let applied = self.observe_commit(|b, defer| apply::apply(b, &ruleset, defer, false))?;
         drop(ruleset);
         self.deferred.clear();
         self.deferred_at = None;
         self.generation = self.backend_generation();
         self.last_full = Some(Instant::now());
-
-        let mut facts = BTreeMap::new();
-        for fm in &model.families {
-            for sp in &fm.services {
-                facts.insert((fm.family, sp.name.clone()), PortFacts::of(sp));
-            }
-        }
         self.facts = facts;
         let mut deleted = 0;
-        for fm in &model.families {
-            let udp: Vec<ServicePort> = fm
-                .services
-                .iter()
-                .filter(|sp| sp.name.protocol == Protocol::Udp)
-                .cloned()
-                .collect();
-            deleted += self.clean_conntrack(fm.family, &udp);
+        for (family, ports) in udp {
+            deleted += self.clean_conntrack(family, &ports);
         }
         Ok(SyncReport {
             full: true,

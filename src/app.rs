@@ -1,0 +1,295 @@
+//! `kproxy run`: the node daemon, wired from the pieces.
+//!
+//! Owns: the process-level sequence. Validate the configuration (before anything touches
+//! the node); `--cleanup` and `--cleanup-kube-proxy`; conntrack sysctls; the HTTP servers
+//! (`admin`, binding errors are fatal so a misconfigured port is seen at once); the API
+//! client and informer cache (`k8s`); the sync loop (`sync`) on a thread of its own over
+//! the netlink backend with conntrack cleanup and Events attached; and the shutdown on
+//! SIGTERM/SIGINT, which stops the loop between syncs and leaves the rules in place (a
+//! restarted kproxy adopts them without disturbing a connection).
+//!
+//! Must not: decide anything the modules it wires own.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::{self, HealthChecks, ProxyHealth};
+use crate::apply;
+use crate::backend::netlink::NetlinkBackend;
+use crate::backend::takeover;
+use crate::config::{Config, ConntrackConfig};
+use crate::conntrack::Conntrack;
+use crate::k8s;
+use crate::metrics::Metrics;
+use crate::nft::tx::TableRef;
+use crate::nft::Family;
+use crate::render;
+use crate::sync::{SyncConfig, Syncer, Trigger};
+
+/// What `kproxy run` was asked to do besides running.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunMode {
+    /// `--cleanup`: remove kproxy's tables (and with `cleanup_kube_proxy`, upstream's)
+    /// and exit.
+    pub cleanup: bool,
+    /// `--cleanup-kube-proxy`: remove upstream kube-proxy's nftables tables and iptables
+    /// `KUBE-*` chains first (taking a node over).
+    pub cleanup_kube_proxy: bool,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Kernel(String),
+    #[error("{0}")]
+    Bind(String),
+    #[error("{0}")]
+    Api(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The tables kproxy owns.
+pub fn own_tables() -> Vec<TableRef> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| TableRef::new(f, render::TABLE))
+        .collect()
+}
+
+/// Maps `--v` to a tracing filter: 0–1 info, 2–4 debug for kproxy, 5+ trace for kproxy
+/// (and debug for kube), as klog's levels read in practice.
+pub fn log_filter(verbosity: u8) -> String {
+    match verbosity {
+        0 | 1 => "info".into(),
+        2..=4 => "info,kproxy=debug".into(),
+        _ => "debug,kproxy=trace,hyper=info,tower=info".into(),
+    }
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` overrides `--v`).
+pub fn init_logging(verbosity: u8) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(verbosity)));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (or only the cleanup, per `mode`).
+pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
+    init_logging(config.verbosity);
+    if mode.cleanup_kube_proxy {
+        let r = takeover::cleanup_kube_proxy().map_err(|e| RunError::Kernel(e.to_string()))?;
+        for t in &r.nft_tables {
+            tracing::info!(table = %format!("{} {}", t.family, t.name), "removed kube-proxy's nftables table");
+        }
+        for (tool, chains) in &r.iptables {
+            tracing::info!(tool = %tool, chains, "removed kube-proxy's iptables chains");
+        }
+        for w in &r.warnings {
+            tracing::warn!("{w}");
+        }
+    }
+    if mode.cleanup {
+        let mut backend =
+            NetlinkBackend::new(render::TABLE).map_err(|e| RunError::Kernel(e.to_string()))?;
+        let removed = apply::cleanup(&mut backend, &own_tables())
+            .map_err(|e| RunError::Kernel(e.to_string()))?;
+        tracing::info!(tables = removed.len(), "cleanup done");
+        return Ok(());
+    }
+    set_conntrack_sysctls(&config.conntrack);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("kproxy-io")
+        .build()
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::new(config.sync_period * 2));
+    let checks = Arc::new(HealthChecks::default());
+    let admin = admin::spawn(
+        admin::AdminConfig {
+            healthz_bind: config.healthz_bind,
+            metrics_bind: config.metrics_bind,
+        },
+        health.clone(),
+        checks.clone(),
+        metrics.clone(),
+    )
+    .await
+    .map_err(|e| RunError::Bind(e.to_string()))?;
+
+    let node = config.settings.hostname.clone();
+    let client = k8s::client::client(config.kubeconfig.as_deref())
+        .await
+        .map_err(|e| RunError::Api(e.to_string()))?;
+    let trigger = Trigger::new(health.clone(), metrics.clone());
+    let cache = k8s::cache::Cache::start(client.clone(), &node, trigger.clone(), metrics.clone());
+    let events = k8s::events::EventRecorder::new(client, &node);
+
+    let backend =
+        NetlinkBackend::new(render::TABLE).map_err(|e| RunError::Kernel(e.to_string()))?;
+    let sync_config = SyncConfig::new(config.min_sync_period, config.sync_period);
+    let mut syncer = Syncer::new(
+        cache.clone(),
+        backend,
+        config.settings.clone(),
+        sync_config,
+        metrics.clone(),
+        health.clone(),
+        checks.clone(),
+    )
+    .with_warnings(Box::new(events))
+    .with_local_addresses(Box::new(local_addresses));
+    match Conntrack::open() {
+        Ok(ct) => syncer = syncer.with_cleaner(Box::new(ct)),
+        Err(e) => tracing::warn!(error = %e, "conntrack cleanup disabled: cannot open ctnetlink"),
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sync_thread = {
+        let stop = stop.clone();
+        let trigger = trigger.clone();
+        std::thread::Builder::new()
+            .name("kproxy-sync".into())
+            .spawn(move || syncer.run(&trigger, &stop))
+            .map_err(|e| RunError::Runtime(e.to_string()))?
+    };
+    tracing::info!(node = %node, "kproxy running (nftables mode)");
+
+    wait_for_signal().await;
+    tracing::info!("stopping: the rules stay in place");
+    stop.store(true, Ordering::SeqCst);
+    trigger.wake();
+    let joined = tokio::task::spawn_blocking(move || sync_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the sync loop panicked");
+    }
+    admin.shutdown().await;
+    cache.stop();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The host's interface addresses (for nodePortAddresses CIDRs and conntrack).
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we only read and then free once.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                // SAFETY: family AF_INET means a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: family AF_INET6 means a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `ifap` came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Upstream's conntrack tuning: `nf_conntrack_max` = max(maxPerCore × CPUs, min) when
+/// maxPerCore > 0, and the TCP/UDP timeouts when non-zero. Each write is skipped when the
+/// value is already right and logged (not fatal) when the kernel refuses it (read-only
+/// in a non-initial network namespace, say).
+pub fn set_conntrack_sysctls(c: &ConntrackConfig) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mut writes: Vec<(&str, u64)> = Vec::new();
+    if c.max_per_core > 0 {
+        writes.push((
+            "net/netfilter/nf_conntrack_max",
+            (c.max_per_core as u64 * cpus).max(c.min as u64),
+        ));
+    }
+    let secs = |d: Duration| d.as_secs();
+    for (key, d) in [
+        (
+            "net/netfilter/nf_conntrack_tcp_timeout_established",
+            c.tcp_established_timeout,
+        ),
+        (
+            "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+            c.tcp_close_wait_timeout,
+        ),
+        ("net/netfilter/nf_conntrack_udp_timeout", c.udp_timeout),
+        (
+            "net/netfilter/nf_conntrack_udp_timeout_stream",
+            c.udp_stream_timeout,
+        ),
+    ] {
+        if !d.is_zero() {
+            writes.push((key, secs(d)));
+        }
+    }
+    if c.tcp_be_liberal {
+        writes.push(("net/netfilter/nf_conntrack_tcp_be_liberal", 1));
+    }
+    for (key, value) in writes {
+        let path = format!("/proc/sys/{key}");
+        let current = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if current == Some(value) {
+            continue;
+        }
+        match std::fs::write(&path, value.to_string()) {
+            Ok(()) => tracing::info!(sysctl = key, value, "set"),
+            Err(e) => tracing::warn!(sysctl = key, value, error = %e, "cannot set"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbosity_maps_to_filters() {
+        assert_eq!(log_filter(0), "info");
+        assert_eq!(log_filter(2), "info,kproxy=debug");
+        assert!(log_filter(6).contains("kproxy=trace"));
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let a = local_addresses();
+        assert!(a.iter().any(|a| a.is_loopback()), "{a:?}");
+    }
+}
