@@ -102,8 +102,46 @@ pub enum Update {
 #[derive(Default, Debug)]
 struct Entry {
     service: Option<Arc<ServiceLite>>,
-    /// By slice name.
-    slices: BTreeMap<Box<str>, Arc<SliceLite>>,
+    slices: Slices,
+}
+
+/// A Service's slices, sorted by name. A Vec, not a map: most Services have one or two
+/// slices, and a one-element `BTreeMap` allocates a whole ~300-byte node.
+#[derive(Default, Debug)]
+struct Slices(Vec<Arc<SliceLite>>);
+
+impl Slices {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|s| (*s.name).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<SliceLite>> {
+        self.find(name).ok().map(|i| &self.0[i])
+    }
+
+    fn insert(&mut self, slice: Arc<SliceLite>) {
+        match self.find(&slice.name) {
+            Ok(i) => self.0[i] = slice,
+            Err(i) => self.0.insert(i, slice),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+            if self.0.is_empty() {
+                self.0 = Vec::new();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<SliceLite>> {
+        self.0.iter()
+    }
 }
 
 impl Entry {
@@ -226,8 +264,7 @@ impl State {
         }
         let entry = self.entries.entry(key.clone()).or_default();
         if entry.slices.get(&lite.name).map(|s| &**s) != Some(&lite) {
-            let name = lite.name.clone();
-            entry.slices.insert(name.clone(), Arc::new(lite));
+            entry.slices.insert(Arc::new(lite));
             self.slice_owner
                 .insert(skey, key.1.clone().into_boxed_str());
             changed = true;
