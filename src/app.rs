@@ -77,6 +77,7 @@ pub fn init_logging(verbosity: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -119,15 +120,11 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     let health = Arc::new(ProxyHealth::new(config.sync_period * 2));
     let checks = Arc::new(HealthChecks::default());
     let admin = admin::spawn(
-        admin::AdminConfig {
-            healthz_bind: config.healthz_bind,
-            metrics_bind: config.metrics_bind,
-        },
+        admin::AdminConfig::from_config(&config),
         health.clone(),
         checks.clone(),
         metrics.clone(),
     )
-    .await
     .map_err(|e| RunError::Bind(e.to_string()))?;
 
     let node = config.settings.hostname.clone();
@@ -135,8 +132,10 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Api(e.to_string()))?;
     let trigger = Trigger::new(health.clone(), metrics.clone());
-    let cache = k8s::cache::Cache::start(client.clone(), &node, trigger.clone(), metrics.clone());
-    let events = k8s::events::EventRecorder::new(client, &node);
+    let (cache, watchers) =
+        k8s::cache::Cache::start(client.clone(), &node, trigger.clone(), metrics.clone());
+    let (events, _events_task) =
+        k8s::events::EventRecorder::start(client, &node, Some(cache.clone()));
 
     let backend =
         NetlinkBackend::new(render::TABLE).map_err(|e| RunError::Kernel(e.to_string()))?;
@@ -177,7 +176,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         tracing::error!("the sync loop panicked");
     }
     admin.shutdown().await;
-    cache.stop();
+    watchers.stop();
     Ok(())
 }
 
@@ -209,7 +208,9 @@ pub fn local_addresses() -> Vec<IpAddr> {
             if family == libc::AF_INET {
                 // SAFETY: family AF_INET means a sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                out.push(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ));
             } else if family == libc::AF_INET6 {
                 // SAFETY: family AF_INET6 means a sockaddr_in6.
                 let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };

@@ -1,6 +1,7 @@
 //! The command line: `kproxy render` and `kproxy trace` (dry-run review; they never touch
 //! the kernel), `kproxy apply` (program the current network namespace from manifests) and
-//! `kproxy cleanup` (remove kproxy's tables).
+//! `kproxy cleanup` (remove kproxy's tables), and `kproxy run` (the node daemon, in
+//! [`crate::app`]).
 //!
 //! Owns: argument parsing (clap), the mapping of failures to exit codes, and printing.
 //! Flags use kube-proxy's names (from [`crate::config::ProxyFlags`]) so an operator can
@@ -54,6 +55,22 @@ enum Command {
     Apply(ApplyArgs),
     /// Remove kproxy's tables (`ip kproxy`, `ip6 kproxy`) and nothing else.
     Cleanup,
+    /// The node daemon: watch the API server and keep this node's rules right (kube-proxy's
+    /// flags and KubeProxyConfiguration; SIGTERM stops and leaves the rules in place).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    proxy: ProxyFlags,
+    /// Remove kproxy's tables and exit (with --cleanup-kube-proxy: upstream's too).
+    #[arg(long)]
+    cleanup: bool,
+    /// Before starting, remove upstream kube-proxy's rules (nftables tables `ip/ip6
+    /// kube-proxy`, iptables `KUBE-*` chains): for taking a node over from kube-proxy.
+    #[arg(long)]
+    cleanup_kube_proxy: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +157,7 @@ where
         Command::Trace(a) => cmd_trace(a),
         Command::Apply(a) => cmd_apply(a),
         Command::Cleanup => cmd_cleanup(),
+        Command::Run(a) => cmd_run(a),
     };
     match result {
         Ok(()) => 0,
@@ -172,14 +190,7 @@ struct Prepared {
 }
 
 fn prepare(input: &Input) -> Result<Prepared, Failure> {
-    let config = Config::from_flags(&input.proxy).map_err(|e| Failure {
-        code: if e.is_usage() {
-            EXIT_USAGE
-        } else {
-            EXIT_NOINPUT
-        },
-        message: e.to_string(),
-    })?;
+    let config = Config::from_flags(&input.proxy).map_err(config_failure)?;
     let loaded = manifests::load_paths(&input.files).map_err(|e| Failure {
         code: EXIT_NOINPUT,
         message: e.to_string(),
@@ -278,6 +289,29 @@ fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+fn config_failure(e: crate::config::ConfigError) -> Failure {
+    Failure {
+        code: if e.is_usage() {
+            EXIT_USAGE
+        } else {
+            EXIT_NOINPUT
+        },
+        message: e.to_string(),
+    }
+}
+
+fn cmd_run(a: RunArgs) -> Result<(), Failure> {
+    let config = Config::from_flags(&a.proxy).map_err(config_failure)?;
+    let mode = crate::app::RunMode {
+        cleanup: a.cleanup,
+        cleanup_kube_proxy: a.cleanup_kube_proxy,
+    };
+    crate::app::run(config, mode).map_err(|e| Failure {
+        code: EXIT_KERNEL,
+        message: e.to_string(),
+    })
 }
 
 fn cmd_cleanup() -> Result<(), Failure> {

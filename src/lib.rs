@@ -30,6 +30,7 @@
 //! spawns nothing; only `k8s::manifests` and `config` read files, and only `main` exits.
 
 pub mod admin;
+pub mod app;
 pub mod apply;
 pub mod backend;
 pub mod cli;

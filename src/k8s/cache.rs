@@ -686,6 +686,10 @@ impl Source for Cache {
         changes
     }
 
+    fn service_keys(&self) -> Option<Vec<ServiceKey>> {
+        Some(self.lock().entries.keys().cloned().collect())
+    }
+
     fn objects(&self, only: Option<&BTreeSet<ServiceKey>>) -> Objects {
         let mut services = Vec::new();
         let mut slices = Vec::new();

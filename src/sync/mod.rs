@@ -34,6 +34,8 @@ use crate::render::incremental::{Renderer, ServiceKey};
 
 /// Upstream's full resync period.
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+/// Services per model-building chunk in full syncs.
+pub const BUILD_CHUNK: usize = 2048;
 /// How often the kernel's nftables generation is compared with ours.
 pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
@@ -66,6 +68,13 @@ pub trait Source: Send + Sync {
     /// Objects to build the model from: the given services (all when `None`) with their
     /// EndpointSlices, plus this node's Node and every ServiceCIDR.
     fn objects(&self, only: Option<&BTreeSet<ServiceKey>>) -> Objects;
+    /// Every service key held, sorted, when the source can list them: full syncs then
+    /// build the model a chunk of services at a time, so the objects handed to
+    /// `model::build` (owned Kubernetes types, several KB per service) never exist for
+    /// all services at once.
+    fn service_keys(&self) -> Option<Vec<ServiceKey>> {
+        None
+    }
 }
 
 /// Deletes stale UDP conntrack entries (the `conntrack` module over netlink; a recorder in
@@ -151,6 +160,8 @@ pub struct SyncConfig {
     pub drift_check_period: Duration,
     /// Kernel < 6.2: delete unreferenced chains in a second transaction a moment later.
     pub defer_chain_deletes: bool,
+    /// Services per model-building chunk in full syncs (see [`Source::service_keys`]).
+    pub build_chunk: usize,
 }
 
 impl SyncConfig {
@@ -163,6 +174,7 @@ impl SyncConfig {
             defer_chain_deletes: apply::kernel_needs_deferred_chain_deletes(
                 &apply::kernel_release(),
             ),
+            build_chunk: BUILD_CHUNK,
         }
     }
 }
@@ -496,11 +508,47 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
     }
 
     fn build(&mut self, only: Option<&BTreeSet<ServiceKey>>) -> (Model, usize) {
-        let objects = self.source.objects(only);
-        let eligible = node_eligible(&objects, &self.settings.hostname);
-        self.health.set_node_eligible(eligible);
-        let (model, warnings) = model::build(&objects, &self.settings);
-        drop(objects);
+        let chunks: Vec<Option<BTreeSet<ServiceKey>>> = match (only, self.source.service_keys()) {
+            (Some(keys), _) => vec![Some(keys.clone())],
+            (None, None) => vec![None],
+            (None, Some(mut keys)) => {
+                keys.sort();
+                let mut chunks: Vec<Option<BTreeSet<ServiceKey>>> = keys
+                    .chunks(self.config.build_chunk.max(1))
+                    .map(|c| Some(c.iter().cloned().collect()))
+                    .collect();
+                if chunks.is_empty() {
+                    chunks.push(Some(BTreeSet::new()));
+                }
+                chunks
+            }
+        };
+        // Services only ever look at their own slices (and the node-level inputs every
+        // chunk shares), so building chunk by chunk and concatenating the service lists,
+        // in key order, gives the model a single build would.
+        let mut model: Option<Model> = None;
+        let mut warnings = Vec::new();
+        for chunk in chunks {
+            let objects = self.source.objects(chunk.as_ref());
+            if model.is_none() {
+                let eligible = node_eligible(&objects, &self.settings.hostname);
+                self.health.set_node_eligible(eligible);
+            }
+            let (m, w) = model::build(&objects, &self.settings);
+            drop(objects);
+            warnings.extend(w);
+            match model.as_mut() {
+                None => model = Some(m),
+                Some(acc) => {
+                    for (a, f) in acc.families.iter_mut().zip(m.families) {
+                        a.services.extend(f.services);
+                    }
+                }
+            }
+        }
+        let model = model.unwrap_or_default();
+        warnings.sort();
+        warnings.dedup();
         for w in &warnings {
             tracing::warn!(object = %w.object, reason = %w.reason, "skipping invalid input");
             let kind = w.object.split(' ').next().unwrap_or("Unknown");

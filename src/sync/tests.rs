@@ -132,6 +132,15 @@ mod erased {
 }
 
 impl Source for MemorySource {
+    fn service_keys(&self) -> Option<Vec<ServiceKey>> {
+        let g = self.inner.lock().unwrap();
+        let mut keys: Vec<ServiceKey> = g.1.services.iter().map(key_of_service).collect();
+        keys.extend(g.1.slices.iter().map(key_of_slice));
+        keys.sort();
+        keys.dedup();
+        Some(keys)
+    }
+
     fn synced(&self) -> bool {
         self.inner.lock().unwrap().0
     }
@@ -637,4 +646,17 @@ fn changes_coalesce_and_respect_the_min_sync_period() {
         ..fixture(NODE)
     };
     assert_programmed(&mut f, "10.244.1.29");
+}
+
+#[test]
+fn full_syncs_built_in_chunks_equal_one_build() {
+    for chunk in [1, 2, 1000] {
+        let mut f = fixture(&two_services());
+        f.syncer.config.build_chunk = chunk;
+        f.syncer.sync(true).unwrap();
+        assert!(
+            f.syncer.backend().state() == &expected(&f.source),
+            "chunk size {chunk}"
+        );
+    }
 }
