@@ -1,0 +1,241 @@
+//! Daemon benchmarks (need root: each runs in a throwaway network namespace).
+//!
+//! - `event_to_commit/50000x10`: kproxy's own time for one endpoint change with 50k
+//!   services × 10 endpoints cached and programmed: from the watch event reaching the
+//!   informer cache (`Cache::apply`) through the partial sync (objects → model → render →
+//!   diff → netlink commit), minSyncPeriod 0. Target: under 10 ms.
+//! - printed once: the steady-state RSS of `kproxy run` (a real process, against the
+//!   API server stand-in holding 50k services × 10 endpoints) after its first full sync.
+//!   Target: under 300 MiB.
+//!
+//! Only under `cargo bench --bench daemon` (release build, minutes); `cargo test --benches`
+//! runs this binary without `--bench` and it returns at once.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+
+use kproxy::admin::{HealthChecks, ProxyHealth};
+use kproxy::backend::netlink::NetlinkBackend;
+use kproxy::k8s::cache::{Cache, Update};
+use kproxy::metrics::Metrics;
+use kproxy::sync::{SyncConfig, Syncer, Trigger};
+use kproxy::testutil::{synthetic_cluster, synthetic_settings, InNetns};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SERVICES: usize = 50_000;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A cache holding the synthetic cluster (as after the watchers' first lists).
+fn filled_cache(services: usize, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Arc<Cache> {
+    let objects = synthetic_cluster(services, 10, false);
+    let cache = Arc::new(Cache::new(
+        &synthetic_settings().hostname,
+        trigger,
+        metrics,
+    ));
+    cache.apply(Update::Node(Event::Init));
+    for n in objects.nodes {
+        cache.apply(Update::Node(Event::InitApply(n)));
+    }
+    cache.apply(Update::Node(Event::InitDone));
+    cache.apply(Update::Service(Event::Init));
+    for s in objects.services {
+        cache.apply(Update::Service(Event::InitApply(s)));
+    }
+    cache.apply(Update::Service(Event::InitDone));
+    cache.apply(Update::Slice(Event::Init));
+    for s in objects.slices {
+        cache.apply(Update::Slice(Event::InitApply(s)));
+    }
+    cache.apply(Update::Slice(Event::InitDone));
+    cache
+}
+
+/// Slice `i` of the synthetic cluster with one extra endpoint (or without it).
+fn changed_slice(base: &EndpointSlice, extra: bool, n: usize) -> EndpointSlice {
+    let mut s = base.clone();
+    if extra {
+        let mut e = s.endpoints[0].clone();
+        e.addresses = vec![format!("10.250.{}.{}", (n / 250) % 250, n % 250 + 1)];
+        s.endpoints.push(e);
+    }
+    s
+}
+
+fn event_to_commit(c: &mut Criterion) {
+    let _ns = InNetns::enter("daemon");
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+    let trigger = Trigger::new(health.clone(), metrics.clone());
+    let cache = filled_cache(SERVICES, trigger, metrics.clone());
+    let backend = NetlinkBackend::new("kproxy").expect("netlink");
+    let mut config = SyncConfig::new(Duration::ZERO, Duration::from_secs(30));
+    config.defer_chain_deletes = false;
+    let mut syncer = Syncer::new(
+        cache.clone(),
+        backend,
+        synthetic_settings(),
+        config,
+        metrics,
+        health,
+        Arc::new(HealthChecks::default()),
+    );
+    let start = Instant::now();
+    syncer.sync(true).expect("first full sync");
+    println!(
+        "first full sync from the cache, {SERVICES}x10: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    let base = synthetic_cluster(1, 10, false).slices.remove(0);
+    let mut n = 0usize;
+    let mut g = c.benchmark_group("event_to_commit");
+    g.sample_size(50);
+    g.bench_with_input(BenchmarkId::from_parameter(format!("{SERVICES}x10")), &(), |b, _| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let slice = changed_slice(&base, n % 2 == 1, n);
+                let t = Instant::now();
+                cache.apply(Update::Slice(Event::Apply(slice)));
+                let r = syncer.sync(false).expect("partial sync");
+                total += t.elapsed();
+                assert!(!r.full && r.operations > 0, "{r:?}");
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// The body of a plain HTTP GET (no keep-alive).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Runs `kproxy run` against the stand-in with the synthetic cluster and prints its RSS
+/// once the first full sync is done and the process is idle.
+fn steady_state_rss() {
+    use kproxy::testutil::apiserver::ApiServer;
+    // This thread lives in the namespace: the stand-in, kproxy and the metrics scrape.
+    let ns = InNetns::enter("rss");
+    let api = ApiServer::start_in_netns(ns.name()).expect("api server");
+    let objects = synthetic_cluster(SERVICES, 10, false);
+    let load = Instant::now();
+    for n in objects.nodes {
+        api.apply(serde_json::to_value(n).expect("json"));
+    }
+    for s in objects.services {
+        api.apply(serde_json::to_value(s).expect("json"));
+    }
+    for s in objects.slices {
+        api.apply(serde_json::to_value(s).expect("json"));
+    }
+    println!(
+        "stand-in loaded with {SERVICES} services in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_kproxy"), "run"])
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args([
+            "--hostname-override=node-a",
+            "--cluster-cidr=10.128.0.0/9",
+            "--healthz-bind-address=127.0.0.1:10256",
+            "--metrics-bind-address=127.0.0.1:10249",
+            "--conntrack-max-per-core=0",
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("kproxy run");
+    // The child of `ip netns exec` is kproxy itself (exec), so its pid is the child's.
+    let pid = child.id();
+    let started = Instant::now();
+    let mut synced_at = None;
+    let mut samples: BTreeMap<&str, u64> = BTreeMap::new();
+    while started.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(500));
+        let metrics = http_get("127.0.0.1:10249", "/metrics").unwrap_or_default();
+        let programmed = metrics
+            .lines()
+            .find(|l| l.starts_with("kproxy_programmed_service_ports{ip_family=\"IPv4\"}"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if let Some(rss) = rss_kib(pid) {
+            let peak = samples.entry("peak").or_default();
+            *peak = (*peak).max(rss);
+        }
+        if programmed as usize >= SERVICES && synced_at.is_none() {
+            synced_at = Some(started.elapsed());
+        }
+        if let Some(at) = synced_at {
+            if started.elapsed() > at + Duration::from_secs(10) {
+                break;
+            }
+        }
+    }
+    let rss = rss_kib(pid).unwrap_or(0);
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = child.wait();
+    match synced_at {
+        Some(at) => println!(
+            "kproxy_run_steady_state_rss/{SERVICES}x10: {:.1} MiB (10 s after the first full sync, reached {:.1} s after start; sampled peak {:.1} MiB)",
+            rss as f64 / 1024.0,
+            at.as_secs_f64(),
+            samples["peak"] as f64 / 1024.0
+        ),
+        None => println!("kproxy_run_steady_state_rss: kproxy did not finish its first sync in 300 s"),
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("daemon benchmarks: run with `cargo bench --bench daemon` (skipped in test mode)");
+        return;
+    }
+    if !is_root() {
+        println!("skipping daemon benchmarks: they need root for network namespaces");
+        return;
+    }
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wants = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if wants("kproxy_run_steady_state_rss") {
+        steady_state_rss();
+    }
+    if wants("event_to_commit") {
+        let mut c = Criterion::default().configure_from_args();
+        event_to_commit(&mut c);
+        c.final_summary();
+    }
+}
