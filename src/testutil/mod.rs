@@ -1,7 +1,9 @@
 //! Test seams (feature `test-util`): synthetic clusters for benchmarks and tests.
 //!
-//! Owns: generating realistic object sets of any size. Must not be used by the daemon or
-//! the CLI.
+//! Owns: generating realistic object sets of any size, and (`apiserver`) a local
+//! Kubernetes API server stand-in for daemon tests. Must not be used by the daemon or the CLI.
+
+pub mod apiserver;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
