@@ -40,16 +40,14 @@ fn is_root() -> bool {
 /// A cache holding the synthetic cluster (as after the watchers' first lists).
 fn filled_cache(services: usize, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Arc<Cache> {
     let objects = synthetic_cluster(services, 10, false);
-    let cache = Arc::new(Cache::new(
-        &synthetic_settings().hostname,
-        trigger,
-        metrics,
-    ));
+    let cache = Arc::new(Cache::new(&synthetic_settings().hostname, trigger, metrics));
     cache.apply(Update::Node(Event::Init));
     for n in objects.nodes {
         cache.apply(Update::Node(Event::InitApply(n)));
     }
     cache.apply(Update::Node(Event::InitDone));
+    cache.apply(Update::ServiceCidr(Event::Init));
+    cache.apply(Update::ServiceCidr(Event::InitDone));
     cache.apply(Update::Service(Event::Init));
     for s in objects.services {
         cache.apply(Update::Service(Event::InitApply(s)));
@@ -67,9 +65,10 @@ fn filled_cache(services: usize, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -
 fn changed_slice(base: &EndpointSlice, extra: bool, n: usize) -> EndpointSlice {
     let mut s = base.clone();
     if extra {
-        let mut e = s.endpoints[0].clone();
+        let eps = s.endpoints.get_or_insert_with(Vec::new);
+        let mut e = eps[0].clone();
         e.addresses = vec![format!("10.250.{}.{}", (n / 250) % 250, n % 250 + 1)];
-        s.endpoints.push(e);
+        eps.push(e);
     }
     s
 }
@@ -103,21 +102,25 @@ fn event_to_commit(c: &mut Criterion) {
     let mut n = 0usize;
     let mut g = c.benchmark_group("event_to_commit");
     g.sample_size(50);
-    g.bench_with_input(BenchmarkId::from_parameter(format!("{SERVICES}x10")), &(), |b, _| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                n += 1;
-                let slice = changed_slice(&base, n % 2 == 1, n);
-                let t = Instant::now();
-                cache.apply(Update::Slice(Event::Apply(slice)));
-                let r = syncer.sync(false).expect("partial sync");
-                total += t.elapsed();
-                assert!(!r.full && r.operations > 0, "{r:?}");
-            }
-            total
-        })
-    });
+    g.bench_with_input(
+        BenchmarkId::from_parameter(format!("{SERVICES}x10")),
+        &(),
+        |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let slice = changed_slice(&base, n % 2 == 1, n);
+                    let t = Instant::now();
+                    cache.apply(Update::Slice(Event::Apply(slice)));
+                    let r = syncer.sync(false).expect("partial sync");
+                    total += t.elapsed();
+                    assert!(!r.full && r.operations > 0, "{r:?}");
+                }
+                total
+            })
+        },
+    );
     g.finish();
 }
 
@@ -126,7 +129,11 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out.split_once("\r\n\r\n")?.1.to_string())
@@ -150,15 +157,10 @@ fn steady_state_rss() {
     let api = ApiServer::start_in_netns(ns.name()).expect("api server");
     let objects = synthetic_cluster(SERVICES, 10, false);
     let load = Instant::now();
-    for n in objects.nodes {
-        api.apply(serde_json::to_value(n).expect("json"));
-    }
-    for s in objects.services {
-        api.apply(serde_json::to_value(s).expect("json"));
-    }
-    for s in objects.slices {
-        api.apply(serde_json::to_value(s).expect("json"));
-    }
+    api.apply_all(&objects.nodes);
+    api.apply_all(&objects.services);
+    api.apply_all(&objects.slices);
+    drop(objects);
     println!(
         "stand-in loaded with {SERVICES} services in {:.1} s",
         load.elapsed().as_secs_f64()
@@ -167,7 +169,13 @@ fn steady_state_rss() {
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_kproxy"), "run"])
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            env!("CARGO_BIN_EXE_kproxy"),
+            "run",
+        ])
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .args([
             "--hostname-override=node-a",

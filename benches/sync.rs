@@ -28,7 +28,7 @@ use kproxy::model::{self, EndpointAddr, Model};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::Family;
 use kproxy::render::Renderer;
-use kproxy::testutil::{synthetic_cluster, synthetic_settings};
+use kproxy::testutil::{synthetic_cluster, synthetic_settings, InNetns};
 
 /// Counts live and peak heap bytes, on top of the binary's allocator (mimalloc).
 struct Counting;
@@ -64,44 +64,6 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-/// A network namespace this thread lives in until dropped.
-struct InNetns {
-    name: String,
-    home: std::fs::File,
-}
-
-impl InNetns {
-    fn enter(tag: &str) -> InNetns {
-        let name = format!("kpx-bench-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
-        assert!(ok.success());
-        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-        let target = std::fs::File::open(format!("/var/run/netns/{name}")).expect("new netns");
-        setns(&target);
-        InNetns { name, home }
-    }
-}
-
-fn setns(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on a valid namespace file descriptor; affects this thread only.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        setns(&self.home);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 fn model_for(n: usize) -> Model {

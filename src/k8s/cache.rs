@@ -169,6 +169,8 @@ struct State {
     cidrs_seen: Option<HashSet<String>>,
     services_synced: bool,
     slices_synced: bool,
+    node_synced: bool,
+    cidrs_synced: bool,
 
     /// Changes since the last `take_changes`.
     service_changed: BTreeSet<ServiceKey>,
@@ -179,8 +181,11 @@ struct State {
 }
 
 impl State {
+    /// Every watcher finished its first list: the Node and the ServiceCIDRs too, so the
+    /// first sync already has the node's IPs and the CIDRs (otherwise their arrival a
+    /// moment later would force a second full sync, and a missing Node an Event).
     fn synced(&self) -> bool {
-        self.services_synced && self.slices_synced
+        self.services_synced && self.slices_synced && self.node_synced && self.cidrs_synced
     }
 
     /// A relist of this resource is open (`Init` seen, `InitDone` not yet).
@@ -555,10 +560,13 @@ impl Cache {
                 node.metadata.name.as_deref() == Some(self.node_name.as_str())
                     && st.node.take().is_some()
             }
-            Event::InitDone => match st.node_seen.take() {
-                Some(false) => st.node.take().is_some(),
-                _ => false,
-            },
+            Event::InitDone => {
+                st.node_synced = true;
+                match st.node_seen.take() {
+                    Some(false) => st.node.take().is_some(),
+                    _ => false,
+                }
+            }
         };
         st.node_changed |= changed;
         changed
@@ -588,6 +596,7 @@ impl Cache {
                 st.cidrs.remove(&name).is_some()
             }
             Event::InitDone => {
+                st.cidrs_synced = true;
                 let Some(seen) = st.cidrs_seen.take() else {
                     return false;
                 };
@@ -758,7 +767,7 @@ async fn watch<K>(
                         .with_label_values(&[resource, "Error"])
                         .inc();
                     let code = api_code(&e);
-                    if optional && code == Some(404) {
+                    if optional && matches!(code, Some(404) | Some(403)) {
                         tracing::info!(
                             resource,
                             "the API server does not serve this resource; treating it as empty"

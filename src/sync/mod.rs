@@ -495,13 +495,14 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 .with_label_values(&[l])
                 .set(ports.get(&family).copied().unwrap_or(0));
         }
-        // A service with ports in both families appears twice; serve it once, summing
-        // local endpoints as upstream's per-service count does.
+        // A dual-stack service appears once per family; one server answers for both.
+        // Upstream runs one server per family, each counting its own family's endpoints;
+        // with dual-stack pods the counts are equal, so the larger one is reported.
         let mut merged: BTreeMap<u16, HealthCheckService> = BTreeMap::new();
         for hc in hcs {
             merged
                 .entry(hc.node_port)
-                .and_modify(|m| m.local_endpoints += hc.local_endpoints)
+                .and_modify(|m| m.local_endpoints = m.local_endpoints.max(hc.local_endpoints))
                 .or_insert(hc);
         }
         self.health_checks.update(merged.into_values().collect());

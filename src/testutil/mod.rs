@@ -77,3 +77,45 @@ pub fn synthetic_settings() -> Settings {
         ..Settings::default()
     }
 }
+
+/// A throwaway network namespace the calling thread lives in until dropped (benchmarks).
+/// Created with `ip netns add`, left and deleted on drop.
+pub struct InNetns {
+    name: String,
+    home: std::fs::File,
+}
+
+impl InNetns {
+    /// Creates `kpx-bench-<tag>-<pid>` and moves this thread into it.
+    pub fn enter(tag: &str) -> InNetns {
+        use std::process::Command;
+        let name = format!("kpx-bench-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "ip netns add {name}");
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        crate::backend::netlink::enter_netns(std::path::Path::new(&format!(
+            "/var/run/netns/{name}"
+        )))
+        .expect("enter the new netns");
+        InNetns { name, home }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on the namespace file this thread came from; affects this thread.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}

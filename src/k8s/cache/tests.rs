@@ -61,8 +61,17 @@ fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
     names.iter().map(|n| key(n)).collect()
 }
 
+/// The Node and ServiceCIDR watchers finish their first lists, finding nothing.
+fn lists_done_without_objects(c: &Cache) {
+    c.apply(Update::Node(Event::Init));
+    c.apply(Update::Node(Event::InitDone));
+    c.apply(Update::ServiceCidr(Event::Init));
+    c.apply(Update::ServiceCidr(Event::InitDone));
+}
+
 /// Lists services and slices once (both watchers complete) and forgets the changes.
 fn synced_with(c: &Cache, services: Vec<Service>, slices: Vec<EndpointSlice>) {
+    lists_done_without_objects(c);
     c.apply(Update::Service(Event::Init));
     for s in services {
         c.apply(Update::Service(Event::InitApply(s)));
@@ -93,8 +102,10 @@ fn names(objects: &Objects) -> (Vec<String>, Vec<String>) {
 }
 
 #[test]
-fn synced_after_both_first_lists_and_notified_then() {
+fn synced_after_all_first_lists_and_notified_then() {
     let (c, m) = cache();
+    c.apply(Update::ServiceCidr(Event::Init));
+    c.apply(Update::ServiceCidr(Event::InitDone));
     c.apply(Update::Service(Event::Init));
     c.apply(Update::Service(Event::InitApply(svc("a", "10.0.0.1"))));
     c.apply(Update::Service(Event::InitDone));
@@ -107,9 +118,11 @@ fn synced_after_both_first_lists_and_notified_then() {
         &["10.1.0.1"],
     ))));
     assert!(!c.synced());
-    // Node and ServiceCIDRs never gate readiness.
-    c.apply(Update::Node(Event::Init));
     c.apply(Update::Slice(Event::InitDone));
+    assert!(!c.synced(), "the Node list is not in yet");
+    assert!(!notified(&m));
+    c.apply(Update::Node(Event::Init));
+    c.apply(Update::Node(Event::InitDone));
     assert!(c.synced());
     assert!(notified(&m));
     let ch = c.take_changes();
