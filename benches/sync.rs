@@ -10,14 +10,10 @@
 //! - and, printed once: the peak heap of the sync path (model, rulesets, transaction,
 //!   encoded batch; manifests excluded) for 50k × 10 (target < 300 MiB).
 
-use std::alloc::{GlobalAlloc, Layout};
-
-use mimalloc::MiMalloc;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
@@ -28,29 +24,7 @@ use kproxy::model::{self, EndpointAddr, Model};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::Family;
 use kproxy::render::Renderer;
-use kproxy::testutil::{synthetic_cluster, synthetic_settings, InNetns};
-
-/// Counts live and peak heap bytes, on top of the binary's allocator (mimalloc).
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: forwarded to mimalloc with the caller's layout.
-        let p = unsafe { MiMalloc.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` was allocated by `alloc` above with this layout.
-        unsafe { MiMalloc.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
+use kproxy::testutil::{synthetic_cluster, synthetic_settings, Counting, InNetns};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -370,18 +344,18 @@ fn memory() {
     let mut b = NetlinkBackend::new("kproxy").expect("netlink");
     let objects = synthetic_cluster(50_000, 10, false);
     let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = Counting::live();
+    Counting::reset_peak();
     let (m, _) = model::build(&objects, &synthetic_settings());
-    let model_bytes = LIVE.load(Ordering::Relaxed) - base;
+    let model_bytes = Counting::live() - base;
     let mut renderer = Renderer::new();
     let next = renderer.full(&m);
-    let with_ruleset = LIVE.load(Ordering::Relaxed) - base;
+    let with_ruleset = Counting::live() - base;
     kproxy::apply::apply(&mut b, &next, false, false).expect("apply");
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let peak = Counting::peak() - base;
     drop(next);
     drop(m);
-    let retained = LIVE.load(Ordering::Relaxed).saturating_sub(base);
+    let retained = Counting::live().saturating_sub(base);
     println!(
         "sync_path_peak_heap/50000x10: {:.1} MiB (model, rulesets, transaction, encoded batch; manifests excluded)",
         mib(peak)

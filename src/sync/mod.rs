@@ -15,7 +15,7 @@
 //! Conntrack cleanup and Kubernetes Events reach it as trait objects ([`FlowCleaner`],
 //! [`WarningSink`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -222,6 +222,78 @@ impl PortFacts {
     }
 }
 
+type PortKey = (Family, ServicePortName);
+
+/// Every programmed port's facts, with running totals so a partial sync updates the gauges
+/// and health checks in time proportional to what changed, not to the cluster.
+#[derive(Debug, Default)]
+struct Facts {
+    ports: BTreeMap<PortKey, PortFacts>,
+    /// Per family: ports, no-local (internal), no-local (external).
+    totals: BTreeMap<Family, [i64; 3]>,
+    health_checks: BTreeMap<PortKey, HealthCheckService>,
+    health_checks_changed: bool,
+}
+
+impl Facts {
+    fn account(&mut self, family: Family, f: &PortFacts, sign: i64) {
+        let t = self.totals.entry(family).or_default();
+        t[0] += sign;
+        t[1] += sign * f.no_local_internal as i64;
+        t[2] += sign * f.no_local_external as i64;
+    }
+
+    fn insert(&mut self, key: PortKey, f: PortFacts) {
+        self.remove(&key);
+        self.account(key.0, &f, 1);
+        if let Some(hc) = &f.health_check {
+            self.health_checks.insert(key.clone(), hc.clone());
+            self.health_checks_changed = true;
+        }
+        self.ports.insert(key, f);
+    }
+
+    fn remove(&mut self, key: &PortKey) -> Option<PortFacts> {
+        let f = self.ports.remove(key)?;
+        self.account(key.0, &f, -1);
+        if self.health_checks.remove(key).is_some() {
+            self.health_checks_changed = true;
+        }
+        Some(f)
+    }
+
+    fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The ports of these services (range lookups: ports sort by namespace, name first).
+    fn keys_of(&self, services: &BTreeSet<ServiceKey>) -> Vec<PortKey> {
+        let mut out = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            for (ns, name) in services {
+                let start = ServicePortName {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    port: String::new(),
+                    protocol: Protocol::Tcp,
+                };
+                out.extend(
+                    self.ports
+                        .range((family, start)..)
+                        .map(|(k, _)| k)
+                        .take_while(|(f, n)| *f == family && n.namespace == *ns && n.name == *name)
+                        .cloned(),
+                );
+            }
+        }
+        out
+    }
+
+    fn total(&self, family: Family, i: usize) -> i64 {
+        self.totals.get(&family).map_or(0, |t| t[i])
+    }
+}
+
 /// The sync loop's state.
 pub struct Syncer<S: Source + ?Sized, B: Backend> {
     source: Arc<S>,
@@ -237,7 +309,7 @@ pub struct Syncer<S: Source + ?Sized, B: Backend> {
     /// Returns the host's addresses (for nodePortAddresses CIDRs and conntrack); `None`
     /// leaves `settings.local_addresses` as given.
     local_addresses: Option<Box<dyn Fn() -> Vec<IpAddr> + Send>>,
-    facts: BTreeMap<(Family, ServicePortName), PortFacts>,
+    facts: Facts,
     needs_full: bool,
     last_sync: Option<Instant>,
     last_full: Option<Instant>,
@@ -285,7 +357,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             cleaner: None,
             warnings: None,
             local_addresses: None,
-            facts: BTreeMap::new(),
+            facts: Facts::default(),
             needs_full: true,
             last_sync: None,
             last_full: None,
@@ -470,42 +542,33 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         self.metrics
             .last_sync_kind
             .set(if r.full { 1.0 } else { 0.0 });
-        // Gauges derived from the per-port facts.
-        let mut no_local: HashMap<(Family, &str), i64> = HashMap::new();
-        let mut ports: HashMap<Family, i64> = HashMap::new();
-        let mut hcs = Vec::new();
-        for ((family, _), f) in &self.facts {
-            *ports.entry(*family).or_default() += 1;
-            *no_local.entry((*family, "internal")).or_default() += f.no_local_internal as i64;
-            *no_local.entry((*family, "external")).or_default() += f.no_local_external as i64;
-            if let Some(hc) = &f.health_check {
-                hcs.push(hc.clone());
-            }
-        }
         for family in [Family::V4, Family::V6] {
             let l = family_label(family);
-            for policy in ["internal", "external"] {
+            for (i, policy) in [(1, "internal"), (2, "external")] {
                 self.metrics
                     .no_local_endpoints
                     .with_label_values(&[l, policy])
-                    .set(no_local.get(&(family, policy)).copied().unwrap_or(0));
+                    .set(self.facts.total(family, i));
             }
             self.metrics
                 .programmed_service_ports
                 .with_label_values(&[l])
-                .set(ports.get(&family).copied().unwrap_or(0));
+                .set(self.facts.total(family, 0));
         }
-        // A dual-stack service appears once per family; one server answers for both.
-        // Upstream runs one server per family, each counting its own family's endpoints;
-        // with dual-stack pods the counts are equal, so the larger one is reported.
-        let mut merged: BTreeMap<u16, HealthCheckService> = BTreeMap::new();
-        for hc in hcs {
-            merged
-                .entry(hc.node_port)
-                .and_modify(|m| m.local_endpoints = m.local_endpoints.max(hc.local_endpoints))
-                .or_insert(hc);
+        if std::mem::take(&mut self.facts.health_checks_changed) {
+            // A dual-stack service appears once per family; one server answers for both.
+            // Upstream runs one server per family, each counting its own family's
+            // endpoints; with dual-stack pods the counts are equal, so the larger is
+            // reported.
+            let mut merged: BTreeMap<u16, HealthCheckService> = BTreeMap::new();
+            for hc in self.facts.health_checks.values() {
+                merged
+                    .entry(hc.node_port)
+                    .and_modify(|m| m.local_endpoints = m.local_endpoints.max(hc.local_endpoints))
+                    .or_insert_with(|| hc.clone());
+            }
+            self.health_checks.update(merged.into_values().collect());
         }
-        self.health_checks.update(merged.into_values().collect());
     }
 
     fn build(&mut self, only: Option<&BTreeSet<ServiceKey>>) -> (Model, usize) {
@@ -570,7 +633,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         let ruleset = self.renderer.full(&model);
         // What later partial syncs need from the model, taken before it is dropped: the
         // model is as large as the ruleset, and the commit is the sync's memory peak.
-        let mut facts = BTreeMap::new();
+        let mut facts = Facts::default();
         let mut udp: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
         for fm in &model.families {
             for sp in &fm.services {
@@ -632,16 +695,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         // Update the per-port facts of the changed services, remembering UDP ports that
         // went away for conntrack.
         let mut gone: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
-        let changed_keys: Vec<(Family, ServicePortName)> = self
-            .facts
-            .keys()
-            .filter(|(_, n)| {
-                changes
-                    .services
-                    .contains(&(n.namespace.clone(), n.name.clone()))
-            })
-            .cloned()
-            .collect();
+        let changed_keys = self.facts.keys_of(&changes.services);
         for key in changed_keys {
             let f = self.facts.remove(&key).expect("listed");
             if let Some(mut sp) = f.udp {

@@ -96,6 +96,10 @@ impl InNetns {
             .status()
             .expect("ip netns add");
         assert!(ok.success(), "ip netns add {name}");
+        // Loopback comes down in a new namespace; servers inside listen on 127.0.0.1.
+        let _ = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status();
         let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
         crate::backend::netlink::enter_netns(std::path::Path::new(&format!(
             "/var/run/netns/{name}"
@@ -117,5 +121,47 @@ impl Drop for InNetns {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// A global allocator for benchmarks that counts live and peak heap bytes on top of
+/// mimalloc (the binary's allocator): `#[global_allocator] static A: Counting = Counting;`.
+pub struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Counting {
+    /// Bytes currently allocated.
+    pub fn live() -> usize {
+        LIVE.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// The most bytes allocated at once since the last [`Counting::reset_peak`].
+    pub fn peak() -> usize {
+        PEAK.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Starts a new peak measurement from the current live bytes.
+    pub fn reset_peak() {
+        PEAK.store(Counting::live(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to mimalloc with the caller's layout; the counters are
+// only statistics.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // SAFETY: forwarded to mimalloc with the caller's layout.
+        let p = unsafe { mimalloc::MiMalloc.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
+            PEAK.fetch_max(now, Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        // SAFETY: `p` was allocated by `alloc` above with this layout.
+        unsafe { mimalloc::MiMalloc.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
     }
 }
