@@ -141,21 +141,6 @@ fn event_to_commit(c: &mut Criterion) {
     g.finish();
 }
 
-/// The body of a plain HTTP GET (no keep-alive).
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
-}
-
 /// VmRSS of a process, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -211,7 +196,9 @@ fn steady_state_rss() {
     let mut samples: BTreeMap<&str, u64> = BTreeMap::new();
     while started.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(500));
-        let metrics = http_get("127.0.0.1:10249", "/metrics").unwrap_or_default();
+        let metrics = kproxy::testutil::http_get("127.0.0.1:10249", "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
         let programmed = metrics
             .lines()
             .find(|l| l.starts_with("kproxy_programmed_service_ports{ip_family=\"IPv4\"}"))

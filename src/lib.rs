@@ -1,7 +1,8 @@
 //! kproxy: a Kubernetes kube-proxy replacement that programs nftables over netlink.
 //!
 //! ```text
-//!  manifests ──load──▶ k8s::manifests ─┐          (later: API server ──watch──▶ k8s informers)
+//!  API server ──list/watch──▶ k8s::cache (watchers → compact store; implements sync::Source)
+//!  manifests ──load──▶ k8s::manifests ─┐
 //!                                      ▼ Objects (Service, EndpointSlice, Node, ServiceCIDR)
 //!  config (flags + KubeProxyConfiguration) ──▶ model::Settings
 //!                                      │
@@ -23,11 +24,21 @@
 //!  apply                 one-shot: dump → diff → apply (`kproxy apply`, `cleanup`)
 //!  trace         (pure)  Ruleset + a packet → where a new connection goes
 //!  report                Model → the reviewer's summary / JSON
-//!  cli                   `kproxy render | trace | apply | cleanup`: flags → Config → the above
+//!  sync                  the daemon's loop: readiness gate, coalescing, minSyncPeriod,
+//!                        partial (Renderer::update) or full (apply) syncs, retries,
+//!                        drift repair; feeds conntrack, k8s::events, admin, metrics
+//!  conntrack             stale UDP flows deleted over ctnetlink after endpoint changes
+//!  admin, metrics        /healthz /livez (10256), /metrics /proxyMode (10249),
+//!                        health-check NodePorts; upstream's metric names
+//!  cli, app              `kproxy render | trace | apply | cleanup | run`: flags → Config →
+//!                        the above; `app` wires the daemon (tokio runtime, signals)
 //! ```
 //!
-//! The pure core (`model`, `nft`, `render`, `trace`) does no I/O, reads no clocks and
-//! spawns nothing; only `k8s::manifests` and `config` read files, and only `main` exits.
+//! The pure core (`model`, `nft`, `render`, `diff`, `trace`) does no I/O, reads no clocks
+//! and spawns nothing; only `k8s` talks to the API server, only `backend` (netlink, and
+//! `takeover` for kube-proxy's leftovers) and `conntrack` change the kernel's tables
+//! (`app` sets the conntrack sysctls), only `admin` listens on ports, and only `main`
+//! exits.
 
 pub mod admin;
 pub mod app;

@@ -10,8 +10,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -202,24 +202,11 @@ impl Drop for Daemon {
 
 /// A plain HTTP GET from inside the node namespace: (status, body).
 fn http_get(t: &Topology, addr: &str, path: &str) -> Option<(u16, String)> {
-    let addr = addr.to_string();
-    let path = path.to_string();
+    let (addr, path) = (addr.to_string(), path.to_string());
     let ns = format!("/var/run/netns/{}", t.node.name);
     std::thread::spawn(move || {
         kproxy::backend::netlink::enter_netns(std::path::Path::new(&ns)).ok()?;
-        let sa: SocketAddr = addr.parse().ok()?;
-        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n")?.1.to_string();
-        Some((status, body))
+        kproxy::testutil::http_get(&addr, &path)
     })
     .join()
     .ok()
@@ -288,6 +275,21 @@ struct Setup {
     api: ApiServer,
     _dir: tempfile::TempDir,
     kubeconfig: std::path::PathBuf,
+}
+
+impl Setup {
+    /// Service `web` (ClusterIP S10) on these pods, `kproxy run` started, and the IPv4
+    /// ClusterIP seen reaching exactly those pods.
+    fn running_web(&self, pods_: &[&str]) -> (Daemon, String) {
+        self.api.apply(&service("web", 10, None, json!({})));
+        slices(&self.api, "web", pods_);
+        let d = Daemon::start(&self.t, &self.kubeconfig, &[]);
+        let ip = cluster_ip(Family::V4, 10);
+        eventually("programmed", &d, || {
+            reached(&self.t, &ip) == pods(Family::V4, pods_)
+        });
+        (d, ip)
+    }
 }
 
 fn setup() -> Setup {
@@ -426,13 +428,7 @@ fn api_outage_dropped_streams_and_410_change_nothing_and_are_caught_up() {
     }
     let s = setup();
     let (t, api) = (&s.t, &s.api);
-    api.apply(&service("web", 10, None, json!({})));
-    slices(api, "web", &["A1"]);
-    let d = Daemon::start(t, &s.kubeconfig, &[]);
-    let ip = cluster_ip(Family::V4, 10);
-    eventually("programmed", &d, || {
-        reached(t, &ip) == pods(Family::V4, &["A1"])
-    });
+    let (d, ip) = s.running_web(&["A1"]);
 
     // The API server goes away: nothing changes on the node.
     api.set_down(true);
@@ -499,14 +495,8 @@ fn a_flushed_table_is_repaired_within_seconds() {
         return;
     }
     let s = setup();
-    let (t, api) = (&s.t, &s.api);
-    api.apply(&service("web", 10, None, json!({})));
-    slices(api, "web", &["A1"]);
-    let d = Daemon::start(t, &s.kubeconfig, &[]);
-    let ip = cluster_ip(Family::V4, 10);
-    eventually("programmed", &d, || {
-        reached(t, &ip) == pods(Family::V4, &["A1"])
-    });
+    let t = &s.t;
+    let (d, ip) = s.running_web(&["A1"]);
     let before = t.node_ruleset_text();
 
     // A firewall reload flushes kproxy's IPv4 table.
@@ -528,14 +518,9 @@ fn restart_adopts_the_rules_without_breaking_an_established_connection() {
         return;
     }
     let s = setup();
-    let (t, api) = (&s.t, &s.api);
-    api.apply(&service("web", 10, None, json!({})));
-    slices(api, "web", &["A1", "A2"]);
-    let d = Daemon::start(t, &s.kubeconfig, &[]);
-    let ip: IpAddr = cluster_ip(Family::V4, 10).parse().unwrap();
-    eventually("programmed", &d, || {
-        reached(t, &ip.to_string()) == pods(Family::V4, &["A1", "A2"])
-    });
+    let t = &s.t;
+    let (d, ip) = s.running_web(&["A1", "A2"]);
+    let ip: IpAddr = ip.parse().unwrap();
     let before = t.node_ruleset_text();
 
     let held = t.hold(Client::Pod("A3"), ip, 80, Duration::from_secs(5));

@@ -56,20 +56,7 @@ fn cleanup_kube_proxy_removes_upstreams_rules_and_nothing_else() {
         println!("takeover: iptables-nft/iptables-legacy not installed; checking nftables only");
     }
 
-    let o = ns.exec(
-        env!("CARGO_BIN_EXE_kproxy"),
-        &[
-            "run",
-            "--cleanup",
-            "--cleanup-kube-proxy",
-            "--hostname-override=node-a",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "kproxy run --cleanup --cleanup-kube-proxy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    takeover(&ns);
 
     let tables = sh(&ns, "nft list tables");
     assert!(!tables.contains("kube-proxy"), "{tables}");
@@ -93,6 +80,10 @@ fn cleanup_kube_proxy_removes_upstreams_rules_and_nothing_else() {
     }
 
     // A second run finds nothing and still succeeds.
+    takeover(&ns);
+}
+
+fn takeover(ns: &Netns) {
     let o = ns.exec(
         env!("CARGO_BIN_EXE_kproxy"),
         &[
@@ -102,5 +93,9 @@ fn cleanup_kube_proxy_removes_upstreams_rules_and_nothing_else() {
             "--hostname-override=node-a",
         ],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "kproxy run --cleanup --cleanup-kube-proxy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -30,28 +30,17 @@ fn apply_file(api: &ApiServer, path: &str) -> Result<usize, String> {
         eprintln!("kproxy-apiserver: {w}");
     }
     let o = loaded.objects;
-    let mut n = 0;
-    for v in o.nodes.iter().map(serde_json::to_value) {
-        api.try_apply(&v.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        n += 1;
+    let values: Vec<serde_json::Result<serde_json::Value>> = (o.nodes.iter())
+        .map(serde_json::to_value)
+        .chain(o.service_cidrs.iter().map(serde_json::to_value))
+        .chain(o.services.iter().map(serde_json::to_value))
+        .chain(o.slices.iter().map(serde_json::to_value))
+        .collect();
+    for v in &values {
+        let v = v.as_ref().map_err(|e| e.to_string())?;
+        api.try_apply(v).map_err(|e| e.to_string())?;
     }
-    for v in o.service_cidrs.iter().map(serde_json::to_value) {
-        api.try_apply(&v.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        n += 1;
-    }
-    for v in o.services.iter().map(serde_json::to_value) {
-        api.try_apply(&v.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        n += 1;
-    }
-    for v in o.slices.iter().map(serde_json::to_value) {
-        api.try_apply(&v.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        n += 1;
-    }
-    Ok(n)
+    Ok(values.len())
 }
 
 fn command(api: &ApiServer, line: &str, out: &mut impl Write) -> Result<(), String> {

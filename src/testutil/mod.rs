@@ -165,3 +165,23 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A plain HTTP/1.1 GET in the calling thread's network namespace (no keep-alive):
+/// `(status, body)`, or `None` when nothing answers. For tests and benchmarks.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
