@@ -16,17 +16,13 @@
 
 mod common;
 
-use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::Once;
-use std::thread;
-use std::time::Duration;
 
 use common::kernel_tests_enabled;
 use common::topology::{cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Topology};
-use kproxy::backend::netlink::enter_netns;
+use common::udp::{in_netns, pinned_to, pod_netns, Answer, UdpClient};
 use kproxy::conntrack::{Conntrack, Flow};
 use kproxy::model::{Model, NodePortIps, Protocol};
 use kproxy::nft::Family;
@@ -38,9 +34,6 @@ const TARGET_PORT: u16 = 5353;
 const NODE_PORT: u16 = 30053;
 /// The pod that sends (endpoints are A1 and A2).
 const CLIENT_POD: &str = "A3";
-/// How long a datagram may wait for its answer. Refusals (ICMP port unreachable from the
-/// reject rule) arrive at once.
-const ANSWER_WITHIN: Duration = Duration::from_millis(1500);
 
 // ---------------------------------------------------------------------------------------
 // Manifests.
@@ -139,110 +132,6 @@ fn program_yaml(t: &Topology, yaml: &str) -> Model {
 // ---------------------------------------------------------------------------------------
 // Clients.
 
-/// The name of a pod's namespace: the peer of the node's veth `v<pod>` (the topology keeps
-/// pod namespaces private; `ip netns list-id` names the node's peer namespaces).
-fn pod_netns(t: &Topology, pod: &str) -> String {
-    let run = |args: &[&str]| -> serde_json::Value {
-        let o = t.node.exec("ip", args);
-        assert!(o.status.success(), "ip {args:?}: {o:?}");
-        serde_json::from_slice(&o.stdout).expect("ip -j output")
-    };
-    let link = run(&["-j", "link", "show", &format!("v{pod}")]);
-    let nsid = link[0]["link_netnsid"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("v{pod} has no peer namespace: {link}"));
-    let ids = run(&["-j", "netns", "list-id"]);
-    ids.as_array()
-        .expect("list-id array")
-        .iter()
-        .find(|e| e["nsid"].as_i64() == Some(nsid))
-        .and_then(|e| e["name"].as_str())
-        .unwrap_or_else(|| panic!("no name for nsid {nsid}: {ids}"))
-        .to_string()
-}
-
-/// Runs `f` on a fresh thread inside the named network namespace (sockets opened there
-/// stay in it, whatever thread uses them later).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = Path::new("/var/run/netns").join(ns);
-    thread::spawn(move || {
-        enter_netns(&path).expect("enter netns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
-
-/// What a datagram got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    /// The echo server with this address answered.
-    From(IpAddr),
-    /// ICMP port unreachable.
-    Refused,
-    Timeout,
-}
-
-/// A UDP client socket that lives in a namespace and sends from one source port.
-struct UdpClient {
-    sock: UdpSocket,
-    what: String,
-}
-
-impl UdpClient {
-    fn new(ns: &str, from: IpAddr, to: SocketAddr, what: String) -> UdpClient {
-        let sock = in_netns(ns, move || -> io::Result<UdpSocket> {
-            let s = UdpSocket::bind(SocketAddr::new(from, 0))?;
-            s.connect(to)?; // connected: ICMP errors come back as ECONNREFUSED
-            s.set_read_timeout(Some(ANSWER_WITHIN))?;
-            Ok(s)
-        })
-        .expect("client socket");
-        UdpClient { sock, what }
-    }
-
-    fn sport(&self) -> u16 {
-        self.sock.local_addr().expect("local addr").port()
-    }
-
-    fn ask(&self) -> Answer {
-        // Drain anything late (an answer to an earlier datagram that timed out).
-        self.sock.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 256];
-        while self.sock.recv(&mut buf).is_ok() {}
-        self.sock.set_nonblocking(false).unwrap();
-        match self.sock.send(b"who\n") {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Answer::Refused,
-            Err(e) => panic!("{}: send: {e}", self.what),
-        }
-        match self.sock.recv(&mut buf) {
-            Ok(n) => {
-                let line = String::from_utf8_lossy(&buf[..n]);
-                let f: Vec<&str> = line.split_whitespace().collect();
-                assert_eq!(f.len(), 4, "{}: echo answer {line:?}", self.what);
-                assert_eq!(
-                    f[1],
-                    TARGET_PORT.to_string(),
-                    "{}: answered on {line:?}",
-                    self.what
-                );
-                Answer::From(f[0].parse().expect("server address"))
-            }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Answer::Refused,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Answer::Timeout
-            }
-            Err(e) => panic!("{}: recv: {e}", self.what),
-        }
-    }
-}
-
 /// A pod's client to the ClusterIP.
 fn pod_client(t: &Topology, f: Family) -> UdpClient {
     let ns = pod_netns(t, CLIENT_POD);
@@ -251,6 +140,7 @@ fn pod_client(t: &Topology, f: Family) -> UdpClient {
         &ns,
         from,
         SocketAddr::new(cluster_ip(f), SVC_PORT),
+        TARGET_PORT,
         format!("{CLIENT_POD} → ClusterIP {}", cluster_ip(f)),
     )
 }
@@ -261,22 +151,9 @@ fn outside_client(t: &Topology, f: Family) -> UdpClient {
         &t.outside.name,
         outside_ip(f, "O"),
         SocketAddr::new(node_ip(f), NODE_PORT),
+        TARGET_PORT,
         format!("outside → NodePort {}", node_ip(f)),
     )
-}
-
-/// A new client (new socket, new source port) each try until one is answered by `want`:
-/// the endpoint pick is random, the tests need a known one.
-fn pinned_to(make: impl Fn() -> UdpClient, want: IpAddr) -> UdpClient {
-    for _ in 0..40 {
-        let c = make();
-        match c.ask() {
-            Answer::From(ip) if ip == want => return c,
-            Answer::From(_) => continue,
-            other => panic!("{}: {other:?} while endpoints exist", c.what),
-        }
-    }
-    panic!("40 new clients and none reached {want}");
 }
 
 // ---------------------------------------------------------------------------------------

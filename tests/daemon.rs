@@ -11,7 +11,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use common::kernel_tests_enabled;
 use common::topology::{
     cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Client, Outcome, Topology,
 };
+use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::apiserver::{ApiServer, Kind};
 use serde_json::{json, Value};
@@ -605,5 +606,54 @@ fn health_check_node_port_and_events_for_invalid_objects() {
         })
     });
     assert!(metric(t, "kproxy_invalid_objects_total{kind=\"Service\"}").unwrap_or(0.0) >= 1.0);
+    d.stop();
+}
+
+#[test]
+fn a_udp_client_is_moved_off_a_removed_endpoint() {
+    if !kernel_tests_enabled("daemon::udp_conntrack") {
+        return;
+    }
+    let s = setup();
+    let (t, api) = (&s.t, &s.api);
+    let mut svc = service("dns", 14, None, json!({}));
+    svc["spec"]["ports"] =
+        json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]);
+    api.apply(&svc);
+    let dns_slice = |pods: &[&str]| {
+        let mut v = slice("dns", Family::V4, pods);
+        v["ports"] = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
+        v
+    };
+    api.apply(&dns_slice(&["A1", "A2"]));
+    let d = Daemon::start(t, &s.kubeconfig, &[]);
+    let ns = pod_netns(t, "A3");
+    let to: SocketAddr = format!("{}:53", cluster_ip(Family::V4, 14))
+        .parse()
+        .unwrap();
+    let client = || UdpClient::new(&ns, pod_ip(Family::V4, "A3"), to, 5353, "A3 → dns".into());
+    eventually("dns programmed", &d, || {
+        matches!(client().ask(), Answer::From(_))
+    });
+    // One socket, one source port: its conntrack entry pins it to A1.
+    let pinned = pinned_to(client, pod_ip(Family::V4, "A1"));
+    assert_eq!(pinned.ask(), Answer::From(pod_ip(Family::V4, "A1")));
+
+    // A1 leaves the service (the pod still runs and would still answer): the daemon's
+    // partial sync deletes the stale entry, and the same socket reaches A2.
+    api.apply(&dns_slice(&["A2"]));
+    eventually("the pinned client moved to A2", &d, || {
+        pinned.ask() == Answer::From(pod_ip(Family::V4, "A2"))
+    });
+    assert!(
+        metric(
+            t,
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        metrics(t)
+    );
     d.stop();
 }

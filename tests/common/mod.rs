@@ -170,3 +170,4 @@ pub fn pipeline(
     (model, warnings, rs)
 }
 pub mod topology;
+pub mod udp;
