@@ -68,7 +68,7 @@ fn delete_tables(b: &mut NetlinkBackend) {
 /// Render + diff against the (empty) kernel + encode + commit.
 fn full_sync(b: &mut NetlinkBackend, m: &Model) {
     let next = Renderer::new().full(m);
-    kproxy::apply::apply(b, &next, false, false).expect("apply");
+    kproxy::apply::apply(b, next, false, false).expect("apply");
 }
 
 /// `iters` cold full syncs, each after deleting the tables (untimed).
@@ -351,9 +351,8 @@ fn memory() {
     let mut renderer = Renderer::new();
     let next = renderer.full(&m);
     let with_ruleset = Counting::live() - base;
-    kproxy::apply::apply(&mut b, &next, false, false).expect("apply");
+    kproxy::apply::apply(&mut b, next, false, false).expect("apply");
     let peak = Counting::peak() - base;
-    drop(next);
     drop(m);
     let retained = Counting::live().saturating_sub(base);
     println!(

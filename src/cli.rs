@@ -259,7 +259,7 @@ fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
     let p = prepare(&a.input)?;
     let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
     let defer = apply::kernel_needs_deferred_chain_deletes(&apply::kernel_release());
-    let done = apply::apply(&mut backend, &p.ruleset, defer, a.dry_run).map_err(kernel_failure)?;
+    let done = apply::apply(&mut backend, p.ruleset, defer, a.dry_run).map_err(kernel_failure)?;
     let ms = done.elapsed.as_secs_f64() * 1e3;
     if a.dry_run {
         print!("{}", text::transaction(&done.tx));

@@ -1,9 +1,10 @@
 //! Incremental rendering: a change to a few services re-renders and diffs only their
 //! fragments, so its cost does not grow with the number of services programmed.
 //!
-//! Owns: the [`Renderer`] state between syncs: the model each service port was rendered
-//! from, its [`Fragment`], its slot ranges, and who contributes each element of the
-//! table-wide sets (a key can be shared: a ClusterIP by the ports of one service, a hairpin
+//! Owns: the [`Renderer`] state between syncs: a fingerprint of each service port's model
+//! and a slimmed copy of it (its [`Fragment`] is rendered again from that when needed:
+//! a fifth of the memory of keeping fragments), its slot ranges, and who contributes each
+//! element of the table-wide sets (a key can be shared: a ClusterIP by the ports of one service, a hairpin
 //! pair by every service using that endpoint). An update builds two *partial* tables — the
 //! touched objects before and after — and lets [`crate::diff`] turn them into the
 //! transaction, so incremental and full syncs share one diff engine.
@@ -19,115 +20,48 @@ use std::sync::Arc;
 
 use crate::diff::{diff, Diff, DiffOptions};
 use crate::model::{FamilyModel, Model, ServicePort, ServicePortName};
-use crate::nft::{Chain, Element, ElementData, Family, Ruleset, Set, Table, Value};
+use crate::nft::{Element, Family, Ruleset, Table, Value};
 
 use super::names::HAIRPIN;
-use super::{assemble, endpoint_map, fragment, skeleton, Fragment, Policy, SetRef, SlotAllocator};
+use super::{
+    assemble, endpoint_map, fragment, skeleton, Existing, Fragment, Policy, SetRef, SlotAllocator,
+};
 
 /// A `(namespace, name)` of a Service.
 pub type ServiceKey = (String, String);
 
 type ElementKey = (SetRef, Vec<Value>);
 
-/// One endpoint-map element (`slot : address . port`) kept as a fixed-size record. These
-/// are most of a fragment's elements; as general [`Element`]s (two vectors of values each)
-/// they cost about four times the memory, and the renderer keeps every service port's
-/// fragment for as long as the daemon runs.
-#[derive(Clone, Debug)]
-struct SlotElement {
-    shard: u32,
-    slot: u32,
-    ip: IpAddr,
-    port: u16,
-    comment: Option<Arc<str>>,
-}
-
-impl SlotElement {
-    fn of(set: &SetRef, e: &Element) -> Option<SlotElement> {
-        let SetRef::Endpoints(shard) = *set else {
-            return None;
-        };
-        match (e.key.as_slice(), &e.data) {
-            ([Value::Int(slot)], ElementData::Values(v)) => match v.as_slice() {
-                [Value::Addr(ip), Value::Port(port)] => Some(SlotElement {
-                    shard,
-                    slot: *slot,
-                    ip: *ip,
-                    port: *port,
-                    comment: e.comment.clone(),
-                }),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn element(&self) -> (SetRef, Element) {
-        let mut e = Element::values(
-            vec![Value::Int(self.slot)],
-            vec![Value::Addr(self.ip), Value::Port(self.port)],
-        );
-        e.comment = self.comment.clone();
-        (SetRef::Endpoints(self.shard), e)
-    }
-}
-
-/// A fragment as the renderer keeps it between syncs: exact-size storage, endpoint slots
-/// as [`SlotElement`]s. [`Stored::fragment`] gives back the fragment it was made from
-/// (elements in another order, which no consumer depends on).
-#[derive(Clone, Debug)]
-struct Stored {
-    chains: Box<[Chain]>,
-    sets: Box<[Set]>,
-    elements: Box<[(SetRef, Element)]>,
-    slots: Box<[SlotElement]>,
-}
-
-impl Stored {
-    fn new(frag: Fragment) -> Stored {
-        let mut elements = Vec::new();
-        let mut slots = Vec::new();
-        for (set, e) in frag.elements {
-            match SlotElement::of(&set, &e) {
-                Some(s) => slots.push(s),
-                None => elements.push((set, e)),
-            }
-        }
-        Stored {
-            chains: frag.chains.into_boxed_slice(),
-            sets: frag.sets.into_boxed_slice(),
-            elements: elements.into_boxed_slice(),
-            slots: slots.into_boxed_slice(),
-        }
-    }
-
-    /// Every element, endpoint slots rebuilt.
-    fn elements(&self) -> impl Iterator<Item = (SetRef, Element)> + '_ {
-        self.elements
-            .iter()
-            .cloned()
-            .chain(self.slots.iter().map(SlotElement::element))
-    }
-
-    fn fragment(&self) -> Fragment {
-        Fragment {
-            chains: self.chains.to_vec(),
-            sets: self.sets.to_vec(),
-            elements: self.elements().collect(),
-            slot_lists: Vec::new(),
-        }
-    }
-
-    /// The element this fragment holds for `key` in a table-wide (not endpoint) set.
-    fn find(&self, key: &ElementKey) -> Option<&Element> {
-        self.elements
-            .iter()
-            .find(|(set, e)| *set == key.0 && e.key == key.1)
-            .map(|(_, e)| e)
-    }
+/// What the renderer keeps of a service port between syncs: the port itself, slimmed to
+/// what [`fragment`] reads (endpoints other than hairpin candidates dropped, those kept
+/// stripped of node names and hints). The fragment is rendered again from it, with the
+/// slot ranges the allocator still holds, whenever it is needed (the old side of an
+/// update, the owner of a shared element, a full [`Renderer::ruleset`]). Keeping the
+/// rendered fragments instead cost about 3 KB per port (160 MiB at 50k × 10); this is a
+/// fifth of that.
+fn slim(sp: &ServicePort) -> ServicePort {
+    let mut kept = sp.clone();
+    kept.endpoints = sp
+        .endpoints
+        .iter()
+        .filter(|e| e.local || e.node.is_none())
+        .map(|e| crate::model::Endpoint {
+            node: None,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
+            ..e.clone()
+        })
+        .collect();
+    kept.endpoints.shrink_to_fit();
+    kept.cluster_endpoints.shrink_to_fit();
+    kept.local_endpoints.shrink_to_fit();
+    kept
 }
 
 type PortName = Arc<ServicePortName>;
+
+/// A port rendered in an update: its fingerprint, fragment, and what is kept of it.
+type Rendered = (Fingerprint, Fragment, ServicePort);
 
 #[derive(Clone, Debug, Default)]
 struct FamilyState {
@@ -135,8 +69,9 @@ struct FamilyState {
     settings: Option<FamilyModel>,
     skeleton: Option<Table>,
     slots: SlotAllocator,
-    /// Each port's fingerprint (of the `ServicePort` it was rendered from) and fragment.
-    ports: BTreeMap<PortName, (Fingerprint, Stored)>,
+    /// Each port's fingerprint (of the `ServicePort` it was rendered from) and what it
+    /// was rendered from ([`slim`]).
+    ports: BTreeMap<PortName, (Fingerprint, ServicePort)>,
     /// Who contributes each element of a table-wide set, sorted by name; the last one's
     /// element (its comment) is the one the table holds.
     contributors: HashMap<ElementKey, Vec<PortName>>,
@@ -162,11 +97,21 @@ impl FamilyState {
                 .then(|| Element::key(key.1.clone()));
         }
         let winner = self.contributors.get(key)?.last()?;
-        let (_, stored) = self.ports.get(winner)?;
-        stored.find(key).cloned()
+        let (_, sp) = self.ports.get(winner)?;
+        self.render_again(sp)
+            .elements
+            .into_iter()
+            .find(|(set, e)| *set == key.0 && e.key == key.1)
+            .map(|(_, e)| e)
     }
 
-    fn add_contributions(&mut self, name: &PortName, frag: &Stored) {
+    /// The fragment of a port rendered before, from what was kept of it.
+    fn render_again(&self, sp: &ServicePort) -> Fragment {
+        let settings = self.settings.as_ref().expect("rendered before");
+        fragment(settings, sp, &mut Existing(&self.slots))
+    }
+
+    fn add_contributions(&mut self, name: &PortName, frag: &Fragment) {
         for (set, e) in frag.elements.iter() {
             match *set {
                 SetRef::Endpoints(_) => {}
@@ -184,7 +129,7 @@ impl FamilyState {
         }
     }
 
-    fn remove_contributions(&mut self, name: &PortName, frag: &Stored) {
+    fn remove_contributions(&mut self, name: &PortName, frag: &Fragment) {
         for (set, e) in frag.elements.iter() {
             match *set {
                 SetRef::Endpoints(_) => {}
@@ -257,6 +202,7 @@ impl Renderer {
     /// returns the full ruleset.
     pub fn full(&mut self, model: &Model) -> Ruleset {
         self.families.retain(|f, _| model.family(*f).is_some());
+        let mut tables = Vec::new();
         for fm in &model.families {
             let st = self.families.entry(fm.family).or_default();
             st.ports.clear();
@@ -264,15 +210,19 @@ impl Renderer {
             st.hairpin.clear();
             st.settings = Some(settings_of(fm));
             st.skeleton = Some(skeleton(fm));
+            let mut frags = Vec::with_capacity(fm.services.len());
             for sp in &fm.services {
-                let frag = Stored::new(fragment(fm, sp, &mut st.slots));
+                let frag = fragment(fm, sp, &mut st.slots);
                 let name = Arc::new(sp.name.clone());
                 st.add_contributions(&name, &frag);
-                st.ports.insert(name, (self.fingerprint.of(sp), frag));
+                st.ports.insert(name, (self.fingerprint.of(sp), slim(sp)));
+                frags.push(frag);
             }
             st.slots.sweep();
+            let skel = st.skeleton.clone().expect("just set");
+            tables.push(assemble(skel, &st.slots, frags));
         }
-        self.ruleset()
+        Ruleset { tables }
     }
 
     /// Brings the state to `model`, looking only at the service ports of `changed`
@@ -316,7 +266,7 @@ impl Renderer {
                 Some(assemble(
                     skel,
                     &st.slots,
-                    st.ports.values().map(|(_, f)| f.fragment()),
+                    st.ports.values().map(|(_, sp)| st.render_again(sp)),
                 ))
             })
             .collect();
@@ -401,8 +351,18 @@ fn update_family(
         })
         .collect();
 
+    // Phase 0: the old fragments, rendered again while the slot ranges are still theirs.
+    let mut old_frags: BTreeMap<PortName, Fragment> = names
+        .iter()
+        .filter_map(|n| {
+            st.ports
+                .get(n)
+                .map(|(_, sp)| (n.clone(), st.render_again(sp)))
+        })
+        .collect();
+
     // Phase 1: render the new fragments (old ones stay in place for now).
-    let mut new_frags: Vec<(PortName, Option<(Fingerprint, Stored)>)> = Vec::new();
+    let mut new_frags: Vec<(PortName, Option<Rendered>)> = Vec::new();
     for n in &names {
         let new = new_ports.get(n.as_ref()).map(|sp| {
             let frag = fragment(fm, sp, &mut st.slots);
@@ -411,7 +371,7 @@ fn update_family(
                     st.slots.release_owner(&(n.clone(), policy));
                 }
             }
-            (fingerprint.of(sp), Stored::new(frag))
+            (fingerprint.of(sp), frag, slim(sp))
         });
         if new.is_none() {
             for policy in [Policy::Cluster, Policy::Local] {
@@ -427,16 +387,16 @@ fn update_family(
     let mut slots_before: HashMap<ElementKey, Element> = HashMap::new();
     let mut slots_after: HashMap<ElementKey, Element> = HashMap::new();
     for (n, new) in &new_frags {
-        let old = st.ports.get(n).map(|(_, f)| f);
+        let old = old_frags.get(n);
         for (f, slots) in [
             (old, &mut slots_before),
-            (new.as_ref().map(|(_, f)| f), &mut slots_after),
+            (new.as_ref().map(|(_, f, _)| f), &mut slots_after),
         ] {
-            for (set, e) in f.into_iter().flat_map(|f| f.elements()) {
+            for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
                 if let SetRef::Endpoints(_) = set {
-                    slots.insert((set, e.key.clone()), e);
+                    slots.insert((*set, e.key.clone()), e.clone());
                 } else {
-                    touched.insert((set, e.key));
+                    touched.insert((*set, e.key.clone()));
                 }
             }
         }
@@ -451,24 +411,25 @@ fn update_family(
 
     // Phase 3: swap the fragments, chains and sets going into the partial tables.
     for (n, new) in new_frags {
-        if let Some((_, old)) = st.ports.remove(&n) {
+        if st.ports.remove(&n).is_some() {
+            let old = old_frags.remove(&n).expect("rendered in phase 0");
             st.remove_contributions(&n, &old);
-            for c in old.chains.into_vec() {
+            for c in old.chains {
                 prev.add_chain(c);
             }
-            for s in old.sets.into_vec() {
+            for s in old.sets {
                 prev.add_set(s);
             }
         }
-        if let Some((sp, frag)) = new {
+        if let Some((fp, frag, kept)) = new {
             st.add_contributions(&n, &frag);
-            for c in frag.chains.iter() {
-                next.add_chain(c.clone());
+            for c in frag.chains {
+                next.add_chain(c);
             }
-            for s in frag.sets.iter() {
-                next.add_set(s.clone());
+            for s in frag.sets {
+                next.add_set(s);
             }
-            st.ports.insert(n, (sp, frag));
+            st.ports.insert(n, (fp, kept));
         }
     }
 

@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::nft::*;
 pub use incremental::Renderer;
-pub use slots::{Policy, SlotAllocator};
+pub use slots::{Existing, Policy, Ranges, SlotAllocator};
 
 /// Name of kproxy's table in each family.
 pub const TABLE: &str = "kproxy";
@@ -594,7 +594,7 @@ struct PortChains {
 }
 
 /// Renders one service port's [`Fragment`], taking its endpoint slot ranges from `slots`.
-pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut SlotAllocator) -> Fragment {
+pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut dyn Ranges) -> Fragment {
     let mut frag = Fragment::default();
     let pending = &mut frag.elements;
     let proto = sp.name.protocol;

@@ -51,6 +51,34 @@ struct Shard {
     free: BTreeMap<u32, Vec<u32>>,
 }
 
+/// Where [`crate::render::fragment`] gets its slot ranges: the allocator itself (which
+/// hands out new ranges), or [`Existing`] (which only looks them up, for re-rendering a
+/// fragment rendered before).
+pub trait Ranges {
+    fn range(&mut self, owner: &Owner, n: u32) -> Range;
+}
+
+impl Ranges for SlotAllocator {
+    fn range(&mut self, owner: &Owner, n: u32) -> Range {
+        SlotAllocator::range(self, owner, n)
+    }
+}
+
+/// Read-only ranges: the one each owner holds. An owner without a range (its list was
+/// released since) gets an empty placeholder range: callers that re-render for the
+/// table-wide elements only never look at slots.
+pub struct Existing<'a>(pub &'a SlotAllocator);
+
+impl Ranges for Existing<'_> {
+    fn range(&mut self, owner: &Owner, n: u32) -> Range {
+        self.0.owned.get(owner).copied().unwrap_or(Range {
+            shard: 0,
+            base: 0,
+            capacity: n.max(1).next_power_of_two(),
+        })
+    }
+}
+
 /// Hands out slot ranges and remembers them between renders.
 #[derive(Clone, Debug, Default)]
 pub struct SlotAllocator {

@@ -644,8 +644,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             }
         }
         drop(model);
-        let applied = self.observe_commit(|b, defer| apply::apply(b, &ruleset, defer, false))?;
-        drop(ruleset);
+        let applied = self.observe_commit(|b, defer| apply::apply(b, ruleset, defer, false))?;
         self.deferred.clear();
         self.deferred_at = None;
         self.generation = self.backend_generation();
@@ -834,7 +833,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         let start = Instant::now();
         match apply::apply(
             &mut self.backend,
-            &ruleset,
+            ruleset,
             self.config.defer_chain_deletes,
             false,
         ) {
