@@ -423,7 +423,7 @@ fn api_changes_reach_the_kernel_and_the_operator_surface_reports_them() {
 }
 
 #[test]
-fn api_outage_dropped_streams_and_410_change_nothing_and_are_caught_up() {
+fn api_outage_slow_responses_dropped_streams_and_410_change_nothing_and_are_caught_up() {
     if !kernel_tests_enabled("daemon::api_outage") {
         return;
     }
@@ -457,6 +457,16 @@ fn api_outage_dropped_streams_and_410_change_nothing_and_are_caught_up() {
     eventually("after dropped watches", &d, || {
         reached(t, &ip) == pods(Family::V4, &["A1", "A2"])
     });
+
+    // A slow API server (every response starts 1.5 s late) and cut streams: the watches
+    // reconnect slowly and the change still arrives.
+    api.set_latency(Duration::from_millis(1500));
+    api.drop_watches();
+    slices(api, "web", &["A2"]);
+    eventually("caught up through a slow API server", &d, || {
+        reached(t, &ip) == pods(Family::V4, &["A2"])
+    });
+    api.set_latency(Duration::ZERO);
 
     // History compacted and streams cut: 410 Gone, relist; a deletion in the gap is seen.
     api.compact();
