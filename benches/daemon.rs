@@ -196,6 +196,7 @@ fn steady_state_rss() {
     let mut peak = 0u64;
     // RSS samples once synced: steady state is their median over the last 10 s of 30.
     let mut steady: Vec<u64> = Vec::new();
+    let mut trail: Vec<String> = Vec::new();
     while started.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(500));
         let metrics = kproxy::testutil::http_get("127.0.0.1:10249", "/metrics")
@@ -208,6 +209,11 @@ fn steady_state_rss() {
             .unwrap_or(0.0);
         let rss = rss_kib(pid).unwrap_or(0);
         peak = peak.max(rss);
+        trail.push(format!(
+            "{:.1}s:{}MiB",
+            started.elapsed().as_secs_f64(),
+            rss / 1024
+        ));
         if programmed as usize >= SERVICES && synced_at.is_none() {
             synced_at = Some(started.elapsed());
         }
@@ -231,6 +237,7 @@ fn steady_state_rss() {
     }
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
+    println!("  RSS over time: {}", trail.join(" "));
     steady.sort_unstable();
     let mib = |kib: u64| kib as f64 / 1024.0;
     match (synced_at, steady.is_empty()) {

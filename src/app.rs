@@ -150,7 +150,8 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         checks.clone(),
     )
     .with_warnings(Box::new(events))
-    .with_local_addresses(Box::new(local_addresses));
+    .with_local_addresses(Box::new(local_addresses))
+    .with_after_full_sync(Box::new(release_free_memory));
     match Conntrack::open() {
         Ok(ct) => syncer = syncer.with_cleaner(Box::new(ct)),
         Err(e) => tracing::warn!(error = %e, "conntrack cleanup disabled: cannot open ctnetlink"),
@@ -178,6 +179,16 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     admin.shutdown().await;
     watchers.stop();
     Ok(())
+}
+
+/// Has mimalloc return the memory this thread freed to the OS now. A full sync's peak is
+/// several times the steady state; mimalloc purges freed pages lazily, when the owning
+/// thread next allocates, and the sync thread then sleeps until the next change: measured
+/// RSS after a 50k × 10 full sync stayed at ~755 MiB in some runs without this.
+fn release_free_memory() {
+    // SAFETY: mi_collect has no preconditions; it only releases memory mimalloc holds
+    // unused (for the calling thread's heap and abandoned segments).
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 async fn wait_for_signal() {

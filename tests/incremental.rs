@@ -159,9 +159,15 @@ proptest! {
     #[test]
     fn incremental_updates_equal_full_renders(
         changes in prop::collection::vec(prop::collection::vec(change_strategy(), 1..4), 1..8),
+        colliding in any::<bool>(),
     ) {
         let mut objects = synthetic_cluster(40, 3, true);
-        let mut renderer = Renderer::new();
+        // Half the cases keep 2 bits of the shared-element hashes: constant collisions.
+        let mut renderer = if colliding {
+            Renderer::with_colliding_key_hashes(2)
+        } else {
+            Renderer::new()
+        };
         let first = renderer.full(&build(&objects));
         let mut kernel = FakeBackend::new();
         kernel.apply(&diff(&Default::default(), &first, &DiffOptions::default()).tx).unwrap();

@@ -61,7 +61,7 @@ fn slim(sp: &ServicePort) -> ServicePort {
 type PortName = Arc<ServicePortName>;
 
 /// A port rendered in an update: its fingerprint, fragment, and what is kept of it.
-type Rendered = (Fingerprint, Fragment, ServicePort);
+type Rendered = (Fingerprint, Fragment, Box<ServicePort>);
 
 #[derive(Clone, Debug, Default)]
 struct FamilyState {
@@ -71,10 +71,16 @@ struct FamilyState {
     slots: SlotAllocator,
     /// Each port's fingerprint (of the `ServicePort` it was rendered from) and what it
     /// was rendered from ([`slim`]).
-    ports: BTreeMap<PortName, (Fingerprint, ServicePort)>,
-    /// Who contributes each element of a table-wide set, sorted by name; the last one's
-    /// element (its comment) is the one the table holds.
-    contributors: HashMap<ElementKey, Vec<PortName>>,
+    ports: BTreeMap<PortName, (Fingerprint, Box<ServicePort>)>,
+    /// Who contributes each element of a table-wide set, by a 64-bit hash of (set, key),
+    /// names sorted: the last one holding the exact key gives the element the table holds
+    /// (its comment). Hashes instead of keys save ~30 MiB at 50k services; two keys whose
+    /// hashes collide only share a list, which [`FamilyState::shared`] tells apart by
+    /// rendering the candidates.
+    contributors: HashMap<u64, Vec<PortName>>,
+    key_hasher: RandomState,
+    /// Mask applied to those hashes: all ones, except in tests that force collisions.
+    key_mask: u64,
     hairpin: HashMap<IpAddr, u32>,
 }
 
@@ -96,13 +102,19 @@ impl FamilyState {
             return (self.hairpin.get(&ip).copied().unwrap_or(0) > 0)
                 .then(|| Element::key(key.1.clone()));
         }
-        let winner = self.contributors.get(key)?.last()?;
-        let (_, sp) = self.ports.get(winner)?;
-        self.render_again(sp)
-            .elements
-            .into_iter()
-            .find(|(set, e)| *set == key.0 && e.key == key.1)
-            .map(|(_, e)| e)
+        let candidates = self.contributors.get(&self.key_hash(&key.0, &key.1))?;
+        candidates.iter().rev().find_map(|name| {
+            let (_, sp) = self.ports.get(name)?;
+            self.render_again(sp)
+                .elements
+                .into_iter()
+                .find(|(set, e)| *set == key.0 && e.key == key.1)
+                .map(|(_, e)| e)
+        })
+    }
+
+    fn key_hash(&self, set: &SetRef, key: &[Value]) -> u64 {
+        self.key_hasher.hash_one((set, key)) & self.key_mask
     }
 
     /// The fragment of a port rendered before, from what was kept of it.
@@ -121,7 +133,8 @@ impl FamilyState {
                     }
                 }
                 _ => {
-                    let c = self.contributors.entry((*set, e.key.clone())).or_default();
+                    let h = self.key_hash(set, &e.key);
+                    let c = self.contributors.entry(h).or_default();
                     let at = c.partition_point(|n| n < name);
                     c.insert(at, name.clone());
                 }
@@ -144,11 +157,14 @@ impl FamilyState {
                     }
                 }
                 _ => {
-                    let key = (*set, e.key.clone());
-                    if let Some(c) = self.contributors.get_mut(&key) {
-                        c.retain(|n| n != name);
+                    // One occurrence: with a collision the same port may be listed twice.
+                    let h = self.key_hash(set, &e.key);
+                    if let Some(c) = self.contributors.get_mut(&h) {
+                        if let Some(at) = c.iter().position(|n| n == name) {
+                            c.remove(at);
+                        }
                         if c.is_empty() {
-                            self.contributors.remove(&key);
+                            self.contributors.remove(&h);
                         }
                     }
                 }
@@ -176,6 +192,8 @@ impl Fingerprinter {
 pub struct Renderer {
     families: BTreeMap<Family, FamilyState>,
     fingerprint: Fingerprinter,
+    /// Bits of the contributor hashes kept (64 unless a test narrows them).
+    key_bits: Option<u32>,
 }
 
 /// The node-level part of a family's model (everything but its services), without
@@ -198,13 +216,28 @@ impl Renderer {
         Renderer::default()
     }
 
+    /// A renderer whose shared-element bookkeeping keeps only `bits` bits of each key's
+    /// hash, so that distinct keys collide constantly (tests of the collision handling).
+    #[cfg(feature = "test-util")]
+    pub fn with_colliding_key_hashes(bits: u32) -> Renderer {
+        Renderer {
+            key_bits: Some(bits),
+            ..Renderer::default()
+        }
+    }
+
     /// Renders the whole model, keeping slot ranges of service ports rendered before, and
     /// returns the full ruleset.
     pub fn full(&mut self, model: &Model) -> Ruleset {
         self.families.retain(|f, _| model.family(*f).is_some());
         let mut tables = Vec::new();
+        let key_mask = match self.key_bits {
+            Some(b) if b < 64 => (1u64 << b) - 1,
+            _ => u64::MAX,
+        };
         for fm in &model.families {
             let st = self.families.entry(fm.family).or_default();
+            st.key_mask = key_mask;
             st.ports.clear();
             st.contributors.clear();
             st.hairpin.clear();
@@ -215,7 +248,8 @@ impl Renderer {
                 let frag = fragment(fm, sp, &mut st.slots);
                 let name = Arc::new(sp.name.clone());
                 st.add_contributions(&name, &frag);
-                st.ports.insert(name, (self.fingerprint.of(sp), slim(sp)));
+                st.ports
+                    .insert(name, (self.fingerprint.of(sp), Box::new(slim(sp))));
                 frags.push(frag);
             }
             st.slots.sweep();
@@ -371,7 +405,7 @@ fn update_family(
                     st.slots.release_owner(&(n.clone(), policy));
                 }
             }
-            (fingerprint.of(sp), frag, slim(sp))
+            (fingerprint.of(sp), frag, Box::new(slim(sp)))
         });
         if new.is_none() {
             for policy in [Policy::Cluster, Policy::Local] {

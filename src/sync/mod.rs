@@ -200,9 +200,10 @@ pub struct SyncReport {
 struct PortFacts {
     no_local_internal: bool,
     no_local_external: bool,
-    health_check: Option<HealthCheckService>,
+    /// Boxed, as is `udp`: most ports have neither, and the map holds 50k+ entries.
+    health_check: Option<Box<HealthCheckService>>,
     /// Kept only for UDP ports: conntrack needs the old addresses when a service goes.
-    udp: Option<ServicePort>,
+    udp: Option<Box<ServicePort>>,
 }
 
 impl PortFacts {
@@ -211,13 +212,15 @@ impl PortFacts {
         PortFacts {
             no_local_internal: sp.internal_policy_local && none_local,
             no_local_external: sp.external_policy_local && sp.externally_accessible() && none_local,
-            health_check: (sp.health_check_node_port != 0).then(|| HealthCheckService {
-                namespace: sp.name.namespace.clone(),
-                name: sp.name.name.clone(),
-                node_port: sp.health_check_node_port,
-                local_endpoints: sp.local_endpoints.len(),
+            health_check: (sp.health_check_node_port != 0).then(|| {
+                Box::new(HealthCheckService {
+                    namespace: sp.name.namespace.clone(),
+                    name: sp.name.name.clone(),
+                    node_port: sp.health_check_node_port,
+                    local_endpoints: sp.local_endpoints.len(),
+                })
             }),
-            udp: (sp.name.protocol == Protocol::Udp).then(|| sp.clone()),
+            udp: (sp.name.protocol == Protocol::Udp).then(|| Box::new(sp.clone())),
         }
     }
 }
@@ -247,7 +250,7 @@ impl Facts {
         self.remove(&key);
         self.account(key.0, &f, 1);
         if let Some(hc) = &f.health_check {
-            self.health_checks.insert(key.clone(), hc.clone());
+            self.health_checks.insert(key.clone(), (**hc).clone());
             self.health_checks_changed = true;
         }
         self.ports.insert(key, f);
@@ -306,6 +309,9 @@ pub struct Syncer<S: Source + ?Sized, B: Backend> {
     health_checks: Arc<HealthChecks>,
     cleaner: Option<Box<dyn FlowCleaner>>,
     warnings: Option<Box<dyn WarningSink>>,
+    /// Called on the sync thread after each full sync (the daemon has its allocator
+    /// return the full sync's freed peak to the OS there; see `app`).
+    after_full_sync: Option<Box<dyn FnMut() + Send>>,
     /// Returns the host's addresses (for nodePortAddresses CIDRs and conntrack); `None`
     /// leaves `settings.local_addresses` as given.
     local_addresses: Option<Box<dyn Fn() -> Vec<IpAddr> + Send>>,
@@ -357,6 +363,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             cleaner: None,
             warnings: None,
             local_addresses: None,
+            after_full_sync: None,
             facts: Facts::default(),
             needs_full: true,
             last_sync: None,
@@ -377,6 +384,11 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
 
     pub fn with_warnings(mut self, sink: Box<dyn WarningSink>) -> Self {
         self.warnings = Some(sink);
+        self
+    }
+
+    pub fn with_after_full_sync(mut self, f: Box<dyn FnMut() + Send>) -> Self {
+        self.after_full_sync = Some(f);
         self
     }
 
@@ -654,6 +666,9 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         for (family, ports) in udp {
             deleted += self.clean_conntrack(family, &ports);
         }
+        if let Some(f) = self.after_full_sync.as_mut() {
+            f();
+        }
         Ok(SyncReport {
             full: true,
             service_ports: self.facts.len(),
@@ -702,7 +717,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 sp.local_endpoints.clear();
                 sp.endpoints.clear();
                 sp.has_endpoints = false;
-                gone.entry(key.0).or_default().push(sp);
+                gone.entry(key.0).or_default().push(*sp);
             }
         }
         let mut deleted = 0;
