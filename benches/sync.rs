@@ -337,7 +337,8 @@ fn commit_kinds(n: usize) {
 }
 
 /// Peak heap of one cold full sync of 50k × 10, from the built model (manifests excluded)
-/// to commit, and what stays live afterwards (the daemon's steady state: the renderer's
+/// to commit, in the daemon's order (model dropped once rendered; the ruleset consumed by
+/// the diff), and what stays live afterwards (the daemon's steady state: the renderer's
 /// per-service fragments).
 fn memory() {
     let _ns = InNetns::enter("mem");
@@ -351,9 +352,10 @@ fn memory() {
     let mut renderer = Renderer::new();
     let next = renderer.full(&m);
     let with_ruleset = Counting::live() - base;
+    // As the daemon's full sync: the model is not needed once rendered.
+    drop(m);
     kproxy::apply::apply(&mut b, next, false, false).expect("apply");
     let peak = Counting::peak() - base;
-    drop(m);
     let retained = Counting::live().saturating_sub(base);
     println!(
         "sync_path_peak_heap/50000x10: {:.1} MiB (model, rulesets, transaction, encoded batch; manifests excluded)",

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{ApplyReport, Backend, BackendError};
-use crate::diff::{diff, DiffOptions};
+use crate::diff::{diff_owned, DiffOptions};
 use crate::nft::tx::{Op, TableRef, Transaction, TxStats};
 use crate::nft::Ruleset;
 
@@ -54,9 +54,9 @@ pub fn kernel_release() -> String {
 }
 
 /// Makes the kernel hold `next`: reads kproxy's tables back, diffs, applies. With
-/// `dry_run`, only computes the transaction. Takes `next` by value: it and the kernel's
-/// state are dropped as soon as the transaction exists, before it is encoded (at 50k
-/// services each is ~140 MiB, and this is the sync's memory peak).
+/// `dry_run`, only computes the transaction. Takes `next` by value: what it adds moves
+/// into the transaction, and the kernel's state is dropped as soon as the transaction
+/// exists, before it is encoded (at 50k services each is ~140 MiB: the sync's memory peak).
 pub fn apply(
     backend: &mut dyn Backend,
     next: Ruleset,
@@ -65,15 +65,14 @@ pub fn apply(
 ) -> Result<Applied, BackendError> {
     let start = Instant::now();
     let current = backend.dump()?;
-    let d = diff(
+    let d = diff_owned(
         &current,
-        &next,
+        next,
         &DiffOptions {
             defer_chain_deletes,
         },
     );
     drop(current);
-    drop(next);
     let stats = d.tx.stats();
     if dry_run {
         return Ok(Applied {

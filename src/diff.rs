@@ -85,43 +85,40 @@ impl Diff {
 /// The transaction turning `prev` into `next` (see the module doc for what and in which
 /// order).
 pub fn diff(prev: &Ruleset, next: &Ruleset, opts: &DiffOptions) -> Diff {
-    let mut tables: BTreeMap<TableRef, (Option<&Table>, Option<&Table>)> = BTreeMap::new();
+    diff_owned(prev, next.clone(), opts)
+}
+
+/// [`diff`], consuming `next`: the elements and rules it adds are moved into the
+/// transaction instead of copied (a cold load of 50k services adds ~140 MiB of them).
+pub fn diff_owned(prev: &Ruleset, next: Ruleset, opts: &DiffOptions) -> Diff {
+    let mut tables: BTreeMap<TableRef, (Option<&Table>, Option<Table>)> = BTreeMap::new();
     for t in &prev.tables {
         tables.entry(table_ref(t)).or_default().0 = Some(t);
     }
-    for t in &next.tables {
-        tables.entry(table_ref(t)).or_default().1 = Some(t);
+    for t in next.tables {
+        let r = table_ref(&t);
+        tables.entry(r).or_default().1 = Some(t);
     }
     let mut ph = Phases::default();
-    for (tref, (p, n)) in &tables {
+    for (tref, (p, n)) in tables {
         match (p, n) {
             (Some(_), None) => ph.delete_tables.push(Op::DeleteTable {
                 table: tref.clone(),
             }),
             (None, Some(n)) => {
-                ph.add_tables.push(add_table(tref, n));
-                diff_table(
-                    tref,
-                    &Table::new(n.family, n.name.clone()),
-                    n,
-                    opts,
-                    &mut ph,
-                );
+                ph.add_tables.push(add_table(&tref, &n));
+                let empty = Table::new(n.family, n.name.clone());
+                diff_table(&tref, &empty, n, opts, &mut ph);
             }
             (Some(p), Some(n)) if p.comment != n.comment => {
                 ph.recreate_tables.push(Op::DeleteTable {
                     table: tref.clone(),
                 });
-                ph.add_tables.push(add_table(tref, n));
-                diff_table(
-                    tref,
-                    &Table::new(n.family, n.name.clone()),
-                    n,
-                    opts,
-                    &mut ph,
-                );
+                ph.add_tables.push(add_table(&tref, &n));
+                let empty = Table::new(n.family, n.name.clone());
+                diff_table(&tref, &empty, n, opts, &mut ph);
             }
-            (Some(p), Some(n)) => diff_table(tref, p, n, opts, &mut ph),
+            (Some(p), Some(n)) => diff_table(&tref, p, n, opts, &mut ph),
             (None, None) => unreachable!("every entry has a side"),
         }
     }
@@ -306,40 +303,34 @@ fn fate<T>(p: Option<&T>, n: Option<&T>, same_decl: impl Fn(&T, &T) -> bool) -> 
     }
 }
 
-/// Both sides of one table (the same family and name), into `ph`.
-fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mut Phases) {
-    let set_names: BTreeSet<&str> = p
-        .sets
-        .keys()
-        .chain(n.sets.keys())
-        .map(String::as_str)
+/// Both sides of one table (the same family and name), into `ph`. `n` is consumed: what
+/// it adds moves into the operations.
+fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: &mut Phases) {
+    let set_names: BTreeSet<String> = p.sets.keys().chain(n.sets.keys()).cloned().collect();
+    let chain_names: BTreeSet<String> = p.chains.keys().chain(n.chains.keys()).cloned().collect();
+    let set_fates: BTreeMap<String, Fate> = set_names
+        .into_iter()
+        .map(|name| {
+            let f = fate(p.sets.get(&name), n.sets.get(&name), set_decl_eq);
+            (name, f)
+        })
         .collect();
-    let chain_names: BTreeSet<&str> = p
-        .chains
-        .keys()
-        .chain(n.chains.keys())
-        .map(String::as_str)
-        .collect();
-    let set_fates: BTreeMap<&str, Fate> = set_names
-        .iter()
-        .map(|&name| (name, fate(p.sets.get(name), n.sets.get(name), set_decl_eq)))
-        .collect();
-    let chain_fates: BTreeMap<&str, Fate> = chain_names
-        .iter()
-        .map(|&name| {
-            let f = fate(p.chains.get(name), n.chains.get(name), chain_decl_eq);
+    let chain_fates: BTreeMap<String, Fate> = chain_names
+        .into_iter()
+        .map(|name| {
+            let f = fate(p.chains.get(&name), n.chains.get(&name), chain_decl_eq);
             (name, f)
         })
         .collect();
     let recreated_sets: BTreeSet<&str> = set_fates
         .iter()
         .filter(|(_, f)| **f == Fate::Recreated)
-        .map(|(n, _)| *n)
+        .map(|(n, _)| n.as_str())
         .collect();
     let recreated_chains: BTreeSet<&str> = chain_fates
         .iter()
         .filter(|(_, f)| **f == Fate::Recreated)
-        .map(|(n, _)| *n)
+        .map(|(n, _)| n.as_str())
         .collect();
     // Chains of `prev` whose rules point at something that is re-created: flushed before
     // it is deleted (and, if they stay, their rules re-added after it is back).
@@ -354,21 +345,18 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
     };
 
     // Sets and elements.
-    for (&name, &f) in &set_fates {
+    for (name, &f) in &set_fates {
+        let name = name.as_str();
         // All elements of a set being (re-)created, except a dynamic set's runtime ones.
-        let load_elements = |ph: &mut Phases, s: &Set| {
+        let load_elements = |ph: &mut Phases, s: &mut Set| {
             if !s.flags.dynamic && !s.elements.is_empty() {
-                push_adds(
-                    &mut ph.add_elements,
-                    tref,
-                    name,
-                    s.elements.iter().cloned().collect(),
-                );
+                let elements = std::mem::take(&mut s.elements).into_vec();
+                push_adds(&mut ph.add_elements, tref, name, elements);
             }
         };
         match f {
             Fate::New => {
-                let s = &n.sets[name];
+                let s = n.sets.get_mut(name).expect("new set");
                 ph.add_sets.push(Op::AddSet {
                     table: tref.clone(),
                     set: set_decl(s),
@@ -376,7 +364,7 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                 load_elements(ph, s);
             }
             Fate::Recreated => {
-                let s = &n.sets[name];
+                let s = n.sets.get_mut(name).expect("re-created set");
                 ph.delete_recreated_sets.push(Op::DeleteSet {
                     table: tref.clone(),
                     set: name.to_string(),
@@ -405,11 +393,13 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                 }
             }
             Fate::Same => {
-                let (ps, ns) = (&p.sets[name], &n.sets[name]);
+                let ps = &p.sets[name];
                 if ps.flags.dynamic {
                     continue; // runtime contents: never touched
                 }
-                let (dels, adds) = element_changes(ps, ns, &recreated_chains);
+                let ns = n.sets.get_mut(name).expect("kept set");
+                let next = std::mem::take(&mut ns.elements).into_vec();
+                let (dels, adds) = element_changes(ps, next, &recreated_chains);
                 push_deletes(&mut ph.delete_elements, tref, name, dels);
                 push_adds(&mut ph.add_elements, tref, name, adds);
             }
@@ -417,7 +407,8 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
     }
 
     // Chains and rules.
-    for (&name, &f) in &chain_fates {
+    for (name, &f) in &chain_fates {
+        let name = name.as_str();
         let flush = |ph: &mut Phases, c: &Chain| {
             if !c.rules.is_empty() {
                 ph.flush_chains.push(Op::FlushChain {
@@ -426,16 +417,20 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                 });
             }
         };
-        let add_rules = |ph: &mut Phases, c: &Chain| {
-            ph.add_rules.extend(c.rules.iter().map(|r| Op::AddRule {
-                table: tref.clone(),
-                chain: name.to_string(),
-                rule: r.clone(),
-            }));
+        let add_rules = |ph: &mut Phases, c: &mut Chain| {
+            ph.add_rules.extend(
+                std::mem::take(&mut c.rules)
+                    .into_iter()
+                    .map(|rule| Op::AddRule {
+                        table: tref.clone(),
+                        chain: name.to_string(),
+                        rule,
+                    }),
+            );
         };
         match f {
             Fate::New => {
-                let c = &n.chains[name];
+                let c = n.chains.get_mut(name).expect("new chain");
                 ph.add_chains.push(Op::AddChain {
                     table: tref.clone(),
                     chain: chain_decl(c),
@@ -443,7 +438,7 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                 add_rules(ph, c);
             }
             Fate::Recreated => {
-                let (pc, nc) = (&p.chains[name], &n.chains[name]);
+                let (pc, nc) = (&p.chains[name], n.chains.get_mut(name).expect("chain"));
                 flush(ph, pc);
                 ph.delete_recreated_chains.push(Op::DeleteChain {
                     table: tref.clone(),
@@ -456,7 +451,7 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
                 add_rules(ph, nc);
             }
             Fate::Same => {
-                let (pc, nc) = (&p.chains[name], &n.chains[name]);
+                let (pc, nc) = (&p.chains[name], n.chains.get_mut(name).expect("chain"));
                 if pc.rules != nc.rules || referrers.contains(name) {
                     flush(ph, pc);
                     add_rules(ph, nc);
@@ -490,43 +485,36 @@ fn diff_table(tref: &TableRef, p: &Table, n: &Table, opts: &DiffOptions, ph: &mu
 /// added again, so the chain can be deleted in between.
 fn element_changes(
     p: &Set,
-    n: &Set,
+    next: Vec<Element>,
     recreated_chains: &BTreeSet<&str>,
 ) -> (Vec<Vec<Value>>, Vec<Element>) {
     let mut dels = Vec::new();
     let mut adds = Vec::new();
     let mut pi = p.elements.iter().peekable();
-    let mut ni = n.elements.iter().peekable();
+    let mut ni = next.into_iter().peekable();
     loop {
-        match (pi.peek(), ni.peek()) {
+        let step = match (pi.peek(), ni.peek()) {
             (None, None) => break,
-            (Some(pe), None) => {
-                dels.push(pe.key.clone());
-                pi.next();
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(pe), Some(ne)) => pe.key.cmp(&ne.key),
+        };
+        match step {
+            std::cmp::Ordering::Less => {
+                dels.push(pi.next().expect("peeked").key.clone());
             }
-            (None, Some(ne)) => {
-                adds.push((*ne).clone());
-                ni.next();
+            std::cmp::Ordering::Greater => {
+                adds.push(ni.next().expect("peeked"));
             }
-            (Some(pe), Some(ne)) => match pe.key.cmp(&ne.key) {
-                std::cmp::Ordering::Less => {
+            std::cmp::Ordering::Equal => {
+                let pe = pi.next().expect("peeked");
+                let ne = ni.next().expect("peeked");
+                let retarget = element_target(pe).is_some_and(|c| recreated_chains.contains(c));
+                if *pe != ne || retarget {
                     dels.push(pe.key.clone());
-                    pi.next();
+                    adds.push(ne);
                 }
-                std::cmp::Ordering::Greater => {
-                    adds.push((*ne).clone());
-                    ni.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    let retarget = element_target(pe).is_some_and(|c| recreated_chains.contains(c));
-                    if pe != ne || retarget {
-                        dels.push(pe.key.clone());
-                        adds.push((*ne).clone());
-                    }
-                    pi.next();
-                    ni.next();
-                }
-            },
+            }
         }
     }
     (dels, adds)

@@ -579,6 +579,10 @@ impl Elements {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// The elements, sorted by key (consuming).
+    pub fn into_vec(self) -> Vec<Element> {
+        self.0
+    }
     pub fn iter(&self) -> std::slice::Iter<'_, Element> {
         self.0.iter()
     }
