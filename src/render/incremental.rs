@@ -40,22 +40,38 @@ type ElementKey = (SetRef, Vec<Value>);
 /// rendered fragments instead cost about 3 KB per port (160 MiB at 50k × 10); this is a
 /// fifth of that.
 fn slim(sp: &ServicePort) -> ServicePort {
-    let mut kept = sp.clone();
-    kept.endpoints = sp
-        .endpoints
-        .iter()
-        .filter(|e| e.local || e.node.is_none())
-        .map(|e| crate::model::Endpoint {
-            node: None,
-            zone_hints: Vec::new(),
-            node_hints: Vec::new(),
-            ..e.clone()
-        })
-        .collect();
-    kept.endpoints.shrink_to_fit();
-    kept.cluster_endpoints.shrink_to_fit();
-    kept.local_endpoints.shrink_to_fit();
-    kept
+    ServicePort {
+        name: sp.name.clone(),
+        cluster_ip: sp.cluster_ip,
+        port: sp.port,
+        node_port: sp.node_port,
+        external_ips: sp.external_ips.clone(),
+        load_balancer_ips: sp.load_balancer_ips.clone(),
+        source_ranges: sp.source_ranges.clone(),
+        affinity_timeout: sp.affinity_timeout,
+        external_policy_local: sp.external_policy_local,
+        internal_policy_local: sp.internal_policy_local,
+        health_check_node_port: sp.health_check_node_port,
+        endpoints: sp
+            .endpoints
+            .iter()
+            .filter(|e| e.local || e.node.is_none())
+            .map(|e| crate::model::Endpoint {
+                ip: e.ip,
+                port: e.port,
+                node: None,
+                local: e.local,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+                zone_hints: Vec::new(),
+                node_hints: Vec::new(),
+            })
+            .collect(),
+        cluster_endpoints: sp.cluster_endpoints.clone(),
+        local_endpoints: sp.local_endpoints.clone(),
+        has_endpoints: sp.has_endpoints,
+    }
 }
 
 type PortName = Arc<ServicePortName>;
