@@ -50,7 +50,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::nft::tx::{ChainDecl, Op, TableRef, Transaction};
-use crate::nft::{Chain, Element, ElementData, Ruleset, Set, Stmt, Table, Value};
+use crate::nft::{Chain, Element, Ruleset, Set, Table, Value};
 
 /// Most elements one `AddElements` / `DeleteElements` operation carries (keeps netlink
 /// messages well below the socket buffer sizes).
@@ -212,28 +212,10 @@ fn chain_decl(c: &Chain) -> ChainDecl {
     }
 }
 
-/// The set a statement reads or updates, if any.
-fn stmt_set(s: &Stmt) -> Option<&str> {
-    match s {
-        Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set),
-        Stmt::Vmap { map, .. } | Stmt::DnatSlot { map, .. } => Some(map),
-        _ => None,
-    }
-}
-
-/// The chain an element's verdict enters, if any.
-fn element_target(e: &Element) -> Option<&str> {
-    match &e.data {
-        ElementData::Verdict(v) => v.target(),
-        _ => None,
-    }
-}
-
 /// Does this chain have a rule referencing one of these sets or chains?
 fn references(c: &Chain, sets: &BTreeSet<&str>, chains: &BTreeSet<&str>) -> bool {
     c.rules.iter().flat_map(|r| &r.stmts).any(|s| {
-        stmt_set(s).is_some_and(|n| sets.contains(n))
-            || s.target().is_some_and(|n| chains.contains(n))
+        s.set().is_some_and(|n| sets.contains(n)) || s.target().is_some_and(|n| chains.contains(n))
     })
 }
 
@@ -386,7 +368,7 @@ fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: 
                     let keys: Vec<Vec<Value>> = p.sets[name]
                         .elements
                         .iter()
-                        .filter(|e| element_target(e).is_some_and(|c| recreated_chains.contains(c)))
+                        .filter(|e| e.target().is_some_and(|c| recreated_chains.contains(c)))
                         .map(|e| e.key.clone())
                         .collect();
                     push_deletes(&mut ph.delete_elements, tref, name, keys);
@@ -509,7 +491,7 @@ fn element_changes(
             std::cmp::Ordering::Equal => {
                 let pe = pi.next().expect("peeked");
                 let ne = ni.next().expect("peeked");
-                let retarget = element_target(pe).is_some_and(|c| recreated_chains.contains(c));
+                let retarget = pe.target().is_some_and(|c| recreated_chains.contains(c));
                 if *pe != ne || retarget {
                     dels.push(pe.key.clone());
                     adds.push(ne);

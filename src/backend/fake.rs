@@ -219,22 +219,6 @@ fn dec(m: &mut HashMap<String, usize>, k: &str) {
     }
 }
 
-/// The set a statement uses, if any.
-fn stmt_set(s: &Stmt) -> Option<&str> {
-    match s {
-        Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set),
-        Stmt::Vmap { map, .. } | Stmt::DnatSlot { map, .. } => Some(map),
-        _ => None,
-    }
-}
-
-fn element_target(e: &Element) -> Option<&str> {
-    match &e.data {
-        ElementData::Verdict(v) => v.target(),
-        _ => None,
-    }
-}
-
 impl WTable {
     fn new(t: Table) -> WTable {
         let mut w = WTable {
@@ -252,7 +236,7 @@ impl WTable {
         }
         for s in w.t.sets.values() {
             for e in &s.elements {
-                if let Some(c) = element_target(e) {
+                if let Some(c) = e.target() {
                     inc(&mut chain_use, c);
                 }
             }
@@ -278,7 +262,7 @@ impl WTable {
 
     /// Drops an element's reference to its chain.
     fn release_element(&mut self, e: &Element, pre_6_2: bool) {
-        if let Some(c) = element_target(e) {
+        if let Some(c) = e.target() {
             dec(&mut self.chain_use, c);
             if pre_6_2 {
                 self.pinned.insert(c.to_string());
@@ -298,7 +282,7 @@ fn count_rule(
         if let Some(c) = s.target() {
             f(chain_use, c);
         }
-        if let Some(set) = stmt_set(s) {
+        if let Some(set) = s.set() {
             f(set_use, set);
         }
     }
@@ -728,7 +712,7 @@ fn add_elements(w: &mut WTable, set: &str, elements: &[Element]) -> Result<(), F
         accepted.push(e);
     }
     for e in &accepted {
-        if let Some(c) = element_target(e) {
+        if let Some(c) = e.target() {
             inc(&mut w.chain_use, c);
         }
     }
@@ -756,7 +740,7 @@ fn delete_elements(
         match s.elements.get(k) {
             Some(e) if !gone.contains(k) => {
                 gone.insert(k);
-                if element_target(e).is_some() {
+                if e.target().is_some() {
                     released.push(e.clone());
                 }
             }

@@ -468,6 +468,14 @@ impl Stmt {
             _ => None,
         }
     }
+    /// The set or map this statement reads or updates, if any.
+    pub fn set(&self) -> Option<&str> {
+        match self {
+            Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set),
+            Stmt::Vmap { map, .. } | Stmt::DnatSlot { map, .. } => Some(map),
+            _ => None,
+        }
+    }
 }
 
 /// The type of one part of a set key or map value.
@@ -659,6 +667,13 @@ pub struct Element {
 }
 
 impl Element {
+    /// The chain this element's verdict enters, if any (verdict maps).
+    pub fn target(&self) -> Option<&str> {
+        match &self.data {
+            ElementData::Verdict(v) => v.target(),
+            _ => None,
+        }
+    }
     pub fn key(key: Vec<Value>) -> Element {
         Element {
             key,

@@ -165,6 +165,12 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// The wait before retrying a failed sync: at least a second, at least
+    /// minSyncPeriod; it doubles with each failure up to `sync_period`.
+    fn first_backoff(&self) -> Duration {
+        self.min_sync_period.max(Duration::from_secs(1))
+    }
+
     pub fn new(min_sync_period: Duration, sync_period: Duration) -> SyncConfig {
         SyncConfig {
             min_sync_period,
@@ -334,6 +340,13 @@ pub enum SyncError {
     Backend(#[from] BackendError),
 }
 
+/// Counts one event in both families' series (kproxy syncs both tables at once).
+fn inc_per_family(counter: &prometheus::IntCounterVec) {
+    for family in [Family::V4, Family::V6] {
+        counter.with_label_values(&[family_label(family)]).inc();
+    }
+}
+
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -350,7 +363,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         health: Arc<ProxyHealth>,
         health_checks: Arc<HealthChecks>,
     ) -> Syncer<S, B> {
-        let backoff = config.min_sync_period.max(Duration::from_secs(1));
+        let backoff = config.first_backoff();
         Syncer {
             source,
             backend,
@@ -500,16 +513,11 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 self.record_success(&report, &changes, now);
                 self.needs_full = false;
                 self.retry_at = None;
-                self.backoff = self.config.min_sync_period.max(Duration::from_secs(1));
+                self.backoff = self.config.first_backoff();
                 Ok(report)
             }
             Err(e) => {
-                for family in [Family::V4, Family::V6] {
-                    self.metrics
-                        .sync_failures
-                        .with_label_values(&[family_label(family)])
-                        .inc();
-                }
+                inc_per_family(&self.metrics.sync_failures);
                 self.needs_full = true;
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(self.config.sync_period);
@@ -817,12 +825,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         self.deferred_at = None;
         if let Err(e) = self.backend.apply(&tx) {
             tracing::warn!(error = %e, "deleting stale chains failed; the next full sync retries");
-            for family in [Family::V4, Family::V6] {
-                self.metrics
-                    .cleanup_failures
-                    .with_label_values(&[family_label(family)])
-                    .inc();
-            }
+            inc_per_family(&self.metrics.cleanup_failures);
             self.needs_full = true;
         }
         self.generation = self.backend_generation();
