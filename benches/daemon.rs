@@ -24,39 +24,19 @@ use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::k8s::cache::{Cache, Update};
 use kproxy::metrics::Metrics;
 use kproxy::sync::{SyncConfig, Syncer, Trigger};
-use kproxy::testutil::{synthetic_cluster, synthetic_settings, Counting, InNetns};
+use kproxy::testutil::{
+    root_bench_filter, synthetic_cluster, synthetic_settings, Counting, InNetns,
+};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
 const SERVICES: usize = 50_000;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A cache holding the synthetic cluster (as after the watchers' first lists).
 fn filled_cache(services: usize, trigger: Arc<Trigger>, metrics: Arc<Metrics>) -> Arc<Cache> {
-    let objects = synthetic_cluster(services, 10, false);
     let cache = Arc::new(Cache::new(&synthetic_settings().hostname, trigger, metrics));
-    cache.apply(Update::Node(Event::Init));
-    for n in objects.nodes {
-        cache.apply(Update::Node(Event::InitApply(n)));
-    }
-    cache.apply(Update::Node(Event::InitDone));
-    cache.apply(Update::ServiceCidr(Event::Init));
-    cache.apply(Update::ServiceCidr(Event::InitDone));
-    cache.apply(Update::Service(Event::Init));
-    for s in objects.services {
-        cache.apply(Update::Service(Event::InitApply(s)));
-    }
-    cache.apply(Update::Service(Event::InitDone));
-    cache.apply(Update::Slice(Event::Init));
-    for s in objects.slices {
-        cache.apply(Update::Slice(Event::InitApply(s)));
-    }
-    cache.apply(Update::Slice(Event::InitDone));
+    cache.list_all(synthetic_cluster(services, 10, false));
     cache
 }
 
@@ -254,15 +234,9 @@ fn steady_state_rss() {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("daemon benchmarks: run with `cargo bench --bench daemon` (skipped in test mode)");
+    let Some(filter) = root_bench_filter("daemon") else {
         return;
-    }
-    if !is_root() {
-        println!("skipping daemon benchmarks: they need root for network namespaces");
-        return;
-    }
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    };
     let wants = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     if wants("kproxy_run_steady_state_rss") {
         steady_state_rss();

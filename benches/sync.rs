@@ -24,21 +24,12 @@ use kproxy::model::{self, EndpointAddr, Model};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::Family;
 use kproxy::render::Renderer;
-use kproxy::testutil::{synthetic_cluster, synthetic_settings, Counting, InNetns};
+use kproxy::testutil::{
+    root_bench_filter, synthetic_cluster, synthetic_settings, Counting, InNetns,
+};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn model_for(n: usize) -> Model {
     let objects = synthetic_cluster(n, 10, false);
@@ -373,17 +364,9 @@ fn memory() {
 criterion_group!(benches, cold, incremental, upstream);
 
 fn main() {
-    // `cargo test --benches` runs bench targets without `--bench`: these need a release
-    // build and minutes, so they only run under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("sync benchmarks: run with `cargo bench --bench sync` (skipped in test mode)");
+    let Some(filter) = root_bench_filter("sync") else {
         return;
-    }
-    if !is_root() {
-        println!("skipping sync benchmarks: they need root for network namespaces");
-        return;
-    }
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    };
     if filter
         .as_deref()
         .is_none_or(|f| "sync_path_peak_heap".contains(f))

@@ -20,9 +20,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::Once;
 
-use common::kernel_tests_enabled;
 use common::topology::{cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Topology};
-use common::udp::{in_netns, pinned_to, pod_netns, Answer, UdpClient};
+use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
+use common::{in_netns, kernel_tests_enabled};
 use kproxy::conntrack::{Conntrack, Flow};
 use kproxy::model::{Model, NodePortIps, Protocol};
 use kproxy::nft::Family;

@@ -16,11 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::kernel_tests_enabled;
 use common::topology::{
     cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Client, Outcome, Topology,
 };
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
+use common::{in_netns, kernel_tests_enabled};
 use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::apiserver::{ApiServer, Kind};
 use serde_json::{json, Value};
@@ -204,14 +204,9 @@ impl Drop for Daemon {
 /// A plain HTTP GET from inside the node namespace: (status, body).
 fn http_get(t: &Topology, addr: &str, path: &str) -> Option<(u16, String)> {
     let (addr, path) = (addr.to_string(), path.to_string());
-    let ns = format!("/var/run/netns/{}", t.node.name);
-    std::thread::spawn(move || {
-        kproxy::backend::netlink::enter_netns(std::path::Path::new(&ns)).ok()?;
+    in_netns(&t.node.name, move || {
         kproxy::testutil::http_get(&addr, &path)
     })
-    .join()
-    .ok()
-    .flatten()
 }
 
 fn metrics(t: &Topology) -> String {

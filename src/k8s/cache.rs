@@ -416,6 +416,24 @@ impl Cache {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Feeds `objects` as each watcher's first complete list (Node, ServiceCIDRs,
+    /// Services, EndpointSlices, in that order), as the watchers do at start: afterwards
+    /// the cache is synced. For tests and benchmarks.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn list_all(&self, objects: Objects) {
+        fn list<T>(c: &Cache, wrap: fn(Event<T>) -> Update, items: Vec<T>) {
+            c.apply(wrap(Event::Init));
+            for item in items {
+                c.apply(wrap(Event::InitApply(item)));
+            }
+            c.apply(wrap(Event::InitDone));
+        }
+        list(self, Update::Node, objects.nodes);
+        list(self, Update::ServiceCidr, objects.service_cidrs);
+        list(self, Update::Service, objects.services);
+        list(self, Update::Slice, objects.slices);
+    }
+
     /// Applies one watch event (synchronously; no I/O). Returns whether anything changed.
     pub fn apply(&self, update: Update) -> bool {
         let (resource, kind) = describe(&update);

@@ -185,3 +185,33 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let body = out.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
 }
+
+/// Whether this process runs as root (kernel tests and benchmarks need network namespaces).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The start of a root-only benchmark binary's `main`: `None` (after one printed line)
+/// when it runs in test mode (`cargo test --benches` runs bench targets without
+/// `--bench`; these need a release build and minutes) or without root; otherwise the
+/// name filter given on the command line, if any.
+pub fn root_bench_filter(bench: &str) -> Option<Option<String>> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "{bench} benchmarks: run with `cargo bench --bench {bench}` (skipped in test mode)"
+        );
+        return None;
+    }
+    if !is_root() {
+        println!("skipping {bench} benchmarks: they need root for network namespaces");
+        return None;
+    }
+    Some(std::env::args().skip(1).find(|a| !a.starts_with('-')))
+}

@@ -62,21 +62,22 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+/// Runs `f` on a fresh thread inside the named network namespace (sockets opened there
+/// stay in it, whatever thread uses them later).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/var/run/netns").join(ns);
+    std::thread::spawn(move || {
+        kproxy::backend::netlink::enter_netns(&path).expect("enter netns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
 }
 
 /// Whether kernel tests can run. In CI (root) they always run: a missing privilege there
 /// fails the test instead of skipping it. Elsewhere without root: one line, then skip.
 pub fn kernel_tests_enabled(test: &str) -> bool {
-    if is_root() {
+    if kproxy::testutil::is_root() {
         return true;
     }
     if std::env::var_os("CI").is_some() {

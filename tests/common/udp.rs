@@ -4,12 +4,9 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
-use std::thread;
 use std::time::Duration;
 
-use kproxy::backend::netlink::enter_netns;
-
+use super::in_netns;
 use super::topology::Topology;
 
 /// How long a datagram waits for its answer.
@@ -35,18 +32,6 @@ pub fn pod_netns(t: &Topology, pod: &str) -> String {
         .and_then(|e| e["name"].as_str())
         .unwrap_or_else(|| panic!("no name for nsid {nsid}: {ids}"))
         .to_string()
-}
-
-/// Runs `f` on a fresh thread inside the named network namespace (sockets opened there
-/// stay in it, whatever thread uses them later).
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = Path::new("/var/run/netns").join(ns);
-    thread::spawn(move || {
-        enter_netns(&path).expect("enter netns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
 }
 
 /// What a datagram got.

@@ -61,27 +61,13 @@ fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
     names.iter().map(|n| key(n)).collect()
 }
 
-/// The Node and ServiceCIDR watchers finish their first lists, finding nothing.
-fn lists_done_without_objects(c: &Cache) {
-    c.apply(Update::Node(Event::Init));
-    c.apply(Update::Node(Event::InitDone));
-    c.apply(Update::ServiceCidr(Event::Init));
-    c.apply(Update::ServiceCidr(Event::InitDone));
-}
-
-/// Lists services and slices once (both watchers complete) and forgets the changes.
+/// Lists services and slices once (every watcher complete) and forgets the changes.
 fn synced_with(c: &Cache, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-    lists_done_without_objects(c);
-    c.apply(Update::Service(Event::Init));
-    for s in services {
-        c.apply(Update::Service(Event::InitApply(s)));
-    }
-    c.apply(Update::Service(Event::InitDone));
-    c.apply(Update::Slice(Event::Init));
-    for s in slices {
-        c.apply(Update::Slice(Event::InitApply(s)));
-    }
-    c.apply(Update::Slice(Event::InitDone));
+    c.list_all(Objects {
+        services,
+        slices,
+        ..Objects::default()
+    });
     assert!(c.synced());
     c.take_changes();
 }
