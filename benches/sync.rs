@@ -14,16 +14,21 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
+use kproxy::admin::{HealthChecks, ProxyHealth};
 use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::DiffOptions;
+use kproxy::k8s::cache::Cache;
+use kproxy::metrics::Metrics;
 use kproxy::model::{self, EndpointAddr, Model};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::Family;
 use kproxy::render::Renderer;
+use kproxy::sync::{SyncConfig, Syncer, Trigger};
 use kproxy::testutil::{
     root_bench_filter, synthetic_cluster, synthetic_settings, Counting, InNetns,
 };
@@ -327,38 +332,54 @@ fn commit_kinds(n: usize) {
     );
 }
 
-/// Peak heap of one cold full sync of 50k × 10, from the built model (manifests excluded)
-/// to commit, in the daemon's order (model dropped once rendered; the ruleset consumed by
-/// the diff), and what stays live afterwards (the daemon's steady state: the renderer's
-/// per-service fragments).
+/// Peak heap of the sync path for 50k × 10, measured on the daemon's own path: a
+/// [`Syncer`] over the informer cache (the cache itself, like manifests, is the base and
+/// excluded) doing its first full sync into an empty namespace — the model built a chunk
+/// at a time and dropped once rendered, the ruleset consumed by the diff, each operation
+/// dropped once encoded — then a second full sync against what the kernel holds (the
+/// hourly resync: a dump of both tables, a full render, an empty transaction).
 fn memory() {
     let _ns = InNetns::enter("mem");
-    let mut b = NetlinkBackend::new("kproxy").expect("netlink");
-    let objects = synthetic_cluster(50_000, 10, false);
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+    let trigger = Trigger::new(health.clone(), metrics.clone());
+    let cache = Arc::new(Cache::new(
+        &synthetic_settings().hostname,
+        trigger,
+        metrics.clone(),
+    ));
+    cache.list_all(synthetic_cluster(50_000, 10, false));
+    let mut config = SyncConfig::new(Duration::ZERO, Duration::from_secs(30));
+    config.defer_chain_deletes = false;
+    let mut syncer = Syncer::new(
+        cache,
+        NetlinkBackend::new("kproxy").expect("netlink"),
+        synthetic_settings(),
+        config,
+        metrics,
+        health,
+        Arc::new(HealthChecks::default()),
+    );
     let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
     let base = Counting::live();
     Counting::reset_peak();
-    let (m, _) = model::build(&objects, &synthetic_settings());
-    let model_bytes = Counting::live() - base;
-    let mut renderer = Renderer::new();
-    let next = renderer.full(&m);
-    let with_ruleset = Counting::live() - base;
-    // As the daemon's full sync: the model is not needed once rendered.
-    drop(m);
-    kproxy::apply::apply(&mut b, next, false, false).expect("apply");
+    let cold = syncer.sync(true).expect("cold full sync");
+    assert!(cold.operations > 0);
     let peak = Counting::peak() - base;
     let retained = Counting::live().saturating_sub(base);
+    Counting::reset_peak();
+    let warm = syncer.sync(true).expect("warm full sync");
+    assert_eq!(warm.operations, 0, "the kernel already holds it");
+    let warm_peak = Counting::peak() - base;
     println!(
-        "sync_path_peak_heap/50000x10: {:.1} MiB (model, rulesets, transaction, encoded batch; manifests excluded)",
+        "sync_path_peak_heap/50000x10: {:.1} MiB (cold full sync: model, ruleset, transaction, encoded batch; the informer cache excluded)",
         mib(peak)
     );
     println!(
-        "  model {:.1} MiB; model + renderer + ruleset {:.1} MiB; retained after the sync (renderer, backend catalog) {:.1} MiB",
-        mib(model_bytes),
-        mib(with_ruleset),
-        mib(retained)
+        "  retained after it (renderer, per-port facts, set catalog) {:.1} MiB; peak of a full resync over the programmed kernel (dump + render + diff) {:.1} MiB",
+        mib(retained),
+        mib(warm_peak)
     );
-    drop(renderer);
 }
 
 criterion_group!(benches, cold, incremental, upstream);

@@ -24,7 +24,8 @@ pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 /// What one apply did.
 #[derive(Clone, Debug, Default)]
 pub struct Applied {
-    /// The transaction that was (or, for a dry run, would be) sent.
+    /// For a dry run, the transaction that would be sent; empty after a real apply (the
+    /// backend consumed it: [`Backend::commit`]). `stats` describes it either way.
     pub tx: Transaction,
     pub stats: TxStats,
     pub report: ApplyReport,
@@ -56,7 +57,8 @@ pub fn kernel_release() -> String {
 /// Makes the kernel hold `next`: reads kproxy's tables back, diffs, applies. With
 /// `dry_run`, only computes the transaction. Takes `next` by value: what it adds moves
 /// into the transaction, and the kernel's state is dropped as soon as the transaction
-/// exists, before it is encoded (at 50k services each is ~140 MiB: the sync's memory peak).
+/// exists, and the backend drops each operation once encoded (at 50k services the ruleset,
+/// the transaction and the batch are each 70–200 MiB: the sync's memory peak).
 pub fn apply(
     backend: &mut dyn Backend,
     next: Ruleset,
@@ -82,7 +84,7 @@ pub fn apply(
             ..Applied::default()
         });
     }
-    let report = backend.apply(&d.tx)?;
+    let report = backend.commit(d.tx)?;
     let mut deferred_deleted = 0;
     if !d.deferred.is_empty() {
         std::thread::sleep(STALE_CHAIN_DELAY);
@@ -97,7 +99,7 @@ pub fn apply(
         deferred_deleted = d.deferred.len();
     }
     Ok(Applied {
-        tx: d.tx,
+        tx: Transaction::new(),
         stats,
         report,
         deferred_deleted,

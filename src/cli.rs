@@ -268,7 +268,7 @@ fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
             done.stats.ops,
             describe_stats(&done.stats)
         );
-    } else if done.tx.is_empty() {
+    } else if done.stats.ops == 0 {
         eprintln!(
             "kproxy apply: nothing to do, the kernel already holds this ruleset (0 operations sent, {ms:.1} ms)"
         );

@@ -341,7 +341,7 @@ fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: 
                 let s = n.sets.get_mut(name).expect("new set");
                 ph.add_sets.push(Op::AddSet {
                     table: tref.clone(),
-                    set: set_decl(s),
+                    set: Box::new(set_decl(s)),
                 });
                 load_elements(ph, s);
             }
@@ -353,7 +353,7 @@ fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: 
                 });
                 ph.add_recreated_sets.push(Op::AddSet {
                     table: tref.clone(),
-                    set: set_decl(s),
+                    set: Box::new(set_decl(s)),
                 });
                 load_elements(ph, s);
             }

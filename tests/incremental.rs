@@ -1,7 +1,8 @@
 //! Incremental rendering is exact: after any sequence of service changes applied through
 //! `Renderer::update`, (1) the fake kernel, which validates every operation, holds exactly
 //! `renderer.ruleset()`, and (2) that equals a full render of the same model with the same
-//! slot ranges, so incremental and full syncs can never drift apart.
+//! slot ranges, so incremental and full syncs can never drift apart; (3) rendering the model
+//! in chunks (as full syncs do) gives the same ruleset and state as rendering it whole.
 
 use std::collections::BTreeSet;
 
@@ -153,6 +154,21 @@ fn build(o: &Objects) -> Model {
     model::build(o, &synthetic_settings()).0
 }
 
+/// The model cut into `parts` consecutive runs of service ports (the full sync renders
+/// the model in chunks like these, dropping each once rendered).
+fn split(m: &Model, parts: usize) -> Vec<Model> {
+    (0..parts)
+        .map(|i| {
+            let mut c = m.clone();
+            for fm in &mut c.families {
+                let n = fm.services.len();
+                fm.services = fm.services[n * i / parts..n * (i + 1) / parts].to_vec();
+            }
+            c
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -160,6 +176,7 @@ proptest! {
     fn incremental_updates_equal_full_renders(
         changes in prop::collection::vec(prop::collection::vec(change_strategy(), 1..4), 1..8),
         colliding in any::<bool>(),
+        chunks in 1usize..5,
     ) {
         let mut objects = synthetic_cluster(40, 3, true);
         // Half the cases keep 2 bits of the shared-element hashes: constant collisions.
@@ -168,7 +185,8 @@ proptest! {
         } else {
             Renderer::new()
         };
-        let first = renderer.full(&build(&objects));
+        // The first render comes in `chunks` pieces, as the daemon's full sync does.
+        let first = renderer.full_chunked(split(&build(&objects), chunks));
         let mut kernel = FakeBackend::new();
         kernel.apply(&diff(&Default::default(), &first, &DiffOptions::default()).tx).unwrap();
         let mut counter = 0;
@@ -187,6 +205,8 @@ proptest! {
             prop_assert_eq!(&held, &incremental, "kernel differs from the renderer's state");
             let full = renderer.clone().full(&m);
             prop_assert_eq!(&incremental, &full, "incremental state differs from a full render");
+            let chunked = renderer.clone().full_chunked(split(&m, chunks));
+            prop_assert_eq!(&full, &chunked, "a render in chunks differs from one in one piece");
         }
     }
 }

@@ -65,7 +65,7 @@ fn full_load(rs: &Ruleset) -> Transaction {
         for s in t.sets.values() {
             tx.push(Op::AddSet {
                 table: tr.clone(),
-                set: s.clone(),
+                set: Box::new(s.clone()),
             });
             if !s.elements.is_empty() {
                 tx.push(Op::AddElements {
@@ -254,42 +254,83 @@ fn a_bad_operation_rejects_the_whole_transaction() {
     let before = nft_ok(&ns, &["list", "ruleset"]);
     let gen_before = with_backend(&ns, |b| b.generation()).unwrap();
 
+    // `apply` borrows the transaction; `commit` drops each operation's payload once it
+    // is encoded, so its error detail comes from the encoded message: both must name the
+    // failing rule, and the failing element of a list.
     let t = TableRef::new(Family::V4, "kproxy");
-    let mut tx = Transaction::new();
-    tx.push(Op::FlushChain {
-        table: t.clone(),
-        chain: "services".into(),
-    });
-    tx.push(Op::AddChain {
-        table: t.clone(),
-        chain: ChainDecl {
-            name: "new-chain".into(),
-            base: None,
-            comment: None,
-        },
-    });
-    tx.push(Op::AddRule {
-        table: t.clone(),
-        chain: "new-chain".into(),
-        rule: Rule::new(vec![Stmt::jump("no-such-chain")]),
-    });
-    tx.push(Op::AddRule {
-        table: t,
-        chain: "new-chain".into(),
-        rule: Rule::new(vec![Stmt::Verdict(Verdict::Accept)]),
-    });
-    let err = with_backend(&ns, move |b| b.apply(&tx)).unwrap_err();
-    match &err {
-        BackendError::Rejected { failures } => {
-            assert_eq!(failures.len(), 1, "{err}");
-            assert_eq!(failures[0].index, 2, "{err}");
-            assert_eq!(failures[0].errno, libc::ENOENT, "{err}");
-            assert!(failures[0].op.contains("jump no-such-chain"), "{err}");
+    for shed in [false, true] {
+        let mut tx = Transaction::new();
+        tx.push(Op::FlushChain {
+            table: t.clone(),
+            chain: "services".into(),
+        });
+        tx.push(Op::AddChain {
+            table: t.clone(),
+            chain: ChainDecl {
+                name: "new-chain".into(),
+                base: None,
+                comment: None,
+            },
+        });
+        tx.push(Op::AddRule {
+            table: t.clone(),
+            chain: "new-chain".into(),
+            rule: Rule::new(vec![Stmt::jump("no-such-chain")]),
+        });
+        tx.push(Op::AddRule {
+            table: t.clone(),
+            chain: "new-chain".into(),
+            rule: Rule::new(vec![Stmt::Verdict(Verdict::Accept)]),
+        });
+        let err =
+            with_backend(&ns, move |b| if shed { b.commit(tx) } else { b.apply(&tx) }).unwrap_err();
+        match &err {
+            BackendError::Rejected { failures } => {
+                assert_eq!(failures.len(), 1, "{err}");
+                assert_eq!(failures[0].index, 2, "{err}");
+                assert_eq!(failures[0].errno, libc::ENOENT, "{err}");
+                assert!(failures[0].op.contains("jump no-such-chain"), "{err}");
+            }
+            e => panic!("expected Rejected, got {e}"),
         }
-        e => panic!("expected Rejected, got {e}"),
+        assert_eq!(nft_ok(&ns, &["list", "ruleset"]), before, "nothing changed");
+        assert_eq!(with_backend(&ns, |b| b.generation()).unwrap(), gen_before);
+
+        // The third of four elements enters a chain that does not exist.
+        let elem = |port: u16, chain: &str| {
+            Element::verdict(
+                vec![
+                    Value::Addr("172.30.99.1".parse().unwrap()),
+                    Value::Proto(Protocol::Tcp),
+                    Value::Port(port),
+                ],
+                Verdict::Goto(chain.into()),
+            )
+        };
+        let mut tx = Transaction::new();
+        tx.push(Op::AddElements {
+            table: t.clone(),
+            set: "service-ips".into(),
+            elements: vec![
+                elem(1, "services"),
+                elem(2, "services"),
+                elem(3, "no-such-chain"),
+                elem(4, "services"),
+            ],
+        });
+        let err =
+            with_backend(&ns, move |b| if shed { b.commit(tx) } else { b.apply(&tx) }).unwrap_err();
+        match &err {
+            BackendError::Rejected { failures } => {
+                assert_eq!(failures[0].index, 0, "{err}");
+                let op = &failures[0].op;
+                assert!(op.contains("service-ips (4 elements)"), "{err}");
+                assert!(op.contains(". 3 : goto no-such-chain"), "{err}");
+            }
+            e => panic!("expected Rejected, got {e}"),
+        }
+        assert_eq!(nft_ok(&ns, &["list", "ruleset"]), before, "nothing changed");
     }
-    assert_eq!(nft_ok(&ns, &["list", "ruleset"]), before, "nothing changed");
-    assert_eq!(with_backend(&ns, |b| b.generation()).unwrap(), gen_before);
 
     // Elements for a set that does not exist: refused up front with ENOENT.
     let mut tx = Transaction::new();
@@ -341,7 +382,7 @@ fn a_batch_over_one_mebibyte_commits_whole() {
     });
     tx.push(Op::AddSet {
         table: t.clone(),
-        set,
+        set: Box::new(set),
     });
     tx.push(Op::AddElements {
         table: t,

@@ -832,7 +832,7 @@ mod tests {
     fn add_set(s: Set) -> Op {
         Op::AddSet {
             table: tref(),
-            set: s,
+            set: Box::new(s),
         }
     }
 

@@ -63,6 +63,13 @@ pub trait Backend {
     /// Applies `tx` atomically: on `Ok` every operation is committed; on `Err` nothing
     /// changed. An empty transaction succeeds without sending anything.
     fn apply(&mut self, tx: &Transaction) -> Result<ApplyReport, BackendError>;
+    /// As [`Backend::apply`], taking the transaction: a backend may drop each operation's
+    /// payload once it has encoded it (the netlink backend does: at 50k services the
+    /// transaction and its encoded batch are the sync's memory peak). Errors name
+    /// operations by their index, as `apply` does.
+    fn commit(&mut self, tx: Transaction) -> Result<ApplyReport, BackendError> {
+        self.apply(&tx)
+    }
     /// kproxy's tables (`ip` and `ip6`, by the backend's table name) as they are now;
     /// a missing table is simply absent. Elements of dynamic sets (affinity) are the
     /// runtime contents and must be ignored by callers that compare.

@@ -13,6 +13,7 @@
 //! sequence of updates, [`Renderer::ruleset`] equals a full render of the same model with
 //! the same slot ranges (tested).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -245,29 +246,61 @@ impl Renderer {
     /// Renders the whole model, keeping slot ranges of service ports rendered before, and
     /// returns the full ruleset.
     pub fn full(&mut self, model: &Model) -> Ruleset {
-        self.families.retain(|f, _| model.family(*f).is_some());
-        let mut tables = Vec::new();
+        self.full_chunked(std::iter::once(model))
+    }
+
+    /// [`Renderer::full`] of a model that arrives in chunks: the same node-level part in
+    /// each, the services split in order (as `model::build` gives them for consecutive
+    /// runs of service keys). A chunk can be dropped once rendered, so a full sync never
+    /// holds the whole model (~110 MiB at 50k × 10) next to the ruleset.
+    pub fn full_chunked<M: Borrow<Model>>(
+        &mut self,
+        chunks: impl IntoIterator<Item = M>,
+    ) -> Ruleset {
         let key_mask = match self.key_bits {
             Some(b) if b < 64 => (1u64 << b) - 1,
             _ => u64::MAX,
         };
-        for fm in &model.families {
-            let st = self.families.entry(fm.family).or_default();
-            st.key_mask = key_mask;
-            st.ports.clear();
-            st.contributors.clear();
-            st.hairpin.clear();
-            st.settings = Some(settings_of(fm));
-            st.skeleton = Some(skeleton(fm));
-            let mut frags = Vec::with_capacity(fm.services.len());
-            for sp in &fm.services {
-                let frag = fragment(fm, sp, &mut st.slots);
-                let name = Arc::new(sp.name.clone());
-                st.add_contributions(&name, &frag);
-                st.ports
-                    .insert(name, (self.fingerprint.of(sp), Box::new(slim(sp))));
-                frags.push(frag);
+        // Per family, in the order of the first chunk: the fragments rendered so far.
+        let mut frags: Vec<(Family, Vec<Fragment>)> = Vec::new();
+        let mut first = true;
+        for chunk in chunks {
+            let model = chunk.borrow();
+            if std::mem::take(&mut first) {
+                self.families.retain(|f, _| model.family(*f).is_some());
             }
+            for fm in &model.families {
+                let st = self.families.entry(fm.family).or_default();
+                let at = match frags.iter().position(|(f, _)| *f == fm.family) {
+                    Some(at) => at,
+                    None => {
+                        st.key_mask = key_mask;
+                        st.ports.clear();
+                        st.contributors.clear();
+                        st.hairpin.clear();
+                        st.settings = Some(settings_of(fm));
+                        st.skeleton = Some(skeleton(fm));
+                        frags.push((fm.family, Vec::with_capacity(fm.services.len())));
+                        frags.len() - 1
+                    }
+                };
+                let out = &mut frags[at].1;
+                for sp in &fm.services {
+                    let frag = fragment(fm, sp, &mut st.slots);
+                    let name = Arc::new(sp.name.clone());
+                    st.add_contributions(&name, &frag);
+                    st.ports
+                        .insert(name, (self.fingerprint.of(sp), Box::new(slim(sp))));
+                    out.push(frag);
+                }
+            }
+        }
+        if first {
+            self.families.clear();
+        }
+        let mut tables = Vec::new();
+        for (family, frags) in frags {
+            let st = self.families.get_mut(&family).expect("rendered above");
             st.slots.sweep();
             let skel = st.skeleton.clone().expect("just set");
             tables.push(assemble(skel, &st.slots, frags));

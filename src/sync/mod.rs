@@ -591,8 +591,11 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         }
     }
 
-    fn build(&mut self, only: Option<&BTreeSet<ServiceKey>>) -> (Model, usize) {
-        let chunks: Vec<Option<BTreeSet<ServiceKey>>> = match (only, self.source.service_keys()) {
+    /// The service keys of each model-building chunk: `only` as one chunk, or every
+    /// service in chunks of `build_chunk` (one unfiltered chunk if the source cannot list
+    /// its keys). Never empty.
+    fn chunks(&self, only: Option<&BTreeSet<ServiceKey>>) -> Vec<Option<BTreeSet<ServiceKey>>> {
+        match (only, self.source.service_keys()) {
             (Some(keys), _) => vec![Some(keys.clone())],
             (None, None) => vec![None],
             (None, Some(mut keys)) => {
@@ -606,31 +609,35 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 }
                 chunks
             }
-        };
-        // Services only ever look at their own slices (and the node-level inputs every
-        // chunk shares), so building chunk by chunk and concatenating the service lists,
-        // in key order, gives the model a single build would.
-        let mut model: Option<Model> = None;
-        let mut warnings = Vec::new();
-        for chunk in chunks {
+        }
+    }
+
+    /// The model, a chunk at a time. Services only ever look at their own slices (and
+    /// the node-level inputs every chunk shares), so the chunks, in key order, are the
+    /// model a single build would give, split. Invalid inputs met go to `warnings`.
+    fn model_chunks<'s>(
+        &'s mut self,
+        only: Option<&BTreeSet<ServiceKey>>,
+        warnings: &'s mut Vec<Warning>,
+    ) -> impl Iterator<Item = Model> + 's {
+        let mut chunks = self.chunks(only).into_iter();
+        let mut first = true;
+        std::iter::from_fn(move || {
+            let chunk = chunks.next()?;
             let objects = self.source.objects(chunk.as_ref());
-            if model.is_none() {
+            let (m, w) = model::build(&objects, &self.settings);
+            if std::mem::take(&mut first) {
                 let eligible = node_eligible(&objects, &self.settings.hostname);
                 self.health.set_node_eligible(eligible);
+                self.node_addresses = node_addresses(&m, &self.settings);
             }
-            let (m, w) = model::build(&objects, &self.settings);
-            drop(objects);
             warnings.extend(w);
-            match model.as_mut() {
-                None => model = Some(m),
-                Some(acc) => {
-                    for (a, f) in acc.families.iter_mut().zip(m.families) {
-                        a.services.extend(f.services);
-                    }
-                }
-            }
-        }
-        let model = model.unwrap_or_default();
+            Some(m)
+        })
+    }
+
+    /// Logs, counts and reports (Events) invalid inputs once each; returns how many.
+    fn report_warnings(&mut self, mut warnings: Vec<Warning>) -> usize {
         warnings.sort();
         warnings.dedup();
         for w in &warnings {
@@ -644,26 +651,48 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 sink.warn(w);
             }
         }
-        self.node_addresses = node_addresses(&model, &self.settings);
-        (model, warnings.len())
+        warnings.len()
     }
 
-    fn full_sync(&mut self, _changes: &Changes) -> Result<SyncReport, SyncError> {
-        let (model, warnings) = self.build(None);
-        let ruleset = self.renderer.full(&model);
-        // What later partial syncs need from the model, taken before it is dropped: the
-        // model is as large as the ruleset, and the commit is the sync's memory peak.
-        let mut facts = Facts::default();
-        let mut udp: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
-        for fm in &model.families {
-            for sp in &fm.services {
-                facts.insert((fm.family, sp.name.clone()), PortFacts::of(sp));
-                if sp.name.protocol == Protocol::Udp {
-                    udp.entry(fm.family).or_default().push(sp.clone());
+    /// The model of `only` (partial syncs), in one piece.
+    fn build(&mut self, only: &BTreeSet<ServiceKey>) -> (Model, usize) {
+        let mut warnings = Vec::new();
+        let mut model: Option<Model> = None;
+        for m in self.model_chunks(Some(only), &mut warnings) {
+            match model.as_mut() {
+                None => model = Some(m),
+                Some(acc) => {
+                    for (a, f) in acc.families.iter_mut().zip(m.families) {
+                        a.services.extend(f.services);
+                    }
                 }
             }
         }
-        drop(model);
+        let n = self.report_warnings(warnings);
+        (model.unwrap_or_default(), n)
+    }
+
+    fn full_sync(&mut self, _changes: &Changes) -> Result<SyncReport, SyncError> {
+        // The model is built and rendered a chunk at a time and each chunk dropped once
+        // rendered, keeping what later partial syncs need of it: the commit is the sync's
+        // memory peak, and the whole model would add ~110 MiB to the render's (50k × 10).
+        let mut facts = Facts::default();
+        let mut udp: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
+        let mut warnings = Vec::new();
+        let mut renderer = std::mem::take(&mut self.renderer);
+        let ruleset =
+            renderer.full_chunked(self.model_chunks(None, &mut warnings).inspect(|model| {
+                for fm in &model.families {
+                    for sp in &fm.services {
+                        facts.insert((fm.family, sp.name.clone()), PortFacts::of(sp));
+                        if sp.name.protocol == Protocol::Udp {
+                            udp.entry(fm.family).or_default().push(sp.clone());
+                        }
+                    }
+                }
+            }));
+        self.renderer = renderer;
+        let warnings = self.report_warnings(warnings);
         let applied = self.observe_commit(|b, defer| apply::apply(b, ruleset, defer, false))?;
         self.deferred.clear();
         self.deferred_at = None;
@@ -698,7 +727,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 ..SyncReport::default()
             });
         }
-        let (model, warnings) = self.build(Some(&changes.services));
+        let (model, warnings) = self.build(&changes.services);
         let opts = DiffOptions {
             defer_chain_deletes: self.config.defer_chain_deletes,
         };
@@ -856,7 +885,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             false,
         ) {
             Ok(applied) => {
-                if !applied.tx.is_empty() {
+                if applied.stats.ops > 0 {
                     self.metrics.drift_repairs.inc();
                     tracing::warn!(
                         operations = applied.stats.ops,

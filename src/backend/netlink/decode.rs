@@ -2,7 +2,9 @@
 //! (decoded with the set's declared types; interval elements folded back into prefixes),
 //! rules (via [`super::rule::decode_stmts`]).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
@@ -224,20 +226,24 @@ pub fn raw_elements(m: &Msg<'_>, out: &mut Vec<RawElem>) {
         return;
     };
     for (t, d) in list {
-        if t != c::NFTA_LIST_ELEM {
-            continue;
+        if t == c::NFTA_LIST_ELEM {
+            out.push(raw_element(d));
         }
-        let e = Attrs::new(d);
-        let udata = e.get(c::NFTA_SET_ELEM_USERDATA).unwrap_or(&[]);
-        out.push(RawElem {
-            flags: e.u32_be(c::NFTA_SET_ELEM_FLAGS).unwrap_or(0),
-            key: e.data_value(c::NFTA_SET_ELEM_KEY).unwrap_or(&[]).to_vec(),
-            key_end: e.data_value(c::NFTA_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
-            data: e.nest(c::NFTA_SET_ELEM_DATA).and_then(parse_data),
-            comment: udata_get(udata, c::UDATA_SET_ELEM_COMMENT).map(cstr),
-            open: udata_u32(udata, c::UDATA_SET_ELEM_FLAGS)
-                .is_some_and(|f| f & c::UDATA_SET_ELEM_F_INTERVAL_OPEN != 0),
-        });
+    }
+}
+
+/// One element from the payload of its `NFTA_LIST_ELEM` attribute.
+pub fn raw_element(d: &[u8]) -> RawElem {
+    let e = Attrs::new(d);
+    let udata = e.get(c::NFTA_SET_ELEM_USERDATA).unwrap_or(&[]);
+    RawElem {
+        flags: e.u32_be(c::NFTA_SET_ELEM_FLAGS).unwrap_or(0),
+        key: e.data_value(c::NFTA_SET_ELEM_KEY).unwrap_or(&[]).to_vec(),
+        key_end: e.data_value(c::NFTA_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
+        data: e.nest(c::NFTA_SET_ELEM_DATA).and_then(parse_data),
+        comment: udata_get(udata, c::UDATA_SET_ELEM_COMMENT).map(cstr),
+        open: udata_u32(udata, c::UDATA_SET_ELEM_FLAGS)
+            .is_some_and(|f| f & c::UDATA_SET_ELEM_F_INTERVAL_OPEN != 0),
     }
 }
 
@@ -338,16 +344,33 @@ pub fn range_to_prefixes(mut first: u128, last: u128, bytes: usize) -> Vec<Value
     out
 }
 
+/// Element comments read back, one shared copy per distinct text (as the renderer
+/// shares them): a service's comment is on each of its elements in every set, and a
+/// copy per element would cost ~25 MiB of a 50k-service dump.
+#[derive(Debug, Default)]
+pub struct Comments(HashMap<Box<str>, Arc<str>>);
+
+impl Comments {
+    fn get(&mut self, c: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(c) {
+            return a.clone();
+        }
+        let a: Arc<str> = c.into();
+        self.0.insert(c.into(), a.clone());
+        a
+    }
+}
+
 /// Elements in kproxy's form. Interval sets: start/end pairs become prefixes (a range
 /// that is not one prefix becomes several elements); pipapo elements: each part whose
 /// start and end differ becomes a prefix. Elements that cannot be typed are dropped.
-pub fn fold_elements(set: &Set, mut raw: Vec<RawElem>) -> Vec<Element> {
+pub fn fold_elements(set: &Set, mut raw: Vec<RawElem>, comments: &mut Comments) -> Vec<Element> {
     let mut out = Vec::new();
-    let mk = |key: Vec<Value>, r: &RawElem| -> Option<Element> {
+    let mut mk = |key: Vec<Value>, r: &RawElem| -> Option<Element> {
         Some(Element {
             key,
             data: element_data(set, &r.data)?,
-            comment: r.comment.as_deref().map(Into::into),
+            comment: r.comment.as_deref().map(|c| comments.get(c)),
         })
     };
     if set.flags.interval && set.key.len() == 1 {

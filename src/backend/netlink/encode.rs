@@ -80,6 +80,28 @@ impl Batch {
     pub fn message(&self, seq: u32) -> Option<&MsgInfo> {
         self.msgs.get(seq.wrapping_sub(self.seq0) as usize)
     }
+    /// The encoded message with this sequence number (found by a walk over the pages:
+    /// for error reports only).
+    pub fn encoded_message(&self, seq: u32) -> Option<super::wire::Msg<'_>> {
+        self.pages
+            .iter()
+            .flat_map(|p| super::wire::messages(p))
+            .find(|m| m.seq == seq)
+    }
+    /// How many elements (or keys) operation `op` put into its messages.
+    pub fn items_of(&self, op: usize) -> usize {
+        self.msgs
+            .iter()
+            .filter(|m| m.kind == MsgKind::Op && m.op == Some(op))
+            .map(|m| m.elems.len())
+            .sum()
+    }
+    /// Byte offset in message `seq` of the attribute of its element `index` (an index
+    /// within the operation, as [`Batch::element_at`] returns).
+    pub fn element_offset(&self, seq: u32, index: usize) -> Option<u32> {
+        let m = self.message(seq)?;
+        m.elems.iter().find(|(_, i)| *i == index).map(|(o, _)| *o)
+    }
     /// The operation index a sequence number belongs to.
     pub fn op_of_seq(&self, seq: u32) -> Option<usize> {
         self.message(seq).and_then(|m| m.op)
@@ -191,6 +213,47 @@ pub fn encode_with(
     catalog: &SetCatalog,
     seq0: u32,
 ) -> Result<Batch, EncodeError> {
+    encode_ops(Ops::Keep(&tx.ops), catalog, seq0)
+}
+
+/// As [`encode_with`], dropping each operation's payload ([`Op::shed_payload`]) as soon
+/// as it is encoded, so the transaction shrinks while the batch grows. On error the
+/// operations before the failing one have been shed.
+pub fn encode_shedding(
+    tx: &mut Transaction,
+    catalog: &SetCatalog,
+    seq0: u32,
+) -> Result<Batch, EncodeError> {
+    encode_ops(Ops::Shed(&mut tx.ops), catalog, seq0)
+}
+
+/// The operations to encode, borrowed to keep or to shed.
+enum Ops<'a> {
+    Keep(&'a [Op]),
+    Shed(&'a mut [Op]),
+}
+
+impl Ops<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Ops::Keep(o) => o.len(),
+            Ops::Shed(o) => o.len(),
+        }
+    }
+    fn get(&self, i: usize) -> &Op {
+        match self {
+            Ops::Keep(o) => &o[i],
+            Ops::Shed(o) => &o[i],
+        }
+    }
+    fn encoded(&mut self, i: usize) {
+        if let Ops::Shed(o) = self {
+            o[i].shed_payload();
+        }
+    }
+}
+
+fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch, EncodeError> {
     let mut b = Builder {
         w: Writer::with_capacity(PAGE_SIZE + 4096),
         pages: Vec::new(),
@@ -210,7 +273,8 @@ pub fn encode_with(
     let mut deleted: Vec<(Family, String, String)> = Vec::new();
     let mut next_id = 1u32;
 
-    for (index, op) in tx.ops.iter().enumerate() {
+    for index in 0..ops.len() {
+        let op = ops.get(index);
         let err = |reason: String| EncodeError {
             index,
             op: op.describe(),
@@ -369,6 +433,7 @@ pub fn encode_with(
                 );
             }
         }
+        ops.encoded(index);
     }
 
     let end = b.begin(

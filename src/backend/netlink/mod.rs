@@ -52,7 +52,8 @@ pub(crate) mod wire;
 use std::io;
 
 pub use encode::{
-    encode, encode_with, Batch, EncodeError, MsgInfo, MsgKind, SetCatalog, SetShape, PAGE_SIZE,
+    encode, encode_shedding, encode_with, Batch, EncodeError, MsgInfo, MsgKind, SetCatalog,
+    SetShape, PAGE_SIZE,
 };
 
 #[cfg(any(test, feature = "test-util"))]
@@ -146,29 +147,65 @@ fn parse_error(m: &wire::Msg<'_>) -> (i32, Option<u32>) {
     (-err, offs)
 }
 
-/// What a failing operation was about, for error messages.
-fn describe_failure(tx: &Transaction, index: usize, element: Option<usize>) -> String {
+/// What a failing operation was about, for error messages: the operation's description
+/// and, for a rule or an element, its text. The details are decoded from the encoded
+/// message, so they are there even when the operation's payload was already dropped
+/// ([`Op::shed_payload`]).
+fn describe_failure(
+    tx: &Transaction,
+    batch: &Batch,
+    catalog: &SetCatalog,
+    index: usize,
+    seq: Option<u32>,
+    element: Option<usize>,
+) -> String {
     let op = &tx.ops[index];
-    let t = op.table();
-    let base = op.describe();
-    match op {
-        Op::AddRule { rule, .. } => format!("{base}: {}", crate::nft::text::rule(t.family, rule)),
-        Op::AddElements { elements, .. } => match element.and_then(|i| elements.get(i)) {
-            Some(e) => format!("{base}: {}", crate::nft::text::element(e)),
-            None => base,
-        },
-        Op::DeleteElements { keys, .. } => match element.and_then(|i| keys.get(i)) {
-            Some(k) => format!(
-                "{base}: {}",
-                k.iter()
-                    .map(crate::nft::text::value)
-                    .collect::<Vec<_>>()
-                    .join(" . ")
-            ),
-            None => base,
-        },
-        _ => base,
+    let base = op.describe_with(op.items().max(batch.items_of(index)));
+    let msg = seq.and_then(|s| batch.encoded_message(s));
+    let detail = match (op, msg) {
+        (Op::AddRule { table, .. }, Some(m)) => {
+            let (_, rule) = decode::rule(&m, table.family);
+            Some(crate::nft::text::rule(table.family, &rule))
+        }
+        (Op::AddElements { table, set, .. } | Op::DeleteElements { table, set, .. }, Some(m)) => {
+            element.and_then(|i| {
+                let at = batch.element_offset(m.seq, i)? as usize;
+                let shape =
+                    declared_shape(tx, table, set).or_else(|| catalog.get(table, set).cloned())?;
+                let (_, attr) =
+                    wire::Attrs::new(m.payload.get(at.checked_sub(c::NLMSG_HDRLEN)?..)?).next()?;
+                let mut decl = crate::nft::Set::new(set.clone(), shape.key, shape.data);
+                decl.flags.interval = shape.interval;
+                let e = decode::fold_elements(
+                    &decl,
+                    vec![decode::raw_element(attr)],
+                    &mut decode::Comments::default(),
+                );
+                e.first().map(|e| match op {
+                    Op::DeleteElements { .. } => e
+                        .key
+                        .iter()
+                        .map(crate::nft::text::value)
+                        .collect::<Vec<_>>()
+                        .join(" . "),
+                    _ => crate::nft::text::element(e),
+                })
+            })
+        }
+        _ => None,
+    };
+    match detail {
+        Some(d) => format!("{base}: {d}"),
+        None => base,
     }
+}
+
+/// The shape of a set the transaction itself declares.
+fn declared_shape(tx: &Transaction, table: &TableRef, name: &str) -> Option<SetShape> {
+    tx.ops.iter().find_map(|op| match op {
+        Op::AddSet { table: t, set } if t == table && set.name == name => Some(SetShape::of(set)),
+        _ => None,
+    })
 }
 
 impl NetlinkBackend {
@@ -334,7 +371,14 @@ impl NetlinkBackend {
                                 let element = offs.and_then(|o| batch.element_at(m.seq, o));
                                 let f = OpFailure {
                                     index,
-                                    op: describe_failure(tx, index, element),
+                                    op: describe_failure(
+                                        tx,
+                                        batch,
+                                        &self.catalog,
+                                        index,
+                                        Some(m.seq),
+                                        element,
+                                    ),
                                     errno: e,
                                 };
                                 if !failures.contains(&f) {
@@ -385,6 +429,7 @@ impl NetlinkBackend {
     fn dump_once(&mut self) -> Result<(Ruleset, bool), BackendError> {
         let mut rs = Ruleset::default();
         let mut interrupted = false;
+        let mut comments = decode::Comments::default();
         let name = self.table.clone();
         for family in [Family::V4, Family::V6] {
             let fam = family_proto(family);
@@ -457,7 +502,7 @@ impl NetlinkBackend {
                     }
                     previous = Some(keys);
                 }
-                let elements = decode::fold_elements(&s, raw);
+                let elements = decode::fold_elements(&s, raw, &mut comments);
                 s.extend(elements);
                 table.add_set(s);
             }
@@ -483,40 +528,45 @@ impl NetlinkBackend {
     }
 }
 
-impl Backend for NetlinkBackend {
-    fn apply(&mut self, tx: &Transaction) -> Result<ApplyReport, BackendError> {
-        if tx.is_empty() {
-            return Ok(ApplyReport::default());
-        }
-        // Element operations need the set's declaration (interval or not, types).
+impl NetlinkBackend {
+    /// Element operations need their set's declaration (interval or not, types): fetches
+    /// what the catalog lacks; a set that exists nowhere fails the first operation on it.
+    fn know_sets(&mut self, tx: &Transaction) -> Result<(), BackendError> {
         let mut failures = Vec::new();
         for (t, s) in self.catalog.missing(tx) {
             match self.fetch_set(&t, &s)? {
                 Some(shape) => self.catalog.insert(&t, &s, shape),
                 None => {
-                    for (index, op) in tx.ops.iter().enumerate() {
-                        let refers = match op {
-                            Op::AddElements { table, set, .. }
-                            | Op::DeleteElements { table, set, .. } => *table == t && *set == s,
-                            _ => false,
-                        };
-                        if refers {
-                            failures.push(OpFailure {
-                                index,
-                                op: describe_failure(tx, index, None),
-                                errno: libc::ENOENT,
-                            });
-                            break;
-                        }
+                    let first = tx.ops.iter().position(|op| match op {
+                        Op::AddElements { table, set, .. }
+                        | Op::DeleteElements { table, set, .. } => *table == t && *set == s,
+                        _ => false,
+                    });
+                    if let Some(index) = first {
+                        failures.push(OpFailure {
+                            index,
+                            op: tx.ops[index].describe(),
+                            errno: libc::ENOENT,
+                        });
                     }
                 }
             }
         }
-        if !failures.is_empty() {
-            return Err(BackendError::Rejected { failures });
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(BackendError::Rejected { failures })
         }
-        let seq0 = self.seq;
-        let batch = encode_with(tx, &self.catalog, seq0).map_err(|e| BackendError::Rejected {
+    }
+
+    /// Sends an encoded transaction (`tx` may have been shed) and records what it did to
+    /// set declarations.
+    fn commit_encoded(
+        &mut self,
+        encoded: Result<Batch, encode::EncodeError>,
+        tx: &Transaction,
+    ) -> Result<ApplyReport, BackendError> {
+        let batch = encoded.map_err(|e| BackendError::Rejected {
             failures: vec![OpFailure {
                 index: e.index,
                 op: format!("{}: {}", e.op, e.reason),
@@ -530,6 +580,28 @@ impl Backend for NetlinkBackend {
             messages: batch.messages(),
             bytes: batch.len_bytes(),
         })
+    }
+}
+
+impl Backend for NetlinkBackend {
+    fn apply(&mut self, tx: &Transaction) -> Result<ApplyReport, BackendError> {
+        if tx.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        self.know_sets(tx)?;
+        let encoded = encode_with(tx, &self.catalog, self.seq);
+        self.commit_encoded(encoded, tx)
+    }
+
+    /// As `apply`, dropping each operation's payload once it is encoded: the sync's
+    /// memory peak is the transaction and its batch, and this keeps only one of them.
+    fn commit(&mut self, mut tx: Transaction) -> Result<ApplyReport, BackendError> {
+        if tx.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        self.know_sets(&tx)?;
+        let encoded = encode_shedding(&mut tx, &self.catalog, self.seq);
+        self.commit_encoded(encoded, &tx)
     }
 
     fn nft_generation(&mut self) -> Result<Option<u32>, BackendError> {

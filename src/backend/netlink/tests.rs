@@ -273,7 +273,7 @@ fn full_tx() -> Transaction {
         for s in every_set(family) {
             tx.push(Op::AddSet {
                 table: t.clone(),
-                set: s,
+                set: Box::new(s),
             });
         }
         tx.push(Op::AddChain {
@@ -375,7 +375,7 @@ fn rules_roundtrip_through_bytes() {
         for s in every_set(family) {
             tx.push(Op::AddSet {
                 table: t.clone(),
-                set: s,
+                set: Box::new(s),
             });
         }
         let rules = every_stmt(family);
@@ -410,7 +410,7 @@ fn sets_and_elements_roundtrip_through_bytes() {
         for s in &sets {
             tx.push(Op::AddSet {
                 table: t.clone(),
-                set: s.clone(),
+                set: Box::new(s.clone()),
             });
             tx.push(Op::AddElements {
                 table: t.clone(),
@@ -428,7 +428,7 @@ fn sets_and_elements_roundtrip_through_bytes() {
                 let s = decoded.last_mut().unwrap();
                 let mut raw = Vec::new();
                 decode::raw_elements(&m, &mut raw);
-                let els = decode::fold_elements(s, raw);
+                let els = decode::fold_elements(s, raw, &mut decode::Comments::default());
                 s.extend(els);
             }
         }
@@ -465,7 +465,7 @@ fn large_batches_span_pages() {
     });
     tx.push(Op::AddSet {
         table: t.clone(),
-        set,
+        set: Box::new(set),
     });
     tx.push(Op::AddElements {
         table: t,
