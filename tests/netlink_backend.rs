@@ -94,6 +94,19 @@ fn nft_ok(ns: &Netns, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// A fresh namespace holding the `clusterip` scenario, loaded over netlink.
+fn clusterip_loaded(ns: &str) -> (Netns, Ruleset) {
+    let dir = scenarios()
+        .into_iter()
+        .find(|d| d.ends_with("clusterip"))
+        .unwrap();
+    let rs = render_scenario(&dir);
+    let ns = Netns::new(ns);
+    let tx = full_load(&rs);
+    with_backend(&ns, move |b| b.apply(&tx)).expect("load");
+    (ns, rs)
+}
+
 fn load_with_nft(ns: &Netns, rs: &Ruleset) {
     let file = std::env::temp_dir().join(format!("{}.nft", ns.name));
     std::fs::write(&file, text::ruleset(rs)).unwrap();
@@ -243,14 +256,7 @@ fn a_bad_operation_rejects_the_whole_transaction() {
     if !kernel_tests_enabled("a_bad_operation_rejects_the_whole_transaction") {
         return;
     }
-    let dir = scenarios()
-        .into_iter()
-        .find(|d| d.ends_with("clusterip"))
-        .unwrap();
-    let rs = render_scenario(&dir);
-    let ns = Netns::new("nl-bad");
-    let tx = full_load(&rs);
-    with_backend(&ns, move |b| b.apply(&tx)).expect("load");
+    let (ns, _) = clusterip_loaded("nl-bad");
     let before = nft_ok(&ns, &["list", "ruleset"]);
     let gen_before = with_backend(&ns, |b| b.generation()).unwrap();
 
@@ -356,39 +362,7 @@ fn a_batch_over_one_mebibyte_commits_whole() {
     }
     const N: u32 = 100_000;
     let ns = Netns::new("nl-big");
-    let t = TableRef::new(Family::V4, "kproxy");
-    let mut set = Set::new(
-        "endpoints",
-        vec![DataType::Slot],
-        SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
-    );
-    set.comment = Some("slots".into());
-    let elements: Vec<Element> = (0..N)
-        .map(|i| {
-            Element::values(
-                vec![Value::Int(i)],
-                vec![
-                    Value::Addr(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())),
-                    Value::Port(8080),
-                ],
-            )
-            .with_comment("ns/svc:http")
-        })
-        .collect();
-    let mut tx = Transaction::new();
-    tx.push(Op::AddTable {
-        table: t.clone(),
-        comment: None,
-    });
-    tx.push(Op::AddSet {
-        table: t.clone(),
-        set: Box::new(set),
-    });
-    tx.push(Op::AddElements {
-        table: t,
-        set: "endpoints".into(),
-        elements,
-    });
+    let tx = kproxy::nft::tx::slot_map_load(&TableRef::new(Family::V4, "kproxy"), N);
     let (report, secs, dumped) = with_backend(&ns, move |b| {
         let start = Instant::now();
         let r = b.apply(&tx).expect("apply");
@@ -412,14 +386,7 @@ fn hand_edits_read_back_as_differences() {
     if !kernel_tests_enabled("hand_edits_read_back_as_differences") {
         return;
     }
-    let dir = scenarios()
-        .into_iter()
-        .find(|d| d.ends_with("clusterip"))
-        .unwrap();
-    let rs = render_scenario(&dir);
-    let ns = Netns::new("nl-edit");
-    let tx = full_load(&rs);
-    with_backend(&ns, move |b| b.apply(&tx)).expect("load");
+    let (ns, rs) = clusterip_loaded("nl-edit");
     nft_ok(
         &ns,
         &[

@@ -162,9 +162,14 @@ fn typeof_expr(_family: Family, t: DataType) -> &'static str {
     }
 }
 
+/// A concatenation of values (a key, a map's data): `10.0.0.1 . tcp . 80`.
+pub fn values(vs: &[Value]) -> String {
+    vs.iter().map(value).collect::<Vec<_>>().join(" . ")
+}
+
 /// One element as it appears inside `elements = { … }`.
 pub fn element(e: &Element) -> String {
-    let mut out = e.key.iter().map(value).collect::<Vec<_>>().join(" . ");
+    let mut out = values(&e.key);
     if let Some(c) = &e.comment {
         out.push_str(" comment ");
         out.push_str(&quote(c));
@@ -177,7 +182,7 @@ pub fn element(e: &Element) -> String {
         }
         ElementData::Values(vs) => {
             out.push_str(" : ");
-            out.push_str(&vs.iter().map(value).collect::<Vec<_>>().join(" . "));
+            out.push_str(&values(vs));
         }
     }
     out
@@ -281,8 +286,7 @@ pub fn transaction(tx: &tx::Transaction) -> String {
                 let _ = writeln!(out, "delete element {tn} {set} {{");
                 let n = keys.len();
                 for (i, k) in keys.iter().enumerate() {
-                    let key = k.iter().map(value).collect::<Vec<_>>().join(" . ");
-                    let _ = writeln!(out, "\t{key}{}", if i + 1 < n { "," } else { "" });
+                    let _ = writeln!(out, "\t{}{}", values(k), if i + 1 < n { "," } else { "" });
                 }
                 out.push_str("}\n");
             }

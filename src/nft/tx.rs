@@ -219,3 +219,43 @@ impl Transaction {
         s
     }
 }
+
+/// A table with one slot map of `n` elements (`i : 10.0.0.0+i . 8080`, commented): a
+/// transaction large enough to span many batch pages (tests of big transactions).
+#[cfg(any(test, feature = "test-util"))]
+pub fn slot_map_load(table: &TableRef, n: u32) -> Transaction {
+    use super::{DataType, SetData};
+    let mut set = Set::new(
+        "endpoints",
+        vec![DataType::Slot],
+        SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
+    );
+    set.comment = Some("slots".into());
+    let elements = (0..n)
+        .map(|i| {
+            Element::values(
+                vec![Value::Int(i)],
+                vec![
+                    Value::Addr(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())),
+                    Value::Port(8080),
+                ],
+            )
+            .with_comment("ns/svc:http")
+        })
+        .collect();
+    let mut tx = Transaction::new();
+    tx.push(Op::AddTable {
+        table: table.clone(),
+        comment: None,
+    });
+    tx.push(Op::AddSet {
+        table: table.clone(),
+        set: Box::new(set),
+    });
+    tx.push(Op::AddElements {
+        table: table.clone(),
+        set: "endpoints".into(),
+        elements,
+    });
+    tx
+}

@@ -654,22 +654,15 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         warnings.len()
     }
 
-    /// The model of `only` (partial syncs), in one piece.
+    /// The model of `only` (partial syncs): one chunk.
     fn build(&mut self, only: &BTreeSet<ServiceKey>) -> (Model, usize) {
         let mut warnings = Vec::new();
-        let mut model: Option<Model> = None;
-        for m in self.model_chunks(Some(only), &mut warnings) {
-            match model.as_mut() {
-                None => model = Some(m),
-                Some(acc) => {
-                    for (a, f) in acc.families.iter_mut().zip(m.families) {
-                        a.services.extend(f.services);
-                    }
-                }
-            }
-        }
+        let model = self
+            .model_chunks(Some(only), &mut warnings)
+            .next()
+            .unwrap_or_default();
         let n = self.report_warnings(warnings);
-        (model.unwrap_or_default(), n)
+        (model, n)
     }
 
     fn full_sync(&mut self, _changes: &Changes) -> Result<SyncReport, SyncError> {

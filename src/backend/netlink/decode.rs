@@ -2,7 +2,7 @@
 //! (decoded with the set's declared types; interval elements folded back into prefixes),
 //! rules (via [`super::rule::decode_stmts`]).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -348,7 +348,7 @@ pub fn range_to_prefixes(mut first: u128, last: u128, bytes: usize) -> Vec<Value
 /// shares them): a service's comment is on each of its elements in every set, and a
 /// copy per element would cost ~25 MiB of a 50k-service dump.
 #[derive(Debug, Default)]
-pub struct Comments(HashMap<Box<str>, Arc<str>>);
+pub struct Comments(HashSet<Arc<str>>);
 
 impl Comments {
     fn get(&mut self, c: &str) -> Arc<str> {
@@ -356,7 +356,7 @@ impl Comments {
             return a.clone();
         }
         let a: Arc<str> = c.into();
-        self.0.insert(c.into(), a.clone());
+        self.0.insert(a.clone());
         a
     }
 }

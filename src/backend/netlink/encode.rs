@@ -411,13 +411,7 @@ fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch
                     let start = encoded.w.buf.len();
                     write_element(&mut encoded.w, table.family, &shape, ElemRef::Delete(k))
                         .map_err(|r| {
-                            err(format!(
-                                "element {}: {r}",
-                                k.iter()
-                                    .map(crate::nft::text::value)
-                                    .collect::<Vec<_>>()
-                                    .join(" . ")
-                            ))
+                            err(format!("element {}: {r}", crate::nft::text::values(k)))
                         })?;
                     encoded.spans.push((start, encoded.w.buf.len()));
                 }

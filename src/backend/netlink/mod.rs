@@ -156,12 +156,13 @@ fn describe_failure(
     batch: &Batch,
     catalog: &SetCatalog,
     index: usize,
-    seq: Option<u32>,
+    seq: u32,
     element: Option<usize>,
 ) -> String {
     let op = &tx.ops[index];
-    let base = op.describe_with(op.items().max(batch.items_of(index)));
-    let msg = seq.and_then(|s| batch.encoded_message(s));
+    // Counted in the batch: the operation's own list may already be shed.
+    let base = op.describe_with(batch.items_of(index));
+    let msg = batch.encoded_message(seq);
     let detail = match (op, msg) {
         (Op::AddRule { table, .. }, Some(m)) => {
             let (_, rule) = decode::rule(&m, table.family);
@@ -182,12 +183,7 @@ fn describe_failure(
                     &mut decode::Comments::default(),
                 );
                 e.first().map(|e| match op {
-                    Op::DeleteElements { .. } => e
-                        .key
-                        .iter()
-                        .map(crate::nft::text::value)
-                        .collect::<Vec<_>>()
-                        .join(" . "),
+                    Op::DeleteElements { .. } => crate::nft::text::values(&e.key),
                     _ => crate::nft::text::element(e),
                 })
             })
@@ -376,7 +372,7 @@ impl NetlinkBackend {
                                         batch,
                                         &self.catalog,
                                         index,
-                                        Some(m.seq),
+                                        m.seq,
                                         element,
                                     ),
                                     errno: e,

@@ -442,36 +442,8 @@ fn sets_and_elements_roundtrip_through_bytes() {
 
 #[test]
 fn large_batches_span_pages() {
-    let t = TableRef::new(Family::V4, "kproxy");
-    let mut set = Set::new(
-        "endpoints",
-        vec![DataType::Slot],
-        SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
-    );
-    set.comment = Some("slots".into());
-    let elements: Vec<Element> = (0..20_000u32)
-        .map(|i| {
-            Element::values(
-                vec![Value::Int(i)],
-                vec![Value::Addr(IpAddr::from(i.to_be_bytes())), Value::Port(80)],
-            )
-            .with_comment("ns/svc:http")
-        })
-        .collect();
-    let mut tx = Transaction::new();
-    tx.push(Op::AddTable {
-        table: t.clone(),
-        comment: None,
-    });
-    tx.push(Op::AddSet {
-        table: t.clone(),
-        set: Box::new(set),
-    });
-    tx.push(Op::AddElements {
-        table: t,
-        set: "endpoints".into(),
-        elements: elements.clone(),
-    });
+    const N: usize = 20_000;
+    let tx = crate::nft::tx::slot_map_load(&TableRef::new(Family::V4, "kproxy"), N as u32);
     let batch = encode(&tx).unwrap();
     assert!(batch.len_bytes() > 4 * PAGE_SIZE);
     assert!(batch.pages().len() > 4);
@@ -498,7 +470,7 @@ fn large_batches_span_pages() {
             count += raw.len();
         }
     }
-    assert_eq!(count, elements.len());
+    assert_eq!(count, N);
 }
 
 #[test]
