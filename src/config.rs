@@ -516,7 +516,7 @@ impl Config {
                 bridge_interface: bridge.map(|b| b.value).unwrap_or_default(),
                 interface_name_prefix: prefix.map(|p| p.value).unwrap_or_default(),
                 masquerade_all,
-                masquerade_bit,
+                masquerade_mark: 1u32 << masquerade_bit,
                 nodeport_addresses,
                 service_proxy_name: None,
                 local_addresses: None,
@@ -1302,7 +1302,7 @@ mod tests {
                     bridge_interface: String::new(),
                     interface_name_prefix: String::new(),
                     masquerade_all: false,
-                    masquerade_bit: 14,
+                    masquerade_mark: 1 << 14,
                     nodeport_addresses: NodePortAddresses::Primary,
                     service_proxy_name: None,
                     local_addresses: None,
@@ -1403,7 +1403,7 @@ mod tests {
         assert_eq!(s.bridge_interface, "cbr0");
         assert_eq!(s.interface_name_prefix, "veth");
         assert!(s.masquerade_all);
-        assert_eq!(s.masquerade_bit, 5);
+        assert_eq!(s.masquerade_mark, 1 << 5);
         assert_eq!(
             s.nodeport_addresses,
             NodePortAddresses::Cidrs(vec![net("192.168.0.0/16"), net("fd00::/64")])
@@ -1433,7 +1433,7 @@ mod tests {
         // `--masquerade-all=false`, Go bool spellings, `=` forms, aliases, `-v`.
         let c = config(&["--masquerade-all=false", "--masquerade-bit=0", "-v", "2"]).unwrap();
         assert!(!c.settings.masquerade_all);
-        assert_eq!(c.settings.masquerade_bit, 0);
+        assert_eq!(c.settings.masquerade_mark, 1); // bit 0
         assert_eq!(c.verbosity, 2);
         let c = config(&["--masquerade-all=T", "--v=10"]).unwrap();
         assert!(c.settings.masquerade_all);
@@ -1710,7 +1710,7 @@ winkernel:
         assert_eq!(s.interface_name_prefix, "cali");
         assert_eq!(s.bridge_interface, "");
         assert!(s.masquerade_all);
-        assert_eq!(s.masquerade_bit, 20);
+        assert_eq!(s.masquerade_mark, 1 << 20);
         assert_eq!(
             s.nodeport_addresses,
             NodePortAddresses::Cidrs(vec![net("192.168.0.0/24")])
@@ -1770,7 +1770,7 @@ winkernel:
         assert_eq!(s.bridge_interface, "br0");
         assert_eq!(s.interface_name_prefix, "cali"); // from the file, unused
         assert!(!s.masquerade_all);
-        assert_eq!(s.masquerade_bit, 3);
+        assert_eq!(s.masquerade_mark, 1 << 3);
         assert_eq!(s.nodeport_addresses, NodePortAddresses::Primary);
         assert_eq!(c.sync_period, Duration::from_secs(120));
         assert_eq!(c.min_sync_period, Duration::ZERO);
@@ -1807,7 +1807,7 @@ winkernel:
         );
         let c = config(&[&f.arg()]).unwrap();
         assert_eq!(c.settings.cluster_cidrs, vec![net("10.0.0.0/8")]);
-        assert_eq!(c.settings.masquerade_bit, 9);
+        assert_eq!(c.settings.masquerade_mark, 1 << 9);
     }
 
     #[test]
