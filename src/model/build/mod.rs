@@ -27,10 +27,11 @@
 //!   use the *first* CIDR of each family (cluster CIDRs / the node's `spec.podCIDRs`);
 //!   no CIDR of a family → no detector in that family.
 //!
-//! The steps, one file each: [`input`] (what a build reads), [`node`] (the own Node and
-//! each family's node-level settings), [`services`] (Services → service ports),
-//! [`slices`] (EndpointSlices → endpoints), [`select`] (which endpoints each port uses).
-//! This file holds the entry point and the small parsers the steps share.
+//! Owns: the [`build`] entry point (the order of the steps), the warning list and the small
+//! parsers the steps share. The steps, one file each: `input` (what a build reads:
+//! [`Objects`], [`Settings`]), `node` (the own Node, [`NodeFacts`], and each family's
+//! node-level settings), `services` (Services → service ports), `slices` (EndpointSlices →
+//! endpoints), `select` (which endpoints each port uses).
 //!
 //! Must not: validate settings (`config` did: the masquerade bit arrives as its mark), do
 //! I/O or know nftables.

@@ -25,8 +25,6 @@ use crate::model::{
 /// What the own Node object (the one named like the configured hostname) tells kproxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFacts {
-    /// A Node object with this name exists.
-    pub exists: bool,
     /// The node exists and is not being deleted (nor tainted for deletion by the cluster
     /// autoscaler), as upstream's `/healthz` requires.
     pub eligible: bool,
@@ -70,7 +68,6 @@ impl NodeFacts {
             return (NodeFacts::default(), warnings.finish());
         };
         let facts = NodeFacts {
-            exists: true,
             eligible,
             addresses: read_addresses(node, &object, &mut warnings),
             pod_cidrs: read_pod_cidrs(node, &object, &mut warnings),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::model::{
     Endpoint, EndpointAddr, LocalDetect, NodePortIps, Protocol, ServicePort,
-    DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MASQUERADE_BIT, LABEL_HEADLESS,
+    DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MASQUERADE_BIT, LABEL_HEADLESS, TAINT_TO_BE_DELETED,
 };
 
 mod node;

@@ -275,3 +275,37 @@ fn bad_node_and_service_cidr_fields_warn() {
         LocalDetect::SourceCidrs(vec![net("fd00:244:0:1::/64")])
     );
 }
+
+#[test]
+fn node_facts_eligibility_and_addresses() {
+    let n = |v: Value| vec![node(v)];
+    // Missing, being deleted, or tainted for deletion: not eligible.
+    assert!(!NodeFacts::of(&[], "node-a").eligible);
+    assert!(NodeFacts::of(&[node_a()], "node-a").eligible);
+    assert!(!NodeFacts::of(&[node_a()], "node-b").eligible);
+    let deleting = n(json!({"metadata": {"name": "node-a",
+        "deletionTimestamp": "2024-01-01T00:00:00Z"}}));
+    assert!(!NodeFacts::of(&deleting, "node-a").eligible);
+    let tainted = n(json!({"metadata": {"name": "node-a"},
+        "spec": {"taints": [{"key": TAINT_TO_BE_DELETED, "effect": "NoSchedule"}]}}));
+    assert!(!NodeFacts::of(&tainted, "node-a").eligible);
+    let other_taint = n(json!({"metadata": {"name": "node-a"},
+        "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}}));
+    assert!(NodeFacts::of(&other_taint, "node-a").eligible);
+
+    // Every address that is an IP is kept with its type; node IPs are Internal/External.
+    let facts = NodeFacts::of(&[node_a()], "node-a");
+    assert_eq!(facts.zone, "zone-a");
+    assert_eq!(
+        facts.pod_cidrs,
+        vec![net("10.244.1.0/24"), net("fd00:244:0:1::/64")]
+    );
+    assert_eq!(facts.addresses.len(), 4);
+    assert_eq!(facts.primary_ip(Family::V4), Some(ip("192.168.0.10")));
+    let with_hostname_ip = n(json!({"metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "Hostname", "address": "10.0.0.1"},
+                                 {"type": "InternalIP", "address": "10.0.0.2"}]}}));
+    let facts = NodeFacts::of(&with_hostname_ip, "node-a");
+    assert_eq!(facts.addresses.len(), 2);
+    assert_eq!(facts.node_ips().collect::<Vec<_>>(), vec![ip("10.0.0.2")]);
+}
