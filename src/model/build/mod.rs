@@ -166,6 +166,36 @@ fn for_other_proxy(meta: &ObjectMeta, settings: &Settings) -> bool {
     }
 }
 
+/// Namespaced objects of one kind (`Service`, `EndpointSlice`) with their key
+/// (`namespace/name`), in key order, one per key: an object without a name, and each key
+/// held by several objects, is warned of.
+fn unique_by_name<'a, T: serde::Serialize>(
+    kind: &str,
+    objects: &'a [T],
+    meta: impl Fn(&T) -> &ObjectMeta,
+    warnings: &mut Warnings,
+) -> Keyed<'a, T> {
+    let mut named = Vec::new();
+    for object in objects {
+        let namespace = namespace_of(meta(object));
+        match meta(object).name.as_deref() {
+            Some(name) if !name.is_empty() => named.push((format!("{namespace}/{name}"), object)),
+            _ => warnings.push(
+                &format!("{kind} {namespace}/"),
+                "metadata.name is missing; ignored",
+            ),
+        }
+    }
+    let (kept, duplicates) = sort_unique(named);
+    for (key, count) in duplicates {
+        warnings.push(
+            &format!("{kind} {key}"),
+            format!("{count} {kind} objects have this name; using one of them"),
+        );
+    }
+    kept
+}
+
 /// Objects with their key (`namespace/name`), in key order.
 type Keyed<'a, T> = Vec<(String, &'a T)>;
 

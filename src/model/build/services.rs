@@ -17,7 +17,7 @@ use super::node::NodeFacts;
 use super::select::categorize_endpoints;
 use super::slices::AllEndpoints;
 use super::{
-    for_other_proxy, namespace_of, net_family, parse_cidr, parse_ip, sort_unique, sorted_dedup,
+    for_other_proxy, namespace_of, net_family, parse_cidr, parse_ip, sorted_dedup, unique_by_name,
     valid_port, Settings, Warnings,
 };
 use crate::model::{
@@ -62,28 +62,14 @@ pub(super) fn collect_services(
     settings: &Settings,
     warnings: &mut Warnings,
 ) -> Services {
-    let mut existing = BTreeSet::new();
-    let mut named = Vec::new();
-    for svc in objects {
-        let namespace = namespace_of(&svc.metadata);
-        match svc.metadata.name.as_deref() {
-            Some(name) if !name.is_empty() => {
-                existing.insert((namespace.to_string(), name.to_string()));
-                named.push((format!("{namespace}/{name}"), svc));
-            }
-            _ => warnings.push(
-                &format!("Service {namespace}/"),
-                "metadata.name is missing; ignored",
-            ),
-        }
-    }
-    let (kept, duplicates) = sort_unique(named);
-    for (key, count) in duplicates {
-        warnings.push(
-            &format!("Service {key}"),
-            format!("{count} Service objects have this name; using one of them"),
-        );
-    }
+    let kept = unique_by_name("Service", objects, |svc| &svc.metadata, warnings);
+    let existing = kept
+        .iter()
+        .map(|(_, svc)| {
+            let name = svc.metadata.name.clone().unwrap_or_default();
+            (namespace_of(&svc.metadata).to_string(), name)
+        })
+        .collect();
     let proxied = kept
         .into_iter()
         .filter_map(|(_, svc)| parse_service(svc, settings, warnings))

@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::services::{Services, Svc};
 use super::{
-    for_other_proxy, label, namespace_of, parse_ip, sort_unique, sorted_dedup, valid_port,
+    for_other_proxy, label, namespace_of, parse_ip, sorted_dedup, unique_by_name, valid_port,
     Settings, Warnings,
 };
 use crate::model::{Endpoint, Family, Protocol, LABEL_HEADLESS, LABEL_SERVICE_NAME};
@@ -35,25 +35,7 @@ pub(super) fn collect_endpoints(
     services: &Services,
     warnings: &mut Warnings,
 ) -> AllEndpoints {
-    let mut named = Vec::new();
-    for slice in slices {
-        let namespace = namespace_of(&slice.metadata);
-        match slice.metadata.name.as_deref() {
-            Some(name) if !name.is_empty() => named.push((format!("{namespace}/{name}"), slice)),
-            _ => warnings.push(
-                &format!("EndpointSlice {namespace}/"),
-                "metadata.name is missing; ignored",
-            ),
-        }
-    }
-    let (kept, duplicates) = sort_unique(named);
-    for (key, count) in duplicates {
-        warnings.push(
-            &format!("EndpointSlice {key}"),
-            format!("{count} EndpointSlice objects have this name; using one of them"),
-        );
-    }
-
+    let kept = unique_by_name("EndpointSlice", slices, |slice| &slice.metadata, warnings);
     let mut all = AllEndpoints::new();
     for (key, slice) in kept {
         add_slice(&key, slice, settings, services, &mut all, warnings);
