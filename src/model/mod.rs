@@ -3,7 +3,9 @@
 //! Owns: the typed, validated picture that `render` turns into rules. [`build`] derives it
 //! from Kubernetes objects (Services, EndpointSlices, the own Node, ServiceCIDRs) and the
 //! proxy configuration, applying upstream kube-proxy's selection rules (which objects count,
-//! endpoint conditions, traffic policies, topology, terminating fallback).
+//! endpoint conditions, traffic policies, topology, terminating fallback). Each family's
+//! model is its node-level [`FamilySettings`] (what the table skeleton needs) and its
+//! [`ServicePort`]s; [`NodeFacts`] is the one reading of the own Node object.
 //!
 //! Must not: do I/O, read clocks, or know anything about nftables syntax. Bad input is
 //! never an error here: it becomes a [`Warning`] naming the object and the reason, and the
