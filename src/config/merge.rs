@@ -100,7 +100,7 @@ fn settings(
         bridge_interface: local.bridge_interface,
         interface_name_prefix: local.interface_name_prefix,
         masquerade_all: masquerade.all,
-        masquerade_bit: masquerade.bit,
+        masquerade_mark: masquerade.mark,
         nodeport_addresses,
         service_proxy_name: None,
         local_addresses: None,
@@ -127,7 +127,8 @@ struct DetectLocal {
 /// Masquerading, validated.
 struct Masquerade {
     all: bool,
-    bit: u8,
+    /// The packet mark of the validated bit: the model takes it as it is.
+    mark: u32,
 }
 
 /// A value and the name of the setting it came from (for error messages).
@@ -380,7 +381,10 @@ impl Merge<'_> {
                 _ => return Err(b.invalid(format!("{} is not in the range 0..=31", b.value))),
             },
         };
-        Ok(Masquerade { all, bit })
+        Ok(Masquerade {
+            all,
+            mark: 1u32 << bit,
+        })
     }
 
     /// `--nodeport-addresses` (comma-separated) / `nodePortAddresses` (a list).

@@ -22,7 +22,8 @@ use ipnetwork::IpNetwork;
 use sha2::{Digest, Sha256};
 
 use crate::model::{
-    EndpointAddr, FamilyModel, LocalDetect, Model, NodePortIps, ServicePort, ServicePortName,
+    EndpointAddr, FamilyModel, FamilySettings, LocalDetect, Model, NodePortIps, ServicePort,
+    ServicePortName,
 };
 use crate::nft::*;
 pub use incremental::Renderer;
@@ -148,7 +149,7 @@ fn addr_type(f: Family) -> DataType {
 }
 
 /// The fixed sets and maps of a table, empty.
-fn skeleton_sets(fm: &FamilyModel) -> Vec<Set> {
+fn skeleton_sets(fm: &FamilySettings) -> Vec<Set> {
     let a = addr_type(fm.family);
     use DataType::{InetProto as P, InetService as S};
     let mut sets = vec![
@@ -234,7 +235,7 @@ impl SetRef {
 
 /// Statements matching "the source is a pod" (`negate`: "is not a pod"), or `None`
 /// without a detector.
-fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
+fn local_match(fm: &FamilySettings, negate: bool) -> Option<Vec<Stmt>> {
     let op = if negate { CmpOp::Ne } else { CmpOp::Eq };
     match &fm.local_detect {
         LocalDetect::None => None,
@@ -265,7 +266,7 @@ fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
 /// The extra condition under which ClusterIP traffic is masqueraded: none with
 /// masqueradeAll (everything is), "not from a pod" with a detector, and `None` (never)
 /// without a detector.
-fn clusterip_masquerade_condition(fm: &FamilyModel) -> Option<Vec<Stmt>> {
+fn clusterip_masquerade_condition(fm: &FamilySettings) -> Option<Vec<Stmt>> {
     if fm.masquerade_all {
         Some(Vec::new())
     } else {
@@ -274,7 +275,7 @@ fn clusterip_masquerade_condition(fm: &FamilyModel) -> Option<Vec<Stmt>> {
 }
 
 /// Statements matching "the destination accepts NodePorts".
-fn nodeport_dst(fm: &FamilyModel) -> Vec<Stmt> {
+fn nodeport_dst(fm: &FamilySettings) -> Vec<Stmt> {
     match fm.nodeport_ips {
         NodePortIps::All => {
             let lo: IpNetwork = match fm.family {
@@ -307,7 +308,7 @@ fn proto_port_key() -> Vec<Field> {
 }
 
 /// The fixed chains of a table.
-fn skeleton_chains(fm: &FamilyModel) -> Vec<Chain> {
+fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
     use ChainType::{Filter, Nat};
     let mark = fm.masquerade_mark;
     let jump_new = |c: &str| Rule::new(vec![ct_new(), Stmt::jump(c)]);
@@ -477,9 +478,9 @@ pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
     let frags: Vec<Fragment> = fm
         .services
         .iter()
-        .map(|sp| fragment(fm, sp, slots))
+        .map(|sp| fragment(&fm.settings, sp, slots))
         .collect();
-    assemble(skeleton(fm), slots, frags)
+    assemble(skeleton(&fm.settings), slots, frags)
 }
 
 /// A table from its skeleton and its service ports' fragments, in service-port order.
@@ -518,7 +519,7 @@ pub fn assemble(
 /// The fixed part of a family's table: base chains, dispatch chains, the table-wide sets
 /// and maps, and the elements that come from node-level settings (NodePort addresses,
 /// ServiceCIDRs, pod CIDRs).
-pub fn skeleton(fm: &FamilyModel) -> Table {
+pub fn skeleton(fm: &FamilySettings) -> Table {
     let mut t = Table::new(fm.family, TABLE);
     t.comment = Some("rules for kproxy".into());
     for s in skeleton_sets(fm) {
@@ -545,7 +546,7 @@ pub struct Fragment {
     pub slot_lists: Vec<Policy>,
 }
 
-fn fill_skeleton_sets(fm: &FamilyModel, t: &mut Table) {
+fn fill_skeleton_sets(fm: &FamilySettings, t: &mut Table) {
     if let NodePortIps::Ips(ips) = &fm.nodeport_ips {
         let s = t.sets.get_mut(NODEPORT_IPS).expect("skeleton set");
         for ip in ips.iter().filter(|ip| !ip.is_loopback()) {
@@ -594,7 +595,7 @@ struct PortChains {
 }
 
 /// Renders one service port's [`Fragment`], taking its endpoint slot ranges from `slots`.
-pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut dyn Ranges) -> Fragment {
+pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -> Fragment {
     let mut frag = Fragment::default();
     let pending = &mut frag.elements;
     let proto = sp.name.protocol;

@@ -86,7 +86,7 @@ fn kubeadm_style_file() {
     assert_eq!(s.interface_name_prefix, "cali");
     assert_eq!(s.bridge_interface, "");
     assert!(s.masquerade_all);
-    assert_eq!(s.masquerade_bit, 20);
+    assert_eq!(s.masquerade_mark, 1 << 20);
     assert_eq!(
         s.nodeport_addresses,
         NodePortAddresses::Cidrs(vec![net("192.168.0.0/24")])
@@ -146,7 +146,7 @@ fn explicit_flags_override_the_file() {
     assert_eq!(s.bridge_interface, "br0");
     assert_eq!(s.interface_name_prefix, "cali"); // from the file, unused
     assert!(!s.masquerade_all);
-    assert_eq!(s.masquerade_bit, 3);
+    assert_eq!(s.masquerade_mark, 1 << 3);
     assert_eq!(s.nodeport_addresses, NodePortAddresses::Primary);
     assert_eq!(c.sync_period, Duration::from_secs(120));
     assert_eq!(c.min_sync_period, Duration::ZERO);
@@ -183,7 +183,7 @@ fn json_file() {
     );
     let c = config(&[&f.arg()]).unwrap();
     assert_eq!(c.settings.cluster_cidrs, vec![net("10.0.0.0/8")]);
-    assert_eq!(c.settings.masquerade_bit, 9);
+    assert_eq!(c.settings.masquerade_mark, 1 << 9);
 }
 
 /// Each `(file, flags, message)`: loading the file with the flags fails with exactly

@@ -60,7 +60,7 @@ fn every_flag() {
     assert_eq!(s.bridge_interface, "cbr0");
     assert_eq!(s.interface_name_prefix, "veth");
     assert!(s.masquerade_all);
-    assert_eq!(s.masquerade_bit, 5);
+    assert_eq!(s.masquerade_mark, 1 << 5);
     assert_eq!(
         s.nodeport_addresses,
         NodePortAddresses::Cidrs(vec![net("192.168.0.0/16"), net("fd00::/64")])
@@ -90,7 +90,7 @@ fn flag_spellings() {
     // `--masquerade-all=false`, Go bool spellings, `=` forms, aliases, `-v`.
     let c = config(&["--masquerade-all=false", "--masquerade-bit=0", "-v", "2"]).unwrap();
     assert!(!c.settings.masquerade_all);
-    assert_eq!(c.settings.masquerade_bit, 0);
+    assert_eq!(c.settings.masquerade_mark, 1); // bit 0
     assert_eq!(c.verbosity, 2);
     let c = config(&["--masquerade-all=T", "--v=10"]).unwrap();
     assert!(c.settings.masquerade_all);

@@ -104,7 +104,7 @@ fn defaults() {
                 bridge_interface: String::new(),
                 interface_name_prefix: String::new(),
                 masquerade_all: false,
-                masquerade_bit: 14,
+                masquerade_mark: 1 << 14,
                 nodeport_addresses: NodePortAddresses::Primary,
                 service_proxy_name: None,
                 local_addresses: None,
