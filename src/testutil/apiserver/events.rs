@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::http::{status, value_response};
+use super::http::{status, value_response, Failure};
 use super::store::{rfc3339_now, State, StoredEvent};
 use super::{Shared, Verb};
 
@@ -92,7 +92,7 @@ fn create_event(
     }
     let name = match new_event_name(&st, &v) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(f) => return f.response(),
     };
     let key = (api_version.to_string(), ns.clone(), name.clone());
     if st.events.iter().any(|e| e.key == key) {
@@ -118,7 +118,7 @@ fn create_event(
 }
 
 /// `metadata.name`, or one made from `metadata.generateName`.
-fn new_event_name(st: &State, v: &Value) -> Result<String, Response> {
+fn new_event_name(st: &State, v: &Value) -> Result<String, Failure> {
     match v["metadata"]["name"].as_str().filter(|n| !n.is_empty()) {
         Some(n) => Ok(n.to_string()),
         None => {
@@ -127,10 +127,10 @@ fn new_event_name(st: &State, v: &Value) -> Result<String, Response> {
                 .unwrap_or("")
                 .to_string();
             if prefix.is_empty() {
-                return Err(status(
+                return Err(Failure(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "Invalid",
-                    "metadata.name or metadata.generateName is required",
+                    "metadata.name or metadata.generateName is required".to_string(),
                 ));
             }
             Ok(format!("{prefix}{:05x}", st.uids + 1))

@@ -94,8 +94,6 @@ pub(super) fn serve_thread(
     rt.shutdown_background();
 }
 
-/// A running API server stand-in. Dropping it stops the server and closes every
-
 pub(super) fn parse_query(q: &str) -> BTreeMap<String, String> {
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -156,6 +154,19 @@ pub(super) fn status_value(code: u16, reason: &str, message: &str) -> Value {
 pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     let v = status_value(code.as_u16(), reason, message);
     json_response(code, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// A request refused with a `Status` body: code, reason, message.
+pub(super) struct Failure(
+    pub(super) StatusCode,
+    pub(super) &'static str,
+    pub(super) String,
+);
+
+impl Failure {
+    pub(super) fn response(self) -> Response {
+        status(self.0, self.1, &self.2)
+    }
 }
 
 pub(super) fn value_response(code: StatusCode, v: &Value) -> Response {
@@ -495,7 +506,7 @@ fn list(
         snapshot,
     } = match source {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(f) => return f.response(),
     };
     let end = match limit {
         Some(l) => offset.saturating_add(l).min(items.len()),
@@ -508,21 +519,21 @@ fn list(
 }
 
 /// A list answered 410 `Expired`.
-fn expired(m: &str) -> Response {
-    status(StatusCode::GONE, "Expired", m)
+fn expired(m: &str) -> Failure {
+    Failure(StatusCode::GONE, "Expired", m.to_string())
 }
 
 /// The snapshot a continue token (`kp<id>.<offset>`) names.
-fn resume_list(st: &State, kind: Kind, token: &str) -> Result<ListSource, Response> {
+fn resume_list(st: &State, kind: Kind, token: &str) -> Result<ListSource, Failure> {
     let parsed = token
         .strip_prefix("kp")
         .and_then(|t| t.split_once('.'))
         .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<usize>().ok()?)));
     let Some((id, offset)) = parsed else {
-        return Err(status(
+        return Err(Failure(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "invalid continue token",
+            "invalid continue token".to_string(),
         ));
     };
     match st.snapshots.get(&id) {
@@ -545,7 +556,7 @@ fn fresh_list(
     kind: Kind,
     filter: &Filter,
     params: &BTreeMap<String, String>,
-) -> Result<ListSource, Response> {
+) -> Result<ListSource, Failure> {
     // resourceVersion / resourceVersionMatch are tolerated: every list is served from
     // the current state, except an Exact match older than the compaction floor.
     if params.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {

@@ -342,6 +342,7 @@ impl ApiServerBuilder {
     }
 }
 
+/// A running API server stand-in. Dropping it stops the server and closes every
 /// connection.
 pub struct ApiServer {
     shared: Arc<Shared>,
