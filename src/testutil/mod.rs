@@ -4,6 +4,7 @@
 //! Kubernetes API server stand-in for daemon tests. Must not be used by the daemon or the CLI.
 
 pub mod apiserver;
+pub mod fixtures;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
