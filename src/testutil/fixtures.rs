@@ -38,15 +38,15 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition,
-    NodeSpec, NodeStatus, Service, ServicePort as K8sServicePort, ServiceSpec, ServiceStatus,
+    NodeSpec, ObjectReference, NodeStatus, Service, ServicePort as K8sServicePort, ServiceSpec, ServiceStatus,
     SessionAffinityConfig, Taint,
 };
 use k8s_openapi::api::discovery::v1::{
     Endpoint as K8sEndpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice,
     ForNode, ForZone,
 };
-use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec, ServiceCIDRStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{
@@ -99,6 +99,16 @@ macro_rules! metadata_setters {
             pub fn annotation(mut self, key: &str, value: &str) -> Self {
                 let a = self.0.metadata.annotations.get_or_insert_with(BTreeMap::new);
                 a.insert(key.into(), value.into());
+                self
+            }
+            /// Appends a `metadata.managedFields[]` entry of this manager (nothing else set).
+            pub fn managed_field(mut self, manager: &str) -> Self {
+                let entry = ManagedFieldsEntry {
+                    manager: Some(manager.into()),
+                    ..ManagedFieldsEntry::default()
+                };
+                let m = self.0.metadata.managed_fields.get_or_insert_with(Vec::new);
+                m.push(entry);
                 self
             }
             /// `metadata.deletionTimestamp` (RFC 3339).
@@ -431,6 +441,15 @@ impl EndpointBuilder {
         self.conditions().terminating = Some(terminating);
         self
     }
+    /// `targetRef {kind, name}`.
+    pub fn target_ref(mut self, kind: &str, name: &str) -> Self {
+        self.0.target_ref = Some(ObjectReference {
+            kind: Some(kind.into()),
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        });
+        self
+    }
     /// `conditions` present but empty (`conditions: {}`).
     pub fn no_conditions(mut self) -> Self {
         self.conditions();
@@ -537,14 +556,33 @@ impl From<NodeBuilder> for Node {
     }
 }
 
-/// A ServiceCIDR `name` with `spec.cidrs` and no status.
-pub fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
-    ServiceCIDR {
+/// A ServiceCIDR `name` with `spec.cidrs` and no status (see [`ServiceCidrBuilder`]).
+pub fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCidrBuilder {
+    ServiceCidrBuilder(ServiceCIDR {
         metadata: meta(None, name),
         spec: Some(ServiceCIDRSpec {
             cidrs: Some(strings(cidrs)),
         }),
         status: None,
+    })
+}
+
+/// Builds a [`ServiceCIDR`]; made by [`service_cidr`].
+#[derive(Clone, Debug)]
+pub struct ServiceCidrBuilder(ServiceCIDR);
+
+metadata_setters!(ServiceCidrBuilder, ServiceCIDR);
+
+impl ServiceCidrBuilder {
+    /// `status: {conditions: []}`.
+    pub fn empty_status(mut self) -> Self {
+        self.0.status = Some(ServiceCIDRStatus {
+            conditions: Some(Vec::new()),
+        });
+        self
+    }
+    pub fn build(self) -> ServiceCIDR {
+        self.0
     }
 }
 
@@ -687,6 +725,7 @@ mod tests {
             .resource_version("7")
             .labels(&[("app", "web")])
             .annotation("a", "b")
+            .managed_field("m")
             .type_("LoadBalancer")
             .dual_stack("10.0.0.1", "fd00::1")
             .port("http", 80, "TCP")
@@ -705,7 +744,8 @@ mod tests {
             .build();
         let want: Service = from(json!({
             "metadata": {"namespace": "ns", "name": "web", "uid": "u-1", "resourceVersion": "7",
-                         "labels": {"app": "web"}, "annotations": {"a": "b"}},
+                         "labels": {"app": "web"}, "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "m"}]},
             "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1",
                      "clusterIPs": ["10.0.0.1", "fd00::1"], "ipFamilies": ["IPv4", "IPv6"],
                      "ipFamilyPolicy": "RequireDualStack",
@@ -746,7 +786,7 @@ mod tests {
         let built = slice("ns", "web-1", "web")
             .address_type("IPv6")
             .port("", 8080, "TCP")
-            .endpoint("fd00::1")
+            .endpoint(ep("fd00::1").target_ref("Pod", "p"))
             .endpoint(
                 ep("fd00::2")
                     .node("n1")
@@ -765,7 +805,7 @@ mod tests {
             "addressType": "IPv6",
             "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
             "endpoints": [
-                {"addresses": ["fd00::1"]},
+                {"addresses": ["fd00::1"], "targetRef": {"kind": "Pod", "name": "p"}},
                 {"addresses": ["fd00::2"], "nodeName": "n1", "zone": "z1",
                  "conditions": {"ready": false, "serving": true, "terminating": true},
                  "hints": {"forZones": [{"name": "z1"}], "forNodes": [{"name": "n1"}]}},
@@ -810,7 +850,11 @@ mod tests {
         assert_eq!(node("n2").build(), from(json!({"metadata": {"name": "n2"}})));
         let sc: ServiceCIDR = from(json!({"metadata": {"name": "kubernetes"},
                                           "spec": {"cidrs": ["10.96.0.0/16"]}}));
-        assert_eq!(service_cidr("kubernetes", &["10.96.0.0/16"]), sc);
+        assert_eq!(service_cidr("kubernetes", &["10.96.0.0/16"]).build(), sc);
+        let sc: ServiceCIDR = from(json!({"metadata": {"name": "k", "resourceVersion": "1"},
+                                          "spec": {"cidrs": []}, "status": {"conditions": []}}));
+        let built = service_cidr("k", &[]).resource_version("1").empty_status();
+        assert_eq!(built.build(), sc);
     }
 
     #[test]
