@@ -27,6 +27,7 @@ use kproxy::conntrack::{Conntrack, Flow};
 use kproxy::model::{Model, NodePortIps, Protocol};
 use kproxy::nft::Family;
 use kproxy::sync::FlowCleaner;
+use kproxy::testutil::fixtures::service_port;
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 const SVC_PORT: u16 = 53;
@@ -562,31 +563,11 @@ fn big_table_only_stale_udp_entries_of_the_family_go() {
     };
     assert_eq!(count(&[]), 2 * N + 3);
 
-    let mut port = kproxy::model::ServicePort {
-        name: kproxy::model::ServicePortName {
-            namespace: "t".into(),
-            name: "dns".into(),
-            port: "dns".into(),
-            protocol: Protocol::Udp,
-        },
-        cluster_ip: "10.96.0.10".parse().unwrap(),
-        port: SVC_PORT,
-        node_port: 0,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        source_ranges: vec![],
-        affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: 0,
-        endpoints: vec![],
-        cluster_endpoints: vec![kproxy::model::EndpointAddr {
-            ip: "10.244.1.11".parse().unwrap(),
-            port: TARGET_PORT,
-        }],
-        local_endpoints: vec![],
-        has_endpoints: true,
-    };
+    let mut port = service_port("t", "dns", "dns", Protocol::Udp)
+        .cluster_ip("10.96.0.10")
+        .port(SVC_PORT)
+        .cluster_endpoint("10.244.1.11", TARGET_PORT)
+        .build();
     let ports = vec![port.clone()];
     let name = ns.name.clone();
     let (deleted, examined) = in_netns(&name, move || {
