@@ -586,7 +586,7 @@ mod tests {
                         })
                     }),
             )
-            .endpoint(ep("").addresses(&[]))
+            .endpoint(ep("").with(|e| e.addresses.clear()))
             .build();
         let mut i = Interner::default();
         let lite = SliceLite::from_k8s(full, &mut i);
@@ -596,7 +596,7 @@ mod tests {
             .uid("s-1")
             .port("http", 8080, "TCP")
             .endpoint(endpoint)
-            .endpoint(ep("").addresses(&[]).no_conditions())
+            .endpoint(ep("").with(|e| e.addresses.clear()).no_conditions())
             .build();
         assert_eq!(back, expected);
     }

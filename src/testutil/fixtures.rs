@@ -62,8 +62,8 @@ fn meta(namespace: Option<&str>, name: &str) -> ObjectMeta {
     }
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
+fn strings<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+    items.iter().map(|s| s.as_ref().to_string()).collect()
 }
 
 /// A Kubernetes timestamp (`2024-01-01T00:00:00Z`).
@@ -143,6 +143,13 @@ pub struct ServiceBuilder(Service);
 
 metadata_setters!(ServiceBuilder, Service);
 
+/// Starts from an existing object (to change a few fields of it).
+impl From<Service> for ServiceBuilder {
+    fn from(o: Service) -> Self {
+        ServiceBuilder(o)
+    }
+}
+
 impl ServiceBuilder {
     fn spec(&mut self) -> &mut ServiceSpec {
         self.0.spec.get_or_insert_with(ServiceSpec::default)
@@ -167,12 +174,12 @@ impl ServiceBuilder {
         self
     }
     /// `spec.clusterIPs`.
-    pub fn cluster_ips(mut self, ips: &[&str]) -> Self {
+    pub fn cluster_ips<S: AsRef<str>>(mut self, ips: &[S]) -> Self {
         self.spec().cluster_ips = Some(strings(ips));
         self
     }
     /// `spec.ipFamilies` (`"IPv4"`, `"IPv6"`).
-    pub fn ip_families(mut self, families: &[&str]) -> Self {
+    pub fn ip_families<S: AsRef<str>>(mut self, families: &[S]) -> Self {
         self.spec().ip_families = Some(strings(families));
         self
     }
@@ -222,7 +229,7 @@ impl ServiceBuilder {
         self
     }
     /// `spec.externalIPs`.
-    pub fn external_ips(mut self, ips: &[&str]) -> Self {
+    pub fn external_ips<S: AsRef<str>>(mut self, ips: &[S]) -> Self {
         self.spec().external_ips = Some(strings(ips));
         self
     }
@@ -238,6 +245,19 @@ impl ServiceBuilder {
             ..LoadBalancerIngress::default()
         })
     }
+    /// `status.loadBalancer.ingress` set to exactly these IPs (present even when empty).
+    pub fn lb_ingresses<S: AsRef<str>>(mut self, ips: &[S]) -> Self {
+        let status = self.0.status.get_or_insert_with(ServiceStatus::default);
+        let lb = status
+            .load_balancer
+            .get_or_insert_with(LoadBalancerStatus::default);
+        let ingress = ips.iter().map(|ip| LoadBalancerIngress {
+            ip: Some(ip.as_ref().into()),
+            ..LoadBalancerIngress::default()
+        });
+        lb.ingress = Some(ingress.collect());
+        self
+    }
     /// Appends a `status.loadBalancer.ingress[]` entry given whole (ipMode, hostname).
     pub fn lb_ingress_with(mut self, ingress: LoadBalancerIngress) -> Self {
         let status = self.0.status.get_or_insert_with(ServiceStatus::default);
@@ -248,7 +268,7 @@ impl ServiceBuilder {
         self
     }
     /// `spec.loadBalancerSourceRanges`.
-    pub fn source_ranges(mut self, cidrs: &[&str]) -> Self {
+    pub fn source_ranges<S: AsRef<str>>(mut self, cidrs: &[S]) -> Self {
         self.spec().load_balancer_source_ranges = Some(strings(cidrs));
         self
     }
@@ -332,6 +352,13 @@ pub struct SliceBuilder(EndpointSlice);
 
 metadata_setters!(SliceBuilder, EndpointSlice);
 
+/// Starts from an existing object (to change a few fields of it).
+impl From<EndpointSlice> for SliceBuilder {
+    fn from(o: EndpointSlice) -> Self {
+        SliceBuilder(o)
+    }
+}
+
 impl SliceBuilder {
     /// `addressType`: IPv4 (the default), IPv6 or FQDN.
     pub fn address_type(mut self, t: &str) -> Self {
@@ -369,6 +396,15 @@ impl SliceBuilder {
 impl From<SliceBuilder> for EndpointSlice {
     fn from(b: SliceBuilder) -> EndpointSlice {
         b.build()
+    }
+}
+
+/// Endpoint `conditions` with all three set.
+pub fn conditions(ready: bool, serving: bool, terminating: bool) -> EndpointConditions {
+    EndpointConditions {
+        ready: Some(ready),
+        serving: Some(serving),
+        terminating: Some(terminating),
     }
 }
 
@@ -412,7 +448,7 @@ impl EndpointBuilder {
         self.0.hints.get_or_insert_with(EndpointHints::default)
     }
     /// Replaces `addresses` (the first one is the one kproxy uses).
-    pub fn addresses(mut self, addresses: &[&str]) -> Self {
+    pub fn addresses<S: AsRef<str>>(mut self, addresses: &[S]) -> Self {
         self.0.addresses = strings(addresses);
         self
     }
@@ -494,6 +530,13 @@ pub struct NodeBuilder(Node);
 
 metadata_setters!(NodeBuilder, Node);
 
+/// Starts from an existing object (to change a few fields of it).
+impl From<Node> for NodeBuilder {
+    fn from(o: Node) -> Self {
+        NodeBuilder(o)
+    }
+}
+
 impl NodeBuilder {
     fn spec(&mut self) -> &mut NodeSpec {
         self.0.spec.get_or_insert_with(NodeSpec::default)
@@ -502,7 +545,7 @@ impl NodeBuilder {
         self.0.status.get_or_insert_with(NodeStatus::default)
     }
     /// `spec.podCIDRs`.
-    pub fn pod_cidrs(mut self, cidrs: &[&str]) -> Self {
+    pub fn pod_cidrs<S: AsRef<str>>(mut self, cidrs: &[S]) -> Self {
         self.spec().pod_cidrs = Some(strings(cidrs));
         self
     }
@@ -572,6 +615,13 @@ pub fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCidrBuilder {
 pub struct ServiceCidrBuilder(ServiceCIDR);
 
 metadata_setters!(ServiceCidrBuilder, ServiceCIDR);
+
+/// Starts from an existing object (to change a few fields of it).
+impl From<ServiceCIDR> for ServiceCidrBuilder {
+    fn from(o: ServiceCIDR) -> Self {
+        ServiceCidrBuilder(o)
+    }
+}
 
 impl ServiceCidrBuilder {
     /// `status: {conditions: []}`.
@@ -651,8 +701,8 @@ impl ServicePortBuilder {
         self.0.load_balancer_ips = ips(ips_);
         self
     }
-    pub fn source_ranges(mut self, cidrs: &[&str]) -> Self {
-        let parse = |c: &&str| c.parse::<IpNetwork>().expect("a CIDR");
+    pub fn source_ranges<S: AsRef<str>>(mut self, cidrs: &[S]) -> Self {
+        let parse = |c: &S| c.as_ref().parse::<IpNetwork>().expect("a CIDR");
         self.0.source_ranges = cidrs.iter().map(parse).collect();
         self
     }
