@@ -50,7 +50,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectM
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{
-    self, Endpoint, EndpointAddr, Protocol, ServicePortName, LABEL_SERVICE_NAME, LABEL_ZONE,
+    self, Endpoint, EndpointAddr, Objects, Protocol, ServicePortName, LABEL_SERVICE_NAME,
+    LABEL_ZONE,
 };
 
 /// `ObjectMeta` with a name and, for namespaced objects, a namespace.
@@ -636,6 +637,20 @@ impl ServiceCidrBuilder {
     }
 }
 
+/// `objects` as the multi-document YAML `kproxy render -f` / `apply -f` read: nodes,
+/// ServiceCIDRs, Services, then EndpointSlices, each with its `apiVersion` and `kind`.
+pub fn manifests(objects: &Objects) -> String {
+    fn doc<T: serde::Serialize>(out: &mut Vec<String>, o: &T) {
+        out.push(serde_yaml_ng::to_string(o).expect("serializable object"));
+    }
+    let mut docs = Vec::new();
+    objects.nodes.iter().for_each(|o| doc(&mut docs, o));
+    objects.service_cidrs.iter().for_each(|o| doc(&mut docs, o));
+    objects.services.iter().for_each(|o| doc(&mut docs, o));
+    objects.slices.iter().for_each(|o| doc(&mut docs, o));
+    docs.join("---\n")
+}
+
 // ---------------------------------------------------------------------------------------
 // model::ServicePort
 
@@ -905,6 +920,26 @@ mod tests {
                                           "spec": {"cidrs": []}, "status": {"conditions": []}}));
         let built = service_cidr("k", &[]).resource_version("1").empty_status();
         assert_eq!(built.build(), sc);
+    }
+
+    #[test]
+    fn manifests_load_back_as_the_same_objects() {
+        let objects = Objects {
+            nodes: vec![node("n1").internal_ip("192.168.0.1").build()],
+            service_cidrs: vec![service_cidr("kubernetes", &["10.96.0.0/16"]).build()],
+            services: vec![
+                svc("ns", "a").cluster_ip("10.96.0.1").port("", 80, "TCP").build(),
+                svc("ns", "b").type_("NodePort").port("http", 80, "UDP").node_port(30000).build(),
+            ],
+            slices: vec![slice("ns", "a-1", "a").port("", 8080, "TCP").endpoint("10.0.0.1").build()],
+        };
+        let text = manifests(&objects);
+        assert!(text.starts_with("apiVersion: v1\nkind: Node\n"), "{text}");
+        let loaded = crate::k8s::manifests::load_str("fixtures.yaml", &text);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let (got, want) = (&loaded.objects, &objects);
+        assert_eq!((&got.nodes, &got.service_cidrs), (&want.nodes, &want.service_cidrs));
+        assert_eq!((&got.services, &got.slices), (&want.services, &want.slices));
     }
 
     #[test]
