@@ -652,7 +652,9 @@ async fn events_and_kubeconfig() {
 #[tokio::test]
 async fn endpointslices_nodes_and_servicecidrs() {
     let server = ApiServer::start();
-    let slice = fx::slice("default", "a-x", "a").endpoint("10.1.0.1").build();
+    let slice = fx::slice("default", "a-x", "a")
+        .endpoint("10.1.0.1")
+        .build();
     server.apply(&slice);
     server.apply(&node("node-a"));
     server.apply(&node("node-b"));

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use kproxy::model::{EndpointAddr, Objects};
-use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder};
 use kproxy::nft::{Family, Protocol, Ruleset};
+use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder};
 use kproxy::trace::{trace, Host, Origin, Probe, Trace, TraceVerdict};
 
 /// Logical address → concrete address of the family.
@@ -84,9 +84,8 @@ fn fixture(f: Family) -> String {
     let http = |name: &str| s(name).port("http", 80, "TCP").target_port_name("http");
     let node_port = |name: &str, type_: &str, np: i32| http(name).type_(type_).node_port(np);
     let e = |logical: &str| ip(f, logical).to_string();
-    let zoned = |logical: &str, node: &str, zone: &str| {
-        ep(f, logical, node).zone(zone).zone_hints(&[zone])
-    };
+    let zoned =
+        |logical: &str, node: &str, zone: &str| ep(f, logical, node).zone(zone).zone_hints(&[zone]);
     let svcs: Vec<(ServiceBuilder, Vec<EndpointBuilder>)> = vec![
         (
             node_port("web", "NodePort", 30080).external_ips(&[e("E1")]),

@@ -56,7 +56,12 @@ fn fam(f: Family) -> &'static str {
 /// The node and the ServiceCIDRs: the cluster without the service.
 fn node_objects() -> Objects {
     let (v4, v6) = (Family::V4, Family::V6);
-    let addresses = [node_ip(v4), node_ip(v6), node_link_b_ip(v4), node_link_b_ip(v6)];
+    let addresses = [
+        node_ip(v4),
+        node_ip(v6),
+        node_link_b_ip(v4),
+        node_link_b_ip(v6),
+    ];
     let node = addresses.iter().fold(
         fx::node("node-a").pod_cidrs(&[cidr(v4, "pods"), cidr(v6, "pods")]),
         |n, ip| n.internal_ip(&ip.to_string()),
@@ -78,7 +83,10 @@ fn node_manifests() -> String {
 /// NodePort 30053) and one EndpointSlice per family listing `endpoints` (pods).
 fn manifests(endpoints: &[&str]) -> String {
     let mut o = node_objects();
-    let (v4, v6) = (cluster_ip(Family::V4).to_string(), cluster_ip(Family::V6).to_string());
+    let (v4, v6) = (
+        cluster_ip(Family::V4).to_string(),
+        cluster_ip(Family::V6).to_string(),
+    );
     let dns = fx::svc("t", "dns")
         .type_("NodePort")
         .dual_stack(&v4, &v6)

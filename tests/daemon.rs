@@ -21,10 +21,10 @@ use common::topology::{
 };
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use common::{in_netns, kernel_tests_enabled};
-use kproxy::nft::{Family, Protocol};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::apiserver::{ApiServer, Kind};
 use kproxy::testutil::fixtures::{self as fx, ServiceBuilder, SliceBuilder};
 use serde_json::{json, Value};
@@ -65,7 +65,9 @@ fn service_base(name: &str, n: u8) -> ServiceBuilder {
 
 /// A dual-stack service `name` with ClusterIPs `S<n>`, port 80 → 8080, optional NodePort.
 fn service(name: &str, n: u8, node_port: Option<u16>) -> ServiceBuilder {
-    let s = service_base(name, n).port("http", 80, "TCP").target_port(8080);
+    let s = service_base(name, n)
+        .port("http", 80, "TCP")
+        .target_port(8080);
     match node_port {
         Some(np) => s.node_port(np.into()).type_("NodePort"),
         None => s,

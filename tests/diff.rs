@@ -217,7 +217,8 @@ fn apply_mutation(o: &mut Objects, m: &Mutation) {
                 .build();
         }
         Mutation::ExternalIp(i) => {
-            spec(&mut o.services[i % n]).external_ips = Some(vec![format!("198.18.0.{}", i % n + 1)]);
+            spec(&mut o.services[i % n]).external_ips =
+                Some(vec![format!("198.18.0.{}", i % n + 1)]);
         }
     }
 }

@@ -121,7 +121,11 @@ fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, Str
                 Change::AddEndpoint(_) => {
                     *counter += 1;
                     let addr = format!("10.200.{}.{}", *counter / 250, *counter % 250 + 1);
-                    let node = if counter.is_multiple_of(2) { "node-a" } else { "node-c" };
+                    let node = if counter.is_multiple_of(2) {
+                        "node-a"
+                    } else {
+                        "node-c"
+                    };
                     endpoints.push(ep(&addr).node(node).build());
                 }
                 Change::RemoveEndpoint(_) => {

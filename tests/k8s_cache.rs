@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::{LoadBalancerStatus, ObjectReference, Service, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    FieldsV1, ManagedFieldsEntry, OwnerReference,
+};
 use kproxy::admin::ProxyHealth;
 use kproxy::k8s::cache::{Cache, Update, PROXY_LABEL_SELECTOR};
 use kproxy::k8s::events::EventRecorder;
@@ -111,27 +113,35 @@ fn svc(name: &str, ip: &str, rv: u32) -> Value {
 /// ready pods, as the API server serves it.
 fn slice(name: &str, service: &str, endpoints: usize, rv: u32) -> Value {
     let eps = (0..endpoints).map(|i| {
-        fx::ep(&format!("10.{}.{}.{}", i % 200, (i / 200) % 250, 1 + i % 250))
-            .ready(true)
-            .serving(true)
-            .terminating(false)
-            .node(&format!("node-{}", i % 50))
-            .zone("zone-a")
-            .with(|e| {
-                e.target_ref = Some(ObjectReference {
-                    kind: Some("Pod".into()),
-                    namespace: Some("ns".into()),
-                    name: Some(format!("{service}-7d9f8c6b5-{i:05}")),
-                    uid: Some(format!("0f0e0d0c-0b0a-0908-0706-{i:012}")),
-                    ..ObjectReference::default()
-                })
+        fx::ep(&format!(
+            "10.{}.{}.{}",
+            i % 200,
+            (i / 200) % 250,
+            1 + i % 250
+        ))
+        .ready(true)
+        .serving(true)
+        .terminating(false)
+        .node(&format!("node-{}", i % 50))
+        .zone("zone-a")
+        .with(|e| {
+            e.target_ref = Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: Some("ns".into()),
+                name: Some(format!("{service}-7d9f8c6b5-{i:05}")),
+                uid: Some(format!("0f0e0d0c-0b0a-0908-0706-{i:012}")),
+                ..ObjectReference::default()
             })
+        })
     });
     let s = fx::slice("ns", name, service)
         .uid(&format!("uid-{name}"))
         .resource_version(&rv.to_string())
         .labels(&[
-            ("endpointslice.kubernetes.io/managed-by", "endpointslice-controller.k8s.io"),
+            (
+                "endpointslice.kubernetes.io/managed-by",
+                "endpointslice-controller.k8s.io",
+            ),
             ("app", service),
         ])
         .annotation(
@@ -151,7 +161,12 @@ fn slice(name: &str, service: &str, endpoints: usize, rv: u32) -> Value {
                 block_owner_deletion: Some(true),
             }]);
             let fields = json!({"f:endpoints": {}, "f:ports": {}});
-            let entry = managed("kube-controller-manager", "Update", "discovery.k8s.io/v1", fields);
+            let entry = managed(
+                "kube-controller-manager",
+                "Update",
+                "discovery.k8s.io/v1",
+                fields,
+            );
             m.managed_fields = Some(vec![entry]);
         })
         .port("http", 8080, "TCP")

@@ -26,8 +26,8 @@ use common::topology::{
     DEFAULT_TIMEOUT, SCTP_PORT,
 };
 use kproxy::model::{EndpointAddr, Objects};
-use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder, SliceBuilder};
 use kproxy::nft::{Family, Protocol};
+use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder, SliceBuilder};
 use kproxy::trace::{Probe, Trace, TraceVerdict};
 
 use Protocol::{Sctp, Tcp, Udp};
@@ -135,7 +135,12 @@ fn services() -> Vec<Svc> {
             |b| http(b.type_("NodePort").external_ips(&both_ips("E1")), 30080),
             None,
             http_slice,
-            vec![("A1", ready), ("B1", ready), ("B2", ready), ("B3", not_ready)],
+            vec![
+                ("A1", ready),
+                ("B1", ready),
+                ("B2", ready),
+                ("B3", not_ready),
+            ],
         ),
         s(
             "named",
@@ -255,7 +260,12 @@ fn svc_ip(f: Family, name: &str) -> IpAddr {
 fn manifests(svcs: &[Svc]) -> String {
     let all = services();
     let (v4, v6) = (Family::V4, Family::V6);
-    let addresses = [node_ip(v4), node_ip(v6), node_link_b_ip(v4), node_link_b_ip(v6)];
+    let addresses = [
+        node_ip(v4),
+        node_ip(v6),
+        node_link_b_ip(v4),
+        node_link_b_ip(v6),
+    ];
     let node = addresses.iter().fold(
         fx::node("node-a").pod_cidrs(&[cidr(v4, "pods"), cidr(v6, "pods")]),
         |n, ip| n.internal_ip(&ip.to_string()),
@@ -273,7 +283,10 @@ fn manifests(svcs: &[Svc]) -> String {
             "{} not in services()",
             s.name
         );
-        let (cip4, cip6) = (svc_ip(v4, s.name).to_string(), svc_ip(v6, s.name).to_string());
+        let (cip4, cip6) = (
+            svc_ip(v4, s.name).to_string(),
+            svc_ip(v6, s.name).to_string(),
+        );
         let mut svc = fx::svc("t", s.name).dual_stack(&cip4, &cip6);
         if let Some(lb) = s.lb {
             let [lb4, lb6] = both_ips(lb);

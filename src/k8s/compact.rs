@@ -523,10 +523,15 @@ mod tests {
                 .health_check_node_port(31000)
         };
         let full = kept(svc("ns", "web").uid("u-1").resource_version("7"))
-            .labels(&[("app", "web"), ("service.kubernetes.io/service-proxy-name", "x")])
+            .labels(&[
+                ("app", "web"),
+                ("service.kubernetes.io/service-proxy-name", "x"),
+            ])
             .annotation("kubectl.kubernetes.io/last-applied-configuration", "{...}")
             .managed_field("kubectl")
-            .with(|s| s.metadata.managed_fields.as_mut().unwrap()[0].operation = Some("Apply".into()))
+            .with(|s| {
+                s.metadata.managed_fields.as_mut().unwrap()[0].operation = Some("Apply".into())
+            })
             .selector(&[("app", "web")])
             .ip_families(&["IPv4"])
             .port("http", 80, "TCP")

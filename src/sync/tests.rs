@@ -619,7 +619,11 @@ fn changes_coalesce_and_respect_the_min_sync_period() {
     for i in 0..20 {
         source.set(objects(
             vec![service("a", "10.96.0.1", "TCP")],
-            vec![slice("a", "TCP", &[(&format!("10.244.1.{}", 10 + i), "node-a")])],
+            vec![slice(
+                "a",
+                "TCP",
+                &[(&format!("10.244.1.{}", 10 + i), "node-a")],
+            )],
         ));
         trigger.notify();
         std::thread::sleep(Duration::from_millis(10));

@@ -38,8 +38,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition,
-    NodeSpec, ObjectReference, NodeStatus, Service, ServicePort as K8sServicePort, ServiceSpec, ServiceStatus,
-    SessionAffinityConfig, Taint,
+    NodeSpec, NodeStatus, ObjectReference, Service, ServicePort as K8sServicePort, ServiceSpec,
+    ServiceStatus, SessionAffinityConfig, Taint,
 };
 use k8s_openapi::api::discovery::v1::{
     Endpoint as K8sEndpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice,
@@ -98,7 +98,11 @@ macro_rules! metadata_setters {
             }
             /// Adds one `metadata.annotations` entry.
             pub fn annotation(mut self, key: &str, value: &str) -> Self {
-                let a = self.0.metadata.annotations.get_or_insert_with(BTreeMap::new);
+                let a = self
+                    .0
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new);
                 a.insert(key.into(), value.into());
                 self
             }
@@ -315,9 +319,7 @@ impl ServiceBuilder {
     }
     /// `spec.selector`.
     pub fn selector(mut self, labels: &[(&str, &str)]) -> Self {
-        let sel = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let sel = labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         self.spec().selector = Some(sel.collect());
         self
     }
@@ -494,13 +496,17 @@ impl EndpointBuilder {
     }
     /// `hints.forZones[].name`.
     pub fn zone_hints(mut self, zones: &[&str]) -> Self {
-        let z = zones.iter().map(|z| ForZone { name: z.to_string() });
+        let z = zones.iter().map(|z| ForZone {
+            name: z.to_string(),
+        });
         self.hints().for_zones = Some(z.collect());
         self
     }
     /// `hints.forNodes[].name`.
     pub fn node_hints(mut self, nodes: &[&str]) -> Self {
-        let n = nodes.iter().map(|n| ForNode { name: n.to_string() });
+        let n = nodes.iter().map(|n| ForNode {
+            name: n.to_string(),
+        });
         self.hints().for_nodes = Some(n.collect());
         self
     }
@@ -586,7 +592,10 @@ impl NodeBuilder {
             last_heartbeat_time: Some(time(at)),
             ..NodeCondition::default()
         };
-        self.status().conditions.get_or_insert_with(Vec::new).push(c);
+        self.status()
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(c);
         self
     }
     pub fn build(self) -> Node {
@@ -771,7 +780,6 @@ impl From<ServicePortBuilder> for model::ServicePort {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     //! Each builder equals the object the same JSON deserializes to.
@@ -862,7 +870,11 @@ mod tests {
                     .zone_hints(&["z1"])
                     .node_hints(&["n1"]),
             )
-            .endpoint(ep("fd00::3").addresses(&["fd00::3", "fd00::4"]).no_conditions())
+            .endpoint(
+                ep("fd00::3")
+                    .addresses(&["fd00::3", "fd00::4"])
+                    .no_conditions(),
+            )
             .build();
         let want: EndpointSlice = from(json!({
             "metadata": {"namespace": "ns", "name": "web-1",
@@ -912,7 +924,10 @@ mod tests {
                                        "lastHeartbeatTime": "2024-01-01T00:00:10Z"}]}
         }));
         assert_eq!(built, want);
-        assert_eq!(node("n2").build(), from(json!({"metadata": {"name": "n2"}})));
+        assert_eq!(
+            node("n2").build(),
+            from(json!({"metadata": {"name": "n2"}}))
+        );
         let sc: ServiceCIDR = from(json!({"metadata": {"name": "kubernetes"},
                                           "spec": {"cidrs": ["10.96.0.0/16"]}}));
         assert_eq!(service_cidr("kubernetes", &["10.96.0.0/16"]).build(), sc);
@@ -928,17 +943,30 @@ mod tests {
             nodes: vec![node("n1").internal_ip("192.168.0.1").build()],
             service_cidrs: vec![service_cidr("kubernetes", &["10.96.0.0/16"]).build()],
             services: vec![
-                svc("ns", "a").cluster_ip("10.96.0.1").port("", 80, "TCP").build(),
-                svc("ns", "b").type_("NodePort").port("http", 80, "UDP").node_port(30000).build(),
+                svc("ns", "a")
+                    .cluster_ip("10.96.0.1")
+                    .port("", 80, "TCP")
+                    .build(),
+                svc("ns", "b")
+                    .type_("NodePort")
+                    .port("http", 80, "UDP")
+                    .node_port(30000)
+                    .build(),
             ],
-            slices: vec![slice("ns", "a-1", "a").port("", 8080, "TCP").endpoint("10.0.0.1").build()],
+            slices: vec![slice("ns", "a-1", "a")
+                .port("", 8080, "TCP")
+                .endpoint("10.0.0.1")
+                .build()],
         };
         let text = manifests(&objects);
         assert!(text.starts_with("apiVersion: v1\nkind: Node\n"), "{text}");
         let loaded = crate::k8s::manifests::load_str("fixtures.yaml", &text);
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let (got, want) = (&loaded.objects, &objects);
-        assert_eq!((&got.nodes, &got.service_cidrs), (&want.nodes, &want.service_cidrs));
+        assert_eq!(
+            (&got.nodes, &got.service_cidrs),
+            (&want.nodes, &want.service_cidrs)
+        );
         assert_eq!((&got.services, &got.slices), (&want.services, &want.slices));
     }
 
@@ -959,7 +987,10 @@ mod tests {
             .local_endpoint("10.244.1.11", 5353)
             .build();
         assert_eq!(p.name.to_string(), "ns/dns:dns");
-        assert_eq!((p.cluster_ip, p.port, p.node_port), (ips(&["10.96.0.10"])[0], 53, 30053));
+        assert_eq!(
+            (p.cluster_ip, p.port, p.node_port),
+            (ips(&["10.96.0.10"])[0], 53, 30053)
+        );
         assert_eq!(p.external_ips, ips(&["203.0.113.1"]));
         assert_eq!(p.load_balancer_ips, ips(&["203.0.113.2"]));
         assert_eq!(p.source_ranges.len(), 1);

@@ -42,8 +42,17 @@ pub fn synthetic_cluster(services: usize, endpoints: usize, affinity: bool) -> O
         o.services.push(s.build());
         let eps = (0..endpoints).map(|e| {
             let n = i * endpoints + e;
-            let ip = format!("10.{}.{}.{}", 128 + n / 65000, (n / 250) % 260 % 256, n % 250 + 1);
-            let on = if e % 10 == 0 { NODE.to_string() } else { format!("node-{}", e % 7) };
+            let ip = format!(
+                "10.{}.{}.{}",
+                128 + n / 65000,
+                (n / 250) % 260 % 256,
+                n % 250 + 1
+            );
+            let on = if e % 10 == 0 {
+                NODE.to_string()
+            } else {
+                format!("node-{}", e % 7)
+            };
             ep(&ip).node(&on)
         });
         let sl = slice(&ns, &format!("{name}-abcde"), &name)

@@ -2,7 +2,6 @@
 
 use std::time::UNIX_EPOCH;
 
-
 use super::*;
 use crate::admin::ProxyHealth;
 use crate::testutil::fixtures as fx;
