@@ -20,11 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::Once;
 
-use common::topology::{cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Topology};
+use common::topology::{cidr, node_ip, outside_ip, pod_ip, Topology};
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use common::{in_netns, kernel_tests_enabled};
 use kproxy::conntrack::{Conntrack, Flow};
-use kproxy::model::{Model, NodePortIps, Objects, Protocol};
+use kproxy::model::{Model, NodePortIps, Protocol};
 use kproxy::nft::Family;
 use kproxy::sync::FlowCleaner;
 use kproxy::testutil::fixtures::{self as fx, service_port};
@@ -53,36 +53,14 @@ fn fam(f: Family) -> &'static str {
     }
 }
 
-/// The node and the ServiceCIDRs: the cluster without the service.
-fn node_objects() -> Objects {
-    let (v4, v6) = (Family::V4, Family::V6);
-    let addresses = [
-        node_ip(v4),
-        node_ip(v6),
-        node_link_b_ip(v4),
-        node_link_b_ip(v6),
-    ];
-    let node = addresses.iter().fold(
-        fx::node("node-a").pod_cidrs(&[cidr(v4, "pods"), cidr(v6, "pods")]),
-        |n, ip| n.internal_ip(&ip.to_string()),
-    );
-    Objects {
-        nodes: vec![node.build()],
-        service_cidrs: vec![
-            fx::service_cidr("kubernetes", &["10.96.0.0/16", "fd00:10:96::/112"]).build(),
-        ],
-        ..Objects::default()
-    }
-}
-
 fn node_manifests() -> String {
-    fx::manifests(&node_objects())
+    fx::manifests(&common::node_objects())
 }
 
 /// The node, the ServiceCIDRs, the dual-stack UDP service `t/dns` (port 53 → 5353,
 /// NodePort 30053) and one EndpointSlice per family listing `endpoints` (pods).
 fn manifests(endpoints: &[&str]) -> String {
-    let mut o = node_objects();
+    let mut o = common::node_objects();
     let (v4, v6) = (
         cluster_ip(Family::V4).to_string(),
         cluster_ip(Family::V6).to_string(),

@@ -16,14 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::topology::{
-    cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Client, Outcome, Topology,
-};
+use common::topology::{cidr, node_ip, outside_ip, pod_ip, Client, Outcome, Topology};
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use common::{in_netns, kernel_tests_enabled};
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::apiserver::{ApiServer, Kind};
 use kproxy::testutil::fixtures::{self as fx, ServiceBuilder, SliceBuilder};
@@ -40,20 +36,6 @@ fn cluster_ip(f: Family, n: u8) -> String {
         Family::V4 => format!("10.96.0.{n}"),
         Family::V6 => format!("fd00:10:96::{n}"),
     }
-}
-
-fn node_object() -> Node {
-    let ips = [node_ip(Family::V4), node_ip(Family::V6)];
-    let link_b = [node_link_b_ip(Family::V4), node_link_b_ip(Family::V6)];
-    let mut n = fx::node(NODE).pod_cidrs(&[cidr(Family::V4, "pods"), cidr(Family::V6, "pods")]);
-    for ip in ips.iter().chain(&link_b) {
-        n = n.internal_ip(&ip.to_string());
-    }
-    n.build()
-}
-
-fn service_cidr_object() -> ServiceCIDR {
-    fx::service_cidr("kubernetes", &["10.96.0.0/16", "fd00:10:96::/112"]).build()
 }
 
 /// A dual-stack ClusterIP service `name` with ClusterIPs `S<n>` and no ports yet.
@@ -279,8 +261,9 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    api.apply(&node_object());
-    api.apply(&service_cidr_object());
+    let cluster = common::node_objects();
+    api.apply(&cluster.nodes[0]);
+    api.apply(&cluster.service_cidrs[0]);
     Setup {
         t,
         api,

@@ -25,7 +25,7 @@ use common::topology::{
     cidr, gateway_ip, node_ip, node_link_b_ip, outside_ip, pod_ip, Client, Outcome, Topology,
     DEFAULT_TIMEOUT, SCTP_PORT,
 };
-use kproxy::model::{EndpointAddr, Objects};
+use kproxy::model::EndpointAddr;
 use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder, SliceBuilder};
 use kproxy::trace::{Probe, Trace, TraceVerdict};
@@ -69,13 +69,6 @@ fn ip(f: Family, logical: &str) -> IpAddr {
         _ => panic!("unknown logical address {logical}"),
     };
     s.parse().expect("address")
-}
-
-fn service_cidr(f: Family) -> &'static str {
-    match f {
-        Family::V4 => "10.96.0.0/16",
-        Family::V6 => "fd00:10:96::/112",
-    }
 }
 
 /// Changes to a builder: the parts of a fixture that differ between services.
@@ -260,23 +253,7 @@ fn svc_ip(f: Family, name: &str) -> IpAddr {
 fn manifests(svcs: &[Svc]) -> String {
     let all = services();
     let (v4, v6) = (Family::V4, Family::V6);
-    let addresses = [
-        node_ip(v4),
-        node_ip(v6),
-        node_link_b_ip(v4),
-        node_link_b_ip(v6),
-    ];
-    let node = addresses.iter().fold(
-        fx::node("node-a").pod_cidrs(&[cidr(v4, "pods"), cidr(v6, "pods")]),
-        |n, ip| n.internal_ip(&ip.to_string()),
-    );
-    let mut o = Objects {
-        nodes: vec![node.build()],
-        service_cidrs: vec![
-            fx::service_cidr("kubernetes", &[service_cidr(v4), service_cidr(v6)]).build(),
-        ],
-        ..Objects::default()
-    };
+    let mut o = common::node_objects();
     for s in svcs {
         assert!(
             all.iter().any(|a| a.name == s.name),

@@ -231,17 +231,18 @@ fn assert_programmed(f: &mut Fixture, endpoint: &str) {
 }
 
 fn two_services() -> Objects {
+    two_services_with(&[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")])
+}
+
+/// TCP service `a` with these endpoints, UDP service `b` with two.
+fn two_services_with(a_endpoints: &[(&str, &str)]) -> Objects {
     objects(
         vec![
             service("a", "10.96.0.1", "TCP"),
             service("b", "10.96.0.2", "UDP"),
         ],
         vec![
-            slice(
-                "a",
-                "TCP",
-                &[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")],
-            ),
+            slice("a", "TCP", a_endpoints),
             slice(
                 "b",
                 "UDP",
@@ -275,28 +276,11 @@ fn a_changed_endpoint_is_a_partial_sync_touching_only_elements() {
     let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
     let commits = f.syncer.backend().commits();
-    f.source.set(objects(
-        vec![
-            service("a", "10.96.0.1", "TCP"),
-            service("b", "10.96.0.2", "UDP"),
-        ],
-        vec![
-            slice(
-                "a",
-                "TCP",
-                &[
-                    ("10.244.1.5", "node-a"),
-                    ("10.244.2.5", "node-b"),
-                    ("10.244.2.7", "node-b"),
-                ],
-            ),
-            slice(
-                "b",
-                "UDP",
-                &[("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")],
-            ),
-        ],
-    ));
+    f.source.set(two_services_with(&[
+        ("10.244.1.5", "node-a"),
+        ("10.244.2.5", "node-b"),
+        ("10.244.2.7", "node-b"),
+    ]));
     let r = f.syncer.sync(false).unwrap();
     assert!(!r.full);
     assert_eq!(r.services_changed, 1);

@@ -72,10 +72,25 @@ pub fn time(rfc3339: &str) -> Time {
     Time(rfc3339.parse().expect("an RFC 3339 timestamp"))
 }
 
-/// The metadata setters every object builder has.
-macro_rules! metadata_setters {
+/// What every object builder has: metadata setters, `with`, `build`, and conversions
+/// from the object (to change a few fields of it) and into it.
+macro_rules! object_builder {
     ($builder:ident, $obj:ident) => {
+        impl From<$obj> for $builder {
+            fn from(o: $obj) -> Self {
+                $builder(o)
+            }
+        }
+        impl From<$builder> for $obj {
+            fn from(b: $builder) -> $obj {
+                b.0
+            }
+        }
         impl $builder {
+            /// The object.
+            pub fn build(self) -> $obj {
+                self.0
+            }
             /// `metadata.uid`.
             pub fn uid(mut self, uid: &str) -> Self {
                 self.0.metadata.uid = Some(uid.into());
@@ -146,14 +161,7 @@ pub fn svc(namespace: &str, name: &str) -> ServiceBuilder {
 #[derive(Clone, Debug)]
 pub struct ServiceBuilder(Service);
 
-metadata_setters!(ServiceBuilder, Service);
-
-/// Starts from an existing object (to change a few fields of it).
-impl From<Service> for ServiceBuilder {
-    fn from(o: Service) -> Self {
-        ServiceBuilder(o)
-    }
-}
+object_builder!(ServiceBuilder, Service);
 
 impl ServiceBuilder {
     fn spec(&mut self) -> &mut ServiceSpec {
@@ -323,15 +331,6 @@ impl ServiceBuilder {
         self.spec().selector = Some(sel.collect());
         self
     }
-    pub fn build(self) -> Service {
-        self.0
-    }
-}
-
-impl From<ServiceBuilder> for Service {
-    fn from(b: ServiceBuilder) -> Service {
-        b.build()
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -353,14 +352,7 @@ pub fn slice(namespace: &str, name: &str, service: &str) -> SliceBuilder {
 #[derive(Clone, Debug)]
 pub struct SliceBuilder(EndpointSlice);
 
-metadata_setters!(SliceBuilder, EndpointSlice);
-
-/// Starts from an existing object (to change a few fields of it).
-impl From<EndpointSlice> for SliceBuilder {
-    fn from(o: EndpointSlice) -> Self {
-        SliceBuilder(o)
-    }
-}
+object_builder!(SliceBuilder, EndpointSlice);
 
 impl SliceBuilder {
     /// `addressType`: IPv4 (the default), IPv6 or FQDN.
@@ -390,15 +382,6 @@ impl SliceBuilder {
     /// Appends these endpoints.
     pub fn endpoints<E: Into<EndpointBuilder>>(self, eps: impl IntoIterator<Item = E>) -> Self {
         eps.into_iter().fold(self, |b, e| b.endpoint(e))
-    }
-    pub fn build(self) -> EndpointSlice {
-        self.0
-    }
-}
-
-impl From<SliceBuilder> for EndpointSlice {
-    fn from(b: SliceBuilder) -> EndpointSlice {
-        b.build()
     }
 }
 
@@ -535,14 +518,7 @@ pub fn node(name: &str) -> NodeBuilder {
 #[derive(Clone, Debug)]
 pub struct NodeBuilder(Node);
 
-metadata_setters!(NodeBuilder, Node);
-
-/// Starts from an existing object (to change a few fields of it).
-impl From<Node> for NodeBuilder {
-    fn from(o: Node) -> Self {
-        NodeBuilder(o)
-    }
-}
+object_builder!(NodeBuilder, Node);
 
 impl NodeBuilder {
     fn spec(&mut self) -> &mut NodeSpec {
@@ -598,15 +574,6 @@ impl NodeBuilder {
             .push(c);
         self
     }
-    pub fn build(self) -> Node {
-        self.0
-    }
-}
-
-impl From<NodeBuilder> for Node {
-    fn from(b: NodeBuilder) -> Node {
-        b.build()
-    }
 }
 
 /// A ServiceCIDR `name` with `spec.cidrs` and no status (see [`ServiceCidrBuilder`]).
@@ -624,14 +591,7 @@ pub fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCidrBuilder {
 #[derive(Clone, Debug)]
 pub struct ServiceCidrBuilder(ServiceCIDR);
 
-metadata_setters!(ServiceCidrBuilder, ServiceCIDR);
-
-/// Starts from an existing object (to change a few fields of it).
-impl From<ServiceCIDR> for ServiceCidrBuilder {
-    fn from(o: ServiceCIDR) -> Self {
-        ServiceCidrBuilder(o)
-    }
-}
+object_builder!(ServiceCidrBuilder, ServiceCIDR);
 
 impl ServiceCidrBuilder {
     /// `status: {conditions: []}`.
@@ -640,9 +600,6 @@ impl ServiceCidrBuilder {
             conditions: Some(Vec::new()),
         });
         self
-    }
-    pub fn build(self) -> ServiceCIDR {
-        self.0
     }
 }
 
