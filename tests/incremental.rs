@@ -13,9 +13,9 @@ use kproxy::diff::{diff, DiffOptions};
 use kproxy::model::build::Objects;
 use kproxy::model::{self, Model};
 use kproxy::render::Renderer;
+use kproxy::testutil::fixtures::{conditions, ep, slice, svc};
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
 use proptest::prelude::*;
-use serde_json::json;
 
 #[derive(Clone, Debug)]
 enum Change {
@@ -58,21 +58,18 @@ fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, Str
             *counter += 1;
             let name = format!("new-{counter}");
             let ns = format!("ns-{}", i % 3);
-            let svc: Service = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": ns},
-                "spec": {"type": "NodePort", "clusterIP": format!("172.31.{}.{}", *counter / 250, *counter % 250 + 1),
-                         "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-            }))
-            .unwrap();
-            let slice = serde_json::from_value(json!({
-                "metadata": {"name": format!("{name}-x"), "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            let svc = svc(&ns, &name)
+                .type_("NodePort")
+                .cluster_ip(&format!("172.31.{}.{}", *counter / 250, *counter % 250 + 1))
+                .port("http", 80, "TCP")
+                .target_port(8080)
+                .build();
+            let slice = slice(&ns, &format!("{name}-x"), &name)
+                .port("http", 8080, "TCP")
                 // Endpoint IPs shared with existing services: exercises shared hairpin keys.
-                "endpoints": [{"addresses": [format!("10.128.0.{}", i + 1)], "nodeName": "node-a"},
-                              {"addresses": [format!("10.128.0.{}", i + 2)], "nodeName": "node-b"}]
-            }))
-            .unwrap();
+                .endpoint(ep(&format!("10.128.0.{}", i + 1)).node("node-a"))
+                .endpoint(ep(&format!("10.128.0.{}", i + 2)).node("node-b"))
+                .build();
             o.services.push(svc.clone());
             o.slices.push(slice);
             Some(svc_key(&svc))
@@ -123,25 +120,20 @@ fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, Str
             match c {
                 Change::AddEndpoint(_) => {
                     *counter += 1;
-                    endpoints.push(
-                        serde_json::from_value(json!({
-                            "addresses": [format!("10.200.{}.{}", *counter / 250, *counter % 250 + 1)],
-                            "nodeName": if counter.is_multiple_of(2) { "node-a" } else { "node-c" }
-                        }))
-                        .unwrap(),
-                    );
+                    let addr = format!("10.200.{}.{}", *counter / 250, *counter % 250 + 1);
+                    let node = if counter.is_multiple_of(2) {
+                        "node-a"
+                    } else {
+                        "node-c"
+                    };
+                    endpoints.push(ep(&addr).node(node).build());
                 }
                 Change::RemoveEndpoint(_) => {
                     endpoints.pop();
                 }
                 _ => {
                     for ep in endpoints.iter_mut() {
-                        ep.conditions = Some(
-                            serde_json::from_value(
-                                json!({"ready": false, "serving": true, "terminating": true}),
-                            )
-                            .unwrap(),
-                        );
+                        ep.conditions = Some(conditions(false, true, true));
                     }
                 }
             }
