@@ -18,8 +18,8 @@ use ipnetwork::IpNetwork;
 use super::file::{FileConfig, FileConntrack};
 use super::go::{format_duration, parse_go_duration};
 use super::{
-    Config, ConfigError, ConntrackConfig, Given, ProxyFlags, DEFAULT_HEALTHZ_BIND, DEFAULT_METRICS_BIND,
-    DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, MAX_VERBOSITY,
+    Config, ConfigError, ConntrackConfig, Given, ProxyFlags, DEFAULT_HEALTHZ_BIND,
+    DEFAULT_METRICS_BIND, DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, MAX_VERBOSITY,
 };
 use crate::model::build::{DetectLocalMode, NodePortAddresses, Settings};
 use crate::model::DEFAULT_MASQUERADE_BIT;
