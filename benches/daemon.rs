@@ -19,7 +19,7 @@ use criterion::{BenchmarkId, Criterion};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 
-use kproxy::admin::{HealthChecks, ProxyHealth};
+use kproxy::health::{HealthChecks, ProxyHealth};
 use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::k8s::cache::{Cache, Update};
 use kproxy::metrics::Metrics;

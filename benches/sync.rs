@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
-use kproxy::admin::{HealthChecks, ProxyHealth};
+use kproxy::health::{HealthChecks, ProxyHealth};
 use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::DiffOptions;

@@ -15,18 +15,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::{self, HealthChecks, ProxyHealth};
+use crate::admin;
 use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
-use crate::backend::takeover;
 use crate::config::{Config, ConntrackConfig};
 use crate::conntrack::Conntrack;
+use crate::health::{HealthChecks, ProxyHealth};
 use crate::k8s;
 use crate::metrics::Metrics;
 use crate::nft::tx::TableRef;
 use crate::nft::Family;
 use crate::render;
 use crate::sync::{SyncConfig, Syncer, Trigger};
+use crate::takeover;
 
 /// What `kproxy run` was asked to do besides running.
 #[derive(Clone, Copy, Debug, Default)]

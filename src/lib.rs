@@ -48,6 +48,7 @@ pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod diff;
+pub mod health;
 pub mod k8s;
 pub mod metrics;
 pub mod model;
@@ -55,6 +56,7 @@ pub mod nft;
 pub mod render;
 pub mod report;
 pub mod sync;
+pub mod takeover;
 #[cfg(feature = "test-util")]
 pub mod testutil;
 pub mod trace;

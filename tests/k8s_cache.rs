@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy::admin::ProxyHealth;
+use kproxy::health::ProxyHealth;
 use kproxy::k8s::cache::{Cache, Update, PROXY_LABEL_SELECTOR};
 use kproxy::k8s::events::EventRecorder;
 use kproxy::metrics::Metrics;

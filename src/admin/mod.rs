@@ -2,9 +2,10 @@
 //! `/proxyMode` and `/healthz` (metrics port, 10249), and the per-service health-check
 //! NodePort servers of eTP Local LoadBalancer services.
 //!
-//! Owns: every listening socket kproxy opens, and the health state those endpoints report
-//! ([`ProxyHealth`], fed by `sync`; [`HealthChecks`], the set of health-check services,
-//! also fed by `sync`).
+//! Owns: every listening socket kproxy opens. The health state those endpoints report
+//! ([`ProxyHealth`](crate::health::ProxyHealth), [`HealthChecks`](crate::health::HealthChecks))
+//! lives in [`crate::health`]: `sync` updates it,
+//! `admin` serves it, and neither imports the other.
 //!
 //! Must not: touch the kernel's rules or the API server.
 //!
@@ -14,7 +15,8 @@
 //! ```no_run
 //! # async fn run(config: &kproxy::config::Config) -> std::io::Result<()> {
 //! use std::sync::Arc;
-//! use kproxy::admin::{self, AdminConfig, HealthChecks, ProxyHealth};
+//! use kproxy::admin::{self, AdminConfig};
+//! use kproxy::health::{HealthChecks, ProxyHealth};
 //! use kproxy::metrics::Metrics;
 //!
 //! let metrics = Arc::new(Metrics::new());
@@ -28,12 +30,11 @@
 //! # }
 //! ```
 
-pub mod health;
 pub mod healthcheck;
+mod listen;
 mod rfc3339;
 pub mod server;
 
-pub use health::{FamilyStatus, HealthCheckService, HealthChecks, HealthSnapshot, ProxyHealth};
 pub use server::{
     register_process_metrics, spawn, AdminConfig, AdminHandle, METRICS_CONTENT_TYPE, PROXY_MODE,
 };

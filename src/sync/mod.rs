@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::admin::{HealthCheckService, HealthChecks, ProxyHealth};
 use crate::apply::{self, STALE_CHAIN_DELAY};
 use crate::backend::{Backend, BackendError};
 use crate::diff::DiffOptions;
+use crate::health::{HealthCheckService, HealthChecks, ProxyHealth};
 use crate::metrics::{family_label, Metrics};
 use crate::model::build::{Objects, Settings};
 use crate::model::{self, Model, ServicePort, ServicePortName, Warning};

@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::admin::ProxyHealth;
+use crate::health::ProxyHealth;
 
 const START: u64 = 1_700_000_000;
 
