@@ -9,6 +9,7 @@ use super::*;
 use crate::backend::fake::FakeBackend;
 use crate::k8s::manifests::load_str;
 use crate::model::LABEL_SERVICE_NAME;
+use crate::nft::tx::Op;
 use crate::render::render;
 
 const NODE: &str = "
@@ -56,7 +57,7 @@ endpoints:
 }
 
 fn key_of_service(s: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
-    (
+    ServiceKey::new(
         s.metadata.namespace.clone().unwrap_or_default(),
         s.metadata.name.clone().unwrap_or_default(),
     )
@@ -70,7 +71,7 @@ fn key_of_slice(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> ServiceKe
         .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .cloned()
         .unwrap_or_default();
-    (s.metadata.namespace.clone().unwrap_or_default(), svc)
+    ServiceKey::new(s.metadata.namespace.clone().unwrap_or_default(), svc)
 }
 
 /// A source whose whole content is replaced by YAML; changes are computed per service.

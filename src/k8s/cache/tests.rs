@@ -54,7 +54,7 @@ fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
 }
 
 fn key(name: &str) -> ServiceKey {
-    ("ns".to_string(), name.to_string())
+    ServiceKey::new("ns", name)
 }
 
 fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
