@@ -52,6 +52,7 @@ pub mod health;
 pub mod k8s;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod report;
