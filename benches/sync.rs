@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
-use kproxy::health::{HealthChecks, ProxyHealth};
+use kproxy::apply::{Base, Options};
 use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::DiffOptions;
+use kproxy::health::{HealthChecks, ProxyHealth};
 use kproxy::k8s::cache::Cache;
 use kproxy::metrics::Metrics;
-use kproxy::apply::{Base, Options};
 use kproxy::model::{self, EndpointAddr, Model, ServiceKey};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::Family;
@@ -139,13 +139,9 @@ fn incremental(c: &mut Criterion) {
                 added = !added;
             }
             let p = r.update(&m, &key).expect("incremental");
-            let applied = kproxy::apply::apply(
-                &mut b,
-                Base::Given(p.before),
-                p.after,
-                &Options::default(),
-            )
-            .expect("apply");
+            let applied =
+                kproxy::apply::apply(&mut b, Base::Given(p.before), p.after, &Options::default())
+                    .expect("apply");
             assert!(applied.stats.ops > 0);
         })
     });

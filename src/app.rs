@@ -121,8 +121,14 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(config.sync_period * 2));
     let checks = Arc::new(HealthChecks::default());
+    // Health checks on every address (`health_check_addresses` empty).
+    let admin_config = admin::AdminConfig {
+        healthz_bind: config.healthz_bind,
+        metrics_bind: config.metrics_bind,
+        health_check_addresses: Vec::new(),
+    };
     let admin = admin::spawn(
-        admin::AdminConfig::from_config(&config),
+        admin_config,
         health.clone(),
         checks.clone(),
         metrics.clone(),

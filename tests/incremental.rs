@@ -245,7 +245,5 @@ fn node_level_changes_ask_for_a_full_render() {
     let mut settings = synthetic_settings();
     settings.masquerade_all = true;
     let (m, _) = model::build(&objects, &settings);
-    assert!(renderer
-        .update(&m, &BTreeSet::new())
-        .is_none());
+    assert!(renderer.update(&m, &BTreeSet::new()).is_none());
 }

@@ -24,7 +24,6 @@ use tokio::task::JoinHandle;
 use super::healthcheck::HealthCheckServers;
 use super::listen::{context, listen, serve, stopped};
 use super::rfc3339;
-use crate::config::Config;
 use crate::health::{HealthChecks, ProxyHealth};
 use crate::metrics::{family_label, Metrics};
 
@@ -47,18 +46,6 @@ pub struct AdminConfig {
     /// selected by `nodePortAddresses` when that does not match everything. Empty means
     /// every address (`[::]`, dual-stack, or `0.0.0.0` on hosts without IPv6).
     pub health_check_addresses: Vec<IpAddr>,
-}
-
-impl AdminConfig {
-    /// The bind addresses of `config`; health checks on every address (the daemon may
-    /// narrow [`AdminConfig::health_check_addresses`] to the nodePortAddresses IPs).
-    pub fn from_config(config: &Config) -> AdminConfig {
-        AdminConfig {
-            healthz_bind: config.healthz_bind,
-            metrics_bind: config.metrics_bind,
-            health_check_addresses: Vec::new(),
-        }
-    }
 }
 
 /// The running admin servers. Dropping it shuts them down too (without waiting); use

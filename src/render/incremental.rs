@@ -8,7 +8,7 @@
 //! pair by every service using that endpoint). An update returns two *partial* rulesets
 //! ([`Partial`]: the touched objects before and after); the caller diffs them exactly as
 //! it diffs the kernel's dump against a full render, so incremental and full syncs share
-//! one diff and one commit path (`crate::apply::sync_step`).
+//! one diff and one commit path (`crate::apply::apply`).
 //!
 //! Must not: do I/O or decide anything the full render would decide differently: after any
 //! sequence of updates, [`Renderer::ruleset`] equals a full render of the same model with
@@ -376,9 +376,9 @@ fn ports_of<'m>(
     let mut out = BTreeMap::new();
     for key in changed {
         // Services are sorted by (namespace, name, port, protocol): one contiguous run.
-        let start = fm
-            .services
-            .partition_point(|sp| (&sp.name.namespace, &sp.name.name) < (&key.namespace, &key.name));
+        let start = fm.services.partition_point(|sp| {
+            (&sp.name.namespace, &sp.name.name) < (&key.namespace, &key.name)
+        });
         for sp in &fm.services[start..] {
             if !key.owns(&sp.name) {
                 break;

@@ -3,11 +3,13 @@
 //!
 //! Owns: when to sync and how much. Nothing is programmed before the source has its first
 //! complete list; changes coalesce; at least `min_sync_period` separates syncs; a sync is
-//! partial (only changed services re-rendered and diffed, [`Renderer::update`]) unless
-//! node-level inputs changed, the hourly full resync is due, the previous sync failed, or
-//! the kernel's nftables generation moved under us (drift). A full sync diffs against what
-//! the kernel really holds ([`apply::apply`]), so the first one adopts existing rules
-//! without a flush. A failed transaction is counted and retried as a full sync with
+//! partial (only changed services re-rendered, [`Renderer::update`]) unless node-level
+//! inputs changed, the hourly full resync is due, the previous sync failed, or the
+//! kernel's nftables generation moved under us (drift). Every sync then takes the same
+//! step, [`apply::apply`]: diff a base against the target and commit. A partial sync's
+//! base is the renderer's "before" of the touched objects; a full sync (and a drift
+//! repair) diffs against what the kernel really holds, so the first one adopts existing
+//! rules without a flush. A failed transaction is counted and retried as a full sync with
 //! backoff, always within `sync_period`.
 //!
 //! [`Syncer`] is generic over a [`Source`] (the informer cache, or a test's in-memory
