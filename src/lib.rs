@@ -21,13 +21,18 @@
 //!  backend               Backend trait: netlink (the only code touching the kernel's
 //!                        nftables: one atomic batch per transaction, read-back) and
 //!                        fake (validating, all-or-nothing test double)
-//!  apply                 one-shot: dump → diff → apply (`kproxy apply`, `cleanup`)
+//!  apply                 the one sync step: base (kernel dump, or Renderer::update's
+//!                        "before") → diff → commit; `kproxy apply`, `cleanup`
+//!  takeover              `--cleanup-kube-proxy`: kube-proxy's tables and iptables chains
 //!  trace         (pure)  Ruleset + a packet → where a new connection goes
 //!  report                Model → the reviewer's summary / JSON
 //!  sync                  the daemon's loop: readiness gate, coalescing, minSyncPeriod,
-//!                        partial (Renderer::update) or full (apply) syncs, retries,
-//!                        drift repair; feeds conntrack, k8s::events, admin, metrics
+//!                        partial (Renderer::update) or full (Renderer::full) syncs,
+//!                        both committed by apply; retries, drift repair; feeds
+//!                        conntrack, k8s::events, health, metrics
+//!  netlink               the socket and message layer shared by backend and conntrack
 //!  conntrack             stale UDP flows deleted over ctnetlink after endpoint changes
+//!  health                health state: sync records it, admin serves it
 //!  admin, metrics        /healthz /livez (10256), /metrics /proxyMode (10249),
 //!                        health-check NodePorts; upstream's metric names
 //!  cli, app              `kproxy render | trace | apply | cleanup | run`: flags → Config →
@@ -36,7 +41,7 @@
 //!
 //! The pure core (`model`, `nft`, `render`, `diff`, `trace`) does no I/O, reads no clocks
 //! and spawns nothing; only `k8s` talks to the API server, only `backend` (netlink, and
-//! `takeover` for kube-proxy's leftovers) and `conntrack` change the kernel's tables
+//! `takeover` through it for kube-proxy's leftovers) and `conntrack` change the kernel's tables
 //! (`app` sets the conntrack sysctls), only `admin` listens on ports, and only `main`
 //! exits.
 
@@ -48,13 +53,16 @@ pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod diff;
+pub mod health;
 pub mod k8s;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod render;
 pub mod report;
 pub mod sync;
+pub mod takeover;
 #[cfg(feature = "test-util")]
 pub mod testutil;
 pub mod trace;
