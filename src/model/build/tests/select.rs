@@ -112,12 +112,16 @@ fn etp_local_without_local_endpoints() {
 
 #[test]
 fn itp_local_uses_only_local_list_for_cluster_ip_only_service() {
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "itp"},
-        "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
-                 "ports": [{"port": 80}]}}));
+    let itp = || {
+        svc("ns", "itp")
+            .cluster_ip("10.96.0.10")
+            .itp_local()
+            .port("", 80, "")
+            .build()
+    };
     let eps = vec![ready("10.244.1.5", "node-a"), ready("10.244.2.5", "node-b")];
     let (model, _) = build(
-        &objects(vec![svc], vec![simple_slice("itp-1", "itp", 8080, eps)]),
+        &objects(vec![itp()], vec![simple_slice("itp-1", "itp", 8080, eps)]),
         &settings(),
     );
     let sp = tcp4(&model, "ns/itp");
@@ -131,12 +135,9 @@ fn itp_local_uses_only_local_list_for_cluster_ip_only_service() {
     assert!(sp.has_endpoints);
 
     // iTP Local with only remote endpoints: nothing local, but has_endpoints.
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "itp"},
-        "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
-                 "ports": [{"port": 80}]}}));
     let (model, _) = build(
         &objects(
-            vec![svc],
+            vec![itp()],
             vec![simple_slice(
                 "itp-1",
                 "itp",
@@ -151,23 +152,14 @@ fn itp_local_uses_only_local_list_for_cluster_ip_only_service() {
     assert!(sp.has_endpoints);
 }
 
-fn hinted(address: &str, node: &str, zones: &[&str], nodes: &[&str]) -> Value {
-    let mut v = ready(address, node);
-    let mut hints = serde_json::Map::new();
-    if !zones.is_empty() {
-        hints.insert(
-            "forZones".into(),
-            json!(zones.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()),
-        );
+/// A ready endpoint with zone hints and, when `nodes` is not empty, node hints.
+fn hinted(address: &str, node: &str, zones: &[&str], nodes: &[&str]) -> EndpointBuilder {
+    let e = ready(address, node).zone_hints(zones);
+    if nodes.is_empty() {
+        e
+    } else {
+        e.node_hints(nodes)
     }
-    if !nodes.is_empty() {
-        hints.insert(
-            "forNodes".into(),
-            json!(nodes.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()),
-        );
-    }
-    v["hints"] = Value::Object(hints);
-    v
 }
 
 #[test]
@@ -177,12 +169,11 @@ fn topology_zone_hints_used() {
         hinted("10.244.2.5", "node-b", &["zone-b"], &[]),
         hinted("10.244.3.5", "node-c", &["zone-a"], &[]),
     ];
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "topo"},
-        "spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
-                 "externalTrafficPolicy": "Local",
-                 "ports": [{"port": 80, "nodePort": 30080}]}}));
     let (model, _) = build(
-        &objects(vec![svc], vec![simple_slice("topo-1", "topo", 8080, eps)]),
+        &objects(
+            vec![etp_local_nodeport("topo")],
+            vec![simple_slice("topo-1", "topo", 8080, eps)],
+        ),
         &settings(),
     );
     let sp = tcp4(&model, "ns/topo");
