@@ -108,6 +108,25 @@ fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
     }
 }
 
+/// `service` (port 80 → 8080) and its slice `<name>-1` of these endpoints on port 8080,
+/// with [`node_a`].
+fn with_endpoints(service: Service, endpoints: Vec<EndpointBuilder>) -> Objects {
+    let name = service.metadata.name.clone().expect("named");
+    let slice = simple_slice(&format!("{name}-1"), &name, 8080, endpoints);
+    objects(vec![service], vec![slice])
+}
+
+/// `ns/web` (ClusterIP 10.96.0.10) [`with_endpoints`] these.
+fn web(endpoints: Vec<EndpointBuilder>) -> Objects {
+    with_endpoints(simple_service("web", "10.96.0.10"), endpoints)
+}
+
+/// The cluster endpoints `ns/web` of [`web`]`(endpoints)` gets, with [`settings`].
+fn web_cluster_endpoints(endpoints: Vec<EndpointBuilder>) -> Vec<EndpointAddr> {
+    let (model, _) = build(&web(endpoints), &settings());
+    tcp4(&model, "ns/web").cluster_endpoints.clone()
+}
+
 fn family(model: &Model, family: Family) -> &FamilyModel {
     model.family(family).expect("family present")
 }
@@ -169,15 +188,10 @@ fn both_families_always_present_ipv4_first() {
 
 #[test]
 fn basic_cluster_ip_service() {
-    let objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![ready("10.244.2.5", "node-b"), ready("10.244.1.5", "node-a")],
-        )],
-    );
+    let objs = web(vec![
+        ready("10.244.2.5", "node-b"),
+        ready("10.244.1.5", "node-a"),
+    ]);
     let (model, warnings) = build(&objs, &settings());
     assert!(warnings.is_empty(), "{warnings:?}");
     let sp = tcp4(&model, "ns/web");

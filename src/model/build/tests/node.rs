@@ -43,15 +43,7 @@ fn node_primary_ips_and_default_nodeport_addresses() {
 
 #[test]
 fn missing_node_is_one_warning_and_build_continues() {
-    let mut objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![ready("10.244.1.5", "node-a")],
-        )],
-    );
+    let mut objs = web(vec![ready("10.244.1.5", "node-a")]);
     objs.nodes = vec![node("node-z").build()];
     let s = Settings {
         detect_local_mode: DetectLocalMode::NodeCidr,

@@ -40,19 +40,11 @@ fn named_target_ports_matched_by_slice_port_name_and_protocol() {
 
 #[test]
 fn conditions_default_when_unset() {
-    let s = simple_slice(
-        "web-1",
-        "web",
-        8080,
-        vec![
-            fx::ep("10.244.1.5").node("node-a"),
-            fx::ep("10.244.1.6").no_conditions(),
-        ],
-    );
-    let (model, _) = build(
-        &objects(vec![simple_service("web", "10.96.0.10")], vec![s]),
-        &settings(),
-    );
+    let objs = web(vec![
+        fx::ep("10.244.1.5").node("node-a"),
+        fx::ep("10.244.1.6").no_conditions(),
+    ]);
+    let (model, _) = build(&objs, &settings());
     let sp = tcp4(&model, "ns/web");
     for e in &sp.endpoints {
         assert!(e.ready && e.serving && !e.terminating, "{e:?}");
@@ -67,22 +59,10 @@ fn conditions_default_when_unset() {
 
 #[test]
 fn only_first_address_of_an_endpoint_is_used() {
-    let s = simple_slice(
-        "web-1",
-        "web",
-        8080,
-        vec![fx::ep("10.244.1.5")
-            .addresses(&["10.244.1.5", "10.244.1.99"])
-            .node("node-b")],
-    );
-    let (model, _) = build(
-        &objects(vec![simple_service("web", "10.96.0.10")], vec![s]),
-        &settings(),
-    );
-    assert_eq!(
-        tcp4(&model, "ns/web").cluster_endpoints,
-        addrs(&["10.244.1.5:8080"])
-    );
+    let e = fx::ep("10.244.1.5")
+        .addresses(&["10.244.1.5", "10.244.1.99"])
+        .node("node-b");
+    assert_eq!(web_cluster_endpoints(vec![e]), addrs(&["10.244.1.5:8080"]));
 }
 
 #[test]
