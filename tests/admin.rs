@@ -9,9 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kproxy::admin::{
-    self, AdminConfig, AdminHandle, HealthCheckService, HealthChecks, ProxyHealth,
-};
+use kproxy::admin::{self, AdminConfig, AdminHandle};
+use kproxy::health::{HealthCheckService, HealthChecks, ProxyHealth};
 use kproxy::metrics::Metrics;
 use kproxy::nft::Family;
 use serde_json::{json, Value};
@@ -377,7 +376,12 @@ fn metrics_port_serves_configz() {
     let handle = {
         let _g = rt.enter();
         admin::spawn(
-            AdminConfig::from_config(&config),
+            AdminConfig {
+                healthz_bind: config.healthz_bind,
+                metrics_bind: config.metrics_bind,
+                health_check_addresses: vec![],
+                configz: kproxy::config::configz_json(&config),
+            },
             Arc::new(ProxyHealth::new(Duration::from_secs(60))),
             Arc::new(HealthChecks::default()),
             Arc::new(Metrics::new()),

@@ -78,6 +78,17 @@ fn reflect_services(client: Client, cfg: watcher::Config) -> Store<Service> {
     reader
 }
 
+/// [`reflect_services`] with the default config, once ready and its first watch is open.
+async fn watching(server: &ApiServer) -> Store<Service> {
+    let store = reflect_services(client(server), watcher::Config::default());
+    store.wait_until_ready().await.unwrap();
+    wait_until("the first watch", Duration::from_secs(10), || {
+        server.open_watches() == 1
+    })
+    .await;
+    store
+}
+
 /// One HTTP/1.0 GET (the body then ends with the connection): status and body.
 fn raw_get(server: &ApiServer, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(server.addr()).expect("connect");
@@ -113,31 +124,19 @@ async fn lists_with_selectors_pages_and_gets() {
     let c = client(&server);
     let all: Api<Service> = Api::all(c.clone());
 
-    let web = all
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .unwrap();
-    assert_eq!(web.items.len(), 13);
-    let web2 = all
-        .list(&ListParams::default().labels("app==web,app!=db"))
-        .await
-        .unwrap();
-    assert_eq!(web2.items.len(), 13);
-    let proxied = all
-        .list(&ListParams::default().labels("!service.kubernetes.io/headless,app"))
-        .await
-        .unwrap();
-    assert_eq!(proxied.items.len(), 20);
-    let headless = all
-        .list(&ListParams::default().labels("service.kubernetes.io/headless"))
-        .await
-        .unwrap();
-    assert_eq!(headless.items.len(), 5);
-    let set_based = all
-        .list(&ListParams::default().labels("app in (web,db),app notin (db)"))
-        .await
-        .unwrap();
-    assert_eq!(set_based.items.len(), 13);
+    for (selector, count) in [
+        ("app=web", 13),
+        ("app==web,app!=db", 13),
+        ("!service.kubernetes.io/headless,app", 20),
+        ("service.kubernetes.io/headless", 5),
+        ("app in (web,db),app notin (db)", 13),
+    ] {
+        let listed = all
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), count, "{selector}");
+    }
     let bad = all.list(&ListParams::default().labels("a b")).await;
     assert!(matches!(bad, Err(kube::Error::Api(s)) if s.code == 400));
 
@@ -365,12 +364,7 @@ async fn resumes_from_resource_version_after_dropped_watch() {
     for n in ["a", "b", "c"] {
         server.apply(&svc("default", n, &[], "10.0.0.1"));
     }
-    let store = reflect_services(client(&server), watcher::Config::default());
-    store.wait_until_ready().await.unwrap();
-    wait_until("the first watch", Duration::from_secs(10), || {
-        server.open_watches() == 1
-    })
-    .await;
+    let store = watching(&server).await;
     let lists = count(&server, Verb::List, "services");
     let watches = server.watch_count();
     let rv_before = server.resource_version();
@@ -410,12 +404,7 @@ async fn relists_after_compaction() {
     for n in ["a", "b", "c"] {
         server.apply(&svc("default", n, &[], "10.0.0.1"));
     }
-    let store = reflect_services(client(&server), watcher::Config::default());
-    store.wait_until_ready().await.unwrap();
-    wait_until("the first watch", Duration::from_secs(10), || {
-        server.open_watches() == 1
-    })
-    .await;
+    let store = watching(&server).await;
     let lists = count(&server, Verb::List, "services");
 
     server.set_latency(Duration::from_millis(400));
@@ -446,12 +435,7 @@ async fn relists_after_compaction() {
 async fn recovers_after_outage_without_relisting() {
     let server = ApiServer::start();
     server.apply(&svc("default", "a", &[], "10.0.0.1"));
-    let store = reflect_services(client(&server), watcher::Config::default());
-    store.wait_until_ready().await.unwrap();
-    wait_until("the first watch", Duration::from_secs(10), || {
-        server.open_watches() == 1
-    })
-    .await;
+    let store = watching(&server).await;
     let lists = count(&server, Verb::List, "services");
 
     server.set_down(true);
@@ -480,12 +464,7 @@ async fn bookmarks_advance_the_resume_point() {
         .bookmark_interval(Duration::from_millis(100))
         .start();
     server.apply(&svc("default", "a", &[], "10.0.0.1"));
-    let store = reflect_services(client(&server), watcher::Config::default());
-    store.wait_until_ready().await.unwrap();
-    wait_until("the first watch", Duration::from_secs(10), || {
-        server.open_watches() == 1
-    })
-    .await;
+    let _store = watching(&server).await;
     let watches = server.watch_count();
     // Changes to other resources move the global RV; the Service watch only learns of it
     // through bookmarks.

@@ -272,12 +272,16 @@ fn setup() -> Setup {
     }
 }
 
+/// [`setup`] for `test`, or `None` when kernel tests are off.
+fn setup_for(test: &str) -> Option<Setup> {
+    kernel_tests_enabled(test).then(setup)
+}
+
 #[test]
 fn api_changes_reach_the_kernel_and_the_operator_surface_reports_them() {
-    if !kernel_tests_enabled("daemon::api_changes_reach_the_kernel") {
+    let Some(s) = setup_for("daemon::api_changes_reach_the_kernel") else {
         return;
-    }
-    let s = setup();
+    };
     let (t, api) = (&s.t, &s.api);
     api.apply(&service("web", 10, Some(30080)).build());
     slices(api, "web", &["A1", "A2"]);
@@ -386,10 +390,9 @@ fn api_changes_reach_the_kernel_and_the_operator_surface_reports_them() {
 
 #[test]
 fn api_outage_slow_responses_dropped_streams_and_410_change_nothing_and_are_caught_up() {
-    if !kernel_tests_enabled("daemon::api_outage") {
+    let Some(s) = setup_for("daemon::api_outage") else {
         return;
-    }
-    let s = setup();
+    };
     let (t, api) = (&s.t, &s.api);
     let (d, ip) = s.running_web(&["A1"]);
 
@@ -464,10 +467,9 @@ fn api_outage_slow_responses_dropped_streams_and_410_change_nothing_and_are_caug
 
 #[test]
 fn a_flushed_table_is_repaired_within_seconds() {
-    if !kernel_tests_enabled("daemon::flushed_table_repaired") {
+    let Some(s) = setup_for("daemon::flushed_table_repaired") else {
         return;
-    }
-    let s = setup();
+    };
     let t = &s.t;
     let (d, ip) = s.running_web(&["A1"]);
     let before = t.node_ruleset_text();
@@ -487,10 +489,9 @@ fn a_flushed_table_is_repaired_within_seconds() {
 
 #[test]
 fn restart_adopts_the_rules_without_breaking_an_established_connection() {
-    if !kernel_tests_enabled("daemon::restart_adopts") {
+    let Some(s) = setup_for("daemon::restart_adopts") else {
         return;
-    }
-    let s = setup();
+    };
     let t = &s.t;
     let (d, ip) = s.running_web(&["A1", "A2"]);
     let ip: IpAddr = ip.parse().unwrap();
@@ -532,10 +533,9 @@ fn restart_adopts_the_rules_without_breaking_an_established_connection() {
 
 #[test]
 fn health_check_node_port_and_events_for_invalid_objects() {
-    if !kernel_tests_enabled("daemon::health_check_and_events") {
+    let Some(s) = setup_for("daemon::health_check_and_events") else {
         return;
-    }
-    let s = setup();
+    };
     let (t, api) = (&s.t, &s.api);
     let lb = service("lb", 12, Some(30090))
         .type_("LoadBalancer")
@@ -583,10 +583,9 @@ fn health_check_node_port_and_events_for_invalid_objects() {
 
 #[test]
 fn a_udp_client_is_moved_off_a_removed_endpoint() {
-    if !kernel_tests_enabled("daemon::udp_conntrack") {
+    let Some(s) = setup_for("daemon::udp_conntrack") else {
         return;
-    }
-    let s = setup();
+    };
     let (t, api) = (&s.t, &s.api);
     let svc = service_base("dns", 14)
         .port("dns", 53, "UDP")

@@ -11,7 +11,7 @@ use kproxy::backend::fake::FakeBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::{diff, DiffOptions};
 use kproxy::model::build::Objects;
-use kproxy::model::{self, Model};
+use kproxy::model::{self, Model, ServiceKey};
 use kproxy::render::Renderer;
 use kproxy::testutil::fixtures::{conditions, ep, slice, svc};
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
@@ -43,15 +43,15 @@ fn change_strategy() -> impl Strategy<Value = Change> {
     ]
 }
 
-fn svc_key(s: &Service) -> (String, String) {
-    (
+fn svc_key(s: &Service) -> ServiceKey {
+    ServiceKey::new(
         s.metadata.namespace.clone().unwrap_or_default(),
         s.metadata.name.clone().unwrap_or_default(),
     )
 }
 
 /// Applies a change to the objects; returns the service it touched.
-fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, String)> {
+fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<ServiceKey> {
     let n = o.services.len();
     match c {
         Change::AddService(i) => {
@@ -109,12 +109,12 @@ fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, Str
         Change::AddEndpoint(i) | Change::RemoveEndpoint(i) | Change::AllNotReady(i) => {
             let key = svc_key(&o.services[i % n]);
             let slice = o.slices.iter_mut().find(|s| {
-                s.metadata.namespace.as_deref() == Some(key.0.as_str())
+                s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
                     && s.metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get("kubernetes.io/service-name"))
-                        == Some(&key.1)
+                        == Some(&key.name)
             })?;
             let endpoints = slice.endpoints.get_or_insert_with(Vec::new);
             match c {
@@ -190,7 +190,7 @@ proptest! {
                 }
             }
             let m = build(&objects);
-            let d = renderer.update(&m, &changed, &DiffOptions::default()).expect("settings unchanged");
+            let d = renderer.update(&m, &changed).map(|p| diff(&p.before, &p.after, &DiffOptions::default())).expect("settings unchanged");
             kernel.apply(&d.tx).map_err(|e| TestCaseError::fail(format!("{e}\n{}", kproxy::nft::text::transaction(&d.tx))))?;
             let held = kernel.dump().unwrap();
             let incremental = renderer.ruleset();
@@ -211,7 +211,8 @@ fn one_endpoint_change_touches_only_its_service() {
     let mut counter = 0;
     let key = mutate(&mut objects, &Change::AddEndpoint(7), &mut counter).unwrap();
     let d = renderer
-        .update(&build(&objects), &[key].into(), &DiffOptions::default())
+        .update(&build(&objects), &[key].into())
+        .map(|p| diff(&p.before, &p.after, &DiffOptions::default()))
         .unwrap();
     let stats = d.tx.stats();
     // The service chain is rewritten (flush + its rule) and one slot added: nothing else
@@ -236,7 +237,5 @@ fn node_level_changes_ask_for_a_full_render() {
     let mut settings = synthetic_settings();
     settings.masquerade_all = true;
     let (m, _) = model::build(&objects, &settings);
-    assert!(renderer
-        .update(&m, &BTreeSet::new(), &DiffOptions::default())
-        .is_none());
+    assert!(renderer.update(&m, &BTreeSet::new()).is_none());
 }

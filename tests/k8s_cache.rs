@@ -19,11 +19,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     FieldsV1, ManagedFieldsEntry, OwnerReference,
 };
-use kproxy::admin::ProxyHealth;
+use kproxy::health::ProxyHealth;
 use kproxy::k8s::cache::{Cache, Update, PROXY_LABEL_SELECTOR};
 use kproxy::k8s::events::EventRecorder;
 use kproxy::metrics::Metrics;
-use kproxy::model::Warning;
+use kproxy::model::{ServiceKey, Warning};
 use kproxy::sync::{Source, Trigger, WarningSink};
 use kproxy::testutil::fixtures as fx;
 use kube::runtime::watcher::Event;
@@ -331,11 +331,8 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn keys(names: &[&str]) -> BTreeSet<(String, String)> {
-    names
-        .iter()
-        .map(|n| ("ns".to_string(), n.to_string()))
-        .collect()
+fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
+    names.iter().map(|n| ServiceKey::new("ns", *n)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

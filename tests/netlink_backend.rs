@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::time::Instant;
 
 use common::*;
@@ -200,24 +202,26 @@ fn assert_same_ruleset(got: &Ruleset, want: &Ruleset, what: &str) {
     assert_eq!(got.tables.len(), want.tables.len(), "{what}: tables");
     for (g, w) in got.tables.iter().zip(&want.tables) {
         assert_eq!(g.comment, w.comment, "{what}: {} comment", w.family);
-        assert_eq!(
-            g.sets.keys().collect::<Vec<_>>(),
-            w.sets.keys().collect::<Vec<_>>(),
-            "{what}: {} sets",
-            w.family
-        );
-        for (name, ws) in &w.sets {
-            assert_eq!(&g.sets[name], ws, "{what}: {} set {name}", w.family);
-        }
-        assert_eq!(
-            g.chains.keys().collect::<Vec<_>>(),
-            w.chains.keys().collect::<Vec<_>>(),
-            "{what}: {} chains",
-            w.family
-        );
-        for (name, wc) in &w.chains {
-            assert_eq!(&g.chains[name], wc, "{what}: {} chain {name}", w.family);
-        }
+        let what = format!("{what}: {}", w.family);
+        assert_same_map(&g.sets, &w.sets, &what, "set");
+        assert_same_map(&g.chains, &w.chains, &what, "chain");
+    }
+}
+
+/// The same `kind`s by name, then each the same.
+fn assert_same_map<V: PartialEq + Debug>(
+    got: &BTreeMap<String, V>,
+    want: &BTreeMap<String, V>,
+    what: &str,
+    kind: &str,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what} {kind}s"
+    );
+    for (name, w) in want {
+        assert_eq!(&got[name], w, "{what} {kind} {name}");
     }
 }
 

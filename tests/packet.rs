@@ -322,6 +322,14 @@ fn program(t: &Topology, svcs: &[Svc], extra_flags: &[&str]) {
     t.program(&manifests(svcs), &refs);
 }
 
+/// In the lab of `test` programmed with [`services`], runs the body for both families
+/// (nothing when kernel tests are off).
+fn in_lab(test: &str, sctp: bool, body: impl Fn(&Topology, Family) + Sync) {
+    if let Some(t) = lab(test, sctp, &services(), &[]) {
+        both(|f| body(&t, f));
+    }
+}
+
 /// Runs the body for IPv4 and IPv6 at the same time (the families are independent).
 fn both(body: impl Fn(Family) + Sync) {
     thread::scope(|s| {
@@ -552,14 +560,11 @@ fn x5(f: Family) -> Client {
 
 #[test]
 fn clusterip_spreads_over_ready_endpoints_with_named_target_ports() {
-    let Some(t) = lab("clusterip_spreads", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("clusterip_spreads", false, |t, f| {
         // Not-ready B3 never answers; the named target port "http" is the slice's 8080.
         let web = svc_ip(f, "web");
         spread(
-            &t,
+            t,
             CLIENT,
             web,
             80,
@@ -570,54 +575,24 @@ fn clusterip_spreads_over_ready_endpoints_with_named_target_ports() {
         );
         // Two named ports of one service resolve to their own slice ports.
         let named = svc_ip(f, "named");
-        spread(
-            &t,
-            CLIENT,
-            named,
-            80,
-            Tcp,
-            &["A2", "B2"],
-            8080,
-            Seen::Client,
-        );
-        spread(
-            &t,
-            CLIENT,
-            named,
-            81,
-            Tcp,
-            &["A2", "B2"],
-            8081,
-            Seen::Client,
-        );
+        spread(t, CLIENT, named, 80, Tcp, &["A2", "B2"], 8080, Seen::Client);
+        spread(t, CLIENT, named, 81, Tcp, &["A2", "B2"], 8081, Seen::Client);
     });
 }
 
 #[test]
 fn masquerade_exactly_where_upstream_masquerades() {
-    let Some(t) = lab("masquerade", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("masquerade", false, |t, f| {
         let web = svc_ip(f, "web");
         let all = ["A1", "B1", "B2"];
         // Pod → ClusterIP keeps the pod's address.
-        spread(&t, CLIENT, web, 80, Tcp, &all, 8080, Seen::Client);
+        spread(t, CLIENT, web, 80, Tcp, &all, 8080, Seen::Client);
         // The node itself and outside clients are masqueraded to the node's address on the
         // link towards the endpoint (the bridge for A*, the node-b link for B*).
+        spread(t, Client::Node, web, 80, Tcp, &all, 8080, Seen::Masqueraded);
+        spread(t, o5(f), web, 80, Tcp, &all, 8080, Seen::Masqueraded);
         spread(
-            &t,
-            Client::Node,
-            web,
-            80,
-            Tcp,
-            &all,
-            8080,
-            Seen::Masqueraded,
-        );
-        spread(&t, o5(f), web, 80, Tcp, &all, 8080, Seen::Masqueraded);
-        spread(
-            &t,
+            t,
             o5(f),
             node_ip(f),
             30080,
@@ -629,7 +604,7 @@ fn masquerade_exactly_where_upstream_masquerades() {
         // Hairpin: a pod reaching itself through a service sees the node's bridge address,
         // another pod reaching the same endpoint keeps its own.
         let own = svc_ip(f, "self");
-        let o = probe(&t, Client::Pod("A1"), own, 80, Tcp);
+        let o = probe(t, Client::Pod("A1"), own, 80, Tcp);
         assert_eq!(
             o,
             Outcome::Reached {
@@ -638,7 +613,7 @@ fn masquerade_exactly_where_upstream_masquerades() {
                 saw_source: gateway_ip(f)
             }
         );
-        only(&t, CLIENT, own, 80, Tcp, "A1", 8080, Seen::Client);
+        only(t, CLIENT, own, 80, Tcp, "A1", 8080, Seen::Client);
     });
 }
 
@@ -718,14 +693,11 @@ fn nodeports_external_ips_and_nodeport_addresses() {
 
 #[test]
 fn load_balancer_ips_with_and_without_source_ranges() {
-    let Some(t) = lab("loadbalancer", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("loadbalancer", false, |t, f| {
         let lb = ip(f, "E2");
         // Inside loadBalancerSourceRanges: reached (masqueraded, eTP Cluster).
         spread(
-            &t,
+            t,
             o5(f),
             lb,
             80,
@@ -735,10 +707,10 @@ fn load_balancer_ips_with_and_without_source_ranges() {
             Seen::Masqueraded,
         );
         // Outside them: dropped.
-        dropped(&t, x5(f), lb, 80, Tcp);
+        dropped(t, x5(f), lb, 80, Tcp);
         // The same service's NodePort and ClusterIP are not firewalled.
         spread(
-            &t,
+            t,
             x5(f),
             node_ip(f),
             30090,
@@ -748,7 +720,7 @@ fn load_balancer_ips_with_and_without_source_ranges() {
             Seen::Masqueraded,
         );
         spread(
-            &t,
+            t,
             x5(f),
             svc_ip(f, "lb"),
             80,
@@ -760,7 +732,7 @@ fn load_balancer_ips_with_and_without_source_ranges() {
         // A LoadBalancer without source ranges takes everyone.
         let open = ip(f, "E5");
         spread(
-            &t,
+            t,
             x5(f),
             open,
             80,
@@ -770,7 +742,7 @@ fn load_balancer_ips_with_and_without_source_ranges() {
             Seen::Masqueraded,
         );
         spread(
-            &t,
+            t,
             o5(f),
             open,
             80,
@@ -784,23 +756,20 @@ fn load_balancer_ips_with_and_without_source_ranges() {
 
 #[test]
 fn external_traffic_policy_local() {
-    let Some(t) = lab("etp_local", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("etp_local", false, |t, f| {
         // Outside clients: the local endpoint only, and it sees the real client address.
-        only(&t, o5(f), ip(f, "E3"), 80, Tcp, "A3", 8080, Seen::Client);
-        only(&t, o5(f), node_ip(f), 30081, Tcp, "A3", 8080, Seen::Client);
+        only(t, o5(f), ip(f, "E3"), 80, Tcp, "A3", 8080, Seen::Client);
+        only(t, o5(f), node_ip(f), 30081, Tcp, "A3", 8080, Seen::Client);
         // No local endpoint: outside traffic is dropped.
-        dropped(&t, o5(f), node_ip(f), 30082, Tcp);
+        dropped(t, o5(f), node_ip(f), 30082, Tcp);
         // Pods short-circuit to every endpoint, unmasqueraded …
         let all = ["A3", "B2"];
-        spread(&t, CLIENT, ip(f, "E3"), 80, Tcp, &all, 8080, Seen::Client);
-        spread(&t, CLIENT, node_ip(f), 30081, Tcp, &all, 8080, Seen::Client);
-        only(&t, CLIENT, node_ip(f), 30082, Tcp, "B3", 8080, Seen::Client);
+        spread(t, CLIENT, ip(f, "E3"), 80, Tcp, &all, 8080, Seen::Client);
+        spread(t, CLIENT, node_ip(f), 30081, Tcp, &all, 8080, Seen::Client);
+        only(t, CLIENT, node_ip(f), 30082, Tcp, "B3", 8080, Seen::Client);
         // … the node itself too, masqueraded.
         spread(
-            &t,
+            t,
             Client::Node,
             node_ip(f),
             30081,
@@ -810,7 +779,7 @@ fn external_traffic_policy_local() {
             Seen::Masqueraded,
         );
         only(
-            &t,
+            t,
             Client::Node,
             node_ip(f),
             30082,
@@ -821,7 +790,7 @@ fn external_traffic_policy_local() {
         );
         // The ClusterIP is not affected by eTP.
         spread(
-            &t,
+            t,
             CLIENT,
             svc_ip(f, "etp"),
             80,
@@ -835,12 +804,9 @@ fn external_traffic_policy_local() {
 
 #[test]
 fn internal_traffic_policy_local_and_terminating_fallback() {
-    let Some(t) = lab("itp_local", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("itp_local", false, |t, f| {
         only(
-            &t,
+            t,
             CLIENT,
             svc_ip(f, "itp"),
             80,
@@ -850,13 +816,13 @@ fn internal_traffic_policy_local_and_terminating_fallback() {
             Seen::Client,
         );
         // No local endpoint while remote ones exist: dropped, not rejected.
-        dropped(&t, CLIENT, svc_ip(f, "itp-none"), 80, Tcp);
+        dropped(t, CLIENT, svc_ip(f, "itp-none"), 80, Tcp);
         // Whatever the node gets, the tracer must agree.
-        probes(&t, Client::Node, svc_ip(f, "itp"), 80, Tcp, 4);
+        probes(t, Client::Node, svc_ip(f, "itp"), 80, Tcp, 4);
         // No ready endpoint: the serving+terminating one takes the traffic, the
         // non-serving one never does.
         only(
-            &t,
+            t,
             CLIENT,
             svc_ip(f, "term"),
             80,
@@ -870,36 +836,30 @@ fn internal_traffic_policy_local_and_terminating_fallback() {
 
 #[test]
 fn rejects_are_immediate_and_drops_time_out() {
-    let Some(t) = lab("reject_drop", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("reject_drop", false, |t, f| {
         // No endpoints: every entry point is refused at once (ICMP port unreachable).
         let empty = svc_ip(f, "empty");
-        refused(&t, CLIENT, empty, 80, Tcp);
-        refused(&t, Client::Node, empty, 80, Tcp);
-        refused(&t, o5(f), node_ip(f), 30083, Tcp);
-        refused(&t, o5(f), ip(f, "E4"), 80, Tcp);
-        refused(&t, CLIENT, empty, 53, Udp);
-        refused(&t, o5(f), node_ip(f), 30084, Udp);
+        refused(t, CLIENT, empty, 80, Tcp);
+        refused(t, Client::Node, empty, 80, Tcp);
+        refused(t, o5(f), node_ip(f), 30083, Tcp);
+        refused(t, o5(f), ip(f, "E4"), 80, Tcp);
+        refused(t, CLIENT, empty, 53, Udp);
+        refused(t, o5(f), node_ip(f), 30084, Udp);
         // A live ClusterIP on a port it does not serve: refused.
-        refused(&t, CLIENT, svc_ip(f, "web"), 81, Tcp);
-        refused(&t, Client::Node, svc_ip(f, "web"), 81, Tcp);
+        refused(t, CLIENT, svc_ip(f, "web"), 81, Tcp);
+        refused(t, Client::Node, svc_ip(f, "web"), 81, Tcp);
         // TCP on the UDP port of a ClusterIP is not served either.
-        refused(&t, CLIENT, svc_ip(f, "dns"), 53, Tcp);
+        refused(t, CLIENT, svc_ip(f, "dns"), 53, Tcp);
         // An unallocated address inside the ServiceCIDR: dropped.
         let unallocated = ip(f, "S250");
-        dropped(&t, CLIENT, unallocated, 80, Tcp);
-        dropped(&t, Client::Node, unallocated, 80, Tcp);
+        dropped(t, CLIENT, unallocated, 80, Tcp);
+        dropped(t, Client::Node, unallocated, 80, Tcp);
     });
 }
 
 #[test]
 fn session_affinity_sticks_until_the_timeout() {
-    let Some(t) = lab("affinity", false, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("affinity", false, |t, f| {
         let sticky = svc_ip(f, "sticky");
         let all: BTreeSet<IpAddr> = ["A1", "A2", "B1", "B2"]
             .iter()
@@ -907,22 +867,22 @@ fn session_affinity_sticks_until_the_timeout() {
             .collect();
         // One client: every connection to the same endpoint (each one refreshes the
         // 2-second timeout).
-        let outs = probes(&t, CLIENT, sticky, 80, Tcp, 24);
+        let outs = probes(t, CLIENT, sticky, 80, Tcp, 24);
         let first = outs[0].server().expect("reached");
         assert!(all.contains(&first));
         for o in &outs {
             assert_eq!(o.server(), Some(first), "affinity broken: {outs:?}");
-            check_source(&t, CLIENT, o, Seen::Client);
+            check_source(t, CLIENT, o, Seen::Client);
         }
         // Another client has its own affinity (it may or may not be the same endpoint).
-        let other = probes(&t, Client::Pod("A3"), sticky, 80, Tcp, 8);
+        let other = probes(t, Client::Pod("A3"), sticky, 80, Tcp, 8);
         assert!(other.iter().all(|o| o.server() == other[0].server()));
         // After the timeout the client is new again: some later pick differs (each pick
         // repeats the old endpoint with probability 1/4).
         let mut last = first;
         for round in 0..8 {
             thread::sleep(Duration::from_millis(2300));
-            let o = probe(&t, CLIENT, sticky, 80, Tcp);
+            let o = probe(t, CLIENT, sticky, 80, Tcp);
             let now = o.server().expect("reached");
             if now != last {
                 return;
@@ -935,15 +895,12 @@ fn session_affinity_sticks_until_the_timeout() {
 
 #[test]
 fn udp_and_sctp_services() {
-    let Some(t) = lab("udp_sctp", true, &services(), &[]) else {
-        return;
-    };
-    both(|f| {
+    in_lab("udp_sctp", true, |t, f| {
         let dns = svc_ip(f, "dns");
         let all = ["A2", "B2"];
-        spread(&t, CLIENT, dns, 53, Udp, &all, 5353, Seen::Client);
+        spread(t, CLIENT, dns, 53, Udp, &all, 5353, Seen::Client);
         spread(
-            &t,
+            t,
             o5(f),
             node_ip(f),
             30053,
@@ -952,20 +909,11 @@ fn udp_and_sctp_services() {
             5353,
             Seen::Masqueraded,
         );
-        spread(
-            &t,
-            Client::Node,
-            dns,
-            53,
-            Udp,
-            &all,
-            5353,
-            Seen::Masqueraded,
-        );
+        spread(t, Client::Node, dns, 53, Udp, &all, 5353, Seen::Masqueraded);
         // SCTP: the backend's raw listener sees the INIT, DNATed to its own address and
         // the target port, from the pod (ClusterIP) or from the node (NodePort, masqueraded).
         spread(
-            &t,
+            t,
             CLIENT,
             dns,
             SCTP_PORT,
@@ -975,7 +923,7 @@ fn udp_and_sctp_services() {
             Seen::Client,
         );
         spread(
-            &t,
+            t,
             o5(f),
             node_ip(f),
             30905,

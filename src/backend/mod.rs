@@ -6,7 +6,6 @@
 
 pub mod fake;
 pub mod netlink;
-pub mod takeover;
 
 use std::fmt;
 

@@ -2,8 +2,8 @@
 //! tracking table are stale after a service's endpoints changed, and deleting them.
 //!
 //! Owns: the decision (this file, pure: [`StaleFilter`] and [`Flow`]) and the ctnetlink
-//! dump/delete that applies it ([`netlink`], [`Conntrack`], the [`FlowCleaner`] of the sync
-//! loop).
+//! dump/delete that applies it ([`netlink`], [`Conntrack`]; `app` plugs it into the sync
+//! loop as its `FlowCleaner`). Uses only [`crate::netlink`] and `model`'s data types.
 //!
 //! Why: UDP has no connection teardown. A client that keeps sending from one source port
 //! keeps its conntrack entry alive forever, and an entry pins the NAT decision it was

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::backend::fake::FakeBackend;
 use crate::model::LABEL_SERVICE_NAME;
+use crate::nft::tx::Op;
 use crate::render::render;
 use crate::testutil::fixtures::{ep, node, slice as fx_slice, svc};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -53,7 +54,7 @@ fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
 }
 
 fn key_of_service(s: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
-    (
+    ServiceKey::new(
         s.metadata.namespace.clone().unwrap_or_default(),
         s.metadata.name.clone().unwrap_or_default(),
     )
@@ -67,7 +68,7 @@ fn key_of_slice(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> ServiceKe
         .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .cloned()
         .unwrap_or_default();
-    (s.metadata.namespace.clone().unwrap_or_default(), svc)
+    ServiceKey::new(s.metadata.namespace.clone().unwrap_or_default(), svc)
 }
 
 /// A source whose whole content is replaced at once; changes are computed per service.

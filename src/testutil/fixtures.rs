@@ -210,12 +210,13 @@ impl ServiceBuilder {
             .ip_family_policy("RequireDualStack")
     }
     /// Appends a port `{name, port, protocol}`; an empty `name` leaves the name unset (an
-    /// unnamed port, as Kubernetes writes it).
+    /// unnamed port, as Kubernetes writes it), an empty `protocol` leaves the protocol
+    /// unset (the API server's default, TCP, not yet filled in).
     pub fn port(mut self, name: &str, port: i32, protocol: &str) -> Self {
         let p = K8sServicePort {
             name: (!name.is_empty()).then(|| name.into()),
             port,
-            protocol: Some(protocol.into()),
+            protocol: (!protocol.is_empty()).then(|| protocol.into()),
             ..K8sServicePort::default()
         };
         self.spec().ports.get_or_insert_with(Vec::new).push(p);
@@ -361,12 +362,13 @@ impl SliceBuilder {
         self
     }
     /// Appends a port `{name, port, protocol}`. The name is always set, also when empty:
-    /// a slice port matches the Service port of the same name, `""` the unnamed one.
+    /// a slice port matches the Service port of the same name, `""` the unnamed one. An
+    /// empty `protocol` leaves the protocol unset (TCP by default).
     pub fn port(mut self, name: &str, port: i32, protocol: &str) -> Self {
         let p = EndpointPort {
             name: Some(name.into()),
             port: Some(port),
-            protocol: Some(protocol.into()),
+            protocol: (!protocol.is_empty()).then(|| protocol.into()),
             ..EndpointPort::default()
         };
         let ports = self.0.ports.get_or_insert_with(Vec::new);
@@ -892,6 +894,20 @@ mod tests {
                                           "spec": {"cidrs": []}, "status": {"conditions": []}}));
         let built = service_cidr("k", &[]).resource_version("1").empty_status();
         assert_eq!(built.build(), sc);
+    }
+
+    #[test]
+    fn empty_protocol_leaves_it_unset() {
+        let built = svc("ns", "a").port("", 80, "").node_port(30080).build();
+        let want: Service = from(json!({"metadata": {"namespace": "ns", "name": "a"},
+                                        "spec": {"ports": [{"port": 80, "nodePort": 30080}]}}));
+        assert_eq!(built, want);
+        let built = slice("ns", "a-1", "a").port("x", 81, "").build();
+        let want: EndpointSlice = from(json!({
+            "metadata": {"namespace": "ns", "name": "a-1",
+                         "labels": {"kubernetes.io/service-name": "a"}},
+            "addressType": "IPv4", "ports": [{"name": "x", "port": 81}], "endpoints": []}));
+        assert_eq!(built, want);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::UNIX_EPOCH;
 
 use super::*;
-use crate::admin::ProxyHealth;
+use crate::health::ProxyHealth;
 use crate::testutil::fixtures as fx;
 
 const START: u64 = 1_700_000_000;
@@ -52,7 +52,7 @@ fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
 }
 
 fn key(name: &str) -> ServiceKey {
-    ("ns".to_string(), name.to_string())
+    ServiceKey::new("ns", name)
 }
 
 fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {

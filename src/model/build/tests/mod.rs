@@ -5,14 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
-use serde_json::{json, Value};
 
 use super::*;
 use crate::model::{
     Endpoint, EndpointAddr, LocalDetect, NodePortIps, Protocol, ServicePort,
     DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MASQUERADE_BIT, LABEL_HEADLESS, TAINT_TO_BE_DELETED,
 };
+use crate::testutil::fixtures::{self as fx, node, service_cidr, slice, svc, EndpointBuilder};
 
 mod node;
 mod select;
@@ -21,18 +20,6 @@ mod slices;
 
 // ---- fixtures --------------------------------------------------------------------
 
-fn service(v: Value) -> Service {
-    serde_json::from_value(v).expect("Service fixture")
-}
-fn slice(v: Value) -> EndpointSlice {
-    serde_json::from_value(v).expect("EndpointSlice fixture")
-}
-fn node(v: Value) -> Node {
-    serde_json::from_value(v).expect("Node fixture")
-}
-fn service_cidr(v: Value) -> ServiceCIDR {
-    serde_json::from_value(v).expect("ServiceCIDR fixture")
-}
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -52,17 +39,17 @@ fn addrs(list: &[&str]) -> Vec<EndpointAddr> {
 
 /// This node: `node-a` in `zone-a`, dual-stack.
 fn node_a() -> Node {
-    node(json!({
-        "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
-        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:244:0:1::/64"]},
-        "status": {"addresses": [
-            {"type": "Hostname", "address": "node-a"},
-            {"type": "ExternalIP", "address": "203.0.113.10"},
-            {"type": "InternalIP", "address": "192.168.0.10"},
-            {"type": "InternalIP", "address": "192.168.0.11"},
-            {"type": "InternalIP", "address": "fd00::10"},
-        ]}
-    }))
+    node("node-a")
+        .zone("zone-a")
+        .pod_cidrs(&["10.244.1.0/24", "fd00:244:0:1::/64"])
+        // The legacy single `spec.podCIDR` as well (no builder setter: only this node).
+        .with(|n| n.spec.as_mut().unwrap().pod_cidr = Some("10.244.1.0/24".into()))
+        .address("Hostname", "node-a")
+        .address("ExternalIP", "203.0.113.10")
+        .internal_ip("192.168.0.10")
+        .internal_ip("192.168.0.11")
+        .internal_ip("fd00::10")
+        .build()
 }
 
 fn settings() -> Settings {
@@ -75,34 +62,41 @@ fn settings() -> Settings {
 
 /// A ClusterIP service with one unnamed TCP port 80 → 8080.
 fn simple_service(name: &str, cluster_ip: &str) -> Service {
-    service(json!({
-        "metadata": {"namespace": "ns", "name": name},
-        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-                 "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}
-    }))
+    svc("ns", name)
+        .type_("ClusterIP")
+        .cluster_ip(cluster_ip)
+        .cluster_ips(&[cluster_ip])
+        .port("", 80, "TCP")
+        .target_port(8080)
+        .build()
 }
 
-/// An endpoint JSON value: `(address, node, ready, serving, terminating)`.
-fn ep(address: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
-    json!({"addresses": [address], "nodeName": node,
-           "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
+/// An endpoint: `(address, node, ready, serving, terminating)`.
+fn ep(address: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> EndpointBuilder {
+    fx::ep(address)
+        .node(node)
+        .ready(ready)
+        .serving(serving)
+        .terminating(terminating)
 }
-fn ready(address: &str, node: &str) -> Value {
+fn ready(address: &str, node: &str) -> EndpointBuilder {
     ep(address, node, true, true, false)
 }
-fn terminating(address: &str, node: &str) -> Value {
+fn terminating(address: &str, node: &str) -> EndpointBuilder {
     ep(address, node, false, true, true)
 }
 
 /// An IPv4 slice for `ns/<service>` with one unnamed TCP port.
-fn simple_slice(name: &str, service: &str, port: i32, endpoints: Vec<Value>) -> EndpointSlice {
-    slice(json!({
-        "metadata": {"namespace": "ns", "name": name,
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "", "port": port, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    }))
+fn simple_slice(
+    name: &str,
+    service: &str,
+    port: i32,
+    endpoints: Vec<EndpointBuilder>,
+) -> EndpointSlice {
+    slice("ns", name, service)
+        .port("", port, "TCP")
+        .endpoints(endpoints)
+        .build()
 }
 
 fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
@@ -112,6 +106,25 @@ fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
         nodes: vec![node_a()],
         service_cidrs: Vec::new(),
     }
+}
+
+/// `service` (port 80 → 8080) and its slice `<name>-1` of these endpoints on port 8080,
+/// with [`node_a`].
+fn with_endpoints(service: Service, endpoints: Vec<EndpointBuilder>) -> Objects {
+    let name = service.metadata.name.clone().expect("named");
+    let slice = simple_slice(&format!("{name}-1"), &name, 8080, endpoints);
+    objects(vec![service], vec![slice])
+}
+
+/// `ns/web` (ClusterIP 10.96.0.10) [`with_endpoints`] these.
+fn web(endpoints: Vec<EndpointBuilder>) -> Objects {
+    with_endpoints(simple_service("web", "10.96.0.10"), endpoints)
+}
+
+/// The cluster endpoints `ns/web` of [`web`]`(endpoints)` gets, with [`settings`].
+fn web_cluster_endpoints(endpoints: Vec<EndpointBuilder>) -> Vec<EndpointAddr> {
+    let (model, _) = build(&web(endpoints), &settings());
+    tcp4(&model, "ns/web").cluster_endpoints.clone()
 }
 
 fn family(model: &Model, family: Family) -> &FamilyModel {
@@ -150,10 +163,13 @@ fn assert_warning(warnings: &[Warning], object: &str, needle: &str) {
 }
 
 fn etp_local_nodeport(name: &str) -> Service {
-    service(json!({"metadata": {"namespace": "ns", "name": name},
-        "spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
-                 "externalTrafficPolicy": "Local",
-                 "ports": [{"port": 80, "nodePort": 30080}]}}))
+    svc("ns", name)
+        .type_("NodePort")
+        .cluster_ip("10.96.0.10")
+        .etp_local()
+        .port("", 80, "")
+        .node_port(30080)
+        .build()
 }
 
 // ---- shape ----------------------------------------------------------------------
@@ -172,15 +188,10 @@ fn both_families_always_present_ipv4_first() {
 
 #[test]
 fn basic_cluster_ip_service() {
-    let objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![ready("10.244.2.5", "node-b"), ready("10.244.1.5", "node-a")],
-        )],
-    );
+    let objs = web(vec![
+        ready("10.244.2.5", "node-b"),
+        ready("10.244.1.5", "node-a"),
+    ]);
     let (model, warnings) = build(&objs, &settings());
     assert!(warnings.is_empty(), "{warnings:?}");
     let sp = tcp4(&model, "ns/web");
@@ -209,14 +220,12 @@ fn basic_cluster_ip_service() {
 
 #[test]
 fn services_sorted_by_port_name() {
-    let multi = service(json!({
-        "metadata": {"namespace": "ns", "name": "multi"},
-        "spec": {"clusterIP": "10.96.0.20", "ports": [
-            {"name": "https", "port": 443, "protocol": "TCP"},
-            {"name": "dns", "port": 53, "protocol": "UDP"},
-            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-        ]}
-    }));
+    let multi = svc("ns", "multi")
+        .cluster_ip("10.96.0.20")
+        .port("https", 443, "TCP")
+        .port("dns", 53, "UDP")
+        .port("dns-tcp", 53, "TCP")
+        .build();
     let objs = objects(
         vec![
             simple_service("zeta", "10.96.0.30"),
@@ -239,10 +248,10 @@ fn services_sorted_by_port_name() {
     // Service type defaults to ClusterIP, protocol to TCP.
     let (model, _) = build(
         &objects(
-            vec![service(
-                json!({"metadata": {"namespace": "ns", "name": "d"},
-                "spec": {"clusterIP": "10.96.0.50", "ports": [{"port": 81}]}}),
-            )],
+            vec![svc("ns", "d")
+                .cluster_ip("10.96.0.50")
+                .port("", 81, "")
+                .build()],
             vec![],
         ),
         &settings(),
@@ -257,10 +266,13 @@ fn result_does_not_depend_on_object_order() {
     let services = vec![
         simple_service("a", "10.96.0.1"),
         etp_local_nodeport("np"),
-        service(json!({"metadata": {"namespace": "ns", "name": "ds"},
-            "spec": {"clusterIPs": ["10.96.0.3", "fd00:96::3"], "clusterIP": "10.96.0.3",
-                     "externalIPs": ["2001:db8::1", "198.51.100.1", "bogus"],
-                     "ports": [{"name": "x", "port": 1}, {"name": "y", "port": 2}]}})),
+        svc("ns", "ds")
+            .cluster_ips(&["10.96.0.3", "fd00:96::3"])
+            .cluster_ip("10.96.0.3")
+            .external_ips(&["2001:db8::1", "198.51.100.1", "bogus"])
+            .port("x", 1, "")
+            .port("y", 2, "")
+            .build(),
     ];
     let slices = vec![
         simple_slice("a-1", "a", 8080, vec![ready("10.244.1.1", "node-a")]),
@@ -283,13 +295,15 @@ fn result_does_not_depend_on_object_order() {
             ],
         ),
         simple_slice("ghost-1", "ghost", 1, vec![]),
-        slice(json!({"metadata": {"namespace": "ns", "name": "ds-6",
-                "labels": {"kubernetes.io/service-name": "ds"}},
-            "addressType": "IPv6",
-            "ports": [{"name": "x", "port": 81}, {"name": "y", "port": 82}],
-            "endpoints": [ready("fd00::2", "node-b"), ready("fd00::1", "node-a")]})),
+        slice("ns", "ds-6", "ds")
+            .address_type("IPv6")
+            .port("x", 81, "")
+            .port("y", 82, "")
+            .endpoint(ready("fd00::2", "node-b"))
+            .endpoint(ready("fd00::1", "node-a"))
+            .build(),
     ];
-    let nodes = vec![node(json!({"metadata": {"name": "node-b"}})), node_a()];
+    let nodes = vec![node("node-b").build(), node_a()];
     let forward = Objects {
         services: services.clone(),
         slices: slices.clone(),

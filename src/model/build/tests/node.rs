@@ -24,8 +24,7 @@ fn node_primary_ips_and_default_nodeport_addresses() {
 
     // ExternalIP is the fallback; a family without a node IP matches every local
     // address (upstream: no `primary` CIDR for that family → ::/0).
-    let ext_only = node(json!({"metadata": {"name": "node-a"},
-        "status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.10"}]}}));
+    let ext_only = node("node-a").address("ExternalIP", "203.0.113.10").build();
     let objs = Objects {
         nodes: vec![ext_only],
         ..Objects::default()
@@ -44,16 +43,8 @@ fn node_primary_ips_and_default_nodeport_addresses() {
 
 #[test]
 fn missing_node_is_one_warning_and_build_continues() {
-    let mut objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![ready("10.244.1.5", "node-a")],
-        )],
-    );
-    objs.nodes = vec![node(json!({"metadata": {"name": "node-z"}}))];
+    let mut objs = web(vec![ready("10.244.1.5", "node-a")]);
+    objs.nodes = vec![node("node-z").build()];
     let s = Settings {
         detect_local_mode: DetectLocalMode::NodeCidr,
         ..settings()
@@ -203,10 +194,8 @@ fn local_detect_modes() {
 fn masquerade_settings_and_service_cidrs() {
     let mut objs = objects(vec![], vec![]);
     objs.service_cidrs = vec![
-        service_cidr(json!({"metadata": {"name": "kubernetes"},
-            "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}})),
-        service_cidr(json!({"metadata": {"name": "extra"},
-            "spec": {"cidrs": ["10.100.0.0/24", "10.96.0.0/16"]}})),
+        service_cidr("kubernetes", &["10.96.0.0/16", "fd00:96::/112"]).build(),
+        service_cidr("extra", &["10.100.0.0/24", "10.96.0.0/16"]).build(),
     ];
     let s = Settings {
         masquerade_all: true,
@@ -233,15 +222,14 @@ fn masquerade_settings_and_service_cidrs() {
 
 #[test]
 fn bad_node_and_service_cidr_fields_warn() {
-    let bad_node = node(json!({"metadata": {"name": "node-a"},
-        "spec": {"podCIDRs": ["10.244.1.0/24x", "fd00:244:0:1::/64"]},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": "192.168.0.300"},
-            {"type": "InternalIP", "address": "192.168.0.10"}]}}));
+    let bad_node = node("node-a")
+        .pod_cidrs(&["10.244.1.0/24x", "fd00:244:0:1::/64"])
+        .internal_ip("192.168.0.300")
+        .internal_ip("192.168.0.10")
+        .build();
     let objs = Objects {
         nodes: vec![bad_node],
-        service_cidrs: vec![service_cidr(json!({"metadata": {"name": "sc"},
-            "spec": {"cidrs": ["10.96.0.0/16", "nonsense"]}}))],
+        service_cidrs: vec![service_cidr("sc", &["10.96.0.0/16", "nonsense"]).build()],
         ..Objects::default()
     };
     let s = Settings {
@@ -278,19 +266,16 @@ fn bad_node_and_service_cidr_fields_warn() {
 
 #[test]
 fn node_facts_eligibility_and_addresses() {
-    let n = |v: Value| vec![node(v)];
+    let n = |b: fx::NodeBuilder| vec![b.build()];
     // Missing, being deleted, or tainted for deletion: not eligible.
     assert!(!NodeFacts::of(&[], "node-a").eligible);
     assert!(NodeFacts::of(&[node_a()], "node-a").eligible);
     assert!(!NodeFacts::of(&[node_a()], "node-b").eligible);
-    let deleting = n(json!({"metadata": {"name": "node-a",
-        "deletionTimestamp": "2024-01-01T00:00:00Z"}}));
+    let deleting = n(node("node-a").deleting("2024-01-01T00:00:00Z"));
     assert!(!NodeFacts::of(&deleting, "node-a").eligible);
-    let tainted = n(json!({"metadata": {"name": "node-a"},
-        "spec": {"taints": [{"key": TAINT_TO_BE_DELETED, "effect": "NoSchedule"}]}}));
+    let tainted = n(node("node-a").taint(TAINT_TO_BE_DELETED, None, "NoSchedule"));
     assert!(!NodeFacts::of(&tainted, "node-a").eligible);
-    let other_taint = n(json!({"metadata": {"name": "node-a"},
-        "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}}));
+    let other_taint = n(node("node-a").taint("dedicated", None, "NoSchedule"));
     assert!(NodeFacts::of(&other_taint, "node-a").eligible);
 
     // Every address that is an IP is kept with its type; node IPs are Internal/External.
@@ -302,9 +287,9 @@ fn node_facts_eligibility_and_addresses() {
     );
     assert_eq!(facts.addresses.len(), 4);
     assert_eq!(facts.primary_ip(Family::V4), Some(ip("192.168.0.10")));
-    let with_hostname_ip = n(json!({"metadata": {"name": "node-a"},
-        "status": {"addresses": [{"type": "Hostname", "address": "10.0.0.1"},
-                                 {"type": "InternalIP", "address": "10.0.0.2"}]}}));
+    let with_hostname_ip = n(node("node-a")
+        .address("Hostname", "10.0.0.1")
+        .internal_ip("10.0.0.2"));
     let facts = NodeFacts::of(&with_hostname_ip, "node-a");
     assert_eq!(facts.addresses.len(), 2);
     assert_eq!(facts.node_ips().collect::<Vec<_>>(), vec![ip("10.0.0.2")]);

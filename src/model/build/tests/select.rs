@@ -4,39 +4,23 @@ use super::*;
 
 #[test]
 fn terminating_fallback_for_cluster_endpoints() {
-    let objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![
-                terminating("10.244.2.5", "node-b"),
-                // Terminating but no longer serving: never used.
-                ep("10.244.2.6", "node-b", false, false, true),
-                // Not ready, not terminating: never used.
-                ep("10.244.2.7", "node-b", false, false, false),
-            ],
-        )],
-    );
+    let objs = web(vec![
+        terminating("10.244.2.5", "node-b"),
+        // Terminating but no longer serving: never used.
+        ep("10.244.2.6", "node-b", false, false, true),
+        // Not ready, not terminating: never used.
+        ep("10.244.2.7", "node-b", false, false, false),
+    ]);
     let (model, _) = build(&objs, &settings());
     let sp = tcp4(&model, "ns/web");
     assert_eq!(sp.cluster_endpoints, addrs(&["10.244.2.5:8080"]));
     assert!(sp.has_endpoints);
 
     // With one ready endpoint, terminating ones are not used.
-    let objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![
-                terminating("10.244.2.5", "node-b"),
-                ready("10.244.3.5", "node-c"),
-            ],
-        )],
-    );
+    let objs = web(vec![
+        terminating("10.244.2.5", "node-b"),
+        ready("10.244.3.5", "node-c"),
+    ]);
     let (model, _) = build(&objs, &settings());
     assert_eq!(
         tcp4(&model, "ns/web").cluster_endpoints,
@@ -48,18 +32,13 @@ fn terminating_fallback_for_cluster_endpoints() {
 fn terminating_fallback_for_local_endpoints_is_separate() {
     // Remote ready, local only terminating: cluster = remote ready, local = local
     // serving-terminating.
-    let objs = objects(
-        vec![etp_local_nodeport("np")],
-        vec![simple_slice(
-            "np-1",
-            "np",
-            8080,
-            vec![
-                ready("10.244.2.5", "node-b"),
-                terminating("10.244.1.5", "node-a"),
-                ep("10.244.1.6", "node-a", false, false, true),
-            ],
-        )],
+    let objs = with_endpoints(
+        etp_local_nodeport("np"),
+        vec![
+            ready("10.244.2.5", "node-b"),
+            terminating("10.244.1.5", "node-a"),
+            ep("10.244.1.6", "node-a", false, false, true),
+        ],
     );
     let (model, _) = build(&objs, &settings());
     let sp = tcp4(&model, "ns/np");
@@ -69,18 +48,13 @@ fn terminating_fallback_for_local_endpoints_is_separate() {
     assert!(sp.has_endpoints);
 
     // Local ready as well: the local list holds only ready ones.
-    let objs = objects(
-        vec![etp_local_nodeport("np")],
-        vec![simple_slice(
-            "np-1",
-            "np",
-            8080,
-            vec![
-                ready("10.244.1.7", "node-a"),
-                terminating("10.244.1.5", "node-a"),
-                ready("10.244.2.5", "node-b"),
-            ],
-        )],
+    let objs = with_endpoints(
+        etp_local_nodeport("np"),
+        vec![
+            ready("10.244.1.7", "node-a"),
+            terminating("10.244.1.5", "node-a"),
+            ready("10.244.2.5", "node-b"),
+        ],
     );
     let (model, _) = build(&objs, &settings());
     let sp = tcp4(&model, "ns/np");
@@ -93,14 +67,9 @@ fn terminating_fallback_for_local_endpoints_is_separate() {
 
 #[test]
 fn etp_local_without_local_endpoints() {
-    let objs = objects(
-        vec![etp_local_nodeport("np")],
-        vec![simple_slice(
-            "np-1",
-            "np",
-            8080,
-            vec![ready("10.244.2.5", "node-b")],
-        )],
+    let objs = with_endpoints(
+        etp_local_nodeport("np"),
+        vec![ready("10.244.2.5", "node-b")],
     );
     let (model, _) = build(&objs, &settings());
     let sp = tcp4(&model, "ns/np");
@@ -112,14 +81,15 @@ fn etp_local_without_local_endpoints() {
 
 #[test]
 fn itp_local_uses_only_local_list_for_cluster_ip_only_service() {
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "itp"},
-        "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
-                 "ports": [{"port": 80}]}}));
+    let itp = || {
+        svc("ns", "itp")
+            .cluster_ip("10.96.0.10")
+            .itp_local()
+            .port("", 80, "")
+            .build()
+    };
     let eps = vec![ready("10.244.1.5", "node-a"), ready("10.244.2.5", "node-b")];
-    let (model, _) = build(
-        &objects(vec![svc], vec![simple_slice("itp-1", "itp", 8080, eps)]),
-        &settings(),
-    );
+    let (model, _) = build(&with_endpoints(itp(), eps), &settings());
     let sp = tcp4(&model, "ns/itp");
     assert!(!sp.uses_cluster_endpoints());
     assert!(sp.cluster_endpoints.is_empty());
@@ -131,19 +101,8 @@ fn itp_local_uses_only_local_list_for_cluster_ip_only_service() {
     assert!(sp.has_endpoints);
 
     // iTP Local with only remote endpoints: nothing local, but has_endpoints.
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "itp"},
-        "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": "Local",
-                 "ports": [{"port": 80}]}}));
     let (model, _) = build(
-        &objects(
-            vec![svc],
-            vec![simple_slice(
-                "itp-1",
-                "itp",
-                8080,
-                vec![ready("10.244.2.5", "node-b")],
-            )],
-        ),
+        &with_endpoints(itp(), vec![ready("10.244.2.5", "node-b")]),
         &settings(),
     );
     let sp = tcp4(&model, "ns/itp");
@@ -151,23 +110,14 @@ fn itp_local_uses_only_local_list_for_cluster_ip_only_service() {
     assert!(sp.has_endpoints);
 }
 
-fn hinted(address: &str, node: &str, zones: &[&str], nodes: &[&str]) -> Value {
-    let mut v = ready(address, node);
-    let mut hints = serde_json::Map::new();
-    if !zones.is_empty() {
-        hints.insert(
-            "forZones".into(),
-            json!(zones.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()),
-        );
+/// A ready endpoint with zone hints and, when `nodes` is not empty, node hints.
+fn hinted(address: &str, node: &str, zones: &[&str], nodes: &[&str]) -> EndpointBuilder {
+    let e = ready(address, node).zone_hints(zones);
+    if nodes.is_empty() {
+        e
+    } else {
+        e.node_hints(nodes)
     }
-    if !nodes.is_empty() {
-        hints.insert(
-            "forNodes".into(),
-            json!(nodes.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()),
-        );
-    }
-    v["hints"] = Value::Object(hints);
-    v
 }
 
 #[test]
@@ -177,12 +127,8 @@ fn topology_zone_hints_used() {
         hinted("10.244.2.5", "node-b", &["zone-b"], &[]),
         hinted("10.244.3.5", "node-c", &["zone-a"], &[]),
     ];
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "topo"},
-        "spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
-                 "externalTrafficPolicy": "Local",
-                 "ports": [{"port": 80, "nodePort": 30080}]}}));
     let (model, _) = build(
-        &objects(vec![svc], vec![simple_slice("topo-1", "topo", 8080, eps)]),
+        &with_endpoints(etp_local_nodeport("topo"), eps),
         &settings(),
     );
     let sp = tcp4(&model, "ns/topo");
@@ -210,15 +156,8 @@ fn topology_hints_ignored_when_incomplete_or_not_for_our_zone() {
         ],
     ];
     for eps in cases {
-        let (model, _) = build(
-            &objects(
-                vec![simple_service("web", "10.96.0.10")],
-                vec![simple_slice("web-1", "web", 8080, eps)],
-            ),
-            &settings(),
-        );
         assert_eq!(
-            tcp4(&model, "ns/web").cluster_endpoints,
+            web_cluster_endpoints(eps),
             addrs(&["10.244.1.5:8080", "10.244.2.5:8080"])
         );
     }
@@ -228,30 +167,12 @@ fn topology_hints_ignored_when_incomplete_or_not_for_our_zone() {
         hinted("10.244.2.5", "node-b", &["zone-b"], &[]),
         terminating("10.244.3.5", "node-c"),
     ];
-    let (model, _) = build(
-        &objects(
-            vec![simple_service("web", "10.96.0.10")],
-            vec![simple_slice("web-1", "web", 8080, eps)],
-        ),
-        &settings(),
-    );
-    assert_eq!(
-        tcp4(&model, "ns/web").cluster_endpoints,
-        addrs(&["10.244.1.5:8080"])
-    );
+    assert_eq!(web_cluster_endpoints(eps), addrs(&["10.244.1.5:8080"]));
     // Without a Node object the zone is unknown: hints are not used.
-    let mut objs = objects(
-        vec![simple_service("web", "10.96.0.10")],
-        vec![simple_slice(
-            "web-1",
-            "web",
-            8080,
-            vec![
-                hinted("10.244.1.5", "node-a", &["zone-a"], &[]),
-                hinted("10.244.2.5", "node-b", &["zone-b"], &[]),
-            ],
-        )],
-    );
+    let mut objs = web(vec![
+        hinted("10.244.1.5", "node-a", &["zone-a"], &[]),
+        hinted("10.244.2.5", "node-b", &["zone-b"], &[]),
+    ]);
     objs.nodes.clear();
     let (model, _) = build(&objs, &settings());
     assert_eq!(tcp4(&model, "ns/web").cluster_endpoints.len(), 2);
@@ -264,31 +185,11 @@ fn topology_node_hints_prefer_same_node() {
         hinted("10.244.1.6", "node-x", &["zone-a"], &["node-x"]),
         hinted("10.244.2.5", "node-b", &["zone-b"], &["node-b"]),
     ];
-    let (model, _) = build(
-        &objects(
-            vec![simple_service("web", "10.96.0.10")],
-            vec![simple_slice("web-1", "web", 8080, eps)],
-        ),
-        &settings(),
-    );
-    assert_eq!(
-        tcp4(&model, "ns/web").cluster_endpoints,
-        addrs(&["10.244.1.5:8080"])
-    );
+    assert_eq!(web_cluster_endpoints(eps), addrs(&["10.244.1.5:8080"]));
     // No node hint for us: fall back to zone hints.
     let eps = vec![
         hinted("10.244.1.6", "node-x", &["zone-a"], &["node-x"]),
         hinted("10.244.2.5", "node-b", &["zone-b"], &["node-b"]),
     ];
-    let (model, _) = build(
-        &objects(
-            vec![simple_service("web", "10.96.0.10")],
-            vec![simple_slice("web-1", "web", 8080, eps)],
-        ),
-        &settings(),
-    );
-    assert_eq!(
-        tcp4(&model, "ns/web").cluster_endpoints,
-        addrs(&["10.244.1.6:8080"])
-    );
+    assert_eq!(web_cluster_endpoints(eps), addrs(&["10.244.1.6:8080"]));
 }

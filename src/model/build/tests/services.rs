@@ -1,32 +1,47 @@
 //! Services → service ports: which Services count, their fields, bad input.
 
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, SessionAffinityConfig};
+
 use super::*;
+
+/// A `status.loadBalancer.ingress[]` entry with these of `ip`, `ipMode`, `hostname`.
+fn lb_ingress(
+    ip: Option<&str>,
+    ip_mode: Option<&str>,
+    hostname: Option<&str>,
+) -> LoadBalancerIngress {
+    LoadBalancerIngress {
+        ip: ip.map(Into::into),
+        ip_mode: ip_mode.map(Into::into),
+        hostname: hostname.map(Into::into),
+        ..LoadBalancerIngress::default()
+    }
+}
 
 // ---- which services count -------------------------------------------------------
 
 #[test]
 fn skipped_services() {
-    let mut labelled_other = simple_service("other-proxy", "10.96.1.1");
-    labelled_other.metadata.labels = Some(
-        [(
-            LABEL_SERVICE_PROXY_NAME.to_string(),
-            "someone-else".to_string(),
-        )]
-        .into(),
-    );
-    let mut labelled_ours = simple_service("our-proxy", "10.96.1.2");
-    labelled_ours.metadata.labels =
-        Some([(LABEL_SERVICE_PROXY_NAME.to_string(), "kproxy".to_string())].into());
+    let labelled = |name: &str, cluster_ip: &str, proxy: &str| {
+        fx::ServiceBuilder::from(simple_service(name, cluster_ip))
+            .label(LABEL_SERVICE_PROXY_NAME, proxy)
+            .build()
+    };
     let services = vec![
-        service(json!({"metadata": {"namespace": "ns", "name": "ext"},
-            "spec": {"type": "ExternalName", "externalName": "example.com",
-                     "clusterIP": "10.96.1.3", "ports": [{"port": 80}]}})),
-        service(json!({"metadata": {"namespace": "ns", "name": "headless"},
-            "spec": {"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]}})),
-        service(json!({"metadata": {"namespace": "ns", "name": "noip"},
-            "spec": {"ports": [{"port": 80}]}})),
-        labelled_other,
-        labelled_ours,
+        svc("ns", "ext")
+            .type_("ExternalName")
+            .external_name("example.com")
+            .cluster_ip("10.96.1.3")
+            .port("", 80, "")
+            .build(),
+        svc("ns", "headless")
+            .cluster_ip("None")
+            .cluster_ips(&["None"])
+            .port("", 80, "")
+            .build(),
+        svc("ns", "noip").port("", 80, "").build(),
+        labelled("other-proxy", "10.96.1.1", "someone-else"),
+        labelled("our-proxy", "10.96.1.2", "kproxy"),
         simple_service("plain", "10.96.1.4"),
     ];
     // Slices of skipped services are ignored without warnings.
@@ -58,36 +73,28 @@ fn skipped_services() {
 
 #[test]
 fn dual_stack_service_split_by_family() {
-    let svc = service(json!({
-        "metadata": {"namespace": "ns", "name": "ds"},
-        "spec": {
-            "type": "LoadBalancer",
-            "clusterIP": "10.96.0.10",
-            "clusterIPs": ["10.96.0.10", "fd00:96::10"],
-            "ipFamilies": ["IPv4", "IPv6"],
-            "ports": [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"}],
-            "externalIPs": ["198.51.100.7", "2001:db8::7", "198.51.100.6"],
-            "loadBalancerSourceRanges": [" 192.0.2.0/24", "2001:db8:1::/48 ", "192.0.2.128/25"],
-        },
-        "status": {"loadBalancer": {"ingress": [
-            {"ip": "203.0.113.50"}, {"ip": "2001:db8:2::50", "ipMode": "VIP"}
-        ]}}
-    }));
-    let v4 = slice(json!({
-        "metadata": {"namespace": "ns", "name": "ds-v4",
-                     "labels": {"kubernetes.io/service-name": "ds"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [ready("10.244.1.5", "node-a")],
-    }));
-    let v6 = slice(json!({
-        "metadata": {"namespace": "ns", "name": "ds-v6",
-                     "labels": {"kubernetes.io/service-name": "ds"}},
-        "addressType": "IPv6",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [ready("fd00:244:0:1::5", "node-a")],
-    }));
-    let (model, warnings) = build(&objects(vec![svc], vec![v4, v6]), &settings());
+    let ds = svc("ns", "ds")
+        .type_("LoadBalancer")
+        .cluster_ip("10.96.0.10")
+        .cluster_ips(&["10.96.0.10", "fd00:96::10"])
+        .ip_families(&["IPv4", "IPv6"])
+        .port("http", 80, "TCP")
+        .node_port(30080)
+        .external_ips(&["198.51.100.7", "2001:db8::7", "198.51.100.6"])
+        .source_ranges(&[" 192.0.2.0/24", "2001:db8:1::/48 ", "192.0.2.128/25"])
+        .lb_ingress("203.0.113.50")
+        .lb_ingress_with(lb_ingress(Some("2001:db8:2::50"), Some("VIP"), None))
+        .build();
+    let v4 = slice("ns", "ds-v4", "ds")
+        .port("http", 8080, "TCP")
+        .endpoint(ready("10.244.1.5", "node-a"))
+        .build();
+    let v6 = slice("ns", "ds-v6", "ds")
+        .address_type("IPv6")
+        .port("http", 8080, "TCP")
+        .endpoint(ready("fd00:244:0:1::5", "node-a"))
+        .build();
+    let (model, warnings) = build(&objects(vec![ds], vec![v4, v6]), &settings());
     assert!(warnings.is_empty(), "{warnings:?}");
 
     let a = port(&model, Family::V4, "ns/ds:http", Protocol::Tcp);
@@ -114,9 +121,11 @@ fn dual_stack_service_split_by_family() {
 #[test]
 fn single_stack_ipv6_service_and_cluster_ip_fallback() {
     // Only spec.clusterIP (no clusterIPs): still used, in its own family only.
-    let svc = service(json!({"metadata": {"namespace": "ns", "name": "v6"},
-        "spec": {"clusterIP": "fd00:96::20", "ports": [{"port": 443}]}}));
-    let (model, _) = build(&objects(vec![svc], vec![]), &settings());
+    let v6 = svc("ns", "v6")
+        .cluster_ip("fd00:96::20")
+        .port("", 443, "")
+        .build();
+    let (model, _) = build(&objects(vec![v6], vec![]), &settings());
     assert!(family(&model, Family::V4).services.is_empty());
     assert_eq!(
         port(&model, Family::V6, "ns/v6", Protocol::Tcp).cluster_ip,
@@ -126,18 +135,17 @@ fn single_stack_ipv6_service_and_cluster_ip_fallback() {
 
 #[test]
 fn load_balancer_ingress_ip_mode_proxy_and_hostname_skipped() {
-    let svc = service(json!({
-        "metadata": {"namespace": "ns", "name": "lb"},
-        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
-                 "ports": [{"port": 80, "nodePort": 30080}]},
-        "status": {"loadBalancer": {"ingress": [
-            {"ip": "203.0.113.1", "ipMode": "Proxy"},
-            {"hostname": "lb.example.com"},
-            {"ip": "203.0.113.2", "ipMode": "VIP"},
-            {"ip": "203.0.113.3"},
-        ]}}
-    }));
-    let (model, warnings) = build(&objects(vec![svc], vec![]), &settings());
+    let lb = svc("ns", "lb")
+        .type_("LoadBalancer")
+        .cluster_ip("10.96.0.10")
+        .port("", 80, "")
+        .node_port(30080)
+        .lb_ingress_with(lb_ingress(Some("203.0.113.1"), Some("Proxy"), None))
+        .lb_ingress_with(lb_ingress(None, None, Some("lb.example.com")))
+        .lb_ingress_with(lb_ingress(Some("203.0.113.2"), Some("VIP"), None))
+        .lb_ingress("203.0.113.3")
+        .build();
+    let (model, warnings) = build(&objects(vec![lb], vec![]), &settings());
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(
         tcp4(&model, "ns/lb").load_balancer_ips,
@@ -147,17 +155,25 @@ fn load_balancer_ingress_ip_mode_proxy_and_hostname_skipped() {
 
 #[test]
 fn session_affinity() {
-    let mk = |name: &str, cfg: Value| {
-        service(json!({"metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": "10.96.0.1", "sessionAffinity": "ClientIP",
-                     "sessionAffinityConfig": cfg, "ports": [{"port": 80}]}}))
-    };
+    let mk = |name: &str, cluster_ip: &str| svc("ns", name).cluster_ip(cluster_ip);
     let services = vec![
-        mk("default-timeout", json!({})),
-        mk("explicit", json!({"clientIP": {"timeoutSeconds": 60}})),
-        service(json!({"metadata": {"namespace": "ns", "name": "none"},
-            "spec": {"clusterIP": "10.96.0.2", "sessionAffinity": "None",
-                     "ports": [{"port": 80}]}})),
+        mk("default-timeout", "10.96.0.1")
+            .session_affinity("ClientIP")
+            // `sessionAffinityConfig: {}` (no clientIP): `affinity(None)` leaves it out.
+            .with(|s| {
+                let config = SessionAffinityConfig::default();
+                s.spec.as_mut().unwrap().session_affinity_config = Some(config);
+            })
+            .port("", 80, "")
+            .build(),
+        mk("explicit", "10.96.0.1")
+            .affinity(Some(60))
+            .port("", 80, "")
+            .build(),
+        mk("none", "10.96.0.2")
+            .session_affinity("None")
+            .port("", 80, "")
+            .build(),
     ];
     let (model, _) = build(&objects(services, vec![]), &settings());
     assert_eq!(
@@ -170,42 +186,23 @@ fn session_affinity() {
 
 #[test]
 fn traffic_policies_and_health_check_node_port() {
-    let mk = |name: &str, type_: &str, extra: Value| {
-        let mut spec = json!({"type": type_, "clusterIP": "10.96.0.1",
-            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
-            "ports": [{"port": 80}]});
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        service(json!({"metadata": {"namespace": "ns", "name": name}, "spec": spec}))
+    let mk = |name: &str, type_: &str| {
+        svc("ns", name)
+            .type_(type_)
+            .cluster_ip("10.96.0.1")
+            .etp_local()
+            .health_check_node_port(32000)
+            .port("", 80, "")
     };
     let services = vec![
-        mk("cip", "ClusterIP", json!({})),
-        mk(
-            "cip-ext",
-            "ClusterIP",
-            json!({"externalIPs": ["198.51.100.1"]}),
-        ),
-        mk(
-            "np",
-            "NodePort",
-            json!({"ports": [{"port": 80, "nodePort": 30001}]}),
-        ),
-        mk(
-            "lb",
-            "LoadBalancer",
-            json!({"ports": [{"port": 80, "nodePort": 30002}]}),
-        ),
-        mk(
-            "lb-cluster",
-            "LoadBalancer",
-            json!({"externalTrafficPolicy": "Cluster"}),
-        ),
-        mk(
-            "itp",
-            "ClusterIP",
-            json!({"internalTrafficPolicy": "Local"}),
-        ),
+        mk("cip", "ClusterIP").build(),
+        mk("cip-ext", "ClusterIP")
+            .external_ips(&["198.51.100.1"])
+            .build(),
+        mk("np", "NodePort").node_port(30001).build(),
+        mk("lb", "LoadBalancer").node_port(30002).build(),
+        mk("lb-cluster", "LoadBalancer").etp("Cluster").build(),
+        mk("itp", "ClusterIP").itp_local().build(),
     ];
     let (model, _) = build(&objects(services, vec![]), &settings());
     let etp = |n: &str| tcp4(&model, n).external_policy_local;
@@ -234,23 +231,28 @@ fn traffic_policies_and_health_check_node_port() {
 #[test]
 fn bad_service_fields_warn_and_skip_only_that_piece() {
     let services = vec![
-        service(json!({"metadata": {"namespace": "ns", "name": "bad-cip"},
-            "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}})),
-        service(json!({"metadata": {"namespace": "ns", "name": "bad-bits"},
-            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.11",
-                "externalIPs": ["198.51.100.1", "10.0.0.300"],
-                "loadBalancerSourceRanges": ["192.0.2.0/24", "192.0.2.0/33", "192.0.2.1"],
-                "ports": [
-                    {"name": "ok", "port": 80, "nodePort": 30080},
-                    {"name": "zero", "port": 0},
-                    {"name": "huge", "port": 70000},
-                    {"name": "badnp", "port": 81, "nodePort": 70000},
-                    {"name": "http", "port": 82, "protocol": "HTTP"},
-                    {"name": "ok", "port": 83},
-                    {"name": "dup-num", "port": 80, "protocol": "TCP"},
-                    {"name": "udp-80", "port": 80, "protocol": "UDP"},
-                ]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "lb.example"}, {"ip": "203.0.113.9"}]}}})),
+        svc("ns", "bad-cip")
+            .cluster_ip("10.96.0.300")
+            .port("", 80, "")
+            .build(),
+        svc("ns", "bad-bits")
+            .type_("LoadBalancer")
+            .cluster_ip("10.96.0.11")
+            .external_ips(&["198.51.100.1", "10.0.0.300"])
+            .source_ranges(&["192.0.2.0/24", "192.0.2.0/33", "192.0.2.1"])
+            .port("ok", 80, "")
+            .node_port(30080)
+            .port("zero", 0, "")
+            .port("huge", 70000, "")
+            .port("badnp", 81, "")
+            .node_port(70000)
+            .port("http", 82, "HTTP")
+            .port("ok", 83, "")
+            .port("dup-num", 80, "TCP")
+            .port("udp-80", 80, "UDP")
+            .lb_ingress("lb.example")
+            .lb_ingress("203.0.113.9")
+            .build(),
         simple_service("good", "10.96.0.12"),
     ];
     let (model, warnings) = build(&objects(services, vec![]), &settings());

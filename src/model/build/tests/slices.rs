@@ -1,32 +1,30 @@
 //! EndpointSlices → endpoints: port matching, conditions, ignored slices, bad input.
 
+use k8s_openapi::api::discovery::v1::EndpointPort;
+
 use super::*;
 
 // ---- endpoints ------------------------------------------------------------------
 
 #[test]
 fn named_target_ports_matched_by_slice_port_name_and_protocol() {
-    let svc = service(json!({
-        "metadata": {"namespace": "ns", "name": "app"},
-        "spec": {"clusterIP": "10.96.0.10", "ports": [
-            {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"},
-            {"name": "metrics", "port": 9090, "targetPort": "prom", "protocol": "TCP"},
-            {"name": "dns", "port": 53, "protocol": "UDP"},
-        ]}
-    }));
-    let s = slice(json!({
-        "metadata": {"namespace": "ns", "name": "app-1",
-                     "labels": {"kubernetes.io/service-name": "app"}},
-        "addressType": "IPv4",
-        "ports": [
-            {"name": "http", "port": 8080, "protocol": "TCP"},
-            {"name": "metrics", "port": 9100, "protocol": "TCP"},
-            // Same name, wrong protocol: does not feed the UDP port.
-            {"name": "dns", "port": 5353, "protocol": "TCP"},
-        ],
-        "endpoints": [ready("10.244.1.5", "node-a"), ready("10.244.2.6", "node-b")],
-    }));
-    let (model, warnings) = build(&objects(vec![svc], vec![s]), &settings());
+    let app = svc("ns", "app")
+        .cluster_ip("10.96.0.10")
+        .port("http", 80, "TCP")
+        .target_port_name("web")
+        .port("metrics", 9090, "TCP")
+        .target_port_name("prom")
+        .port("dns", 53, "UDP")
+        .build();
+    let s = slice("ns", "app-1", "app")
+        .port("http", 8080, "TCP")
+        .port("metrics", 9100, "TCP")
+        // Same name, wrong protocol: does not feed the UDP port.
+        .port("dns", 5353, "TCP")
+        .endpoint(ready("10.244.1.5", "node-a"))
+        .endpoint(ready("10.244.2.6", "node-b"))
+        .build();
+    let (model, warnings) = build(&objects(vec![app], vec![s]), &settings());
     assert_eq!(
         tcp4(&model, "ns/app:http").cluster_endpoints,
         addrs(&["10.244.1.5:8080", "10.244.2.6:8080"])
@@ -42,19 +40,11 @@ fn named_target_ports_matched_by_slice_port_name_and_protocol() {
 
 #[test]
 fn conditions_default_when_unset() {
-    let s = simple_slice(
-        "web-1",
-        "web",
-        8080,
-        vec![
-            json!({"addresses": ["10.244.1.5"], "nodeName": "node-a"}),
-            json!({"addresses": ["10.244.1.6"], "conditions": {}}),
-        ],
-    );
-    let (model, _) = build(
-        &objects(vec![simple_service("web", "10.96.0.10")], vec![s]),
-        &settings(),
-    );
+    let objs = web(vec![
+        fx::ep("10.244.1.5").node("node-a"),
+        fx::ep("10.244.1.6").no_conditions(),
+    ]);
+    let (model, _) = build(&objs, &settings());
     let sp = tcp4(&model, "ns/web");
     for e in &sp.endpoints {
         assert!(e.ready && e.serving && !e.terminating, "{e:?}");
@@ -69,45 +59,30 @@ fn conditions_default_when_unset() {
 
 #[test]
 fn only_first_address_of_an_endpoint_is_used() {
-    let s = simple_slice(
-        "web-1",
-        "web",
-        8080,
-        vec![json!({"addresses": ["10.244.1.5", "10.244.1.99"], "nodeName": "node-b"})],
-    );
-    let (model, _) = build(
-        &objects(vec![simple_service("web", "10.96.0.10")], vec![s]),
-        &settings(),
-    );
-    assert_eq!(
-        tcp4(&model, "ns/web").cluster_endpoints,
-        addrs(&["10.244.1.5:8080"])
-    );
+    let e = fx::ep("10.244.1.5")
+        .addresses(&["10.244.1.5", "10.244.1.99"])
+        .node("node-b");
+    assert_eq!(web_cluster_endpoints(vec![e]), addrs(&["10.244.1.5:8080"]));
 }
 
 #[test]
 fn ignored_slices_fqdn_headless_other_proxy() {
-    let fqdn = slice(json!({
-        "metadata": {"namespace": "ns", "name": "web-fqdn",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "FQDN",
-        "ports": [{"name": "", "port": 8080}],
-        "endpoints": [{"addresses": ["pod.example.com"]}],
-    }));
-    let mut headless = simple_slice("web-h", "web", 8081, vec![ready("10.244.1.7", "node-a")]);
-    headless
-        .metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert(LABEL_HEADLESS.into(), "".into());
-    let mut other = simple_slice("web-o", "web", 8082, vec![ready("10.244.1.8", "node-a")]);
-    other
-        .metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert(LABEL_SERVICE_PROXY_NAME.into(), "other".into());
+    let fqdn = slice("ns", "web-fqdn", "web")
+        .address_type("FQDN")
+        .port("", 8080, "")
+        .endpoint("pod.example.com")
+        .build();
+    let labelled = |name: &str, port: i32, address: &str, label: (&str, &str)| {
+        let s = simple_slice(name, "web", port, vec![ready(address, "node-a")]);
+        fx::SliceBuilder::from(s).label(label.0, label.1).build()
+    };
+    let headless = labelled("web-h", 8081, "10.244.1.7", (LABEL_HEADLESS, ""));
+    let other = labelled(
+        "web-o",
+        8082,
+        "10.244.1.8",
+        (LABEL_SERVICE_PROXY_NAME, "other"),
+    );
     // A slice of the wrong family for its addresses: each bad endpoint is dropped.
     let mixed = simple_slice(
         "web-m",
@@ -197,39 +172,40 @@ fn no_endpoints() {
 
 #[test]
 fn bad_slices_warn_and_other_endpoints_still_build() {
-    let services = vec![service(
-        json!({"metadata": {"namespace": "ns", "name": "web"},
-            "spec": {"clusterIP": "10.96.0.10", "ports": [
-                {"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
-    )];
+    let services = vec![svc("ns", "web")
+        .cluster_ip("10.96.0.10")
+        .port("http", 80, "")
+        .port("dns", 53, "UDP")
+        .build()];
     let slices = vec![
-        slice(json!({
-            "metadata": {"namespace": "ns", "name": "web-1",
-                         "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "ports": [
-                {"name": "http", "port": 8080, "protocol": "TCP"},
-                {"name": "dns", "port": 70000, "protocol": "UDP"},
-                {"name": "dns", "port": 5353, "protocol": "ICMP"},
-                {"port": 9999, "protocol": "TCP"},
-            ],
-            "endpoints": [
-                ready("10.244.1.300", "node-a"),
-                {"addresses": []},
-                ready("10.244.1.5", "node-a"),
-            ],
-        })),
+        slice("ns", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .port("dns", 70000, "UDP")
+            .port("dns", 5353, "ICMP")
+            // A port without a name (the builder always sets one).
+            .with(|s| {
+                let unnamed = EndpointPort {
+                    port: Some(9999),
+                    protocol: Some("TCP".into()),
+                    ..EndpointPort::default()
+                };
+                s.ports.as_mut().unwrap().push(unnamed);
+            })
+            .endpoint(ready("10.244.1.300", "node-a"))
+            .endpoint(fx::ep("").addresses::<&str>(&[]))
+            .endpoint(ready("10.244.1.5", "node-a"))
+            .build(),
         simple_slice(
             "ghost-1",
             "ghost",
             8080,
             vec![ready("10.244.1.6", "node-a")],
         ),
-        slice(json!({"metadata": {"namespace": "ns", "name": "nolabel"},
-            "addressType": "IPv4", "endpoints": []})),
-        slice(json!({"metadata": {"namespace": "ns", "name": "weird",
-                "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPX", "endpoints": []})),
+        // No labels at all (the builder always sets the service-name label).
+        slice("ns", "nolabel", "")
+            .with(|s| s.metadata.labels = None)
+            .build(),
+        slice("ns", "weird", "web").address_type("IPX").build(),
     ];
     let (model, warnings) = build(&objects(services, slices), &settings());
     let obj = "EndpointSlice ns/web-1";
