@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::admin;
 use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
-use crate::config::{Config, ConntrackConfig};
+use crate::config::{self, Config, ConntrackConfig};
 use crate::conntrack::{Conntrack, StaleFilter};
 use crate::health::{HealthChecks, ProxyHealth};
 use crate::k8s;
@@ -126,6 +126,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         healthz_bind: config.healthz_bind,
         metrics_bind: config.metrics_bind,
         health_check_addresses: Vec::new(),
+        configz: config::configz_json(&config),
     };
     let admin = admin::spawn(
         admin_config,

@@ -141,6 +141,7 @@ impl Admin {
             healthz_bind: SocketAddr::from((LOCALHOST, 0)),
             metrics_bind: SocketAddr::from((LOCALHOST, 0)),
             health_check_addresses,
+            configz: String::new(),
         };
         let handle = {
             let _g = rt.enter();
@@ -361,6 +362,55 @@ fn metrics_port_serves_metrics_proxy_mode_and_healthz() {
     wait_refused(m.port());
 }
 
+#[test]
+fn metrics_port_serves_configz() {
+    let flags = kproxy::config::ProxyFlags {
+        healthz_bind_address: Some("127.0.0.1:0".into()),
+        metrics_bind_address: Some("127.0.0.1:0".into()),
+        cluster_cidr: Some("10.244.0.0/16".into()),
+        ..Default::default()
+    };
+    let config = kproxy::config::Config::from_flags_with_hostname(&flags, || Some("node-a".into()))
+        .expect("config");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let handle = {
+        let _g = rt.enter();
+        admin::spawn(
+            AdminConfig {
+                healthz_bind: config.healthz_bind,
+                metrics_bind: config.metrics_bind,
+                health_check_addresses: vec![],
+                configz: kproxy::config::configz_json(&config),
+            },
+            Arc::new(ProxyHealth::new(Duration::from_secs(60))),
+            Arc::new(HealthChecks::default()),
+            Arc::new(Metrics::new()),
+        )
+        .expect("spawn")
+    };
+
+    let r = get(handle.metrics_addr(), "/configz");
+    assert_eq!(r.status, 200);
+    assert_json_headers(&r);
+    assert_eq!(r.body, kproxy::config::configz_json(&config));
+    assert!(r.body.starts_with(
+        r#"{"kubeproxy.config.k8s.io":{"kind":"KubeProxyConfiguration","apiVersion":"kubeproxy.config.k8s.io/v1alpha1","#
+    ));
+    assert!(r
+        .body
+        .ends_with(r#""configSyncPeriod":"15m0s","portRange":""}}"#));
+    let v = r.json();
+    let kp = &v["kubeproxy.config.k8s.io"];
+    assert_eq!(kp["mode"], "nftables");
+    assert_eq!(kp["metricsBindAddress"], "127.0.0.1:0");
+    assert_eq!(kp["clusterCIDR"], "10.244.0.0/16");
+    assert_eq!(kp["nodePortAddresses"], json!(["primary"]));
+    assert_eq!(kp["nftables"]["syncPeriod"], "30s");
+    // Not on the health port.
+    assert_eq!(get(handle.healthz_addr(), "/configz").status, 404);
+    rt.block_on(handle.shutdown());
+}
+
 fn svc(name: &str, port: u16, local_endpoints: usize) -> HealthCheckService {
     HealthCheckService {
         namespace: "shop".into(),
@@ -462,6 +512,7 @@ fn spawn_fails_clearly_when_a_port_is_taken() {
         healthz_bind: taken,
         metrics_bind: SocketAddr::from((LOCALHOST, 0)),
         health_check_addresses: vec![],
+        configz: String::new(),
     };
     let _g = rt.enter();
     let err = admin::spawn(
@@ -486,6 +537,7 @@ fn spawn_outside_a_runtime_is_an_error_not_a_panic() {
             healthz_bind: SocketAddr::from((LOCALHOST, 0)),
             metrics_bind: SocketAddr::from((LOCALHOST, 0)),
             health_check_addresses: vec![],
+            configz: String::new(),
         },
         Arc::new(ProxyHealth::new(Duration::from_secs(60))),
         Arc::new(HealthChecks::default()),

@@ -28,7 +28,12 @@
 //! let health = Arc::new(ProxyHealth::new(2 * sync_period));
 //! let checks = Arc::new(HealthChecks::default());
 //! // Fails (address in use, permission denied…) before anything else starts.
-//! let config = AdminConfig { healthz_bind, metrics_bind, health_check_addresses: Vec::new() };
+//! let config = AdminConfig {
+//!     healthz_bind,
+//!     metrics_bind,
+//!     health_check_addresses: Vec::new(),
+//!     configz: String::new(), // app: kproxy::config::configz_json(&config)
+//! };
 //! let admin = admin::spawn(config, health, checks, metrics)?;
 //! // … run the sync loop with the same Arcs …
 //! admin.shutdown().await; // closes every admin port

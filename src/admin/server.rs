@@ -46,6 +46,9 @@ pub struct AdminConfig {
     /// selected by `nodePortAddresses` when that does not match everything. Empty means
     /// every address (`[::]`, dual-stack, or `0.0.0.0` on hosts without IPv6).
     pub health_check_addresses: Vec<IpAddr>,
+    /// The body of `/configz` on the metrics port (`app` fills it with
+    /// `config::configz_json`).
+    pub configz: String,
 }
 
 /// The running admin servers. Dropping it shuts them down too (without waiting); use
@@ -135,7 +138,7 @@ pub fn spawn(
     tasks.push(serve(
         "metrics",
         metrics_listener,
-        metrics_router(metrics),
+        metrics_router(metrics, config.configz.into()),
         stopped(stop_rx.clone()),
     ));
     let servers = HealthCheckServers::new(config.health_check_addresses, checks, health);
@@ -264,12 +267,13 @@ pub fn health_response(
     )
 }
 
-/// `/metrics`, `/proxyMode`, and `/healthz` (the generic "ok" check upstream installs on
-/// the metrics port: the process is up, nothing more).
-fn metrics_router(metrics: Arc<Metrics>) -> Router {
+/// `/metrics`, `/proxyMode`, `/configz` (its body given), and `/healthz` (the generic
+/// "ok" check upstream installs on the metrics port: the process is up, nothing more).
+fn metrics_router(metrics: Arc<Metrics>, configz_body: Arc<str>) -> Router {
     Router::new()
         .route("/metrics", any(metrics_page))
         .route("/proxyMode", any(proxy_mode))
+        .route("/configz", any(configz).with_state(configz_body))
         .route("/healthz", any(ok))
         .with_state(metrics)
 }
@@ -280,6 +284,11 @@ async fn metrics_page(State(m): State<Arc<Metrics>>) -> Response {
 
 async fn proxy_mode() -> Response {
     with_headers(PROXY_MODE.into_response(), "text/plain; charset=utf-8")
+}
+
+/// Upstream's `/configz`: the effective configuration as JSON.
+async fn configz(State(body): State<Arc<str>>) -> Response {
+    with_headers(body.to_string().into_response(), "application/json")
 }
 
 async fn ok() -> Response {

@@ -18,8 +18,8 @@ use ipnetwork::IpNetwork;
 use super::file::{FileConfig, FileConntrack};
 use super::go::{format_duration, parse_go_duration};
 use super::{
-    Config, ConfigError, ConntrackConfig, ProxyFlags, DEFAULT_HEALTHZ_BIND, DEFAULT_METRICS_BIND,
-    DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, MAX_VERBOSITY,
+    Config, ConfigError, ConntrackConfig, Given, ProxyFlags, DEFAULT_HEALTHZ_BIND,
+    DEFAULT_METRICS_BIND, DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, MAX_VERBOSITY,
 };
 use crate::model::build::{DetectLocalMode, NodePortAddresses, Settings};
 use crate::model::DEFAULT_MASQUERADE_BIT;
@@ -34,6 +34,7 @@ pub(super) fn merge(
     let m = Merge {
         file: flags.config.as_deref(),
     };
+    let given = given(flags, &file);
     // The order of the checks is the order errors are reported in.
     m.proxy_mode(flags, file.mode)?;
     let hostname = m.node_name(flags, file.hostname_override, hostname)?;
@@ -82,7 +83,44 @@ pub(super) fn merge(
         verbosity,
         conntrack,
         config_file: flags.config.clone(),
+        given,
     })
+}
+
+/// The settings `/configz` shows as written (same precedence as the merge: an explicit
+/// flag, else the file), before kproxy resolves them.
+fn given(flags: &ProxyFlags, file: &FileConfig) -> Given {
+    let hostname_override = match flags.hostname_override.as_deref() {
+        Some(h) if !h.is_empty() => h.trim().to_lowercase(),
+        _ => file.hostname_override.clone().unwrap_or_default(),
+    };
+    let cluster_cidr = flags
+        .cluster_cidr
+        .clone()
+        .or_else(|| file.cluster_cidr.clone())
+        .unwrap_or_default();
+    let listed = match &flags.nodeport_addresses {
+        Some(s) => s.split(',').map(str::to_string).collect(),
+        None => file.nodeport_addresses.clone().unwrap_or_default(),
+    };
+    let nodeport_addresses: Vec<String> = listed
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if nodeport_addresses.is_empty() {
+        return Given {
+            hostname_override,
+            cluster_cidr,
+            ..Given::default()
+        };
+    }
+    Given {
+        hostname_override,
+        cluster_cidr,
+        nodeport_addresses,
+    }
 }
 
 /// The pure core's settings from the merged values: the one place that builds

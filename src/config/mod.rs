@@ -28,11 +28,13 @@
 //!  merge          precedence, upstream's defaults, validation → Config
 //!                 (Config::settings is what model::build receives)
 //!  go             Go's duration and boolean syntax, used by flags and merge
+//!  configz        Config → upstream's `/configz` JSON (a v1alpha1 KubeProxyConfiguration)
 //! ```
 //!
-//! This file holds the public result ([`Config`], [`ConntrackConfig`]), the error
+//! This file holds the public result ([`Config`], [`ConntrackConfig`], [`Given`]), the error
 //! ([`ConfigError`]), the defaults, and the entry points ([`Config::from_flags`]).
 
+mod configz;
 mod file;
 mod flags;
 mod go;
@@ -47,6 +49,7 @@ use std::time::Duration;
 
 use crate::model::build::Settings;
 
+pub use configz::{configz_json, CONFIGZ_GROUP};
 pub use file::{API_VERSION, KIND};
 pub use flags::ProxyFlags;
 pub use go::{format_duration, parse_go_bool, parse_go_duration};
@@ -61,6 +64,8 @@ pub const DEFAULT_METRICS_BIND: SocketAddr =
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 /// Default `--iptables-min-sync-period` / `nftables.minSyncPeriod`.
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// The `nodePortAddresses` keyword for the node's primary IPs (upstream's nftables default).
+pub const NODEPORT_ADDRESSES_PRIMARY: &str = "primary";
 /// Highest accepted `--v`.
 pub const MAX_VERBOSITY: u8 = 10;
 
@@ -113,6 +118,34 @@ pub struct Config {
     /// The `--config` file the values were read from, if any (upstream exits when it
     /// changes; the daemon may watch it).
     pub config_file: Option<PathBuf>,
+    /// Settings as the operator wrote them, before kproxy resolved them (for `/configz`).
+    pub given: Given,
+}
+
+/// The settings upstream shows in `/configz` as written, before resolving them: kproxy
+/// keeps the resolved form in [`Config::settings`] and these only to report them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Given {
+    /// `--hostname-override` (trimmed and lowercased, as upstream does for the flag) or
+    /// `hostnameOverride` (as written); empty when neither is given.
+    pub hostname_override: String,
+    /// `--cluster-cidr` / `clusterCIDR` as written; empty when unset.
+    pub cluster_cidr: String,
+    /// `--nodeport-addresses` / `nodePortAddresses` without blank items; `["primary"]`
+    /// when unset or empty (upstream's nftables default, before it expands "primary" to
+    /// the node IPs).
+    pub nodeport_addresses: Vec<String>,
+}
+
+impl Default for Given {
+    /// Nothing given: upstream's defaults.
+    fn default() -> Given {
+        Given {
+            hostname_override: String::new(),
+            cluster_cidr: String::new(),
+            nodeport_addresses: vec![NODEPORT_ADDRESSES_PRIMARY.to_string()],
+        }
+    }
 }
 
 /// A configuration the operator must fix. Every variant is a usage error (exit code 64)

@@ -2,6 +2,7 @@
 //! `merge` (validation messages), `file` (the `--config` file and its precedence), `go`
 //! (Go value syntax). This file holds the shared helpers and the defaults.
 
+mod configz;
 mod file;
 mod flags;
 mod go;
@@ -125,6 +126,11 @@ fn defaults() {
                 udp_stream_timeout: Duration::ZERO,
             },
             config_file: None,
+            given: Given {
+                hostname_override: String::new(),
+                cluster_cidr: String::new(),
+                nodeport_addresses: vec!["primary".into()],
+            },
         }
     );
 }
