@@ -1,6 +1,6 @@
 //! The operator's HTTP surface: `/healthz` and `/livez` (health port, 10256), `/metrics`,
-//! `/proxyMode` and `/healthz` (metrics port, 10249), and the per-service health-check
-//! NodePort servers of eTP Local LoadBalancer services.
+//! `/proxyMode` and `/healthz` (metrics port, 10249), and the per-service, per-family
+//! health-check NodePort servers of eTP Local LoadBalancer services.
 //!
 //! Owns: every listening socket kproxy opens. The health state those endpoints report
 //! lives in [`crate::health`]: `sync` updates it, `admin` serves it, and neither imports
@@ -28,7 +28,7 @@
 //! let health = Arc::new(ProxyHealth::new(2 * sync_period));
 //! let checks = Arc::new(HealthChecks::default());
 //! // Fails (address in use, permission denied…) before anything else starts.
-//! let config = AdminConfig { healthz_bind, metrics_bind, health_check_addresses: Vec::new() };
+//! let config = AdminConfig { healthz_bind, metrics_bind };
 //! let admin = admin::spawn(config, health, checks, metrics)?;
 //! // … run the sync loop with the same Arcs …
 //! admin.shutdown().await; // closes every admin port
