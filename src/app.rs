@@ -20,14 +20,15 @@ use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
 use crate::config::{self, Config, ConntrackConfig};
 use crate::conntrack::{Conntrack, StaleFilter};
-use crate::health::{HealthChecks, ProxyHealth};
+use crate::health::{HealthCheckBindFailure, HealthChecks, ProxyHealth};
 use crate::k8s;
+use crate::k8s::events::{EventRecorder, Notice};
 use crate::metrics::Metrics;
-use crate::model::ServicePort;
+use crate::model::{ServicePort, Warning};
 use crate::nft::tx::TableRef;
 use crate::nft::Family;
 use crate::render;
-use crate::sync::{FlowCleaner, SyncConfig, Syncer, Trigger};
+use crate::sync::{FlowCleaner, SyncConfig, Syncer, Trigger, WarningSink};
 use crate::takeover;
 
 /// What `kproxy run` was asked to do besides running.
@@ -120,12 +121,12 @@ pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
 async fn run_async(config: Config) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(config.sync_period * 2));
+    // The sync loop says where each family's health checks listen; Events for the ports
+    // that cannot be opened are wired once the API client is up.
     let checks = Arc::new(HealthChecks::default());
-    // Health checks on every address (`health_check_addresses` empty).
     let admin_config = admin::AdminConfig {
         healthz_bind: config.healthz_bind,
         metrics_bind: config.metrics_bind,
-        health_check_addresses: Vec::new(),
         configz: config::configz_json(&config),
     };
     let admin = admin::spawn(
@@ -145,6 +146,9 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         k8s::cache::Cache::start(client.clone(), &node, trigger.clone(), metrics.clone());
     let (events, _events_task) =
         k8s::events::EventRecorder::start(client, &node, Some(cache.clone()));
+    let events = Arc::new(events);
+    let recorder = events.clone();
+    checks.set_bind_failure_sink(Box::new(move |f| report_health_check_failure(&recorder, f)));
 
     let backend =
         NetlinkBackend::new(render::TABLE).map_err(|e| RunError::Kernel(e.to_string()))?;
@@ -158,7 +162,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
         health.clone(),
         checks.clone(),
     )
-    .with_warnings(Box::new(events))
+    .with_warnings(Box::new(SharedEvents(events)))
     .with_local_addresses(Box::new(local_addresses))
     .with_after_full_sync(Box::new(release_free_memory));
     match Conntrack::open() {
@@ -198,6 +202,29 @@ fn release_free_memory() {
     // SAFETY: mi_collect has no preconditions; it only releases memory mimalloc holds
     // unused (for the calling thread's heap and abandoned segments).
     unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// Upstream's Event for a health-check NodePort that could not be opened: Warning
+/// `FailedToStartServiceHealthcheck`, action `Listen`, regarding the Service, note
+/// `node N failed to start healthcheck "ns/name" on port P: <listen error>`.
+pub fn report_health_check_failure(events: &EventRecorder, failure: &HealthCheckBindFailure) {
+    let object = format!("Service {}/{}", failure.namespace, failure.name);
+    let note = failure.note(events.node_name());
+    events.record(&Notice {
+        object: &object,
+        reason: k8s::events::REASON_HEALTHCHECK,
+        action: k8s::events::ACTION_LISTEN,
+        note: &note,
+    });
+}
+
+/// The recorder the sync loop's warnings and the health-check servers' failures share.
+struct SharedEvents(Arc<EventRecorder>);
+
+impl WarningSink for SharedEvents {
+    fn warn(&self, warning: &Warning) {
+        self.0.warn(warning)
+    }
 }
 
 /// Conntrack cleanup as the sync loop asks for it: wired here so that neither `conntrack`
@@ -334,6 +361,47 @@ mod tests {
         assert_eq!(log_filter(0), "info");
         assert_eq!(log_filter(2), "info,kproxy=debug");
         assert!(log_filter(6).contains("kproxy=trace"));
+    }
+
+    #[test]
+    fn a_failed_health_check_bind_is_upstreams_event_on_the_service() {
+        let clock: k8s::events::Clock = Arc::new(std::time::Instant::now);
+        let (events, mut rx) = EventRecorder::with_channel("node-a", None, clock, 4);
+        let failure = HealthCheckBindFailure {
+            family: Family::V4,
+            namespace: "shop".into(),
+            name: "web".into(),
+            port: 32000,
+            error: "listen tcp4 0.0.0.0:32000: bind: address already in use".into(),
+        };
+        report_health_check_failure(&events, &failure);
+        // The same failure again at once: rate limited, as every Event.
+        report_health_check_failure(&events, &failure);
+        let ev = rx.try_recv().expect("an Event");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(
+            ev.reason.as_deref(),
+            Some("FailedToStartServiceHealthcheck")
+        );
+        assert_eq!(ev.action.as_deref(), Some("Listen"));
+        assert_eq!(
+            ev.note.as_deref(),
+            Some(
+                "node node-a failed to start healthcheck \"shop/web\" on port 32000: \
+                 listen tcp4 0.0.0.0:32000: bind: address already in use"
+            )
+        );
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("shop"));
+        let r = ev.regarding.expect("regarding");
+        assert_eq!(
+            (r.kind.as_deref(), r.api_version.as_deref()),
+            (Some("Service"), Some("v1"))
+        );
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_deref()),
+            (Some("shop"), Some("web"))
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Health state: when rules were last programmed, the oldest update still waiting, and
-//! whether this node may receive traffic; plus the health-check services to serve.
+//! whether this node may receive traffic; plus the health-check services to serve, per
+//! family, where each family's health-check servers listen, and who hears of a port that
+//! could not be opened.
 //!
 //! Owns: the shared state between the sync loop (which records) and the HTTP servers
 //! (which report): `sync` updates it, [`crate::admin`] serves it, neither imports the other.
@@ -8,6 +10,7 @@
 //! programmed (that is `sync`).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -124,31 +127,92 @@ pub struct FamilyStatus {
     pub healthy: bool,
 }
 
-/// One eTP Local LoadBalancer service's health check: an HTTP server on `node_port`
-/// answering with the number of local endpoints.
+/// One eTP Local LoadBalancer service's health check in one family: an HTTP server on
+/// `node_port` answering with the number of local endpoints. A dual-stack service has
+/// one per family, on the same port (upstream runs one server manager per proxier).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HealthCheckService {
+    pub family: Family,
     pub namespace: String,
     pub name: String,
     pub node_port: u16,
+    /// Local ready endpoints of this family: distinct IPs across the service's ports,
+    /// terminating ones left out (upstream's `LocalReadyEndpoints`).
     pub local_endpoints: usize,
 }
 
-/// The set of health-check services the servers should answer for.
+/// Where one family's health-check servers listen (upstream's `nodePortAddresses`
+/// reading for them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HealthCheckBind {
+    /// Every address of the family: `0.0.0.0`, or `[::]` v6-only (no CIDR of the family
+    /// in nodePortAddresses, or the family has no primary node IP).
+    #[default]
+    All,
+    /// Exactly these local addresses; none means no listener in this family.
+    Ips(Vec<IpAddr>),
+}
+
+/// A health-check port that could not be opened (the servers retry it at the next
+/// [`HealthChecks::update`] or [`HealthChecks::retry`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckBindFailure {
+    pub family: Family,
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    /// The listen error, worded as Go's (`listen tcp4 0.0.0.0:32000: bind: address
+    /// already in use`).
+    pub error: String,
+}
+
+impl HealthCheckBindFailure {
+    /// Upstream's Event note: `node N failed to start healthcheck "ns/name" on port P: E`.
+    pub fn note(&self, node: &str) -> String {
+        let service = format!("{}/{}", self.namespace, self.name);
+        format!(
+            "node {node} failed to start healthcheck {} on port {}: {}",
+            serde_json::to_string(&service).expect("string serializes"),
+            self.port,
+            self.error
+        )
+    }
+}
+
+/// Told about every failed health-check bind (the daemon turns it into an Event).
+pub type BindFailureSink = Box<dyn Fn(&HealthCheckBindFailure) + Send + Sync>;
+
+type CheckKey = (Family, u16);
+
+/// The set of health-check services the servers should answer for, per family, and
+/// where each family's servers listen.
 ///
-/// Every [`HealthChecks::update`] bumps a generation number that
+/// Every [`HealthChecks::update`] (and [`HealthChecks::retry`], and a changed
+/// [`HealthChecks::set_bind`]) bumps a generation number that
 /// [`HealthChecks::subscribe`]rs see, so the server manager opens and closes ports (and
 /// retries ports it could not bind) without polling.
-#[derive(Debug)]
 pub struct HealthChecks {
-    services: Mutex<BTreeMap<u16, HealthCheckService>>,
+    services: Mutex<BTreeMap<CheckKey, HealthCheckService>>,
+    binds: Mutex<BTreeMap<Family, HealthCheckBind>>,
+    on_bind_failure: Mutex<Option<BindFailureSink>>,
     generation: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for HealthChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecks")
+            .field("services", &self.services)
+            .field("binds", &self.binds)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for HealthChecks {
     fn default() -> Self {
         HealthChecks {
             services: Mutex::new(BTreeMap::new()),
+            binds: Mutex::new(BTreeMap::new()),
+            on_bind_failure: Mutex::new(None),
             generation: watch::channel(0).0,
         }
     }
@@ -160,9 +224,58 @@ impl HealthChecks {
     pub fn update(&self, services: Vec<HealthCheckService>) {
         {
             let mut s = self.services.lock().expect("health check lock");
-            *s = services.into_iter().map(|h| (h.node_port, h)).collect();
+            *s = services
+                .into_iter()
+                .map(|h| ((h.family, h.node_port), h))
+                .collect();
         }
+        self.retry();
+    }
+
+    /// Wakes the reconciler without changing the set: ports that could not be bound are
+    /// tried again (the sync loop calls it after every successful sync, as upstream
+    /// retries at every sync).
+    pub fn retry(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Where `family`'s servers listen from now on (open ones move when it changes).
+    pub fn set_bind(&self, family: Family, bind: HealthCheckBind) {
+        let changed = {
+            let mut b = self.binds.lock().expect("health check lock");
+            let old = b.insert(family, bind.clone());
+            old.unwrap_or_default() != bind
+        };
+        if changed {
+            self.retry();
+        }
+    }
+
+    /// Where `family`'s servers listen ([`HealthCheckBind::All`] until set).
+    pub fn bind(&self, family: Family) -> HealthCheckBind {
+        self.binds
+            .lock()
+            .expect("health check lock")
+            .get(&family)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Who hears of failed binds (replaces the previous sink).
+    pub fn set_bind_failure_sink(&self, sink: BindFailureSink) {
+        *self.on_bind_failure.lock().expect("health check lock") = Some(sink);
+    }
+
+    /// A port could not be opened: tells the sink, if any.
+    pub fn report_bind_failure(&self, failure: &HealthCheckBindFailure) {
+        if let Some(sink) = self
+            .on_bind_failure
+            .lock()
+            .expect("health check lock")
+            .as_ref()
+        {
+            sink(failure);
+        }
     }
 
     /// A receiver that changes after every [`HealthChecks::update`].
@@ -170,7 +283,7 @@ impl HealthChecks {
         self.generation.subscribe()
     }
 
-    /// Every service in the set, by port.
+    /// Every service in the set, by family and port.
     pub fn services(&self) -> Vec<HealthCheckService> {
         self.services
             .lock()
@@ -180,15 +293,16 @@ impl HealthChecks {
             .collect()
     }
 
-    pub fn get(&self, port: u16) -> Option<HealthCheckService> {
+    pub fn get(&self, family: Family, port: u16) -> Option<HealthCheckService> {
         self.services
             .lock()
             .expect("health check lock")
-            .get(&port)
+            .get(&(family, port))
             .cloned()
     }
 
-    pub fn ports(&self) -> Vec<u16> {
+    /// The (family, port) of every service in the set.
+    pub fn ports(&self) -> Vec<(Family, u16)> {
         self.services
             .lock()
             .expect("health check lock")

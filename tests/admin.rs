@@ -1,16 +1,19 @@
 //! The operator HTTP surface over real sockets on 127.0.0.1: `/healthz` and `/livez`
 //! (codes, bodies, headers) in every health state, `/metrics` (exact lines), `/proxyMode`,
 //! the metrics port's `/healthz`, and the health-check NodePort servers (opened on update,
-//! 200 with the count, 503 at zero, port released after removal, failed binds retried).
-//! No root needed.
+//! 200 with the count, 503 at zero, port released after removal, one per family on that
+//! family's addresses only, failed binds reported and retried). Loopback only (127.0.0.1,
+//! 127.0.0.2, ::1); no root needed.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kproxy::admin::{self, AdminConfig, AdminHandle};
-use kproxy::health::{HealthCheckService, HealthChecks, ProxyHealth};
+use kproxy::health::{
+    HealthCheckBind, HealthCheckBindFailure, HealthCheckService, HealthChecks, ProxyHealth,
+};
 use kproxy::metrics::Metrics;
 use kproxy::nft::Family;
 use serde_json::{json, Value};
@@ -83,7 +86,12 @@ fn get(addr: SocketAddr, path: &str) -> Reply {
 
 /// Polls until `port` on 127.0.0.1 answers (the reconciler runs asynchronously).
 fn get_when_open(port: u16, path: &str) -> Reply {
-    let addr = SocketAddr::from((LOCALHOST, port));
+    get_when_open_at(SocketAddr::from((LOCALHOST, port)), path)
+}
+
+/// Polls until `addr` answers.
+fn get_when_open_at(addr: SocketAddr, path: &str) -> Reply {
+    let port = addr.port();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match try_get(addr, path) {
@@ -99,7 +107,12 @@ fn get_when_open(port: u16, path: &str) -> Reply {
 
 /// Polls until connecting to `port` on 127.0.0.1 is refused.
 fn wait_refused(port: u16) {
-    let addr = SocketAddr::from((LOCALHOST, port));
+    wait_refused_at(SocketAddr::from((LOCALHOST, port)));
+}
+
+/// Polls until connecting to `addr` is refused.
+fn wait_refused_at(addr: SocketAddr) {
+    let port = addr.port();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
@@ -128,7 +141,7 @@ struct Admin {
 }
 
 impl Admin {
-    fn start(health_check_addresses: Vec<std::net::IpAddr>) -> Admin {
+    fn start() -> Admin {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -140,7 +153,6 @@ impl Admin {
         let config = AdminConfig {
             healthz_bind: SocketAddr::from((LOCALHOST, 0)),
             metrics_bind: SocketAddr::from((LOCALHOST, 0)),
-            health_check_addresses,
             configz: String::new(),
         };
         let handle = {
@@ -195,7 +207,7 @@ fn assert_json_headers(r: &Reply) {
 
 #[test]
 fn healthz_and_livez_in_every_state() {
-    let mut a = Admin::start(vec![]);
+    let mut a = Admin::start();
     let hz = a.healthz();
 
     // Before the first sync: healthy (upstream: starting up), lastUpdated = currentTime.
@@ -236,7 +248,7 @@ fn healthz_and_livez_in_every_state() {
     assert!(is_go_time(&v["status"]["IPv4"]["lastUpdated"]));
 
     // Stale: programmed at T0, an update queued a second later and never programmed.
-    let b = Admin::start(vec![]);
+    let b = Admin::start();
     b.health.updated(Family::V4, at(T0));
     b.health.queued_update(Family::V4, at(T0 + 1));
     let r = get(b.healthz(), "/healthz");
@@ -260,7 +272,7 @@ fn healthz_and_livez_in_every_state() {
     assert_eq!(get(hz, "/healthz").status, 200);
 
     // Node not eligible: /healthz 503 with the real lastUpdated, /livez still 200.
-    let c = Admin::start(vec![]);
+    let c = Admin::start();
     c.health.updated(Family::V4, at(T0));
     c.health.set_node_eligible(false);
     let r = get(c.healthz(), "/healthz");
@@ -300,7 +312,7 @@ fn healthz_and_livez_in_every_state() {
 
 #[test]
 fn metrics_port_serves_metrics_proxy_mode_and_healthz() {
-    let mut a = Admin::start(vec![]);
+    let mut a = Admin::start();
     assert_eq!(get(a.healthz(), "/healthz").status, 200);
     a.metrics
         .sync_duration
@@ -379,7 +391,6 @@ fn metrics_port_serves_configz() {
             AdminConfig {
                 healthz_bind: config.healthz_bind,
                 metrics_bind: config.metrics_bind,
-                health_check_addresses: vec![],
                 configz: kproxy::config::configz_json(&config),
             },
             Arc::new(ProxyHealth::new(Duration::from_secs(60))),
@@ -412,7 +423,12 @@ fn metrics_port_serves_configz() {
 }
 
 fn svc(name: &str, port: u16, local_endpoints: usize) -> HealthCheckService {
+    svc_in(Family::V4, name, port, local_endpoints)
+}
+
+fn svc_in(family: Family, name: &str, port: u16, local_endpoints: usize) -> HealthCheckService {
     HealthCheckService {
+        family,
         namespace: "shop".into(),
         name: name.into(),
         node_port: port,
@@ -428,7 +444,7 @@ fn expected_body(name: &str, n: usize, healthy: bool) -> String {
 
 #[test]
 fn health_check_node_ports_follow_the_set() {
-    let mut a = Admin::start(vec![]);
+    let mut a = Admin::start();
     let (p1, p2) = (free_port(), free_port());
 
     a.checks.update(vec![svc("web", p1, 2), svc("api", p2, 0)]);
@@ -476,22 +492,108 @@ fn health_check_node_ports_follow_the_set() {
     wait_refused(p2);
 }
 
+const V6_LOCALHOST: Ipv6Addr = Ipv6Addr::LOCALHOST;
+
+fn at_ip(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
 #[test]
-fn a_port_that_cannot_be_bound_is_retried_at_the_next_update() {
-    let mut a = Admin::start(vec![LOCALHOST.into()]);
+fn health_checks_per_family_on_the_node_port_addresses_only() {
+    let mut a = Admin::start();
+    // As nodePortAddresses 127.0.0.1/32 and ::1/128 select them.
+    a.checks
+        .set_bind(Family::V4, HealthCheckBind::Ips(vec![LOCALHOST.into()]));
+    a.checks
+        .set_bind(Family::V6, HealthCheckBind::Ips(vec![V6_LOCALHOST.into()]));
+    let (dual, only4) = (free_port(), free_port());
+    a.checks.update(vec![
+        svc_in(Family::V4, "dual", dual, 2),
+        svc_in(Family::V6, "dual", dual, 3),
+        svc_in(Family::V4, "only4", only4, 1),
+    ]);
+    // One listener per family on the same port, each with its family's count.
+    let r = get_when_open_at(at_ip(LOCALHOST, dual), "/");
+    assert_eq!(r.header("x-load-balancing-endpoint-weight"), Some("2"));
+    assert_eq!(r.body, expected_body("dual", 2, true));
+    let r = get_when_open_at(at_ip(V6_LOCALHOST, dual), "/");
+    assert_eq!(r.status, 200);
+    assert_json_headers(&r);
+    assert_eq!(r.header("x-load-balancing-endpoint-weight"), Some("3"));
+    assert_eq!(r.body, expected_body("dual", 3, true));
+    // A single-stack service only in its family; nothing beyond the selected addresses
+    // (127.0.0.2 is local too, and a wildcard bind would take it).
+    assert_eq!(get_when_open_at(at_ip(LOCALHOST, only4), "/").status, 200);
+    wait_refused_at(at_ip(V6_LOCALHOST, only4));
+    wait_refused_at(at_ip(Ipv4Addr::new(127, 0, 0, 2), dual));
+    wait_refused_at(at_ip(Ipv4Addr::new(127, 0, 0, 2), only4));
+
+    // No address selected in a family: no listener there, silently.
+    a.checks.set_bind(Family::V6, HealthCheckBind::Ips(vec![]));
+    wait_refused_at(at_ip(V6_LOCALHOST, dual));
+    assert_eq!(get_when_open_at(at_ip(LOCALHOST, dual), "/").status, 200);
+
+    // Every address of the family: 0.0.0.0, and [::] v6-only (IPv4 stays with 0.0.0.0).
+    a.checks.set_bind(Family::V4, HealthCheckBind::All);
+    a.checks.set_bind(Family::V6, HealthCheckBind::All);
+    a.checks.update(vec![
+        svc_in(Family::V4, "only4", only4, 1),
+        svc_in(Family::V6, "only6", dual, 4),
+    ]);
+    let r = get_when_open_at(at_ip(Ipv4Addr::new(127, 0, 0, 2), only4), "/");
+    assert_eq!(r.body, expected_body("only4", 1, true));
+    wait_refused_at(at_ip(V6_LOCALHOST, only4));
+    let r = get_when_open_at(at_ip(V6_LOCALHOST, dual), "/");
+    assert_eq!(r.body, expected_body("only6", 4, true));
+    wait_refused_at(at_ip(LOCALHOST, dual));
+    a.shutdown();
+    wait_refused_at(at_ip(LOCALHOST, only4));
+    wait_refused_at(at_ip(V6_LOCALHOST, dual));
+}
+
+#[test]
+fn a_port_that_cannot_be_bound_is_reported_and_retried_at_the_next_sync() {
+    let mut a = Admin::start();
+    let failures: Arc<Mutex<Vec<HealthCheckBindFailure>>> = Arc::default();
+    let seen = failures.clone();
+    a.checks
+        .set_bind_failure_sink(Box::new(move |f| seen.lock().unwrap().push(f.clone())));
+    a.checks
+        .set_bind(Family::V4, HealthCheckBind::Ips(vec![LOCALHOST.into()]));
     let (busy, other) = (free_port(), free_port());
     let squatter = TcpListener::bind((LOCALHOST, busy)).expect("squat");
 
     a.checks
         .update(vec![svc("blocked", busy, 1), svc("fine", other, 1)]);
-    // The other port opened, so the update was reconciled; the busy one was skipped.
+    // The other port opened, so the update was reconciled; the busy one was skipped and
+    // reported, with upstream's wording.
     assert_eq!(get_when_open(other, "/").status, 200);
+    let reported = failures.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    let f = &reported[0];
+    assert_eq!(
+        (f.family, f.namespace.as_str(), f.name.as_str(), f.port),
+        (Family::V4, "shop", "blocked", busy)
+    );
+    assert_eq!(
+        f.note("node-a"),
+        format!(
+            "node node-a failed to start healthcheck \"shop/blocked\" on port {busy}: \
+             listen tcp4 127.0.0.1:{busy}: bind: address already in use"
+        )
+    );
+    // Every sync retries (and reports again while it fails).
+    a.checks.retry();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while failures.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the retry was not reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(squatter);
     wait_refused(busy);
 
-    // The next update (the sync loop calls it every sync) tries again.
-    a.checks
-        .update(vec![svc("blocked", busy, 1), svc("fine", other, 1)]);
+    // The next sync tries again (the set unchanged: the sync loop calls `retry`).
+    a.checks.retry();
     let r = get_when_open(busy, "/healthz");
     assert_eq!(r.status, 200);
     assert_eq!(r.body, expected_body("blocked", 1, true));
@@ -511,7 +613,6 @@ fn spawn_fails_clearly_when_a_port_is_taken() {
     let config = AdminConfig {
         healthz_bind: taken,
         metrics_bind: SocketAddr::from((LOCALHOST, 0)),
-        health_check_addresses: vec![],
         configz: String::new(),
     };
     let _g = rt.enter();
@@ -536,7 +637,6 @@ fn spawn_outside_a_runtime_is_an_error_not_a_panic() {
         AdminConfig {
             healthz_bind: SocketAddr::from((LOCALHOST, 0)),
             metrics_bind: SocketAddr::from((LOCALHOST, 0)),
-            health_check_addresses: vec![],
             configz: String::new(),
         },
         Arc::new(ProxyHealth::new(Duration::from_secs(60))),

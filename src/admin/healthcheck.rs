@@ -1,15 +1,24 @@
-//! Health-check NodePort servers: one HTTP server per `healthCheckNodePort` of the eTP
-//! Local LoadBalancer services in [`HealthChecks`], telling cloud load balancers whether
-//! this node has endpoints of the service.
+//! Health-check NodePort servers: per IP family, one HTTP server per `healthCheckNodePort`
+//! of the eTP Local LoadBalancer services in [`HealthChecks`], telling cloud load
+//! balancers whether this node has endpoints of the service. As upstream (one server
+//! manager per proxier), a dual-stack service is served in each family on the same port,
+//! each counting its own family's endpoints, and each family listens on its own
+//! [`HealthCheckBind`]: `0.0.0.0`, `[::]` (v6-only), or exactly the addresses given (none:
+//! no listener).
 //!
 //! Owns: opening a service's port when it appears in the set, closing it (releasing the
-//! port) when it leaves, retrying ports that could not be bound at the next
-//! [`HealthChecks::update`] (or after [`RETRY_PERIOD`]), and the response upstream gives on
-//! those ports.
+//! port) when it leaves or its family's addresses change, reporting a port that could not
+//! be bound ([`HealthChecks::report_bind_failure`]) and retrying it at the next
+//! [`HealthChecks::update`] or [`HealthChecks::retry`] (the sync loop calls one after
+//! every successful sync, as upstream retries at every sync), and the response upstream
+//! gives on those ports.
+//!
+//! Must not: decide which services or addresses are served (that is `sync`), or know how
+//! a failure becomes an Event (the sink is wired by `app`).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,40 +29,44 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::listen::{listen, listen_any, serve, stopped};
-use crate::health::{HealthCheckService, HealthChecks, ProxyHealth};
+use super::listen::{listen_family, serve, stopped};
+use crate::health::{
+    HealthCheckBind, HealthCheckBindFailure, HealthCheckService, HealthChecks, ProxyHealth,
+};
+use crate::nft::Family;
 
 /// Header carrying the local endpoint count, for load balancers that weigh nodes by it
 /// (GCE's weighted load balancing reads it).
 pub const WEIGHT_HEADER: &str = "x-load-balancing-endpoint-weight";
 
-/// How often ports that could not be bound are tried again between updates.
-pub const RETRY_PERIOD: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for closed servers to release their ports before opening
+/// others (a connection still busy past it may make a reopened port fail until the next
+/// sync).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// A service's port in one family.
+type Key = (Family, u16);
 
 /// One open health-check port: dropping `stop` closes its listeners.
 struct PortServer {
+    /// The addresses it was opened on: a change reopens it.
+    bind: HealthCheckBind,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Keeps one server per health-check port of [`HealthChecks`].
+/// Keeps one server per family and health-check port of [`HealthChecks`].
 pub(crate) struct HealthCheckServers {
-    addresses: Vec<IpAddr>,
     checks: Arc<HealthChecks>,
     health: Arc<ProxyHealth>,
-    open: BTreeMap<u16, PortServer>,
+    open: BTreeMap<Key, PortServer>,
     /// Ports that could not be bound, with the last error (logged once per error).
-    failing: BTreeMap<u16, String>,
+    failing: BTreeMap<Key, String>,
 }
 
 impl HealthCheckServers {
-    pub(crate) fn new(
-        addresses: Vec<IpAddr>,
-        checks: Arc<HealthChecks>,
-        health: Arc<ProxyHealth>,
-    ) -> HealthCheckServers {
+    pub(crate) fn new(checks: Arc<HealthChecks>, health: Arc<ProxyHealth>) -> HealthCheckServers {
         HealthCheckServers {
-            addresses,
             checks,
             health,
             open: BTreeMap::new(),
@@ -61,19 +74,21 @@ impl HealthCheckServers {
         }
     }
 
-    /// Reconciles now and after every [`HealthChecks::update`] until `stop`; then closes
-    /// every port and waits for the servers to finish.
+    /// Reconciles now and after every change of [`HealthChecks`] until `stop`; then
+    /// closes every port and waits for the servers to finish.
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut generation = self.checks.subscribe();
         loop {
             generation.borrow_and_update();
-            self.reconcile();
-            // Ports that failed are also retried on a timer: an idle cluster may not sync
-            // (and so update) for a long time.
-            let retry = !self.failing.is_empty();
+            // A port reopened on other addresses must be released first.
+            let closing = self.close_gone();
+            let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+            for task in closing {
+                let _ = tokio::time::timeout_at(deadline, task).await;
+            }
+            self.open_wanted();
             tokio::select! {
                 changed = generation.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(RETRY_PERIOD), if retry => {},
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -89,68 +104,117 @@ impl HealthCheckServers {
         }
     }
 
-    fn reconcile(&mut self) {
-        let wanted: BTreeMap<u16, HealthCheckService> = self
+    /// What [`HealthChecks`] asks for now: services by key, and each family's addresses.
+    fn wanted(
+        &self,
+    ) -> (
+        BTreeMap<Key, HealthCheckService>,
+        BTreeMap<Family, HealthCheckBind>,
+    ) {
+        let wanted = self
             .checks
             .services()
             .into_iter()
-            .map(|s| (s.node_port, s))
+            .map(|s| ((s.family, s.node_port), s))
             .collect();
-        let gone: Vec<u16> = self
+        let binds = [Family::V4, Family::V6]
+            .into_iter()
+            .map(|f| (f, self.checks.bind(f)))
+            .collect();
+        (wanted, binds)
+    }
+
+    /// Stops the servers of services gone and of families whose addresses changed;
+    /// returns their tasks (done once the ports are released).
+    fn close_gone(&mut self) -> Vec<JoinHandle<()>> {
+        let (wanted, binds) = self.wanted();
+        let gone: Vec<Key> = self
             .open
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
+            .iter()
+            .filter(|(k, s)| !wanted.contains_key(k) || binds[&k.0] != s.bind)
+            .map(|(k, _)| *k)
             .collect();
-        for port in gone {
-            tracing::info!(port, "closing health check server");
-            if let Some(s) = self.open.remove(&port) {
+        let mut closing = Vec::new();
+        for (family, port) in gone {
+            tracing::info!(port, %family, "closing health check server");
+            if let Some(s) = self.open.remove(&(family, port)) {
                 let _ = s.stop.send(true);
+                closing.extend(s.tasks);
             }
         }
-        self.failing.retain(|p, _| wanted.contains_key(p));
-        for (port, svc) in &wanted {
-            if self.open.contains_key(port) {
-                continue;
-            }
-            let service = format!("{}/{}", svc.namespace, svc.name);
-            match self.open_port(*port) {
-                Ok(server) => {
-                    let retried = self.failing.remove(port).is_some();
-                    tracing::info!(port, %service, retried, "opened health check server");
-                    self.open.insert(*port, server);
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if self.failing.get(port) != Some(&msg) {
-                        tracing::warn!(
-                            port,
-                            %service,
-                            error = %msg,
-                            "failed to start health check server; retrying at the next sync"
-                        );
-                    } else {
-                        tracing::debug!(port, error = %msg, "health check port still unavailable");
-                    }
-                    self.failing.insert(*port, msg);
-                }
+        closing
+    }
+
+    /// Opens the ports wanted and not open.
+    fn open_wanted(&mut self) {
+        let (wanted, binds) = self.wanted();
+        self.failing.retain(|k, _| wanted.contains_key(k));
+        for (key, svc) in &wanted {
+            if !self.open.contains_key(key) {
+                self.start(svc, &binds[&key.0]);
             }
         }
     }
 
-    /// Binds `port` on every configured address (all or nothing) and serves it.
-    fn open_port(&self, port: u16) -> io::Result<PortServer> {
-        let listeners = if self.addresses.is_empty() {
-            vec![listen_any(port)?]
-        } else {
-            self.addresses
-                .iter()
-                .map(|ip| listen(SocketAddr::new(*ip, port)))
-                .collect::<io::Result<Vec<_>>>()?
+    /// Opens `svc`'s port, or logs and reports why it cannot (then it is retried at the
+    /// next reconcile).
+    fn start(&mut self, svc: &HealthCheckService, bind: &HealthCheckBind) {
+        let (family, port) = (svc.family, svc.node_port);
+        let service = format!("{}/{}", svc.namespace, svc.name);
+        match self.open_port(family, port, bind) {
+            Ok(server) => {
+                let retried = self.failing.remove(&(family, port)).is_some();
+                tracing::info!(port, %family, %service, retried, "opened health check server");
+                self.open.insert((family, port), server);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.failing.get(&(family, port)) != Some(&msg) {
+                    tracing::warn!(
+                        port,
+                        %family,
+                        %service,
+                        error = %msg,
+                        "failed to start health check server; retrying at the next sync"
+                    );
+                } else {
+                    tracing::debug!(port, %family, error = %msg, "health check port still unavailable");
+                }
+                self.checks.report_bind_failure(&HealthCheckBindFailure {
+                    family,
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    port,
+                    error: msg.clone(),
+                });
+                self.failing.insert((family, port), msg);
+            }
+        }
+    }
+
+    /// Binds `port` on every address of `bind` (all or nothing) and serves it. No
+    /// address: an open server with no listener, as upstream.
+    fn open_port(
+        &self,
+        family: Family,
+        port: u16,
+        bind: &HealthCheckBind,
+    ) -> io::Result<PortServer> {
+        let addresses: Vec<IpAddr> = match bind {
+            HealthCheckBind::All => vec![match family {
+                Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+                Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+            }],
+            HealthCheckBind::Ips(ips) => ips.clone(),
         };
+        let listeners = addresses
+            .iter()
+            .filter(|ip| family.contains(ip))
+            .map(|ip| listen_family(SocketAddr::new(*ip, port)))
+            .collect::<io::Result<Vec<_>>>()?;
         let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(PortState {
-            port,
+            key: (family, port),
             checks: self.checks.clone(),
             health: self.health.clone(),
         });
@@ -159,12 +223,16 @@ impl HealthCheckServers {
             .into_iter()
             .map(|l| serve("health check", l, router.clone(), stopped(stop_rx.clone())))
             .collect();
-        Ok(PortServer { stop, tasks })
+        Ok(PortServer {
+            bind: bind.clone(),
+            stop,
+            tasks,
+        })
     }
 }
 
 struct PortState {
-    port: u16,
+    key: Key,
     checks: Arc<HealthChecks>,
     health: Arc<ProxyHealth>,
 }
@@ -172,9 +240,10 @@ struct PortState {
 /// Any method, any path.
 async fn answer(State(s): State<Arc<PortState>>) -> Response {
     let healthy = s.health.status(SystemTime::now()).0;
-    let Some(svc) = s.checks.get(s.port) else {
-        // The service left the set and the port is closing.
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    let Some(svc) = s.checks.get(s.key.0, s.key.1) else {
+        // The service left the set and the port is closing: upstream writes nothing
+        // (an empty 200).
+        return StatusCode::OK.into_response();
     };
     let (code, body) = health_check_response(&svc, healthy);
     let mut r = (code, body).into_response();

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::Router;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -28,31 +28,43 @@ pub(super) fn context(e: io::Error, what: &str, addr: SocketAddr) -> io::Error {
 /// A listening TCP socket as Go's `net.Listen` makes it: `SO_REUSEADDR` (a restarted
 /// kproxy rebinds at once), and dual-stack when the address is IPv6. Needs a runtime.
 pub(super) fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    open(addr, false).map_err(|(_, e)| e)
 }
 
-/// Listens on `port` of every address: `[::]` dual-stack, or `0.0.0.0` when the host has
-/// no IPv6.
-pub(super) fn listen_any(port: u16) -> io::Result<tokio::net::TcpListener> {
-    match listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
-            ) =>
-        {
-            listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
-        }
-        r => r,
+/// A listening TCP socket as Go's `net.Listen("tcp4" | "tcp6", addr)` makes it (IPv6
+/// v6-only: `[::]` does not take IPv4), failing with Go's wording, which upstream puts in
+/// its Events: `listen tcp4 0.0.0.0:32000: bind: address already in use`. Needs a
+/// runtime.
+pub(super) fn listen_family(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let network = if addr.is_ipv4() { "tcp4" } else { "tcp6" };
+    open(addr, addr.is_ipv6()).map_err(|(call, e)| {
+        let text = e.to_string();
+        // Rust says "Address already in use (os error 98)"; Go "address already in use".
+        let text = text.rfind(" (os error ").map_or(&*text, |i| &text[..i]);
+        let mut chars = text.chars();
+        let text = chars
+            .next()
+            .map_or(String::new(), |c| c.to_lowercase().chain(chars).collect());
+        io::Error::new(e.kind(), format!("listen {network} {addr}: {call}: {text}"))
+    })
+}
+
+/// Socket, options, bind, listen; an error names the call that failed.
+fn open(
+    addr: SocketAddr,
+    only_v6: bool,
+) -> Result<tokio::net::TcpListener, (&'static str, io::Error)> {
+    let at = |call: &'static str| move |e: io::Error| (call, e);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(at("socket"))?;
+    socket.set_reuse_address(true).map_err(at("setsockopt"))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(only_v6).map_err(at("setsockopt"))?;
     }
+    socket.set_nonblocking(true).map_err(at("setsockopt"))?;
+    socket.bind(&addr.into()).map_err(at("bind"))?;
+    socket.listen(1024).map_err(at("listen"))?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(at("listen"))
 }
 
 /// Serves `router` on `listener` until `stop`, then drops the listener (the port is

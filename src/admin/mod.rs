@@ -1,6 +1,6 @@
 //! The operator's HTTP surface: `/healthz` and `/livez` (health port, 10256), `/metrics`,
-//! `/proxyMode` and `/healthz` (metrics port, 10249), and the per-service health-check
-//! NodePort servers of eTP Local LoadBalancer services.
+//! `/proxyMode` and `/healthz` (metrics port, 10249), and the per-service, per-family
+//! health-check NodePort servers of eTP Local LoadBalancer services.
 //!
 //! Owns: every listening socket kproxy opens. The health state those endpoints report
 //! lives in [`crate::health`]: `sync` updates it, `admin` serves it, and neither imports
@@ -31,7 +31,6 @@
 //! let config = AdminConfig {
 //!     healthz_bind,
 //!     metrics_bind,
-//!     health_check_addresses: Vec::new(),
 //!     configz: String::new(), // app: kproxy::config::configz_json(&config)
 //! };
 //! let admin = admin::spawn(config, health, checks, metrics)?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,10 +42,6 @@ pub struct AdminConfig {
     /// `/metrics`, `/proxyMode`, `/healthz` (`--metrics-bind-address`, default
     /// `127.0.0.1:10249`).
     pub metrics_bind: SocketAddr,
-    /// The addresses health-check NodePort servers listen on: upstream uses the node IPs
-    /// selected by `nodePortAddresses` when that does not match everything. Empty means
-    /// every address (`[::]`, dual-stack, or `0.0.0.0` on hosts without IPv6).
-    pub health_check_addresses: Vec<IpAddr>,
     /// The body of `/configz` on the metrics port (`app` fills it with
     /// `config::configz_json`).
     pub configz: String,
@@ -101,9 +97,10 @@ impl Drop for AdminHandle {
 /// - `health` is read on every `/healthz`, `/livez` and health-check request; the sync
 ///   loop keeps it current ([`ProxyHealth::queued_update`], [`ProxyHealth::updated`],
 ///   [`ProxyHealth::set_node_eligible`]).
-/// - `checks`: every [`HealthChecks::update`] reconciles the health-check NodePort
-///   servers: ports of new services are opened, ports of services gone are closed, ports
-///   that could not be bound (logged with `warn`) are tried again.
+/// - `checks`: every change of it reconciles the health-check NodePort servers, per
+///   family on that family's addresses: ports of new services are opened, ports of
+///   services gone are closed, ports that could not be bound (logged with `warn` and
+///   reported to its bind-failure sink) are tried again.
 /// - `metrics` is served on `/metrics`; the process collector (`process_*`: RSS, CPU, open
 ///   fds) is registered into its registry.
 ///
@@ -141,7 +138,7 @@ pub fn spawn(
         metrics_router(metrics, config.configz.into()),
         stopped(stop_rx.clone()),
     ));
-    let servers = HealthCheckServers::new(config.health_check_addresses, checks, health);
+    let servers = HealthCheckServers::new(checks, health);
     tasks.push(tokio::spawn(servers.run(stop_rx)));
     tracing::info!(%healthz_addr, %metrics_addr, "admin servers listening");
     Ok(AdminHandle {

@@ -1,4 +1,6 @@
-//! Kubernetes Events for invalid objects: the daemon's [`WarningSink`].
+//! Kubernetes Events for invalid objects (the daemon's [`WarningSink`]) and for other
+//! Warnings the daemon reports ([`EventRecorder::record`]: a health-check NodePort that
+//! could not be opened, with upstream's [`REASON_HEALTHCHECK`] and [`ACTION_LISTEN`]).
 //!
 //! Owns: turning a model [`Warning`] into an `events.k8s.io/v1` Event (the API upstream
 //! components record through client-go's `tools/events`), rate limiting, and sending.
@@ -50,6 +52,10 @@ pub const CONTROLLER: &str = "kproxy";
 pub const REASON: &str = "InvalidObject";
 /// `action` (required by events.k8s.io/v1).
 pub const ACTION: &str = "Sync";
+/// Upstream's `reason` for a health-check NodePort that could not be opened.
+pub const REASON_HEALTHCHECK: &str = "FailedToStartServiceHealthcheck";
+/// Upstream's `action` for it.
+pub const ACTION_LISTEN: &str = "Listen";
 /// The API's limit on `note`.
 const NOTE_MAX: usize = 1024;
 /// Remembered (object, note) pairs beyond which expired ones are forgotten.
@@ -165,8 +171,39 @@ pub fn to_event(
     uid: impl FnOnce(&str, Option<&str>, &str) -> Option<String>,
     now: SystemTime,
 ) -> Event {
-    let (regarding, note) = match regarding_of(&warning.object) {
-        Some(r) => (r, warning.reason.clone()),
+    notice_event(&Notice::of(warning), node_name, uid, now)
+}
+
+/// A Warning Event's content: `object` as a [`Warning`]'s (`Service ns/name`, …).
+#[derive(Clone, Copy, Debug)]
+pub struct Notice<'a> {
+    pub object: &'a str,
+    pub reason: &'a str,
+    pub action: &'a str,
+    pub note: &'a str,
+}
+
+impl Notice<'_> {
+    /// An invalid object's notice: [`REASON`], [`ACTION`], the warning's reason as note.
+    pub fn of(warning: &Warning) -> Notice<'_> {
+        Notice {
+            object: &warning.object,
+            reason: REASON,
+            action: ACTION,
+            note: &warning.reason,
+        }
+    }
+}
+
+/// The Event for a notice (pure, as [`to_event`]).
+pub fn notice_event(
+    notice: &Notice<'_>,
+    node_name: &str,
+    uid: impl FnOnce(&str, Option<&str>, &str) -> Option<String>,
+    now: SystemTime,
+) -> Event {
+    let (regarding, note) = match regarding_of(notice.object) {
+        Some(r) => (r, notice.note.to_string()),
         None => (
             Regarding {
                 api_version: "v1",
@@ -174,7 +211,7 @@ pub fn to_event(
                 namespace: None,
                 name: node_name.to_string(),
             },
-            format!("{}: {}", warning.object, warning.reason),
+            format!("{}: {}", notice.object, notice.note),
         ),
     };
     let uid = uid(
@@ -201,8 +238,8 @@ pub fn to_event(
             k8s_openapi::jiff::Timestamp::try_from(now).unwrap_or_default(),
         )),
         type_: Some("Warning".to_string()),
-        reason: Some(REASON.to_string()),
-        action: Some(ACTION.to_string()),
+        reason: Some(notice.reason.to_string()),
+        action: Some(notice.action.to_string()),
         note: Some(truncate(&note, NOTE_MAX)),
         reporting_controller: Some(CONTROLLER.to_string()),
         reporting_instance: Some(node_name.to_string()),
@@ -281,27 +318,39 @@ impl EventRecorder {
     }
 }
 
-impl WarningSink for EventRecorder {
-    fn warn(&self, warning: &Warning) {
+impl EventRecorder {
+    /// Records a Warning Event, rate limited as every other (never blocks).
+    pub fn record(&self, notice: &Notice<'_>) {
         let now = (self.clock)();
         let allowed = self
             .limiter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .allow(&warning.object, &warning.reason, now);
+            .allow(notice.object, notice.note, now);
         if !allowed {
             return;
         }
         let cache = self.cache.as_deref();
-        let ev = to_event(
-            warning,
+        let ev = notice_event(
+            notice,
             &self.node_name,
             |kind, ns, name| cache.and_then(|c| c.uid(kind, ns.unwrap_or(""), name)),
             SystemTime::now(),
         );
         if let Err(e) = self.tx.try_send(ev) {
-            tracing::debug!(error = %e, object = %warning.object, "Event queue full or closed; dropped");
+            tracing::debug!(error = %e, object = %notice.object, "Event queue full or closed; dropped");
         }
+    }
+
+    /// This node's name (`reportingInstance`, and upstream's notes name it).
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+}
+
+impl WarningSink for EventRecorder {
+    fn warn(&self, warning: &Warning) {
+        self.record(&Notice::of(warning));
     }
 }
 

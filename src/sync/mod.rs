@@ -25,13 +25,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::apply::{self, Applied, Base, ChainDeletes, STALE_CHAIN_DELAY};
 use crate::backend::{Backend, BackendError};
-use crate::health::{HealthCheckService, HealthChecks, ProxyHealth};
+use crate::health::{HealthCheckBind, HealthChecks, ProxyHealth};
 use crate::metrics::{family_label, Metrics};
 use crate::model::build::{Objects, Settings};
 use crate::model::{self, Model, ServiceKey, ServicePort, ServicePortName, Warning};
 use crate::nft::tx::TableRef;
 use crate::nft::{Family, Protocol, Ruleset};
 use crate::render::incremental::Renderer;
+
+mod healthcheck;
+use healthcheck::HealthCheckPort;
 
 /// Upstream's full resync period.
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
@@ -208,7 +211,7 @@ struct PortFacts {
     no_local_internal: bool,
     no_local_external: bool,
     /// Boxed, as is `udp`: most ports have neither, and the map holds 50k+ entries.
-    health_check: Option<Box<HealthCheckService>>,
+    health_check: Option<Box<HealthCheckPort>>,
     /// Kept only for UDP ports: conntrack needs the old addresses when a service goes.
     udp: Option<Box<ServicePort>>,
 }
@@ -219,14 +222,7 @@ impl PortFacts {
         PortFacts {
             no_local_internal: sp.internal_policy_local && none_local,
             no_local_external: sp.external_policy_local && sp.externally_accessible() && none_local,
-            health_check: (sp.health_check_node_port != 0).then(|| {
-                Box::new(HealthCheckService {
-                    namespace: sp.name.namespace.clone(),
-                    name: sp.name.name.clone(),
-                    node_port: sp.health_check_node_port,
-                    local_endpoints: sp.local_endpoints.len(),
-                })
-            }),
+            health_check: HealthCheckPort::of(sp).map(Box::new),
             udp: (sp.name.protocol == Protocol::Udp).then(|| Box::new(sp.clone())),
         }
     }
@@ -241,7 +237,7 @@ struct Facts {
     ports: BTreeMap<PortKey, PortFacts>,
     /// Per family: ports, no-local (internal), no-local (external).
     totals: BTreeMap<Family, [i64; 3]>,
-    health_checks: BTreeMap<PortKey, HealthCheckService>,
+    health_checks: BTreeMap<PortKey, HealthCheckPort>,
     health_checks_changed: bool,
 }
 
@@ -326,6 +322,8 @@ pub struct Syncer<S: Source + ?Sized, B: Backend> {
     deferred: Vec<(TableRef, String)>,
     deferred_at: Option<Instant>,
     node_addresses: Vec<IpAddr>,
+    /// Where each family's health-check servers listen (from the last model built).
+    health_check_binds: BTreeMap<Family, HealthCheckBind>,
 }
 
 /// Why a sync failed.
@@ -382,6 +380,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             deferred: Vec::new(),
             deferred_at: None,
             node_addresses: Vec::new(),
+            health_check_binds: BTreeMap::new(),
         }
     }
 
@@ -570,20 +569,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 .with_label_values(&[l])
                 .set(self.facts.total(family, 0));
         }
-        if std::mem::take(&mut self.facts.health_checks_changed) {
-            // A dual-stack service appears once per family; one server answers for both.
-            // Upstream runs one server per family, each counting its own family's
-            // endpoints; with dual-stack pods the counts are equal, so the larger is
-            // reported.
-            let mut merged: BTreeMap<u16, HealthCheckService> = BTreeMap::new();
-            for hc in self.facts.health_checks.values() {
-                merged
-                    .entry(hc.node_port)
-                    .and_modify(|m| m.local_endpoints = m.local_endpoints.max(hc.local_endpoints))
-                    .or_insert_with(|| hc.clone());
-            }
-            self.health_checks.update(merged.into_values().collect());
-        }
+        self.publish_health_checks();
     }
 
     /// The service keys of each model-building chunk: `only` as one chunk, or every
@@ -626,6 +612,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                     model::NodeFacts::of(&objects.nodes, &self.settings.hostname).eligible;
                 self.health.set_node_eligible(eligible);
                 self.node_addresses = node_addresses(&m, &self.settings);
+                self.health_check_binds = healthcheck::binds(&m, &self.settings);
             }
             warnings.extend(w);
             Some(m)

@@ -7,10 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::backend::fake::FakeBackend;
+use crate::health::HealthCheckBind;
+use crate::model::build::NodePortAddresses;
 use crate::model::LABEL_SERVICE_NAME;
 use crate::nft::tx::Op;
 use crate::render::render;
-use crate::testutil::fixtures::{ep, node, slice as fx_slice, svc};
+use crate::testutil::fixtures::{ep, node, slice as fx_slice, svc, ServiceBuilder};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -450,7 +452,10 @@ fn health_check_node_ports_follow_the_services() {
         )],
     ));
     f.syncer.sync(false).unwrap();
-    let hc = f.checks.get(32000).expect("health check served");
+    let hc = f
+        .checks
+        .get(Family::V4, 32000)
+        .expect("health check served");
     assert_eq!((hc.namespace.as_str(), hc.name.as_str()), ("ns", "lb"));
     assert_eq!(hc.local_endpoints, 2);
     // Local endpoints gone: the count drops to 0 and the no-local gauge counts it.
@@ -459,7 +464,7 @@ fn health_check_node_ports_follow_the_services() {
         vec![slice("lb", "TCP", &[("10.244.2.5", "node-b")])],
     ));
     f.syncer.sync(false).unwrap();
-    assert_eq!(f.checks.get(32000).unwrap().local_endpoints, 0);
+    assert_eq!(f.checks.get(Family::V4, 32000).unwrap().local_endpoints, 0);
     assert_eq!(
         f.metrics
             .no_local_endpoints
@@ -470,7 +475,121 @@ fn health_check_node_ports_follow_the_services() {
     // Service deleted: the health check goes.
     f.source.set(objects(vec![], vec![]));
     f.syncer.sync(false).unwrap();
-    assert!(f.checks.get(32000).is_none());
+    assert!(f.checks.get(Family::V4, 32000).is_none());
+}
+
+/// `b` as an eTP Local LoadBalancer service with ports `p` and `q`.
+fn lb_two_ports(b: ServiceBuilder, hc_port: i32) -> Service {
+    b.type_("LoadBalancer")
+        .etp_local()
+        .health_check_node_port(hc_port)
+        .port("p", 80, "TCP")
+        .target_port(8080)
+        .node_port(hc_port - 1000)
+        .port("q", 81, "TCP")
+        .target_port(8081)
+        .node_port(hc_port - 999)
+        .build()
+}
+
+#[test]
+fn health_checks_per_family_count_that_familys_local_ready_ips() {
+    let two_ports = |slice_name: &str, service: &str, family: &str| {
+        fx_slice("ns", slice_name, service)
+            .address_type(family)
+            .port("p", 8080, "TCP")
+            .port("q", 8081, "TCP")
+    };
+    let v4 = two_ports("dual-v4", "dual", "IPv4")
+        .endpoint(ep("10.244.1.5").node("node-a"))
+        .endpoint(
+            ep("10.244.1.6")
+                .node("node-a")
+                .ready(false)
+                .terminating(true),
+        )
+        .endpoint(ep("10.244.1.7").node("node-a").ready(false))
+        .endpoint(ep("10.244.2.5").node("node-b"))
+        .build();
+    let v6 = two_ports("dual-v6", "dual", "IPv6")
+        .endpoint(ep("fd00:244:1::5").node("node-a"))
+        .endpoint(ep("fd00:244:1::6").node("node-a"))
+        .build();
+    let only4 = two_ports("v4only-1", "v4only", "IPv4")
+        .endpoint(ep("10.244.1.8").node("node-a"))
+        .build();
+    let mut f = fixture(objects(
+        vec![
+            lb_two_ports(
+                svc("ns", "dual").dual_stack("10.96.0.9", "fd00:96::9"),
+                32000,
+            ),
+            lb_two_ports(svc("ns", "v4only").cluster_ip("10.96.0.10"), 32001),
+        ],
+        vec![v4, v6, only4],
+    ));
+    f.syncer.sync(false).unwrap();
+    // One per family on the same port, each with its own family's count: distinct IPs
+    // across both ports, not-ready and terminating ones left out.
+    let v4 = f.checks.get(Family::V4, 32000).expect("v4 health check");
+    let v6 = f.checks.get(Family::V6, 32000).expect("v6 health check");
+    assert_eq!((v4.name.as_str(), v4.local_endpoints), ("dual", 1));
+    assert_eq!((v6.name.as_str(), v6.local_endpoints), ("dual", 2));
+    // A single-stack service only in its family.
+    assert_eq!(f.checks.get(Family::V4, 32001).unwrap().local_endpoints, 1);
+    assert!(f.checks.get(Family::V6, 32001).is_none());
+    assert_eq!(
+        f.checks.ports(),
+        vec![
+            (Family::V4, 32000),
+            (Family::V4, 32001),
+            (Family::V6, 32000)
+        ]
+    );
+}
+
+#[test]
+fn health_checks_listen_where_node_port_addresses_say() {
+    let mut f = fixture(objects(vec![], vec![]));
+    let ips = |a: &[&str]| HealthCheckBind::Ips(a.iter().map(|a| a.parse().unwrap()).collect());
+    let mut bind = |npa: NodePortAddresses, local: &[&str]| {
+        f.syncer.settings.nodeport_addresses = npa;
+        f.syncer.settings.local_addresses =
+            Some(local.iter().map(|a| a.parse().unwrap()).collect());
+        f.syncer.sync(true).unwrap();
+        (f.checks.bind(Family::V4), f.checks.bind(Family::V6))
+    };
+    let cidrs =
+        |c: &[&str]| NodePortAddresses::Cidrs(c.iter().map(|c| c.parse().unwrap()).collect());
+    // `primary`: the node's IP of the family when it is local; a family without one
+    // listens everywhere.
+    assert_eq!(
+        bind(
+            NodePortAddresses::Primary,
+            &["127.0.0.1", "192.168.50.10", "::1"]
+        ),
+        (ips(&["192.168.50.10"]), HealthCheckBind::All)
+    );
+    assert_eq!(
+        bind(NodePortAddresses::Primary, &["127.0.0.1", "::1"]),
+        (ips(&[]), HealthCheckBind::All)
+    );
+    // CIDRs: every local IP of the family inside them, loopback included.
+    assert_eq!(
+        bind(
+            cidrs(&["127.0.0.0/8", "192.168.0.0/16"]),
+            &["10.1.1.1", "127.0.0.1", "192.168.50.10", "::1"]
+        ),
+        (ips(&["127.0.0.1", "192.168.50.10"]), HealthCheckBind::All)
+    );
+    assert_eq!(
+        bind(cidrs(&["::1/128"]), &["127.0.0.1", "::1", "fd00::1"]),
+        (HealthCheckBind::All, ips(&["::1"]))
+    );
+    assert_eq!(
+        bind(cidrs(&["0.0.0.0/0", "fd00::/8"]), &["127.0.0.1", "::1"]),
+        (HealthCheckBind::All, ips(&[]))
+    );
 }
 
 /// Each `clean` call: the family and the ports passed.
