@@ -93,9 +93,14 @@ impl Desc {
     }
 }
 
+/// Upstream's options: subsystem `kubeproxy`, and the help text as component-base
+/// exposes an ALPHA metric's (`[ALPHA] ` + help).
 fn upstream_opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).subsystem(SUBSYSTEM)
+    Opts::new(name, format!("{STABILITY_PREFIX}{help}")).subsystem(SUBSYSTEM)
 }
+
+/// component-base's prefix of every upstream kube-proxy metric's help text.
+const STABILITY_PREFIX: &str = "[ALPHA] ";
 
 // Upstream kube-proxy's metrics (`pkg/proxy/metrics`): sync timings.
 const SYNC_DURATION: Desc = upstream(
@@ -313,17 +318,16 @@ impl Metrics {
         m
     }
 
-    /// Pre-creates the per-family series so the page lists them from the start, as
-    /// upstream does for its unlabelled metrics.
+    /// Pre-creates the two failure counters at 0 for both families. Upstream's labelled
+    /// series appear on first use only; these two are kproxy's deliberate difference
+    /// (docs/daemon.md): a failure counter at 0 reads the same to `rate`/`increase`, and
+    /// an alert on `increase(...) > 0` then fires on the first failure too. Every other
+    /// labelled series appears when upstream's would.
     fn precreate_family_series(&self) {
         for family in [Family::V4, Family::V6] {
             let l = family_label(family);
             self.sync_failures.with_label_values(&[l]);
             self.cleanup_failures.with_label_values(&[l]);
-            self.conntrack_deleted_entries.with_label_values(&[l]);
-            for policy in ["internal", "external"] {
-                self.no_local_endpoints.with_label_values(&[l, policy]);
-            }
         }
     }
 
@@ -360,7 +364,8 @@ mod tests {
             "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv6\"} 1",
             "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 0",
             "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"} 0",
+            "# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
             "# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_total counter",
             "kproxy_drift_repairs_total 0",
         ] {
@@ -377,5 +382,21 @@ mod tests {
         assert_eq!(b.len(), 81);
         assert_eq!(&b[..4], &[0.0, 0.25, 0.5, 1.0]);
         assert_eq!(b[b.len() - 1], 300.0);
+    }
+
+    #[test]
+    fn labelled_series_appear_on_first_use_except_the_failure_counters() {
+        let text = Metrics::new().encode();
+        for absent in [
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "kubeproxy_network_programming_duration_seconds",
+        ] {
+            assert!(!text.contains(absent), "{absent} present in\n{text}");
+        }
+        assert!(text.contains(
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family=\"IPv6\"} 0"
+        ));
     }
 }

@@ -385,6 +385,11 @@ fn exported_metric_families() -> BTreeMap<String, String> {
     m.programmed_service_ports.with_label_values(&f).set(1);
     m.api_events.with_label_values(&["services", "ADDED"]).inc();
     m.last_sync_kind.set(1.0);
+    // Labelled series appear on first use, as upstream's.
+    m.no_local_endpoints
+        .with_label_values(&["IPv4", "internal"])
+        .set(0);
+    m.conntrack_deleted_entries.with_label_values(&f).inc();
     assert!(admin::register_process_metrics(&m));
     m.encode()
         .lines()

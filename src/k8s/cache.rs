@@ -47,10 +47,19 @@
 //! changed and the time is after the cache started, and a service's pending times are
 //! dropped when one of its slices is deleted (upstream's `EndpointsChangeTracker`).
 //!
-//! Metrics: `sync_proxy_rules_{service,endpoint}_changes_total` count every Service /
-//! EndpointSlice event (as upstream counts every informer callback), the `_pending`
-//! gauges the distinct services changed since the last sync, and
-//! `kproxy_watch_events_total{resource,type}` every watch event and error.
+//! Families: every change records the IP families it affects ([`Changes::families`]): a
+//! Service those of its ClusterIPs (old and new), a slice its address type's, the Node
+//! both, a ServiceCIDR none; [`Trigger::notify`] queues only those (nothing for the
+//! changes before the first complete list, as upstream's "synced" callbacks).
+//!
+//! Metrics, counted as upstream's per-family change trackers do (docs/daemon.md):
+//! `sync_proxy_rules_service_changes_total` twice per Service event (one tracker per
+//! family; headless Services never reach upstream), `…_service_changes_pending` the
+//! Services whose IPv6 side changed since the last sync (the IPv6 tracker writes it last),
+//! `…_endpoint_changes_total` once per slice event with a service name and an IPv4/IPv6
+//! address type, `…_endpoint_changes_pending` the slice events that changed something
+//! since the last sync, and `kproxy_watch_events_total{resource,type}` every watch event
+//! and error.
 //!
 //! Must not: interpret objects (that is `model::build`), or block the sync thread for
 //! long: [`Source::objects`] copies `Arc`s under the lock and converts outside it.
@@ -69,11 +78,14 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use super::compact::{prune_node, prune_service_cidr, Interner, ServiceLite, SliceLite};
+use super::compact::{
+    address_family, prune_node, prune_service_cidr, Interner, ServiceLite, SliceLite,
+};
 use crate::metrics::Metrics;
 use crate::model::build::Objects;
-use crate::model::ServiceKey;
-use crate::sync::{Changes, Source, Trigger};
+use crate::model::{ServiceKey, LABEL_SERVICE_NAME};
+use crate::nft::Family;
+use crate::sync::{Changes, Families, Source, Trigger};
 
 /// Upstream kube-proxy's label selector for Services, EndpointSlices (and, through the
 /// shared informer factory, ServiceCIDRs): not handed to another proxy, not the slices of
@@ -177,7 +189,18 @@ struct State {
     endpoints_changed: BTreeSet<ServiceKey>,
     node_changed: bool,
     cidrs_changed: bool,
-    trigger_times: BTreeMap<ServiceKey, Vec<SystemTime>>,
+    /// The families those changes affect.
+    families: Families,
+    /// The families changed but not yet announced ([`Trigger::notify`]).
+    unannounced: Families,
+    /// Services whose IPv6 side changed: upstream's IPv6 change tracker's pending items,
+    /// which `sync_proxy_rules_service_changes_pending` shows (it is written by the IPv4
+    /// tracker, then the IPv6 one, on every Service event: the last writer wins).
+    service_changed_v6: BTreeSet<ServiceKey>,
+    /// EndpointSlice events that changed something (upstream's pending gauge counts
+    /// events, not services).
+    endpoint_events: i64,
+    trigger_times: BTreeMap<(Family, ServiceKey), Vec<SystemTime>>,
 }
 
 impl State {
@@ -196,6 +219,30 @@ impl State {
             "nodes" => self.node_seen.is_some(),
             _ => self.cidrs_seen.is_some(),
         }
+    }
+
+    /// Records that a change affecting `families` is pending.
+    fn mark(&mut self, families: Families) {
+        self.families = self.families.union(families);
+        self.unannounced = self.unannounced.union(families);
+    }
+
+    /// Records a Service change between `old` and `new` (either may be absent): it affects
+    /// the families of their ClusterIPs, as upstream's per-family trackers see it.
+    fn mark_service(
+        &mut self,
+        key: &ServiceKey,
+        old: Option<&ServiceLite>,
+        new: Option<&ServiceLite>,
+    ) {
+        let families = old
+            .map_or(Families::NONE, ServiceLite::families)
+            .union(new.map_or(Families::NONE, ServiceLite::families));
+        if families.contains(Family::V6) {
+            self.service_changed_v6.insert(key.clone());
+        }
+        self.service_changed.insert(key.clone());
+        self.mark(families);
     }
 
     fn prune_entry(&mut self, key: &ServiceKey) {
@@ -218,8 +265,9 @@ impl State {
         if entry.service.as_deref() == Some(&lite) {
             return false;
         }
-        entry.service = Some(Arc::new(lite));
-        self.service_changed.insert(key);
+        let old = entry.service.replace(Arc::new(lite));
+        let new = entry.service.clone();
+        self.mark_service(&key, old.as_deref(), new.as_deref());
         true
     }
 
@@ -227,11 +275,11 @@ impl State {
         let Some(entry) = self.entries.get_mut(key) else {
             return false;
         };
-        if entry.service.take().is_none() {
+        let Some(old) = entry.service.take() else {
             return false;
-        }
+        };
         self.prune_entry(key);
-        self.service_changed.insert(key.clone());
+        self.mark_service(key, Some(&old), None);
         true
     }
 
@@ -260,6 +308,7 @@ impl State {
             }
         };
         let key = ServiceKey::new(&*lite.namespace, owner);
+        let family = lite.family();
         let mut changed = false;
         if let Some(old_owner) = self.slice_owner.get(&skey) {
             if **old_owner != *key.name {
@@ -275,9 +324,13 @@ impl State {
             changed = true;
         }
         if changed {
-            if let Some(t) = trigger.filter(|t| *t > started) {
-                self.trigger_times.entry(key.clone()).or_default().push(t);
+            if let (Some(t), Some(f)) = (trigger.filter(|t| *t > started), family) {
+                self.trigger_times
+                    .entry((f, key.clone()))
+                    .or_default()
+                    .push(t);
             }
+            self.mark(family.into_iter().collect());
             self.endpoints_changed.insert(key);
         }
         changed
@@ -288,11 +341,17 @@ impl State {
             return false;
         };
         let key = ServiceKey::new(&*skey.0, &*owner);
+        let mut family = None;
         if let Some(entry) = self.entries.get_mut(&key) {
+            family = entry.slices.get(&skey.1).and_then(|s| s.family());
             entry.slices.remove(&skey.1);
         }
         self.prune_entry(&key);
-        self.trigger_times.remove(&key);
+        if let Some(f) = family {
+            // Upstream's tracker of the slice's family forgets the service's times.
+            self.trigger_times.remove(&(f, key.clone()));
+        }
+        self.mark(family.into_iter().collect());
         self.endpoints_changed.insert(key);
         true
     }
@@ -451,10 +510,10 @@ impl Cache {
         };
         self.metrics
             .service_changes_pending
-            .set(st.service_changed.len() as i64);
+            .set(st.service_changed_v6.len() as i64);
         self.metrics
             .endpoint_changes_pending
-            .set(st.endpoints_changed.len() as i64);
+            .set(st.endpoint_events);
         let pending = !st.service_changed.is_empty()
             || !st.endpoints_changed.is_empty()
             || st.node_changed
@@ -464,9 +523,20 @@ impl Cache {
         let wake = st.synced()
             && !st.relisting(resource)
             && (changed || (kind == "InitDone" && pending) || !was_synced);
+        // Queued for the families changed since the last announcement; the changes that
+        // came before the first complete list queue nothing (upstream syncs them from its
+        // "synced" callbacks, without `Sync()`).
+        let families = match (wake, was_synced) {
+            (false, _) => Families::NONE,
+            (true, true) => std::mem::take(&mut st.unannounced),
+            (true, false) => {
+                st.unannounced = Families::NONE;
+                Families::NONE
+            }
+        };
         drop(st);
         if wake {
-            self.trigger.notify();
+            self.trigger.notify(families);
         }
         changed
     }
@@ -479,11 +549,11 @@ impl Cache {
                 false
             }
             Event::Apply(svc) | Event::InitApply(svc) => {
-                m.inc();
+                count_service(m, &svc);
                 st.put_service(svc)
             }
             Event::Delete(svc) => {
-                m.inc();
+                count_service(m, &svc);
                 let key = ServiceKey::new(
                     svc.metadata.namespace.unwrap_or_default(),
                     svc.metadata.name.unwrap_or_default(),
@@ -503,7 +573,13 @@ impl Cache {
                     .collect();
                 let mut changed = false;
                 for key in gone {
-                    m.inc();
+                    let headless = st.entries[&key]
+                        .service
+                        .as_ref()
+                        .is_some_and(|s| s.headless());
+                    if !headless {
+                        m.inc_by(CHANGE_TRACKERS);
+                    }
                     changed |= st.delete_service(&key);
                 }
                 changed
@@ -519,17 +595,21 @@ impl Cache {
                 false
             }
             Event::Apply(slice) | Event::InitApply(slice) => {
-                m.inc();
-                st.put_slice(slice, self.started)
+                count_slice(m, &slice);
+                let changed = st.put_slice(slice, self.started);
+                st.endpoint_events += changed as i64;
+                changed
             }
             Event::Delete(slice) => {
-                m.inc();
+                count_slice(m, &slice);
                 let ns = slice.metadata.namespace.unwrap_or_default();
                 let skey: SliceKey = (
                     st.interner.atom(&ns),
                     slice.metadata.name.unwrap_or_default().into_boxed_str(),
                 );
-                st.delete_slice(&skey)
+                let changed = st.delete_slice(&skey);
+                st.endpoint_events += changed as i64;
+                changed
             }
             Event::InitDone => {
                 st.slices_synced = true;
@@ -544,8 +624,11 @@ impl Cache {
                     .collect();
                 let mut changed = false;
                 for skey in gone {
+                    // Stored, so it has a service name and an IP address type: counted.
                     m.inc();
-                    changed |= st.delete_slice(&skey);
+                    let gone = st.delete_slice(&skey);
+                    st.endpoint_events += gone as i64;
+                    changed |= gone;
                 }
                 st.interner.gc();
                 changed
@@ -587,6 +670,10 @@ impl Cache {
             }
         };
         st.node_changed |= changed;
+        if changed {
+            // Upstream's topology change: both proxiers `Sync()`.
+            st.mark(Families::BOTH);
+        }
         changed
     }
 
@@ -670,6 +757,35 @@ impl Cache {
     }
 }
 
+/// Upstream's change trackers per Service event: one per family, and kproxy (like
+/// upstream on an IPv6-capable kernel) always runs both.
+const CHANGE_TRACKERS: u64 = 2;
+
+/// `sync_proxy_rules_service_changes_total` for one Service event: once per family's
+/// change tracker; a headless Service never reaches upstream (its informer's field
+/// selector `spec.clusterIP!=None`).
+fn count_service(m: &prometheus::IntCounter, svc: &Service) {
+    let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+    if !headless {
+        m.inc_by(CHANGE_TRACKERS);
+    }
+}
+
+/// `sync_proxy_rules_endpoint_changes_total` for one EndpointSlice event: once, by the
+/// tracker of its family, when it has a service name and an IP address type (upstream
+/// drops FQDN and unnamed slices before counting).
+fn count_slice(m: &prometheus::IntCounter, slice: &EndpointSlice) {
+    let named = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .is_some_and(|n| !n.is_empty());
+    if named && address_family(&slice.address_type).is_some() {
+        m.inc();
+    }
+}
+
 /// `(resource, type)` labels of `kproxy_watch_events_total`.
 fn describe(u: &Update) -> (&'static str, &'static str) {
     fn kind<K>(e: &Event<K>) -> &'static str {
@@ -698,13 +814,16 @@ impl Source for Cache {
         let mut st = self.lock();
         let mut services = std::mem::take(&mut st.service_changed);
         services.append(&mut std::mem::take(&mut st.endpoints_changed));
+        st.service_changed_v6.clear();
+        st.endpoint_events = 0;
         let changes = Changes {
             services,
+            families: std::mem::take(&mut st.families),
             node: std::mem::take(&mut st.node_changed),
             service_cidrs: std::mem::take(&mut st.cidrs_changed),
             trigger_times: std::mem::take(&mut st.trigger_times)
-                .into_values()
-                .flatten()
+                .into_iter()
+                .flat_map(|((f, _), times)| times.into_iter().map(move |t| (f, t)))
                 .collect(),
         };
         drop(st);

@@ -36,6 +36,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::model::{
     LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE, TAINT_TO_BE_DELETED,
 };
+use crate::nft::Family;
+use crate::sync::Families;
 
 type Str = Box<str>;
 type Atom = Arc<str>;
@@ -213,6 +215,36 @@ impl ServiceLite {
         }
     }
 
+    /// The families of the ClusterIPs (`spec.clusterIPs`, else `spec.clusterIP`): the
+    /// per-family proxiers upstream's change trackers hand this Service to (none for an
+    /// ExternalName or headless Service, as upstream's `ShouldSkipService`).
+    pub fn families(&self) -> Families {
+        let Some(spec) = self.spec.as_deref() else {
+            return Families::NONE;
+        };
+        let primary = spec.cluster_ip.as_deref().unwrap_or("");
+        if spec.type_.as_deref() == Some("ExternalName") || primary.is_empty() || primary == "None"
+        {
+            return Families::NONE;
+        }
+        let ips = match spec.cluster_ips.as_deref() {
+            Some(ips) if !ips.is_empty() => ips.iter().map(|ip| &**ip).collect::<Vec<&str>>(),
+            _ => vec![primary],
+        };
+        ips.into_iter()
+            .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| Family::of(&ip))
+            .collect()
+    }
+
+    /// `spec.clusterIP: None`: upstream's Service informer never sees it (field selector
+    /// `spec.clusterIP!=None`).
+    pub fn headless(&self) -> bool {
+        self.spec
+            .as_deref()
+            .is_some_and(|s| s.cluster_ip.as_deref() == Some("None"))
+    }
+
     pub fn to_k8s(&self) -> Service {
         let spec = self.spec.as_ref().map(|s| ServiceSpec {
             type_: unatom(&s.type_),
@@ -319,6 +351,11 @@ struct HintsLite {
 }
 
 impl SliceLite {
+    /// The family of the address type (`None` for FQDN or anything else).
+    pub fn family(&self) -> Option<Family> {
+        address_family(&self.address_type)
+    }
+
     pub fn from_k8s(slice: EndpointSlice, i: &mut Interner) -> SliceLite {
         let EndpointSlice {
             address_type,
@@ -499,6 +536,16 @@ pub fn prune_service_cidr(sc: ServiceCIDR) -> ServiceCIDR {
         },
         spec: sc.spec.map(|s| ServiceCIDRSpec { cidrs: s.cidrs }),
         status: None,
+    }
+}
+
+/// The family of an EndpointSlice `addressType` (`IPv4`, `IPv6`; `None` for FQDN, the one
+/// type upstream's proxiers do not take).
+pub fn address_family(address_type: &str) -> Option<Family> {
+    match address_type {
+        "IPv4" => Some(Family::V4),
+        "IPv6" => Some(Family::V6),
+        _ => None,
     }
 }
 

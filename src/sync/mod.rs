@@ -12,6 +12,10 @@
 //! rules without a flush. A failed transaction is counted and retried as a full sync with
 //! backoff, always within `sync_period`.
 //!
+//! Metrics and health are recorded per family as upstream's two proxiers would: a sync
+//! covers both families when full, its changes' [`Families`] when partial, and records
+//! its series for those only (docs/daemon.md, "Metrics per family").
+//!
 //! [`Syncer`] is generic over a [`Source`] (the informer cache, or a test's in-memory
 //! one) and a [`Backend`] (netlink, or the fake): no kube client, no sockets of its own.
 //! Conntrack cleanup and Kubernetes Events reach it as trait objects ([`FlowCleaner`],
@@ -33,7 +37,9 @@ use crate::nft::tx::TableRef;
 use crate::nft::{Family, Protocol, Ruleset};
 use crate::render::incremental::Renderer;
 
+mod families;
 mod healthcheck;
+pub use families::Families;
 use healthcheck::HealthCheckPort;
 
 /// Upstream's full resync period.
@@ -48,13 +54,18 @@ pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_secs(1);
 pub struct Changes {
     /// Services whose Service object or EndpointSlices changed (added, updated, deleted).
     pub services: BTreeSet<ServiceKey>,
+    /// The families `services`' changes affect: a Service change the families of its
+    /// ClusterIPs (before and after), an EndpointSlice change its address type's family.
+    /// A partial sync records its series for these families only.
+    pub families: Families,
     /// This node's Node object changed (addresses, labels, deletion).
     pub node: bool,
     /// A ServiceCIDR changed.
     pub service_cidrs: bool,
     /// `endpoints.kubernetes.io/last-change-trigger-time` of the EndpointSlice changes
-    /// (and Service creation times) included, for `network_programming_duration_seconds`.
-    pub trigger_times: Vec<SystemTime>,
+    /// included, with the slice's family, for `network_programming_duration_seconds`
+    /// (upstream records no other times there: Service creation is not measured).
+    pub trigger_times: Vec<(Family, SystemTime)>,
 }
 
 impl Changes {
@@ -119,17 +130,13 @@ impl Trigger {
         })
     }
 
-    /// A change is queued: records the time for `/healthz` and the metrics, and wakes
-    /// the loop.
-    pub fn notify(&self) {
-        let now = SystemTime::now();
-        for family in [Family::V4, Family::V6] {
-            self.health.queued_update(family, now);
-            self.metrics
-                .last_queued_timestamp
-                .with_label_values(&[family_label(family)])
-                .set(unix_seconds(now));
-        }
+    /// A change is queued for `families` (upstream's `Sync()` of those families'
+    /// proxiers): records the time for `/healthz` and
+    /// `sync_proxy_rules_last_queued_timestamp_seconds` of those families only, and wakes
+    /// the loop. [`Families::NONE`] just wakes it (as upstream's informer-synced and
+    /// ServiceCIDR callbacks, which sync without queuing).
+    pub fn notify(&self, families: Families) {
+        queued(&self.health, &self.metrics, families, SystemTime::now());
         *self.pending.lock().expect("trigger lock") = true;
         self.cv.notify_all();
     }
@@ -143,7 +150,7 @@ impl Trigger {
         std::mem::take(&mut *self.pending.lock().expect("trigger lock"))
     }
 
-    fn is_pending(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         *self.pending.lock().expect("trigger lock")
     }
 
@@ -314,6 +321,8 @@ pub struct Syncer<S: Source + ?Sized, B: Backend> {
     local_addresses: Option<Box<dyn Fn() -> Vec<IpAddr> + Send>>,
     facts: Facts,
     needs_full: bool,
+    /// The sync under way is (or turned into) a full one: it covers both families.
+    attempt_full: bool,
     last_sync: Option<Instant>,
     last_full: Option<Instant>,
     retry_at: Option<Instant>,
@@ -333,10 +342,22 @@ pub enum SyncError {
     Backend(#[from] BackendError),
 }
 
-/// Counts one event in both families' series (kproxy syncs both tables at once).
-fn inc_per_family(counter: &prometheus::IntCounterVec) {
-    for family in [Family::V4, Family::V6] {
+/// Counts one event in the series of each of `families`.
+fn inc_per_family(counter: &prometheus::IntCounterVec, families: Families) {
+    for family in families.iter() {
         counter.with_label_values(&[family_label(family)]).inc();
+    }
+}
+
+/// Upstream's `Sync()` bookkeeping for `families`: the health's oldest queued update and
+/// `sync_proxy_rules_last_queued_timestamp_seconds`.
+fn queued(health: &ProxyHealth, metrics: &Metrics, families: Families, now: SystemTime) {
+    for family in families.iter() {
+        health.queued_update(family, now);
+        metrics
+            .last_queued_timestamp
+            .with_label_values(&[family_label(family)])
+            .set(unix_seconds(now));
     }
 }
 
@@ -372,6 +393,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             after_full_sync: None,
             facts: Facts::default(),
             needs_full: true,
+            attempt_full: false,
             last_sync: None,
             last_full: None,
             retry_at: None,
@@ -411,6 +433,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
     /// Runs until `stop` is set: waits for changes, respects the periods, syncs, checks
     /// for drift. Blocking; the daemon gives it a thread of its own.
     pub fn run(&mut self, trigger: &Trigger, stop: &AtomicBool) {
+        self.loop_started();
         let mut next_drift = Instant::now() + self.config.drift_check_period;
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
@@ -457,6 +480,21 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         }
     }
 
+    /// What upstream's `SyncLoop` does as it starts, in each family's proxier: the health
+    /// counts the family as updated (nothing queued) and
+    /// `sync_proxy_rules_last_queued_timestamp_seconds` is set, "as the informers are
+    /// syncing". [`Syncer::run`] calls it first.
+    pub fn loop_started(&self) {
+        let now = SystemTime::now();
+        for family in Families::BOTH.iter() {
+            self.health.updated(family, now);
+            self.metrics
+                .last_queued_timestamp
+                .with_label_values(&[family_label(family)])
+                .set(unix_seconds(now));
+        }
+    }
+
     fn sync_logged(&mut self, full: bool) {
         match self.sync(full) {
             Ok(r) => {
@@ -481,6 +519,9 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
 
     /// One sync now: full when `full` or when the renderer cannot update in place.
     /// On failure the next sync is full, after a backoff (doubling up to `sync_period`).
+    ///
+    /// Its series are recorded for the families it covers, as upstream's per-family
+    /// proxiers would: both for a full sync, the changes' families for a partial one.
     pub fn sync(&mut self, full: bool) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
         let changes = self.source.take_changes();
@@ -493,25 +534,37 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             }
         }
         let full = full || self.needs_full || changes.node || changes.service_cidrs;
+        self.attempt_full = full;
         let result = if full {
             self.full_sync(&changes)
         } else {
             self.partial_sync(&changes)
         };
         self.last_sync = Some(Instant::now());
+        // A partial sync that had to render everything counts as full.
+        let covered = if self.attempt_full {
+            Families::BOTH
+        } else {
+            changes.families
+        };
+        let elapsed = start.elapsed();
         match result {
             Ok(mut report) => {
                 let now = SystemTime::now();
-                report.elapsed = start.elapsed();
+                report.elapsed = elapsed;
                 report.services_changed = changes.services.len();
-                self.record_success(&report, &changes, now);
+                self.record_success(&report, &changes, covered, now);
+                self.record_duration(covered, report.full, elapsed);
                 self.needs_full = false;
                 self.retry_at = None;
                 self.backoff = self.config.first_backoff();
                 Ok(report)
             }
             Err(e) => {
-                inc_per_family(&self.metrics.sync_failures);
+                // As upstream: the failure and the attempt's duration are recorded; the
+                // changes' trigger times are lost.
+                inc_per_family(&self.metrics.sync_failures, covered);
+                self.record_duration(covered, self.attempt_full, elapsed);
                 self.needs_full = true;
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(self.config.sync_period);
@@ -520,53 +573,64 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         }
     }
 
-    fn record_success(&mut self, r: &SyncReport, changes: &Changes, now: SystemTime) {
-        let secs = r.elapsed.as_secs_f64();
-        for family in [Family::V4, Family::V6] {
+    /// `sync_proxy_rules_duration_seconds` and its full or partial twin, for `families`
+    /// (upstream's deferred observation: successful and failed syncs alike).
+    fn record_duration(&self, families: Families, full: bool, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let kind = if full {
+            &self.metrics.sync_full_duration
+        } else {
+            &self.metrics.sync_partial_duration
+        };
+        for family in families.iter() {
             let l = [family_label(family)];
-            self.health.updated(family, now);
             self.metrics
                 .sync_duration
                 .with_label_values(&l)
                 .observe(secs);
-            if r.full {
-                self.metrics
-                    .sync_full_duration
-                    .with_label_values(&l)
-                    .observe(secs);
-            } else {
-                self.metrics
-                    .sync_partial_duration
-                    .with_label_values(&l)
-                    .observe(secs);
-            }
-            self.metrics
-                .last_sync_timestamp
-                .with_label_values(&l)
-                .set(unix_seconds(now));
-            for t in &changes.trigger_times {
+            kind.with_label_values(&l).observe(secs);
+        }
+    }
+
+    /// Upstream's end of a successful sync, per covered family: network programming
+    /// latency of the trigger times of that family, the no-local-endpoints gauges, the
+    /// health's update and `sync_proxy_rules_last_timestamp_seconds`.
+    fn record_success(
+        &mut self,
+        r: &SyncReport,
+        changes: &Changes,
+        covered: Families,
+        now: SystemTime,
+    ) {
+        for family in covered.iter() {
+            let l = family_label(family);
+            for (_, t) in changes.trigger_times.iter().filter(|(f, _)| *f == family) {
                 if let Ok(d) = now.duration_since(*t) {
                     self.metrics
                         .network_programming_duration
-                        .with_label_values(&l)
+                        .with_label_values(&[l])
                         .observe(d.as_secs_f64());
                 }
             }
-        }
-        self.metrics
-            .last_sync_kind
-            .set(if r.full { 1.0 } else { 0.0 });
-        for family in [Family::V4, Family::V6] {
-            let l = family_label(family);
             for (i, policy) in [(1, "internal"), (2, "external")] {
                 self.metrics
                     .no_local_endpoints
                     .with_label_values(&[l, policy])
                     .set(self.facts.total(family, i));
             }
+            self.health.updated(family, now);
+            self.metrics
+                .last_sync_timestamp
+                .with_label_values(&[l])
+                .set(unix_seconds(now));
+        }
+        self.metrics
+            .last_sync_kind
+            .set(if r.full { 1.0 } else { 0.0 });
+        for family in [Family::V4, Family::V6] {
             self.metrics
                 .programmed_service_ports
-                .with_label_values(&[l])
+                .with_label_values(&[family_label(family)])
                 .set(self.facts.total(family, 0));
         }
         self.publish_health_checks();
@@ -649,6 +713,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
     }
 
     fn full_sync(&mut self, _changes: &Changes) -> Result<SyncReport, SyncError> {
+        self.attempt_full = true;
         // The model is built and rendered a chunk at a time and each chunk dropped once
         // rendered, keeping what later partial syncs need of it: the commit is the sync's
         // memory peak, and the whole model would add ~110 MiB to the render's (50k × 10).
@@ -829,9 +894,10 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
     fn delete_deferred(&mut self) {
         self.deferred_at = None;
         let chains = std::mem::take(&mut self.deferred);
+        let failed: Families = chains.iter().map(|(t, _)| t.family).collect();
         if let Err(e) = apply::delete_chains(&mut self.backend, chains) {
             tracing::warn!(error = %e, "deleting stale chains failed; the next full sync retries");
-            inc_per_family(&self.metrics.cleanup_failures);
+            inc_per_family(&self.metrics.cleanup_failures, failed);
             self.needs_full = true;
         }
         self.generation = self.backend_generation();

@@ -108,12 +108,46 @@ impl MemorySource {
                 keys.insert(k.clone());
             }
         }
+        for o in [&old, &new] {
+            for s in o
+                .services
+                .iter()
+                .filter(|s| keys.contains(&key_of_service(s)))
+            {
+                g.2.families = g.2.families.union(service_families(s));
+            }
+            for s in o.slices.iter().filter(|s| keys.contains(&key_of_slice(s))) {
+                g.2.families = g.2.families.union(slice_families(s));
+            }
+        }
         let nodes = |o: &Objects| o.nodes.iter().map(|n| json(n)).collect::<Vec<_>>();
         let cidrs = |o: &Objects| o.service_cidrs.iter().map(|n| json(n)).collect::<Vec<_>>();
         g.2.node |= nodes(&old) != nodes(&new);
         g.2.service_cidrs |= cidrs(&old) != cidrs(&new);
         g.2.services.extend(keys);
         g.1 = new;
+    }
+}
+
+/// The families of a Service's ClusterIPs (the cache's rule, on plain objects).
+fn service_families(s: &Service) -> Families {
+    let spec = s.spec.clone().unwrap_or_default();
+    let ips = match spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips,
+        _ => spec.cluster_ip.into_iter().collect(),
+    };
+    ips.iter()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| Family::of(&ip))
+        .collect()
+}
+
+/// The family of a slice's address type.
+fn slice_families(s: &EndpointSlice) -> Families {
+    match s.address_type.as_str() {
+        "IPv4" => Families::of(Family::V4),
+        "IPv6" => Families::of(Family::V6),
+        _ => Families::NONE,
     }
 }
 
@@ -702,7 +736,7 @@ fn nothing_is_programmed_before_the_source_is_synced() {
     f.source.inner.lock().unwrap().0 = false;
     let trigger = Trigger::new(f.health.clone(), f.metrics.clone());
     let (stop, h) = run_in_background(f.syncer, trigger.clone());
-    trigger.notify();
+    trigger.notify(Families::BOTH);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     trigger.wake();
@@ -729,7 +763,7 @@ fn changes_coalesce_and_respect_the_min_sync_period() {
                 &[(&format!("10.244.1.{}", 10 + i), "node-a")],
             )],
         ));
-        trigger.notify();
+        trigger.notify(Families::BOTH);
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(900));

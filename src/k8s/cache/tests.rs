@@ -108,7 +108,10 @@ fn synced_after_all_first_lists_and_notified_then() {
     c.apply(Update::Node(Event::Init));
     c.apply(Update::Node(Event::InitDone));
     assert!(c.synced());
-    assert!(notified(&m));
+    // The loop is woken, but nothing is queued: upstream syncs the first lists from its
+    // "synced" callbacks, without `Sync()`.
+    assert!(!notified(&m));
+    assert!(c.trigger.is_pending());
     let ch = c.take_changes();
     assert_eq!(ch.services, keys(&["a"]));
     assert!(c.take_changes().is_empty());
@@ -221,8 +224,8 @@ fn no_op_events_are_not_changes() {
     assert!(!notified(&m));
     assert_eq!(
         m.service_changes_total.get(),
-        before + 1,
-        "every event counts"
+        before + 2,
+        "every event counts, once per family's change tracker"
     );
     assert_eq!(m.service_changes_pending.get(), 0);
 }
@@ -251,10 +254,12 @@ fn changes_wake_the_loop_and_update_metrics() {
         "b",
         &["10.1.0.3"],
     ))));
-    assert_eq!(m.service_changes_total.get(), svc_total + 1);
+    assert_eq!(m.service_changes_total.get(), svc_total + 2);
     assert_eq!(m.endpoint_changes_total.get(), ep_total + 3);
-    assert_eq!(m.service_changes_pending.get(), 1);
-    assert_eq!(m.endpoint_changes_pending.get(), 2, "distinct services");
+    // Upstream's gauge holds the IPv6 tracker's count (the last writer): an IPv4-only
+    // Service is not pending there.
+    assert_eq!(m.service_changes_pending.get(), 0);
+    assert_eq!(m.endpoint_changes_pending.get(), 3, "changing events");
     assert_eq!(
         m.api_events
             .with_label_values(&["endpointslices", "Apply"])
@@ -263,6 +268,49 @@ fn changes_wake_the_loop_and_update_metrics() {
     );
     assert_eq!(c.take_changes().services, keys(&["a", "b"]));
     assert_eq!(m.endpoint_changes_pending.get(), 0);
+}
+
+#[test]
+fn changes_carry_their_families() {
+    let (c, m) = cache();
+    let dual = svc_b("d", "10.0.0.2")
+        .cluster_ips(&["10.0.0.2", "fd00::2"])
+        .build();
+    synced_with(&c, vec![svc("a", "10.0.0.1"), dual], vec![]);
+    c.take_changes();
+    let queued = |f: &str| {
+        let g = m.last_queued_timestamp.with_label_values(&[f]);
+        let q = g.get() > 0.0;
+        g.set(0.0);
+        q
+    };
+    queued("IPv4");
+    queued("IPv6");
+    // An IPv4-only Service: the IPv4 proxier only.
+    c.apply(Update::Service(Event::Apply(svc("a", "10.0.0.9"))));
+    assert!(queued("IPv4") && !queued("IPv6"));
+    assert_eq!(c.take_changes().families, Families::of(Family::V4));
+    // A dual-stack Service: both; pending in the IPv6 tracker.
+    let dual = svc_b("d", "10.0.0.2")
+        .cluster_ips(&["10.0.0.2", "fd00::2"])
+        .port("q", 81, "TCP")
+        .build();
+    c.apply(Update::Service(Event::Apply(dual)));
+    assert!(queued("IPv4") && queued("IPv6"));
+    assert_eq!(m.service_changes_pending.get(), 1);
+    assert_eq!(c.take_changes().families, Families::BOTH);
+    // An IPv6 slice: the IPv6 proxier only.
+    let v6 = slice_b("d-6", "d", &["fd00:1::1"])
+        .address_type("IPv6")
+        .build();
+    c.apply(Update::Slice(Event::Apply(v6)));
+    assert!(!queued("IPv4") && queued("IPv6"));
+    assert_eq!(c.take_changes().families, Families::of(Family::V6));
+    // An FQDN slice is not counted (upstream drops it before its trackers).
+    let total = m.endpoint_changes_total.get();
+    let fqdn = slice_b("d-f", "d", &[]).address_type("FQDN").build();
+    c.apply(Update::Slice(Event::Apply(fqdn)));
+    assert_eq!(m.endpoint_changes_total.get(), total);
 }
 
 #[test]
@@ -368,7 +416,10 @@ fn trigger_times() {
     let ch = c.take_changes();
     assert_eq!(
         ch.trigger_times,
-        vec![UNIX_EPOCH + Duration::from_millis(1_704_067_201_500)]
+        vec![(
+            crate::nft::Family::V4,
+            UNIX_EPOCH + Duration::from_millis(1_704_067_201_500)
+        )]
     );
     // A slice deletion drops the service's pending times (upstream).
     c.apply(Update::Slice(Event::Apply(with_time(
