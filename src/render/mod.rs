@@ -31,6 +31,14 @@ pub use slots::{Existing, Policy, Ranges, SlotAllocator};
 /// Name of kproxy's table in each family.
 pub const TABLE: &str = "kproxy";
 
+/// The tables kproxy owns: [`TABLE`] in each family (what `kproxy cleanup` removes).
+pub fn own_tables() -> Vec<tx::TableRef> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| tx::TableRef::new(f, TABLE))
+        .collect()
+}
+
 /// Chain, set and map names of the fixed skeleton.
 pub mod names {
     pub const FILTER_PREROUTING: &str = "filter-prerouting";
