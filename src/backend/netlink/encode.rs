@@ -268,165 +268,19 @@ fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch
     );
     b.finish(start, MsgKind::BatchBegin, None, Vec::new());
 
-    // Sets declared by this transaction: shape and NFTA_SET_ID.
-    let mut local: HashMap<(Family, String, String), (SetShape, u32)> = HashMap::new();
-    let mut deleted: Vec<(Family, String, String)> = Vec::new();
-    let mut next_id = 1u32;
-
+    let mut sets = TxSets {
+        catalog,
+        local: HashMap::new(),
+        deleted: Vec::new(),
+        next_id: 1,
+    };
     for index in 0..ops.len() {
         let op = ops.get(index);
-        let err = |reason: String| EncodeError {
+        encode_op(&mut b, &mut sets, index, op).map_err(|reason| EncodeError {
             index,
             op: op.describe(),
             reason,
-        };
-        let t = op.table();
-        let fam = family_proto(t.family);
-        let shape_of = |set: &str| -> Option<(SetShape, Option<u32>)> {
-            let k = (t.family, t.name.clone(), set.to_string());
-            if let Some((s, id)) = local.get(&k) {
-                return Some((s.clone(), Some(*id)));
-            }
-            if deleted.contains(&k) {
-                return None;
-            }
-            catalog.get(t, set).map(|s| (s.clone(), None))
-        };
-        match op {
-            Op::AddTable { table, comment } => {
-                let m = b.begin(msg(c::NFT_MSG_NEWTABLE), create(), fam, 0);
-                b.w.str(c::NFTA_TABLE_NAME, &table.name);
-                b.w.u32_be(c::NFTA_TABLE_FLAGS, 0);
-                if let Some(cm) = comment {
-                    let mut u = Udata::new();
-                    u.put_strz(c::UDATA_TABLE_COMMENT, &clean_comment(cm));
-                    b.w.attr(c::NFTA_TABLE_USERDATA, &u.buf);
-                }
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-            }
-            Op::DeleteTable { table } => {
-                let m = b.begin(msg(c::NFT_MSG_DELTABLE), c::NLM_F_REQUEST, fam, 0);
-                b.w.str(c::NFTA_TABLE_NAME, &table.name);
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-                local.retain(|(f, n, _), _| !(*f == table.family && *n == table.name));
-            }
-            Op::AddChain { table, chain } => {
-                let m = b.begin(msg(c::NFT_MSG_NEWCHAIN), create(), fam, 0);
-                write_chain(&mut b.w, table, chain);
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-            }
-            Op::FlushChain { table, chain } => {
-                let m = b.begin(msg(c::NFT_MSG_DELRULE), c::NLM_F_REQUEST, fam, 0);
-                b.w.str(c::NFTA_RULE_TABLE, &table.name);
-                b.w.str(c::NFTA_RULE_CHAIN, chain);
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-            }
-            Op::DeleteChain { table, chain } => {
-                let m = b.begin(msg(c::NFT_MSG_DELCHAIN), c::NLM_F_REQUEST, fam, 0);
-                b.w.str(c::NFTA_CHAIN_TABLE, &table.name);
-                b.w.str(c::NFTA_CHAIN_NAME, chain);
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-            }
-            Op::AddRule { table, chain, rule } => {
-                let sets = |name: &str| match shape_of(name) {
-                    Some((s, id)) => SetRef {
-                        id,
-                        interval: s.interval,
-                    },
-                    None => SetRef::default(),
-                };
-                let exprs = encode_stmts(table.family, &rule.stmts, &sets).map_err(err)?;
-                let m = b.begin(msg(c::NFT_MSG_NEWRULE), create() | c::NLM_F_APPEND, fam, 0);
-                b.w.str(c::NFTA_RULE_TABLE, &table.name);
-                b.w.str(c::NFTA_RULE_CHAIN, chain);
-                let n = b.w.nest_begin(c::NFTA_RULE_EXPRESSIONS);
-                for e in &exprs {
-                    e.write(&mut b.w);
-                }
-                b.w.nest_end(n);
-                if let Some(cm) = &rule.comment {
-                    let mut u = Udata::new();
-                    u.put_strz(c::UDATA_RULE_COMMENT, &clean_comment(cm));
-                    b.w.attr(c::NFTA_RULE_USERDATA, &u.buf);
-                }
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-            }
-            Op::AddSet { table, set } => {
-                let id = next_id;
-                next_id += 1;
-                let m = b.begin(msg(c::NFT_MSG_NEWSET), create(), fam, 0);
-                write_set(&mut b.w, table, set, id).map_err(err)?;
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-                let k = (table.family, table.name.clone(), set.name.clone());
-                deleted.retain(|d| *d != k);
-                // Adding an existing set leaves the kernel's alone: keep the first shape.
-                local.entry(k).or_insert((SetShape::of(set), id));
-            }
-            Op::DeleteSet { table, set } => {
-                let m = b.begin(msg(c::NFT_MSG_DELSET), c::NLM_F_REQUEST, fam, 0);
-                b.w.str(c::NFTA_SET_TABLE, &table.name);
-                b.w.str(c::NFTA_SET_NAME, set);
-                b.finish(m, MsgKind::Op, Some(index), Vec::new());
-                let k = (table.family, table.name.clone(), set.clone());
-                local.remove(&k);
-                deleted.push(k);
-            }
-            Op::AddElements {
-                table,
-                set,
-                elements,
-            } => {
-                let (shape, id) = shape_of(set).ok_or_else(|| {
-                    err(format!(
-                        "set {set} is not declared in the transaction nor known"
-                    ))
-                })?;
-                let mut encoded = Encoded::with_capacity(elements.len());
-                for e in elements {
-                    let start = encoded.w.buf.len();
-                    write_element(&mut encoded.w, table.family, &shape, ElemRef::Add(e)).map_err(
-                        |r| err(format!("element {}: {r}", crate::nft::text::element(e))),
-                    )?;
-                    encoded.spans.push((start, encoded.w.buf.len()));
-                }
-                b.element_msgs(
-                    c::NFT_MSG_NEWSETELEM,
-                    create(),
-                    fam,
-                    table,
-                    set,
-                    id,
-                    index,
-                    encoded,
-                );
-            }
-            Op::DeleteElements { table, set, keys } => {
-                let (shape, id) = shape_of(set).ok_or_else(|| {
-                    err(format!(
-                        "set {set} is not declared in the transaction nor known"
-                    ))
-                })?;
-                let mut encoded = Encoded::with_capacity(keys.len());
-                for k in keys {
-                    let start = encoded.w.buf.len();
-                    write_element(&mut encoded.w, table.family, &shape, ElemRef::Delete(k))
-                        .map_err(|r| {
-                            err(format!("element {}: {r}", crate::nft::text::values(k)))
-                        })?;
-                    encoded.spans.push((start, encoded.w.buf.len()));
-                }
-                b.element_msgs(
-                    c::NFT_MSG_DELSETELEM,
-                    c::NLM_F_REQUEST,
-                    fam,
-                    table,
-                    set,
-                    id,
-                    index,
-                    encoded,
-                );
-            }
-        }
+        })?;
         ops.encoded(index);
     }
 
@@ -446,6 +300,156 @@ fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch
         msgs: b.msgs,
         seq0,
     })
+}
+
+/// The sets an encoding knows: those this transaction declares (shape and NFTA_SET_ID) or
+/// deletes, on top of the catalog of what the kernel holds.
+struct TxSets<'c> {
+    catalog: &'c SetCatalog,
+    local: HashMap<(Family, String, String), (SetShape, u32)>,
+    deleted: Vec<(Family, String, String)>,
+    next_id: u32,
+}
+
+impl TxSets<'_> {
+    /// The shape of a set, and its NFTA_SET_ID when this transaction declares it.
+    fn shape_of(&self, t: &TableRef, set: &str) -> Option<(SetShape, Option<u32>)> {
+        let k = (t.family, t.name.clone(), set.to_string());
+        if let Some((s, id)) = self.local.get(&k) {
+            return Some((s.clone(), Some(*id)));
+        }
+        if self.deleted.contains(&k) {
+            return None;
+        }
+        self.catalog.get(t, set).map(|s| (s.clone(), None))
+    }
+}
+
+/// One operation's message(s); the error is the reason, [`encode_ops`] names the op.
+fn encode_op(b: &mut Builder, sets: &mut TxSets<'_>, index: usize, op: &Op) -> Result<(), String> {
+    let fam = family_proto(op.table().family);
+    match op {
+        Op::AddTable { table, comment } => {
+            let m = b.begin(msg(c::NFT_MSG_NEWTABLE), create(), fam, 0);
+            b.w.str(c::NFTA_TABLE_NAME, &table.name);
+            b.w.u32_be(c::NFTA_TABLE_FLAGS, 0);
+            if let Some(cm) = comment {
+                let mut u = Udata::new();
+                u.put_strz(c::UDATA_TABLE_COMMENT, &clean_comment(cm));
+                b.w.attr(c::NFTA_TABLE_USERDATA, &u.buf);
+            }
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+        }
+        Op::DeleteTable { table } => {
+            let m = b.begin(msg(c::NFT_MSG_DELTABLE), c::NLM_F_REQUEST, fam, 0);
+            b.w.str(c::NFTA_TABLE_NAME, &table.name);
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            sets.local
+                .retain(|(f, n, _), _| !(*f == table.family && *n == table.name));
+        }
+        Op::AddChain { table, chain } => {
+            let m = b.begin(msg(c::NFT_MSG_NEWCHAIN), create(), fam, 0);
+            write_chain(&mut b.w, table, chain);
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+        }
+        Op::FlushChain { table, chain } => {
+            let m = b.begin(msg(c::NFT_MSG_DELRULE), c::NLM_F_REQUEST, fam, 0);
+            b.w.str(c::NFTA_RULE_TABLE, &table.name);
+            b.w.str(c::NFTA_RULE_CHAIN, chain);
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+        }
+        Op::DeleteChain { table, chain } => {
+            let m = b.begin(msg(c::NFT_MSG_DELCHAIN), c::NLM_F_REQUEST, fam, 0);
+            b.w.str(c::NFTA_CHAIN_TABLE, &table.name);
+            b.w.str(c::NFTA_CHAIN_NAME, chain);
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+        }
+        Op::AddRule { table, chain, rule } => {
+            let refs = |name: &str| match sets.shape_of(table, name) {
+                Some((s, id)) => SetRef {
+                    id,
+                    interval: s.interval,
+                },
+                None => SetRef::default(),
+            };
+            let exprs = encode_stmts(table.family, &rule.stmts, &refs)?;
+            let m = b.begin(msg(c::NFT_MSG_NEWRULE), create() | c::NLM_F_APPEND, fam, 0);
+            b.w.str(c::NFTA_RULE_TABLE, &table.name);
+            b.w.str(c::NFTA_RULE_CHAIN, chain);
+            let n = b.w.nest_begin(c::NFTA_RULE_EXPRESSIONS);
+            for e in &exprs {
+                e.write(&mut b.w);
+            }
+            b.w.nest_end(n);
+            if let Some(cm) = &rule.comment {
+                let mut u = Udata::new();
+                u.put_strz(c::UDATA_RULE_COMMENT, &clean_comment(cm));
+                b.w.attr(c::NFTA_RULE_USERDATA, &u.buf);
+            }
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+        }
+        Op::AddSet { table, set } => {
+            let id = sets.next_id;
+            sets.next_id += 1;
+            let m = b.begin(msg(c::NFT_MSG_NEWSET), create(), fam, 0);
+            write_set(&mut b.w, table, set, id)?;
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let k = (table.family, table.name.clone(), set.name.clone());
+            sets.deleted.retain(|d| *d != k);
+            // Adding an existing set leaves the kernel's alone: keep the first shape.
+            sets.local.entry(k).or_insert((SetShape::of(set), id));
+        }
+        Op::DeleteSet { table, set } => {
+            let m = b.begin(msg(c::NFT_MSG_DELSET), c::NLM_F_REQUEST, fam, 0);
+            b.w.str(c::NFTA_SET_TABLE, &table.name);
+            b.w.str(c::NFTA_SET_NAME, set);
+            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let k = (table.family, table.name.clone(), set.clone());
+            sets.local.remove(&k);
+            sets.deleted.push(k);
+        }
+        Op::AddElements {
+            table,
+            set,
+            elements,
+        } => {
+            let items = elements.iter().map(ElemRef::Add);
+            let ty = (c::NFT_MSG_NEWSETELEM, create());
+            encode_elements(b, sets, index, table, set, ty, items)?;
+        }
+        Op::DeleteElements { table, set, keys } => {
+            let items = keys.iter().map(|k| ElemRef::Delete(k));
+            let ty = (c::NFT_MSG_DELSETELEM, c::NLM_F_REQUEST);
+            encode_elements(b, sets, index, table, set, ty, items)?;
+        }
+    }
+    Ok(())
+}
+
+/// The element messages of one AddElements / DeleteElements (`ty`: message type and
+/// flags): each element encoded once, then cut into messages at element boundaries.
+fn encode_elements<'a>(
+    b: &mut Builder,
+    sets: &TxSets<'_>,
+    index: usize,
+    table: &TableRef,
+    set: &str,
+    (ty, flags): (u16, u16),
+    items: impl ExactSizeIterator<Item = ElemRef<'a>>,
+) -> Result<(), String> {
+    let (shape, id) = sets
+        .shape_of(table, set)
+        .ok_or_else(|| format!("set {set} is not declared in the transaction nor known"))?;
+    let mut encoded = Encoded::with_capacity(items.len());
+    for e in items {
+        let start = encoded.w.buf.len();
+        write_element(&mut encoded.w, table.family, &shape, e)
+            .map_err(|r| format!("element {}: {r}", e.text()))?;
+        encoded.spans.push((start, encoded.w.buf.len()));
+    }
+    let fam = family_proto(table.family);
+    b.element_msgs(ty, flags, fam, table, set, id, index, encoded);
+    Ok(())
 }
 
 struct Builder {
@@ -879,25 +883,25 @@ fn concat_bytes(parts: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+#[derive(Clone, Copy)]
 enum ElemRef<'a> {
     Add(&'a Element),
     Delete(&'a [Value]),
 }
 
-/// Writes one element as nft does: interval sets get a start element and an end-flagged
-/// element (`last + 1`; none when the range reaches the top of the address space, where
-/// nft marks the start "open" in userdata); concatenated interval sets (pipapo) get one
-/// element with `NFTA_SET_ELEM_KEY_END` = the last key (inclusive).
-fn write_element(
-    w: &mut Writer,
-    family: Family,
-    shape: &SetShape,
-    e: ElemRef<'_>,
-) -> Result<(), String> {
-    let (key, data, comment) = match e {
-        ElemRef::Add(e) => (&e.key[..], Some(&e.data), e.comment.as_deref()),
-        ElemRef::Delete(k) => (k, None, None),
-    };
+impl ElemRef<'_> {
+    /// The element as `nft` writes it (error messages).
+    fn text(self) -> String {
+        match self {
+            ElemRef::Add(e) => crate::nft::text::element(e),
+            ElemRef::Delete(k) => crate::nft::text::values(k),
+        }
+    }
+}
+
+/// Whether `key` fits the set's key: as many parts, addresses of the table's family,
+/// prefixes only in interval sets.
+fn check_key(family: Family, shape: &SetShape, key: &[Value]) -> Result<(), String> {
     if key.len() != shape.key.len() {
         return Err(format!(
             "key has {} parts, the set's key {}",
@@ -920,7 +924,12 @@ fn write_element(
             return Err("a prefix in a set without the interval flag".into());
         }
     }
-    let data_imm = match (data, &shape.data) {
+    Ok(())
+}
+
+/// An element's data (verdict or values) as the set's data type wants it.
+fn element_data(data: Option<&ElementData>, shape: &SetShape) -> Result<Option<ImmData>, String> {
+    Ok(match (data, &shape.data) {
         (None, _) | (Some(ElementData::None), SetData::None) => None,
         (Some(ElementData::Verdict(v)), SetData::Verdict) => Some(verdict_imm(v)),
         (Some(ElementData::Values(vs)), SetData::Values(ts)) if vs.len() == ts.len() => {
@@ -932,7 +941,25 @@ fn write_element(
             Some(ImmData::Value(concat_bytes(&parts)))
         }
         _ => return Err("element data does not match the set's data type".into()),
+    })
+}
+
+/// Writes one element as nft does: interval sets get a start element and an end-flagged
+/// element (`last + 1`; none when the range reaches the top of the address space, where
+/// nft marks the start "open" in userdata); concatenated interval sets (pipapo) get one
+/// element with `NFTA_SET_ELEM_KEY_END` = the last key (inclusive).
+fn write_element(
+    w: &mut Writer,
+    family: Family,
+    shape: &SetShape,
+    e: ElemRef<'_>,
+) -> Result<(), String> {
+    let (key, data, comment) = match e {
+        ElemRef::Add(e) => (&e.key[..], Some(&e.data), e.comment.as_deref()),
+        ElemRef::Delete(k) => (k, None, None),
     };
+    check_key(family, shape, key)?;
+    let data_imm = element_data(data, shape)?;
     let mut udata = Udata::new();
     if let Some(cm) = comment {
         udata.put_strz(c::UDATA_SET_ELEM_COMMENT, &clean_comment(cm));
