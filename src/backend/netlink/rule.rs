@@ -194,38 +194,7 @@ fn encode_cmp(
             load(family, field, r, out);
             out.push(cmp(b));
         }
-        (Field::Saddr | Field::Daddr, Value::Net(n)) => {
-            let net = addr_bytes(family, &n.network())?;
-            let full = net.len();
-            let p = n.prefix();
-            if p as usize == full * 8 {
-                load(family, field, r, out);
-                out.push(cmp(net));
-            } else if p % 8 == 0 && p > 0 {
-                // nft shortens the load to the prefix's bytes.
-                let (s, d, _) = addr_offsets(family);
-                out.push(Expr::Payload {
-                    dreg: r,
-                    base: NFT_PAYLOAD_NETWORK_HEADER,
-                    offset: if *field == Field::Saddr { s } else { d },
-                    len: p as u32 / 8,
-                });
-                out.push(cmp(net[..p as usize / 8].to_vec()));
-            } else {
-                load(family, field, r, out);
-                let mask = prefix_mask(p, full);
-                let masked: Vec<u8> = net.iter().zip(&mask).map(|(a, m)| a & m).collect();
-                out.push(Expr::Bitwise {
-                    sreg: r,
-                    dreg: r,
-                    len: full as u32,
-                    mask,
-                    xor: vec![0; full],
-                    op: 0,
-                });
-                out.push(cmp(masked));
-            }
-        }
+        (Field::Saddr | Field::Daddr, Value::Net(n)) => cmp_prefix(family, field, op, n, out)?,
         (Field::L4Proto, Value::Proto(p)) => {
             load(family, field, r, out);
             out.push(cmp(vec![p.number()]));
@@ -248,21 +217,7 @@ fn encode_cmp(
             out.push(cmp(v.to_ne_bytes().to_vec()));
         }
         (Field::Iifname, Value::Iface(name)) => {
-            let data = match name.strip_suffix('*') {
-                Some(prefix) if !prefix.is_empty() => prefix.as_bytes().to_vec(),
-                Some(_) => return Err("empty interface wildcard".into()),
-                None => {
-                    if name.len() >= 16 {
-                        return Err(format!("interface name {name:?} longer than 15 bytes"));
-                    }
-                    let mut v = name.as_bytes().to_vec();
-                    v.resize(16, 0);
-                    v
-                }
-            };
-            if data.len() > 16 {
-                return Err(format!("interface name {name:?} longer than 16 bytes"));
-            }
+            let data = iface_data(name)?;
             load(family, field, r, out);
             out.push(cmp(data));
         }
@@ -278,33 +233,108 @@ fn encode_cmp(
                 IPS_DST_NAT
             };
             load(family, field, r, out);
-            match op {
-                // "has the bit": (x & bit) != 0
-                CmpOp::Eq => {
-                    out.push(Expr::Bitwise {
-                        sreg: r,
-                        dreg: r,
-                        len: 4,
-                        mask: bit.to_ne_bytes().to_vec(),
-                        xor: vec![0; 4],
-                        op: 0,
-                    });
-                    out.push(Expr::Cmp {
-                        sreg: r,
-                        op: NFT_CMP_NEQ,
-                        data: vec![0; 4],
-                    });
-                }
-                CmpOp::Ne => out.push(Expr::Cmp {
-                    sreg: r,
-                    op: NFT_CMP_NEQ,
-                    data: bit.to_ne_bytes().to_vec(),
-                }),
-            }
+            cmp_bit(op, bit, out);
         }
         _ => return mismatch(),
     }
     Ok(())
+}
+
+/// An address compared with a prefix: a plain compare for a full-length prefix, a
+/// shortened load for a byte-aligned one (as nft does), else a masked compare.
+fn cmp_prefix(
+    family: Family,
+    field: &Field,
+    op: CmpOp,
+    n: &IpNetwork,
+    out: &mut Vec<Expr>,
+) -> Result<(), String> {
+    let r = NFT_REG_1;
+    let cmp = |data: Vec<u8>| Expr::Cmp {
+        sreg: r,
+        op: cmp_op(op),
+        data,
+    };
+    let net = addr_bytes(family, &n.network())?;
+    let full = net.len();
+    let p = n.prefix();
+    if p as usize == full * 8 {
+        load(family, field, r, out);
+        out.push(cmp(net));
+    } else if p % 8 == 0 && p > 0 {
+        // nft shortens the load to the prefix's bytes.
+        let (s, d, _) = addr_offsets(family);
+        out.push(Expr::Payload {
+            dreg: r,
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset: if *field == Field::Saddr { s } else { d },
+            len: p as u32 / 8,
+        });
+        out.push(cmp(net[..p as usize / 8].to_vec()));
+    } else {
+        load(family, field, r, out);
+        let mask = prefix_mask(p, full);
+        let masked: Vec<u8> = net.iter().zip(&mask).map(|(a, m)| a & m).collect();
+        out.push(Expr::Bitwise {
+            sreg: r,
+            dreg: r,
+            len: full as u32,
+            mask,
+            xor: vec![0; full],
+            op: 0,
+        });
+        out.push(cmp(masked));
+    }
+    Ok(())
+}
+
+/// An `iifname` operand: 16 bytes NUL-padded, or a wildcard's prefix bytes.
+fn iface_data(name: &str) -> Result<Vec<u8>, String> {
+    let data = match name.strip_suffix('*') {
+        Some(prefix) if !prefix.is_empty() => prefix.as_bytes().to_vec(),
+        Some(_) => return Err("empty interface wildcard".into()),
+        None => {
+            if name.len() >= 16 {
+                return Err(format!("interface name {name:?} longer than 15 bytes"));
+            }
+            let mut v = name.as_bytes().to_vec();
+            v.resize(16, 0);
+            v
+        }
+    };
+    if data.len() > 16 {
+        return Err(format!("interface name {name:?} longer than 16 bytes"));
+    }
+    Ok(data)
+}
+
+/// A conntrack bit test: `Eq` is "has the bit" ((x & bit) != 0), `Ne` compares the whole
+/// word with the bit, as nft encodes them.
+fn cmp_bit(op: CmpOp, bit: u32, out: &mut Vec<Expr>) {
+    let r = NFT_REG_1;
+    match op {
+        // "has the bit": (x & bit) != 0
+        CmpOp::Eq => {
+            out.push(Expr::Bitwise {
+                sreg: r,
+                dreg: r,
+                len: 4,
+                mask: bit.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+                op: 0,
+            });
+            out.push(Expr::Cmp {
+                sreg: r,
+                op: NFT_CMP_NEQ,
+                data: vec![0; 4],
+            });
+        }
+        CmpOp::Ne => out.push(Expr::Cmp {
+            sreg: r,
+            op: NFT_CMP_NEQ,
+            data: bit.to_ne_bytes().to_vec(),
+        }),
+    }
 }
 
 /// Loads a (possibly concatenated) key into consecutive registers starting at the first.
@@ -452,86 +482,14 @@ fn encode_stmt(
                 extra: false,
             });
         }
-        Stmt::SetMark(m) => {
-            let (mask, xor) = match m {
-                MarkOp::Or(x) => (!x, *x),
-                MarkOp::Xor(x) => (u32::MAX, *x),
-            };
-            out.push(Expr::Meta {
-                key: NFT_META_MARK,
-                dreg: r,
-            });
-            out.push(Expr::Bitwise {
-                sreg: r,
-                dreg: r,
-                len: 4,
-                mask: mask.to_ne_bytes().to_vec(),
-                xor: xor.to_ne_bytes().to_vec(),
-                op: 0,
-            });
-            out.push(Expr::MetaSet {
-                key: NFT_META_MARK,
-                sreg: r,
-            });
-        }
-        Stmt::DnatTo { proto, addr, port } => {
-            let a = addr_bytes(family, addr)?;
-            l4proto_dep(*proto, out);
-            out.push(Expr::Immediate {
-                dreg: NFT_REG_1,
-                data: ImmData::Value(a),
-            });
-            out.push(Expr::Immediate {
-                dreg: NFT_REG_1 + 1,
-                data: ImmData::Value(port.to_be_bytes().to_vec()),
-            });
-            out.push(Expr::Nat {
-                ty: NFT_NAT_DNAT,
-                family: nfproto(family),
-                addr_min: Some(NFT_REG_1),
-                addr_max: None,
-                proto_min: Some(NFT_REG_1 + 1),
-                proto_max: None,
-                flags: NF_NAT_RANGE_PROTO_SPECIFIED,
-            });
-        }
+        Stmt::SetMark(m) => encode_set_mark(m, out),
+        Stmt::DnatTo { proto, addr, port } => encode_dnat_to(family, *proto, addr, *port, out)?,
         Stmt::DnatSlot {
             proto,
             modulus,
             offset,
             map,
-        } => {
-            if *modulus == 0 {
-                return Err("numgen modulus 0".into());
-            }
-            let sr = sets(map);
-            l4proto_dep(*proto, out);
-            out.push(Expr::Numgen {
-                dreg: r,
-                modulus: *modulus,
-                ty: NFT_NG_RANDOM,
-                offset: *offset,
-            });
-            out.push(Expr::Lookup {
-                sreg: r,
-                dreg: Some(r),
-                set: map.clone(),
-                set_id: sr.id,
-                flags: 0,
-            });
-            // The map's data is `addr . port`: the port sits in the 32-bit register after
-            // the address (NFT_REG32_01 for IPv4, NFT_REG_2 for IPv6).
-            let port_reg = reg_number(addr_offsets(family).2 / 4);
-            out.push(Expr::Nat {
-                ty: NFT_NAT_DNAT,
-                family: nfproto(family),
-                addr_min: Some(r),
-                addr_max: None,
-                proto_min: Some(port_reg),
-                proto_max: None,
-                flags: 0,
-            });
-        }
+        } => encode_dnat_slot(family, *proto, *modulus, *offset, map, sets, out)?,
         Stmt::Masquerade => out.push(Expr::Masq {
             flags: NF_NAT_RANGE_PROTO_RANDOM_FULLY,
             proto_min: None,
@@ -549,6 +507,105 @@ fn encode_stmt(
         }),
         Stmt::Foreign(d) => return Err(format!("foreign statement cannot be sent: {d}")),
     }
+    Ok(())
+}
+
+/// `meta mark set mark | x` or `^ x`: load, bitwise, store.
+fn encode_set_mark(m: &MarkOp, out: &mut Vec<Expr>) {
+    let r = NFT_REG_1;
+    let (mask, xor) = match m {
+        MarkOp::Or(x) => (!x, *x),
+        MarkOp::Xor(x) => (u32::MAX, *x),
+    };
+    out.push(Expr::Meta {
+        key: NFT_META_MARK,
+        dreg: r,
+    });
+    out.push(Expr::Bitwise {
+        sreg: r,
+        dreg: r,
+        len: 4,
+        mask: mask.to_ne_bytes().to_vec(),
+        xor: xor.to_ne_bytes().to_vec(),
+        op: 0,
+    });
+    out.push(Expr::MetaSet {
+        key: NFT_META_MARK,
+        sreg: r,
+    });
+}
+
+/// DNAT to one fixed address and port.
+fn encode_dnat_to(
+    family: Family,
+    proto: Protocol,
+    addr: &IpAddr,
+    port: u16,
+    out: &mut Vec<Expr>,
+) -> Result<(), String> {
+    let a = addr_bytes(family, addr)?;
+    l4proto_dep(proto, out);
+    out.push(Expr::Immediate {
+        dreg: NFT_REG_1,
+        data: ImmData::Value(a),
+    });
+    out.push(Expr::Immediate {
+        dreg: NFT_REG_1 + 1,
+        data: ImmData::Value(port.to_be_bytes().to_vec()),
+    });
+    out.push(Expr::Nat {
+        ty: NFT_NAT_DNAT,
+        family: nfproto(family),
+        addr_min: Some(NFT_REG_1),
+        addr_max: None,
+        proto_min: Some(NFT_REG_1 + 1),
+        proto_max: None,
+        flags: NF_NAT_RANGE_PROTO_SPECIFIED,
+    });
+    Ok(())
+}
+
+/// DNAT to the endpoint in slot `offset + random % modulus` of an endpoint map.
+fn encode_dnat_slot(
+    family: Family,
+    proto: Protocol,
+    modulus: u32,
+    offset: u32,
+    map: &str,
+    sets: &dyn Fn(&str) -> SetRef,
+    out: &mut Vec<Expr>,
+) -> Result<(), String> {
+    let r = NFT_REG_1;
+    if modulus == 0 {
+        return Err("numgen modulus 0".into());
+    }
+    let sr = sets(map);
+    l4proto_dep(proto, out);
+    out.push(Expr::Numgen {
+        dreg: r,
+        modulus: modulus,
+        ty: NFT_NG_RANDOM,
+        offset: offset,
+    });
+    out.push(Expr::Lookup {
+        sreg: r,
+        dreg: Some(r),
+        set: map.to_string(),
+        set_id: sr.id,
+        flags: 0,
+    });
+    // The map's data is `addr . port`: the port sits in the 32-bit register after
+    // the address (NFT_REG32_01 for IPv4, NFT_REG_2 for IPv6).
+    let port_reg = reg_number(addr_offsets(family).2 / 4);
+    out.push(Expr::Nat {
+        ty: NFT_NAT_DNAT,
+        family: nfproto(family),
+        addr_min: Some(r),
+        addr_max: None,
+        proto_min: Some(port_reg),
+        proto_max: None,
+        flags: 0,
+    });
     Ok(())
 }
 
@@ -895,77 +952,9 @@ fn l4proto_eq(e: &[Expr]) -> Option<Protocol> {
 
 /// Fixed multi-expression statements (NAT forms, mark rewrites) at the start of `e`.
 fn decode_fixed(family: Family, e: &[Expr]) -> Option<(Stmt, usize)> {
-    let nfp = nfproto(family);
+    // The NAT forms start with `meta l4proto == P`, which none of the others does.
     if let Some(proto) = l4proto_eq(e) {
-        match &e[2..] {
-            [Expr::Immediate {
-                dreg: 1,
-                data: ImmData::Value(a),
-            }, Expr::Immediate {
-                dreg: 2,
-                data: ImmData::Value(p),
-            }, Expr::Nat {
-                ty: NFT_NAT_DNAT,
-                family: f,
-                addr_min: Some(1),
-                addr_max,
-                proto_min: Some(2),
-                proto_max,
-                flags,
-            }, ..]
-                if *f == nfp
-                    && p.len() == 2
-                    && matches!(addr_max, None | Some(1))
-                    && matches!(proto_max, None | Some(2))
-                    && flags & !NAT_FLAGS_KERNEL_ADDS == 0 =>
-            {
-                return Some((
-                    Stmt::DnatTo {
-                        proto,
-                        addr: ip_from(family, a)?,
-                        port: u16::from_be_bytes([p[0], p[1]]),
-                    },
-                    5,
-                ));
-            }
-            [Expr::Numgen {
-                dreg: 1,
-                modulus,
-                ty: NFT_NG_RANDOM,
-                offset,
-            }, Expr::Lookup {
-                sreg: 1,
-                dreg: Some(1),
-                set,
-                flags: 0,
-                ..
-            }, Expr::Nat {
-                ty: NFT_NAT_DNAT,
-                family: f,
-                addr_min: Some(1),
-                addr_max,
-                proto_min: Some(pr),
-                proto_max,
-                flags,
-            }, ..]
-                if *f == nfp
-                    && *pr == reg_number(addr_offsets(family).2 / 4)
-                    && matches!(addr_max, None | Some(1))
-                    && (proto_max.is_none() || *proto_max == Some(*pr))
-                    && flags & !NAT_FLAGS_KERNEL_ADDS == 0 =>
-            {
-                return Some((
-                    Stmt::DnatSlot {
-                        proto,
-                        modulus: *modulus,
-                        offset: *offset,
-                        map: set.clone(),
-                    },
-                    5,
-                ));
-            }
-            _ => {}
-        }
+        return decode_dnat(family, proto, &e[2..]);
     }
     match e {
         [Expr::Meta {
@@ -1012,6 +1001,81 @@ fn decode_fixed(family: Family, e: &[Expr]) -> Option<(Stmt, usize)> {
             dreg: NFT_REG_VERDICT,
             data: ImmData::Verdict { code, chain },
         }, ..] => Some((Stmt::Verdict(verdict_of(*code, chain.as_deref())?), 1)),
+        _ => None,
+    }
+}
+
+/// The DNAT forms after their `meta l4proto == P`: to a fixed address and port, or to a
+/// slot of an endpoint map.
+fn decode_dnat(family: Family, proto: Protocol, e: &[Expr]) -> Option<(Stmt, usize)> {
+    let nfp = nfproto(family);
+    match e {
+        [Expr::Immediate {
+            dreg: 1,
+            data: ImmData::Value(a),
+        }, Expr::Immediate {
+            dreg: 2,
+            data: ImmData::Value(p),
+        }, Expr::Nat {
+            ty: NFT_NAT_DNAT,
+            family: f,
+            addr_min: Some(1),
+            addr_max,
+            proto_min: Some(2),
+            proto_max,
+            flags,
+        }, ..]
+            if *f == nfp
+                && p.len() == 2
+                && matches!(addr_max, None | Some(1))
+                && matches!(proto_max, None | Some(2))
+                && flags & !NAT_FLAGS_KERNEL_ADDS == 0 =>
+        {
+            Some((
+                Stmt::DnatTo {
+                    proto,
+                    addr: ip_from(family, a)?,
+                    port: u16::from_be_bytes([p[0], p[1]]),
+                },
+                5,
+            ))
+        }
+        [Expr::Numgen {
+            dreg: 1,
+            modulus,
+            ty: NFT_NG_RANDOM,
+            offset,
+        }, Expr::Lookup {
+            sreg: 1,
+            dreg: Some(1),
+            set,
+            flags: 0,
+            ..
+        }, Expr::Nat {
+            ty: NFT_NAT_DNAT,
+            family: f,
+            addr_min: Some(1),
+            addr_max,
+            proto_min: Some(pr),
+            proto_max,
+            flags,
+        }, ..]
+            if *f == nfp
+                && *pr == reg_number(addr_offsets(family).2 / 4)
+                && matches!(addr_max, None | Some(1))
+                && (proto_max.is_none() || *proto_max == Some(*pr))
+                && flags & !NAT_FLAGS_KERNEL_ADDS == 0 =>
+        {
+            Some((
+                Stmt::DnatSlot {
+                    proto,
+                    modulus: *modulus,
+                    offset: *offset,
+                    map: set.clone(),
+                },
+                5,
+            ))
+        }
         _ => None,
     }
 }
