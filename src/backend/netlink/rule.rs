@@ -264,7 +264,7 @@ fn cmp_prefix(
     if p as usize == full * 8 {
         load(family, field, r, out);
         out.push(cmp(net));
-    } else if p % 8 == 0 && p > 0 {
+    } else if p.is_multiple_of(8) && p > 0 {
         // nft shortens the load to the prefix's bytes.
         let (s, d, _) = addr_offsets(family);
         out.push(Expr::Payload {
@@ -586,9 +586,9 @@ fn encode_dnat_slot(
     l4proto_dep(proto, out);
     out.push(Expr::Numgen {
         dreg: r,
-        modulus: modulus,
+        modulus,
         ty: NFT_NG_RANDOM,
-        offset: offset,
+        offset,
     });
     out.push(Expr::Lookup {
         sreg: r,
