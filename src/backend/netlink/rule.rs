@@ -171,6 +171,15 @@ fn prefix_mask(prefix: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `reg 1 OP data`.
+fn cmp_reg1(op: CmpOp, data: Vec<u8>) -> Expr {
+    Expr::Cmp {
+        sreg: NFT_REG_1,
+        op: cmp_op(op),
+        data,
+    }
+}
+
 fn encode_cmp(
     family: Family,
     field: &Field,
@@ -179,11 +188,7 @@ fn encode_cmp(
     out: &mut Vec<Expr>,
 ) -> Result<(), String> {
     let r = NFT_REG_1;
-    let cmp = |data: Vec<u8>| Expr::Cmp {
-        sreg: r,
-        op: cmp_op(op),
-        data,
-    };
+    let cmp = |data: Vec<u8>| cmp_reg1(op, data);
     let mismatch = || {
         Err(format!(
             "cannot compare {} with {}",
@@ -253,11 +258,7 @@ fn cmp_prefix(
     out: &mut Vec<Expr>,
 ) -> Result<(), String> {
     let r = NFT_REG_1;
-    let cmp = |data: Vec<u8>| Expr::Cmp {
-        sreg: r,
-        op: cmp_op(op),
-        data,
-    };
+    let cmp = |data: Vec<u8>| cmp_reg1(op, data);
     let net = addr_bytes(family, &n.network())?;
     let full = net.len();
     let p = n.prefix();
