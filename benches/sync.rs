@@ -112,7 +112,7 @@ fn incremental(c: &mut Criterion) {
     let fm = m
         .families
         .iter_mut()
-        .find(|f| f.family == Family::V4)
+        .find(|f| f.settings.family == Family::V4)
         .unwrap();
     let name = fm.services[idx].name.clone();
     let key: BTreeSet<(String, String)> = [(name.namespace.clone(), name.name.clone())].into();
@@ -127,7 +127,7 @@ fn incremental(c: &mut Criterion) {
                 let fm = m
                     .families
                     .iter_mut()
-                    .find(|f| f.family == Family::V4)
+                    .find(|f| f.settings.family == Family::V4)
                     .unwrap();
                 let sp = &mut fm.services[idx];
                 if added {

@@ -336,24 +336,12 @@ pub fn parse_destination(s: &str) -> Result<(IpAddr, u16, Protocol), String> {
 
 /// The node object's addresses and pod CIDRs (for `--from` classification and `fib`).
 fn node_facts(config: &Config, objects: &Objects) -> (Vec<IpAddr>, Vec<ipnetwork::IpNetwork>) {
-    let node = objects
-        .nodes
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(config.settings.hostname.as_str()));
-    let mut addrs: Vec<IpAddr> = node
-        .and_then(|n| n.status.as_ref())
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| a.iter().filter_map(|a| a.address.parse().ok()).collect())
-        .unwrap_or_default();
+    let node = model::NodeFacts::of(&objects.nodes, &config.settings.hostname);
+    let mut addrs: Vec<IpAddr> = node.addresses.iter().map(|(_, ip)| *ip).collect();
     if let Some(local) = &config.settings.local_addresses {
         addrs.extend(local.iter().copied());
     }
-    let cidrs = node
-        .and_then(|n| n.spec.as_ref())
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .map(|c| c.iter().filter_map(|c| c.parse().ok()).collect())
-        .unwrap_or_default();
-    (addrs, cidrs)
+    (addrs, node.pod_cidrs)
 }
 
 fn cmd_trace(a: TraceArgs) -> Result<(), Failure> {
@@ -362,13 +350,13 @@ fn cmd_trace(a: TraceArgs) -> Result<(), Failure> {
     let p = prepare(&a.input)?;
     let (mut local_addrs, pod_cidrs) = node_facts(&p.config, &p.objects);
     let fm = p.model.family(family);
-    if let Some(ip) = fm.and_then(|f| f.node_ip) {
+    if let Some(ip) = fm.and_then(|f| f.settings.node_ip) {
         local_addrs.push(ip);
     }
     local_addrs.sort();
     local_addrs.dedup();
     let (origin, src) = if a.from == "node" {
-        let src = fm.and_then(|f| f.node_ip).ok_or_else(|| {
+        let src = fm.and_then(|f| f.settings.node_ip).ok_or_else(|| {
             usage(format!(
                 "--from node: the node has no {} address; give --from ADDR",
                 if family == Family::V4 { "IPv4" } else { "IPv6" }

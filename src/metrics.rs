@@ -9,6 +9,7 @@
 //!
 //! Must not: decide anything. Callers record; `admin` serves.
 
+use prometheus::core::Collector;
 use prometheus::{
     exponential_buckets, linear_buckets, CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts,
     HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -57,8 +58,185 @@ pub struct Metrics {
 
 const SUBSYSTEM: &str = "kubeproxy";
 
+/// A metric's name and help text, and whether it is upstream's (registered under
+/// [`SUBSYSTEM`]) or kproxy's own (full name given).
+#[derive(Clone, Copy)]
+struct Desc {
+    name: &'static str,
+    help: &'static str,
+    upstream: bool,
+}
+
+const fn upstream(name: &'static str, help: &'static str) -> Desc {
+    Desc {
+        name,
+        help,
+        upstream: true,
+    }
+}
+
+const fn own(name: &'static str, help: &'static str) -> Desc {
+    Desc {
+        name,
+        help,
+        upstream: false,
+    }
+}
+
+impl Desc {
+    fn opts(self) -> Opts {
+        if self.upstream {
+            upstream_opts(self.name, self.help)
+        } else {
+            Opts::new(self.name, self.help)
+        }
+    }
+}
+
 fn upstream_opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).subsystem(SUBSYSTEM)
+}
+
+// Upstream kube-proxy's metrics (`pkg/proxy/metrics`): sync timings.
+const SYNC_DURATION: Desc = upstream(
+    "sync_proxy_rules_duration_seconds",
+    "SyncProxyRules latency in seconds",
+);
+const SYNC_FULL_DURATION: Desc = upstream(
+    "sync_full_proxy_rules_duration_seconds",
+    "SyncProxyRules latency in seconds for full resyncs",
+);
+const SYNC_PARTIAL_DURATION: Desc = upstream(
+    "sync_partial_proxy_rules_duration_seconds",
+    "SyncProxyRules latency in seconds for partial resyncs",
+);
+const LAST_SYNC_TIMESTAMP: Desc = upstream(
+    "sync_proxy_rules_last_timestamp_seconds",
+    "The last time proxy rules were successfully synced",
+);
+const LAST_QUEUED_TIMESTAMP: Desc = upstream(
+    "sync_proxy_rules_last_queued_timestamp_seconds",
+    "The last time a sync of proxy rules was queued",
+);
+const NETWORK_PROGRAMMING_DURATION: Desc = upstream(
+    "network_programming_duration_seconds",
+    "In Cluster Network Programming Latency in seconds",
+);
+// Upstream: pending and total object changes.
+const ENDPOINT_CHANGES_PENDING: Desc = upstream(
+    "sync_proxy_rules_endpoint_changes_pending",
+    "Pending proxy rules Endpoint changes",
+);
+const ENDPOINT_CHANGES_TOTAL: Desc = upstream(
+    "sync_proxy_rules_endpoint_changes_total",
+    "Cumulative proxy rules Endpoint changes",
+);
+const SERVICE_CHANGES_PENDING: Desc = upstream(
+    "sync_proxy_rules_service_changes_pending",
+    "Pending proxy rules Service changes",
+);
+const SERVICE_CHANGES_TOTAL: Desc = upstream(
+    "sync_proxy_rules_service_changes_total",
+    "Cumulative proxy rules Service changes",
+);
+// Upstream: rules state, failures, health endpoints, conntrack.
+const NO_LOCAL_ENDPOINTS: Desc = upstream(
+    "sync_proxy_rules_no_local_endpoints_total",
+    "Number of services with a Local traffic policy and no endpoints",
+);
+const SYNC_FAILURES: Desc = upstream(
+    "sync_proxy_rules_nftables_sync_failures_total",
+    "Cumulative proxy nftables sync failures",
+);
+const CLEANUP_FAILURES: Desc = upstream(
+    "sync_proxy_rules_nftables_cleanup_failures_total",
+    "Cumulative proxy nftables cleanup failures",
+);
+const HEALTHZ_TOTAL: Desc = upstream(
+    "proxy_healthz_total",
+    "Cumulative proxy healthz HTTP status",
+);
+const LIVEZ_TOTAL: Desc = upstream("proxy_livez_total", "Cumulative proxy livez HTTP status");
+const CONNTRACK_RECONCILE_DURATION: Desc = upstream(
+    "conntrack_reconciler_sync_duration_seconds",
+    "ReconcileConntrackFlowsLatency latency in seconds",
+);
+const CONNTRACK_DELETED_ENTRIES: Desc = upstream(
+    "conntrack_reconciler_deleted_entries_total",
+    "Cumulative conntrack flows deleted by conntrack reconciler",
+);
+// kproxy's own.
+const TRANSACTION_OPERATIONS: Desc = own(
+    "kproxy_transaction_operations",
+    "Operations (netlink messages) in each committed nftables transaction",
+);
+const KERNEL_COMMIT_DURATION: Desc = own(
+    "kproxy_kernel_commit_duration_seconds",
+    "Time from sending a transaction to the kernel's commit acknowledgement",
+);
+const DRIFT_REPAIRS: Desc = own(
+    "kproxy_drift_repairs_total",
+    "Times kproxy found its tables changed by someone else and repaired them",
+);
+const INVALID_OBJECTS: Desc = own(
+    "kproxy_invalid_objects_total",
+    "Objects (or parts of them) skipped because they are invalid, by kind",
+);
+const PROGRAMMED_SERVICE_PORTS: Desc = own(
+    "kproxy_programmed_service_ports",
+    "Service ports programmed in the kernel",
+);
+const API_EVENTS: Desc = own(
+    "kproxy_watch_events_total",
+    "Watch events received from the API server, by resource and type",
+);
+const LAST_SYNC_KIND: Desc = own(
+    "kproxy_last_sync_full",
+    "1 when the last sync was a full sync, 0 when partial",
+);
+
+/// Creates metrics and registers each in one registry (a duplicate or invalid name is a
+/// programming error: it panics).
+struct Reg<'a>(&'a Registry);
+
+impl Reg<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique");
+        c
+    }
+
+    fn histogram(&self, d: Desc, buckets: Vec<f64>, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::from(d.opts()).buckets(buckets);
+        self.add(HistogramVec::new(opts, labels).expect("valid histogram"))
+    }
+
+    fn gauge_vec(&self, d: Desc, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(d.opts(), labels).expect("valid gauge"))
+    }
+
+    fn int_gauge_vec(&self, d: Desc, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(d.opts(), labels).expect("valid gauge"))
+    }
+
+    fn int_counter_vec(&self, d: Desc, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(d.opts(), labels).expect("valid counter"))
+    }
+
+    fn counter_vec(&self, d: Desc, labels: &[&str]) -> CounterVec {
+        self.add(CounterVec::new(d.opts(), labels).expect("valid counter"))
+    }
+
+    fn int_gauge(&self, d: Desc) -> IntGauge {
+        self.add(IntGauge::with_opts(d.opts()).expect("valid gauge"))
+    }
+
+    fn int_counter(&self, d: Desc) -> IntCounter {
+        self.add(IntCounter::with_opts(d.opts()).expect("valid counter"))
+    }
+
+    fn gauge(&self, d: Desc) -> Gauge {
+        self.add(Gauge::with_opts(d.opts()).expect("valid gauge"))
+    }
 }
 
 fn sync_buckets() -> Vec<f64> {
@@ -85,211 +263,68 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let r = Reg(&registry);
         let fam = &["ip_family"];
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::from(upstream_opts(name, help)).buckets(buckets),
-                labels,
-            )
-            .expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique");
-            h
-        };
-        let own_histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), fam)
-                .expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique");
-            h
-        };
-        let gauge_vec = |opts: Opts, labels: &[&str]| {
-            let g = GaugeVec::new(opts, labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique");
-            g
-        };
-        let int_gauge_vec = |opts: Opts, labels: &[&str]| {
-            let g = IntGaugeVec::new(opts, labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique");
-            g
-        };
-        let counter_vec = |opts: Opts, labels: &[&str]| {
-            let c = IntCounterVec::new(opts, labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique");
-            c
-        };
-        let int_gauge = |opts: Opts| {
-            let g = IntGauge::with_opts(opts).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique");
-            g
-        };
-        let int_counter = |opts: Opts| {
-            let c = IntCounter::with_opts(opts).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique");
-            c
-        };
-
         let m = Metrics {
-            sync_duration: histogram(
-                "sync_proxy_rules_duration_seconds",
-                "SyncProxyRules latency in seconds",
-                sync_buckets(),
-                fam,
-            ),
-            sync_full_duration: histogram(
-                "sync_full_proxy_rules_duration_seconds",
-                "SyncProxyRules latency in seconds for full resyncs",
-                sync_buckets(),
-                fam,
-            ),
-            sync_partial_duration: histogram(
-                "sync_partial_proxy_rules_duration_seconds",
-                "SyncProxyRules latency in seconds for partial resyncs",
-                sync_buckets(),
-                fam,
-            ),
-            last_sync_timestamp: gauge_vec(
-                upstream_opts(
-                    "sync_proxy_rules_last_timestamp_seconds",
-                    "The last time proxy rules were successfully synced",
-                ),
-                fam,
-            ),
-            last_queued_timestamp: gauge_vec(
-                upstream_opts(
-                    "sync_proxy_rules_last_queued_timestamp_seconds",
-                    "The last time a sync of proxy rules was queued",
-                ),
-                fam,
-            ),
-            network_programming_duration: histogram(
-                "network_programming_duration_seconds",
-                "In Cluster Network Programming Latency in seconds",
+            sync_duration: r.histogram(SYNC_DURATION, sync_buckets(), fam),
+            sync_full_duration: r.histogram(SYNC_FULL_DURATION, sync_buckets(), fam),
+            sync_partial_duration: r.histogram(SYNC_PARTIAL_DURATION, sync_buckets(), fam),
+            last_sync_timestamp: r.gauge_vec(LAST_SYNC_TIMESTAMP, fam),
+            last_queued_timestamp: r.gauge_vec(LAST_QUEUED_TIMESTAMP, fam),
+            network_programming_duration: r.histogram(
+                NETWORK_PROGRAMMING_DURATION,
                 network_programming_buckets(),
                 fam,
             ),
-            endpoint_changes_pending: int_gauge(upstream_opts(
-                "sync_proxy_rules_endpoint_changes_pending",
-                "Pending proxy rules Endpoint changes",
-            )),
-            endpoint_changes_total: int_counter(upstream_opts(
-                "sync_proxy_rules_endpoint_changes_total",
-                "Cumulative proxy rules Endpoint changes",
-            )),
-            service_changes_pending: int_gauge(upstream_opts(
-                "sync_proxy_rules_service_changes_pending",
-                "Pending proxy rules Service changes",
-            )),
-            service_changes_total: int_counter(upstream_opts(
-                "sync_proxy_rules_service_changes_total",
-                "Cumulative proxy rules Service changes",
-            )),
-            no_local_endpoints: int_gauge_vec(
-                upstream_opts(
-                    "sync_proxy_rules_no_local_endpoints_total",
-                    "Number of services with a Local traffic policy and no endpoints",
-                ),
-                &["ip_family", "traffic_policy"],
-            ),
-            sync_failures: counter_vec(
-                upstream_opts(
-                    "sync_proxy_rules_nftables_sync_failures_total",
-                    "Cumulative proxy nftables sync failures",
-                ),
-                fam,
-            ),
-            cleanup_failures: counter_vec(
-                upstream_opts(
-                    "sync_proxy_rules_nftables_cleanup_failures_total",
-                    "Cumulative proxy nftables cleanup failures",
-                ),
-                fam,
-            ),
-            healthz_total: counter_vec(
-                upstream_opts(
-                    "proxy_healthz_total",
-                    "Cumulative proxy healthz HTTP status",
-                ),
-                &["code"],
-            ),
-            livez_total: counter_vec(
-                upstream_opts("proxy_livez_total", "Cumulative proxy livez HTTP status"),
-                &["code"],
-            ),
-            conntrack_reconcile_duration: histogram(
-                "conntrack_reconciler_sync_duration_seconds",
-                "ReconcileConntrackFlowsLatency latency in seconds",
+            endpoint_changes_pending: r.int_gauge(ENDPOINT_CHANGES_PENDING),
+            endpoint_changes_total: r.int_counter(ENDPOINT_CHANGES_TOTAL),
+            service_changes_pending: r.int_gauge(SERVICE_CHANGES_PENDING),
+            service_changes_total: r.int_counter(SERVICE_CHANGES_TOTAL),
+            no_local_endpoints: r
+                .int_gauge_vec(NO_LOCAL_ENDPOINTS, &["ip_family", "traffic_policy"]),
+            sync_failures: r.int_counter_vec(SYNC_FAILURES, fam),
+            cleanup_failures: r.int_counter_vec(CLEANUP_FAILURES, fam),
+            healthz_total: r.int_counter_vec(HEALTHZ_TOTAL, &["code"]),
+            livez_total: r.int_counter_vec(LIVEZ_TOTAL, &["code"]),
+            conntrack_reconcile_duration: r.histogram(
+                CONNTRACK_RECONCILE_DURATION,
                 sync_buckets(),
                 fam,
             ),
-            conntrack_deleted_entries: counter_vec(
-                upstream_opts(
-                    "conntrack_reconciler_deleted_entries_total",
-                    "Cumulative conntrack flows deleted by conntrack reconciler",
-                ),
-                fam,
-            ),
-            transaction_operations: own_histogram(
-                "kproxy_transaction_operations",
-                "Operations (netlink messages) in each committed nftables transaction",
+            conntrack_deleted_entries: r.int_counter_vec(CONNTRACK_DELETED_ENTRIES, fam),
+            transaction_operations: r.histogram(
+                TRANSACTION_OPERATIONS,
                 exponential_buckets(1.0, 4.0, 12).expect("valid buckets"),
-            ),
-            kernel_commit_duration: own_histogram(
-                "kproxy_kernel_commit_duration_seconds",
-                "Time from sending a transaction to the kernel's commit acknowledgement",
-                exponential_buckets(0.0001, 2.0, 18).expect("valid buckets"),
-            ),
-            drift_repairs: int_counter(Opts::new(
-                "kproxy_drift_repairs_total",
-                "Times kproxy found its tables changed by someone else and repaired them",
-            )),
-            invalid_objects: counter_vec(
-                Opts::new(
-                    "kproxy_invalid_objects_total",
-                    "Objects (or parts of them) skipped because they are invalid, by kind",
-                ),
-                &["kind"],
-            ),
-            programmed_service_ports: int_gauge_vec(
-                Opts::new(
-                    "kproxy_programmed_service_ports",
-                    "Service ports programmed in the kernel",
-                ),
                 fam,
             ),
-            api_events: {
-                let c = CounterVec::new(
-                    Opts::new(
-                        "kproxy_watch_events_total",
-                        "Watch events received from the API server, by resource and type",
-                    ),
-                    &["resource", "type"],
-                )
-                .expect("valid counter");
-                registry.register(Box::new(c.clone())).expect("unique");
-                c
-            },
-            last_sync_kind: {
-                let g = Gauge::with_opts(Opts::new(
-                    "kproxy_last_sync_full",
-                    "1 when the last sync was a full sync, 0 when partial",
-                ))
-                .expect("valid gauge");
-                registry.register(Box::new(g.clone())).expect("unique");
-                g
-            },
+            kernel_commit_duration: r.histogram(
+                KERNEL_COMMIT_DURATION,
+                exponential_buckets(0.0001, 2.0, 18).expect("valid buckets"),
+                fam,
+            ),
+            drift_repairs: r.int_counter(DRIFT_REPAIRS),
+            invalid_objects: r.int_counter_vec(INVALID_OBJECTS, &["kind"]),
+            programmed_service_ports: r.int_gauge_vec(PROGRAMMED_SERVICE_PORTS, fam),
+            api_events: r.counter_vec(API_EVENTS, &["resource", "type"]),
+            last_sync_kind: r.gauge(LAST_SYNC_KIND),
             registry,
         };
-        // Pre-create the per-family series so the page lists them from the start, as
-        // upstream does for its unlabelled metrics.
+        m.precreate_family_series();
+        m
+    }
+
+    /// Pre-creates the per-family series so the page lists them from the start, as
+    /// upstream does for its unlabelled metrics.
+    fn precreate_family_series(&self) {
         for family in [Family::V4, Family::V6] {
             let l = family_label(family);
-            m.sync_failures.with_label_values(&[l]);
-            m.cleanup_failures.with_label_values(&[l]);
-            m.conntrack_deleted_entries.with_label_values(&[l]);
+            self.sync_failures.with_label_values(&[l]);
+            self.cleanup_failures.with_label_values(&[l]);
+            self.conntrack_deleted_entries.with_label_values(&[l]);
             for policy in ["internal", "external"] {
-                m.no_local_endpoints.with_label_values(&[l, policy]);
+                self.no_local_endpoints.with_label_values(&[l, policy]);
             }
         }
-        m
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.

@@ -35,10 +35,11 @@ pub fn summary(model: &Model, warnings: &[Warning]) -> String {
 
 fn family_header(out: &mut String, fm: &FamilyModel) {
     let node_ip = fm
+        .settings
         .node_ip
         .map(|i| i.to_string())
         .unwrap_or_else(|| "none".into());
-    let nodeports = match &fm.nodeport_ips {
+    let nodeports = match &fm.settings.nodeport_ips {
         NodePortIps::All => "all local addresses".to_string(),
         NodePortIps::Ips(v) if v.is_empty() => "none".to_string(),
         NodePortIps::Ips(v) => join(v),
@@ -46,7 +47,7 @@ fn family_header(out: &mut String, fm: &FamilyModel) {
     let _ = writeln!(
         out,
         "{} ({} service ports)  node IP {node_ip}  NodePorts on {nodeports}",
-        match fm.family {
+        match fm.settings.family {
             crate::nft::Family::V4 => "IPv4",
             crate::nft::Family::V6 => "IPv6",
         },

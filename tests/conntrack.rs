@@ -264,7 +264,7 @@ fn clean(t: &Topology, model: &Model, f: Family) -> usize {
         .cloned()
         .collect();
     assert!(!ports.is_empty(), "the model has the UDP service");
-    let node_addrs = match &fm.nodeport_ips {
+    let node_addrs = match &fm.settings.nodeport_ips {
         NodePortIps::Ips(ips) => ips.clone(),
         NodePortIps::All => panic!("the default nodePortAddresses list the primary IP"),
     };

@@ -99,3 +99,21 @@ fn usage_errors_exit_64() {
     assert_eq!(o.status.code(), Some(66));
     assert!(stderr(&o).contains("/nonexistent/kproxy-manifests.yaml"));
 }
+
+#[test]
+fn masquerade_bit_flag_reaches_the_rules() {
+    // `config` turns the bit into the mark (and rejects bits outside 0..=31); the model and
+    // the renderer carry the mark unchanged.
+    let dir = common::root().join("rules/scenarios/clusterip");
+    let o = kproxy_scenario("render", &dir, &["--masquerade-bit=5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let nft = stdout(&o);
+    assert!(
+        nft.contains("meta mark set meta mark | 0x00000020"),
+        "{nft}"
+    );
+    assert!(nft.contains("meta mark & 0x00000020 == 0 return"), "{nft}");
+    assert!(!nft.contains("0x00004000"), "{nft}");
+    let o = kproxy_scenario("render", &dir, &["--masquerade-bit=32"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+}

@@ -443,7 +443,7 @@ proptest! {
         let (m, _) = model::build(&objs, &s);
         let rs = render::render(&m);
         let fm = m.family(Family::V4).unwrap();
-        prop_assert!(matches!(fm.local_detect, LocalDetect::SourceCidrs(_)));
+        prop_assert!(matches!(fm.settings.local_detect, LocalDetect::SourceCidrs(_)));
         let host = Host { local_addrs: vec![NODE_IP.parse().unwrap()] };
         for sp in &fm.services {
             let t = trace(&rs, &host, &Probe {

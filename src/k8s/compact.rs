@@ -2,7 +2,7 @@
 //!
 //! Owns: what the cache keeps of each Service and EndpointSlice, and the conversion back
 //! to the `k8s-openapi` types [`model::build`](crate::model::build) reads. Only the fields
-//! `model::build` (and `sync::node_eligible`) read survive; everything else (managed
+//! `model::build` (and `model::NodeFacts`) read survive; everything else (managed
 //! fields, annotations, selectors, target refs, every address of an endpoint but the first,
 //! ...) is dropped on arrival. Two objects that build the same model therefore compare
 //! equal, which is how the cache tells a real change from noise.
@@ -33,10 +33,9 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE};
-
-/// The only taint `sync::node_eligible` looks at.
-pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+use crate::model::{
+    LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, LABEL_ZONE, TAINT_TO_BE_DELETED,
+};
 
 type Str = Box<str>;
 type Atom = Arc<str>;

@@ -3,7 +3,9 @@
 //! Owns: the typed, validated picture that `render` turns into rules. [`build`] derives it
 //! from Kubernetes objects (Services, EndpointSlices, the own Node, ServiceCIDRs) and the
 //! proxy configuration, applying upstream kube-proxy's selection rules (which objects count,
-//! endpoint conditions, traffic policies, topology, terminating fallback).
+//! endpoint conditions, traffic policies, topology, terminating fallback). Each family's
+//! model is its node-level [`FamilySettings`] (what the table skeleton needs) and its
+//! [`ServicePort`]s; [`NodeFacts`] is the one reading of the own Node object.
 //!
 //! Must not: do I/O, read clocks, or know anything about nftables syntax. Bad input is
 //! never an error here: it becomes a [`Warning`] naming the object and the reason, and the
@@ -18,7 +20,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 pub use crate::nft::{Family, Protocol};
-pub use build::{build, Objects};
+pub use build::{build, NodeFacts, Objects};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -32,6 +34,8 @@ pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Node label carrying the zone.
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// The only Node taint kproxy reads: the node is leaving (cluster autoscaler).
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// How kproxy recognises traffic from pods on this node ("local traffic detector").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -197,20 +201,29 @@ impl ServicePort {
     }
 }
 
-/// The model of one IP family.
+/// The node-level part of one IP family's model: what every rule of the family shares
+/// (the skeleton), apart from the service ports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FamilyModel {
+pub struct FamilySettings {
     pub family: Family,
     /// The node's primary IP of this family, if it has one.
     pub node_ip: Option<IpAddr>,
     pub nodeport_ips: NodePortIps,
     pub local_detect: LocalDetect,
     pub masquerade_all: bool,
-    /// The mark bit value (`1 << masqueradeBit`).
+    /// The mark bit value (`1 << masqueradeBit`), as `config` validated it.
     pub masquerade_mark: u32,
     /// Service CIDRs of this family (from ServiceCIDR objects): unallocated addresses
     /// inside them are dropped.
     pub service_cidrs: Vec<IpNetwork>,
+}
+
+/// The model of one IP family: its node-level settings and its service ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FamilyModel {
+    /// Serialized inline (the JSON output shows one flat object per family).
+    #[serde(flatten)]
+    pub settings: FamilySettings,
     /// Service ports, sorted by name.
     pub services: Vec<ServicePort>,
 }
@@ -223,7 +236,7 @@ pub struct Model {
 
 impl Model {
     pub fn family(&self, family: Family) -> Option<&FamilyModel> {
-        self.families.iter().find(|f| f.family == family)
+        self.families.iter().find(|f| f.settings.family == family)
     }
 }
 

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::diff::{diff, Diff, DiffOptions};
-use crate::model::{FamilyModel, Model, ServicePort, ServicePortName};
+use crate::model::{FamilyModel, FamilySettings, Model, ServicePort, ServicePortName};
 use crate::nft::{Element, Family, Ruleset, Table, Value};
 
 use super::names::HAIRPIN;
@@ -83,7 +83,7 @@ type Rendered = (Fingerprint, Fragment, Box<ServicePort>);
 #[derive(Clone, Debug, Default)]
 struct FamilyState {
     /// The node-level part of the model the skeleton was rendered from (no services).
-    settings: Option<FamilyModel>,
+    settings: Option<FamilySettings>,
     skeleton: Option<Table>,
     slots: SlotAllocator,
     /// Each port's fingerprint (of the `ServicePort` it was rendered from) and what it
@@ -213,21 +213,6 @@ pub struct Renderer {
     key_bits: Option<u32>,
 }
 
-/// The node-level part of a family's model (everything but its services), without
-/// copying the services.
-fn settings_of(fm: &FamilyModel) -> FamilyModel {
-    FamilyModel {
-        family: fm.family,
-        node_ip: fm.node_ip,
-        nodeport_ips: fm.nodeport_ips.clone(),
-        local_detect: fm.local_detect.clone(),
-        masquerade_all: fm.masquerade_all,
-        masquerade_mark: fm.masquerade_mark,
-        service_cidrs: fm.service_cidrs.clone(),
-        services: Vec::new(),
-    }
-}
-
 impl Renderer {
     pub fn new() -> Renderer {
         Renderer::default()
@@ -270,23 +255,23 @@ impl Renderer {
                 self.families.retain(|f, _| model.family(*f).is_some());
             }
             for fm in &model.families {
-                let st = self.families.entry(fm.family).or_default();
-                let at = match frags.iter().position(|(f, _)| *f == fm.family) {
+                let st = self.families.entry(fm.settings.family).or_default();
+                let at = match frags.iter().position(|(f, _)| *f == fm.settings.family) {
                     Some(at) => at,
                     None => {
                         st.key_mask = key_mask;
                         st.ports.clear();
                         st.contributors.clear();
                         st.hairpin.clear();
-                        st.settings = Some(settings_of(fm));
-                        st.skeleton = Some(skeleton(fm));
-                        frags.push((fm.family, Vec::with_capacity(fm.services.len())));
+                        st.settings = Some(fm.settings.clone());
+                        st.skeleton = Some(skeleton(&fm.settings));
+                        frags.push((fm.settings.family, Vec::with_capacity(fm.services.len())));
                         frags.len() - 1
                     }
                 };
                 let out = &mut frags[at].1;
                 for sp in &fm.services {
-                    let frag = fragment(fm, sp, &mut st.slots);
+                    let frag = fragment(&fm.settings, sp, &mut st.slots);
                     let name = Arc::new(sp.name.clone());
                     st.add_contributions(&name, &frag);
                     st.ports
@@ -322,15 +307,18 @@ impl Renderer {
             return None;
         }
         for fm in &model.families {
-            let st = self.families.get(&fm.family)?;
-            if st.settings.as_ref() != Some(&settings_of(fm)) {
+            let st = self.families.get(&fm.settings.family)?;
+            if st.settings.as_ref() != Some(&fm.settings) {
                 return None;
             }
         }
         let mut prev = Ruleset::default();
         let mut next = Ruleset::default();
         for fm in &model.families {
-            let st = self.families.get_mut(&fm.family).expect("checked above");
+            let st = self
+                .families
+                .get_mut(&fm.settings.family)
+                .expect("checked above");
             let (p, n) = update_family(st, &self.fingerprint, fm, changed);
             prev.tables.push(p);
             next.tables.push(n);
@@ -448,7 +436,7 @@ fn update_family(
     let mut new_frags: Vec<(PortName, Option<Rendered>)> = Vec::new();
     for n in &names {
         let new = new_ports.get(n.as_ref()).map(|sp| {
-            let frag = fragment(fm, sp, &mut st.slots);
+            let frag = fragment(&fm.settings, sp, &mut st.slots);
             for policy in [Policy::Cluster, Policy::Local] {
                 if !frag.slot_lists.contains(&policy) {
                     st.slots.release_owner(&(n.clone(), policy));

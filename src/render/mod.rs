@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
-use crate::model::{EndpointAddr, FamilyModel, LocalDetect, Model, NodePortIps, ServicePort};
+use crate::model::{
+    EndpointAddr, FamilyModel, FamilySettings, LocalDetect, Model, NodePortIps, ServicePort,
+};
 use crate::nft::*;
 pub use incremental::Renderer;
 use names::*;
@@ -75,7 +77,7 @@ fn addr_type(f: Family) -> DataType {
 }
 
 /// The fixed sets and maps of a table, empty.
-fn skeleton_sets(fm: &FamilyModel) -> Vec<Set> {
+fn skeleton_sets(fm: &FamilySettings) -> Vec<Set> {
     let a = addr_type(fm.family);
     use DataType::{InetProto as P, InetService as S};
     let mut sets = vec![
@@ -161,7 +163,7 @@ impl SetRef {
 
 /// Statements matching "the source is a pod" (`negate`: "is not a pod"), or `None`
 /// without a detector.
-fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
+fn local_match(fm: &FamilySettings, negate: bool) -> Option<Vec<Stmt>> {
     let op = if negate { CmpOp::Ne } else { CmpOp::Eq };
     match &fm.local_detect {
         LocalDetect::None => None,
@@ -192,7 +194,7 @@ fn local_match(fm: &FamilyModel, negate: bool) -> Option<Vec<Stmt>> {
 /// The extra condition under which ClusterIP traffic is masqueraded: none with
 /// masqueradeAll (everything is), "not from a pod" with a detector, and `None` (never)
 /// without a detector.
-fn clusterip_masquerade_condition(fm: &FamilyModel) -> Option<Vec<Stmt>> {
+fn clusterip_masquerade_condition(fm: &FamilySettings) -> Option<Vec<Stmt>> {
     if fm.masquerade_all {
         Some(Vec::new())
     } else {
@@ -201,7 +203,7 @@ fn clusterip_masquerade_condition(fm: &FamilyModel) -> Option<Vec<Stmt>> {
 }
 
 /// Statements matching "the destination accepts NodePorts".
-fn nodeport_dst(fm: &FamilyModel) -> Vec<Stmt> {
+fn nodeport_dst(fm: &FamilySettings) -> Vec<Stmt> {
     match fm.nodeport_ips {
         NodePortIps::All => {
             let lo: IpNetwork = match fm.family {
@@ -234,7 +236,7 @@ fn proto_port_key() -> Vec<Field> {
 }
 
 /// The fixed chains of a table.
-fn skeleton_chains(fm: &FamilyModel) -> Vec<Chain> {
+fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
     let mut chains = hook_chains();
     chains.push(services_chain(fm));
     chains.extend(check_chains(fm));
@@ -294,7 +296,7 @@ fn hook_chains() -> Vec<Chain> {
 }
 
 /// `services`: masquerade marks, then dispatch through the service maps.
-fn services_chain(fm: &FamilyModel) -> Chain {
+fn services_chain(fm: &FamilySettings) -> Chain {
     // Masquerade marks first (table-wide sets instead of a rule per service: the mark is
     // only read in postrouting), then dispatch.
     let mut services = Chain::regular(SERVICES);
@@ -333,7 +335,7 @@ fn services_chain(fm: &FamilyModel) -> Chain {
 
 /// The filter chains' checks (no endpoints, NodePorts without endpoints, source ranges,
 /// ClusterIPs) and the reject helper.
-fn check_chains(fm: &FamilyModel) -> [Chain; 5] {
+fn check_chains(fm: &FamilySettings) -> [Chain; 5] {
     let mut check = Chain::regular(ENDPOINTS_CHECK);
     check.push(Rule::new(vec![Stmt::Vmap {
         key: dst_key(),
@@ -429,9 +431,9 @@ pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
     let frags: Vec<Fragment> = fm
         .services
         .iter()
-        .map(|sp| fragment(fm, sp, slots))
+        .map(|sp| fragment(&fm.settings, sp, slots))
         .collect();
-    assemble(skeleton(fm), slots, frags)
+    assemble(skeleton(&fm.settings), slots, frags)
 }
 
 /// A table from its skeleton and its service ports' fragments, in service-port order.
@@ -470,7 +472,7 @@ pub fn assemble(
 /// The fixed part of a family's table: base chains, dispatch chains, the table-wide sets
 /// and maps, and the elements that come from node-level settings (NodePort addresses,
 /// ServiceCIDRs, pod CIDRs).
-pub fn skeleton(fm: &FamilyModel) -> Table {
+pub fn skeleton(fm: &FamilySettings) -> Table {
     let mut t = Table::new(fm.family, TABLE);
     t.comment = Some("rules for kproxy".into());
     for s in skeleton_sets(fm) {
@@ -497,7 +499,7 @@ pub struct Fragment {
     pub slot_lists: Vec<Policy>,
 }
 
-fn fill_skeleton_sets(fm: &FamilyModel, t: &mut Table) {
+fn fill_skeleton_sets(fm: &FamilySettings, t: &mut Table) {
     if let NodePortIps::Ips(ips) = &fm.nodeport_ips {
         let s = t.sets.get_mut(NODEPORT_IPS).expect("skeleton set");
         for ip in ips.iter().filter(|ip| !ip.is_loopback()) {
@@ -644,7 +646,7 @@ impl PortPlan {
 }
 
 /// Renders one service port's [`Fragment`], taking its endpoint slot ranges from `slots`.
-pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut dyn Ranges) -> Fragment {
+pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -> Fragment {
     let plan = PortPlan::new(sp);
     let mut frag = Fragment::default();
     dispatch_elements(fm, sp, &plan, &mut frag.elements);
@@ -658,7 +660,7 @@ pub fn fragment(fm: &FamilyModel, sp: &ServicePort, slots: &mut dyn Ranges) -> F
 /// The elements that send a service port's traffic on: its ClusterIP, external entry
 /// points, firewall and masquerade markers, in the table-wide sets and maps.
 fn dispatch_elements(
-    fm: &FamilyModel,
+    fm: &FamilySettings,
     sp: &ServicePort,
     plan: &PortPlan,
     pending: &mut Vec<(SetRef, Element)>,
@@ -722,7 +724,7 @@ fn dispatch_elements(
 
 /// loadBalancerSourceRanges: the LB IPs only (not NodePorts, not externalIPs).
 fn firewall_elements(
-    fm: &FamilyModel,
+    fm: &FamilySettings,
     sp: &ServicePort,
     plan: &PortPlan,
     pending: &mut Vec<(SetRef, Element)>,
@@ -756,7 +758,7 @@ fn firewall_elements(
 /// External traffic under externalTrafficPolicy Local: pods and the node itself
 /// short-circuit to the Cluster chain (the node masqueraded); everyone else goes to the
 /// Local chain, or falls through to the no-endpoint drop when there is none.
-fn external_chain(fm: &FamilyModel, sp: &ServicePort, plan: &PortPlan) -> Chain {
+fn external_chain(fm: &FamilySettings, sp: &ServicePort, plan: &PortPlan) -> Chain {
     let ch = &plan.ch;
     let mut ext = Chain::regular(ch.external.clone());
     if plan.uses_cluster_chain {
@@ -785,7 +787,7 @@ fn external_chain(fm: &FamilyModel, sp: &ServicePort, plan: &PortPlan) -> Chain 
 /// elements, and either a slot range of the endpoint map and its DNAT rule or (ClientIP
 /// affinity) the affinity rules.
 fn endpoint_chains(
-    fm: &FamilyModel,
+    fm: &FamilySettings,
     sp: &ServicePort,
     plan: &PortPlan,
     slots: &mut dyn Ranges,

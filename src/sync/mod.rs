@@ -627,7 +627,8 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             let objects = self.source.objects(chunk.as_ref());
             let (m, w) = model::build(&objects, &self.settings);
             if std::mem::take(&mut first) {
-                let eligible = node_eligible(&objects, &self.settings.hostname);
+                let eligible =
+                    model::NodeFacts::of(&objects.nodes, &self.settings.hostname).eligible;
                 self.health.set_node_eligible(eligible);
                 self.node_addresses = node_addresses(&m, &self.settings);
             }
@@ -677,9 +678,9 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             renderer.full_chunked(self.model_chunks(None, &mut warnings).inspect(|model| {
                 for fm in &model.families {
                     for sp in &fm.services {
-                        facts.insert((fm.family, sp.name.clone()), PortFacts::of(sp));
+                        facts.insert((fm.settings.family, sp.name.clone()), PortFacts::of(sp));
                         if sp.name.protocol == Protocol::Udp {
-                            udp.entry(fm.family).or_default().push(sp.clone());
+                            udp.entry(fm.settings.family).or_default().push(sp.clone());
                         }
                     }
                 }
@@ -755,15 +756,15 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             let mut udp = Vec::new();
             for sp in &fm.services {
                 self.facts
-                    .insert((fm.family, sp.name.clone()), PortFacts::of(sp));
+                    .insert((fm.settings.family, sp.name.clone()), PortFacts::of(sp));
                 if sp.name.protocol == Protocol::Udp {
                     udp.push(sp.clone());
                 }
             }
-            let mut all = gone.remove(&fm.family).unwrap_or_default();
+            let mut all = gone.remove(&fm.settings.family).unwrap_or_default();
             all.retain(|old| !udp.iter().any(|n| n.name == old.name));
             all.extend(udp);
-            deleted += self.clean_conntrack(fm.family, &all);
+            deleted += self.clean_conntrack(fm.settings.family, &all);
         }
         Ok(SyncReport {
             full: false,
@@ -913,26 +914,12 @@ impl CommitStats for crate::backend::ApplyReport {
     }
 }
 
-/// The node exists and is not being deleted (or tainted for deletion by the cluster
-/// autoscaler), as upstream's `/healthz` requires.
-pub fn node_eligible(objects: &Objects, hostname: &str) -> bool {
-    objects.nodes.iter().any(|n| {
-        n.metadata.name.as_deref() == Some(hostname)
-            && n.metadata.deletion_timestamp.is_none()
-            && !n
-                .spec
-                .as_ref()
-                .and_then(|s| s.taints.as_ref())
-                .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"))
-    })
-}
-
 /// The addresses NodePorts answer on in the model (for conntrack): the explicit list,
 /// or every local address.
 fn node_addresses(model: &Model, settings: &Settings) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for fm in &model.families {
-        match &fm.nodeport_ips {
+        match &fm.settings.nodeport_ips {
             model::NodePortIps::Ips(ips) => out.extend(ips.iter().copied()),
             model::NodePortIps::All => out.extend(
                 settings
@@ -940,7 +927,7 @@ fn node_addresses(model: &Model, settings: &Settings) -> Vec<IpAddr> {
                     .iter()
                     .flatten()
                     .copied()
-                    .filter(|a| Family::of(a) == fm.family && !a.is_loopback()),
+                    .filter(|a| Family::of(a) == fm.settings.family && !a.is_loopback()),
             ),
         }
     }

@@ -424,26 +424,39 @@ impl Topology {
             });
         }
 
-        // Namespace settings first: interfaces take the `default` values when created.
-        for ns in [&t.node, &t.node_b] {
+        t.set_sysctls();
+        t.wire_nodes();
+        t.wire_outside();
+        t.wire_pods();
+        t.start_servers(sctp);
+        t.check_wiring();
+        t
+    }
+
+    /// Namespace settings first: interfaces take the `default` values when created.
+    fn set_sysctls(&self) {
+        for ns in [&self.node, &self.node_b] {
             sh(ns, &format!("{SYSCTL_ALL}; {SYSCTL_ROUTER}"));
         }
-        sh(&t.outside, SYSCTL_ALL);
-        for p in &t.pods {
+        sh(&self.outside, SYSCTL_ALL);
+        for p in &self.pods {
             sh(&p.ns, SYSCTL_ALL);
         }
+    }
 
+    /// The node: links to the outside and to node-b, its pod bridge and pod veths; node-b:
+    /// its pod bridge and pod veths, its link to the node.
+    fn wire_nodes(&self) {
         let (f4, f6) = (Family::V4, Family::V6);
-        // The node: links to the outside and to node-b, its pod bridge and pod veths.
         let mut cmds = vec![
             "link set lo up".to_string(),
             format!(
                 "link add eth0 type veth peer name eth0 netns {}",
-                t.outside.name
+                self.outside.name
             ),
             format!(
                 "link add eth1 type veth peer name eth0 netns {}",
-                t.node_b.name
+                self.node_b.name
             ),
             format!("addr add {}/24 dev eth0", node_ip(f4)),
             format!("addr add {}/64 dev eth0 nodad", node_ip(f6)),
@@ -455,7 +468,7 @@ impl Topology {
         cmds.extend(bridge_cmds(gateway_ip(f4), gateway_ip(f6)));
         let mut cmds_b = vec!["link set lo up".to_string()];
         cmds_b.extend(bridge_cmds(node_b_gateway_ip(f4), node_b_gateway_ip(f6)));
-        for p in &t.pods {
+        for p in &self.pods {
             let veth = format!("v{}", p.name);
             let peer = format!(
                 "link add {veth} type veth peer name eth0 netns {}",
@@ -482,7 +495,7 @@ impl Topology {
             format!("route add default via {}", outside_ip(f6, "O")),
             format!("route add {} via {}", cidr(f6, "pods-b"), node_b_ip(f6)),
         ]);
-        ip_batch(&t.node, &cmds);
+        ip_batch(&self.node, &cmds);
 
         cmds_b.extend([
             format!("addr add {}/24 dev eth0", node_b_ip(f4)),
@@ -491,8 +504,12 @@ impl Topology {
             format!("route add default via {}", node_link_b_ip(f4)),
             format!("route add default via {}", node_link_b_ip(f6)),
         ]);
-        ip_batch(&t.node_b, &cmds_b);
+        ip_batch(&self.node_b, &cmds_b);
+    }
 
+    /// The outside: the node's peer, with extra client addresses `O5` and `X5`.
+    fn wire_outside(&self) {
+        let (f4, f6) = (Family::V4, Family::V6);
         let mut out = vec![
             "link set lo up".to_string(),
             format!("addr add {}/24 dev eth0", outside_ip(f4, "O")),
@@ -510,9 +527,13 @@ impl Topology {
             format!("route add default via {}", node_ip(f4)),
             format!("route add default via {}", node_ip(f6)),
         ]);
-        ip_batch(&t.outside, &out);
+        ip_batch(&self.outside, &out);
+    }
 
-        for p in &t.pods {
+    /// Each pod: its address and default route via its node's bridge.
+    fn wire_pods(&self) {
+        let (f4, f6) = (Family::V4, Family::V6);
+        for p in &self.pods {
             let (gw4, gw6) = if p.name.starts_with('A') {
                 (gateway_ip(f4), gateway_ip(f6))
             } else {
@@ -530,14 +551,16 @@ impl Topology {
                 ],
             );
         }
+    }
 
-        // Servers.
+    /// Starts the echo servers in every pod (and, with `sctp`, the SCTP INIT listeners).
+    fn start_servers(&mut self, sctp: bool) {
         let tcp: Vec<String> = TCP_PORTS.iter().map(u16::to_string).collect();
         let udp: Vec<String> = UDP_PORTS.iter().map(u16::to_string).collect();
         let (tcp, udp) = (tcp.join(","), udp.join(","));
         let sctp_port = SCTP_PORT.to_string();
         let mut procs = Vec::new();
-        for p in &mut t.pods {
+        for p in &mut self.pods {
             let (proc, _) = spawn_ready(
                 &p.ns,
                 &["serve", "--tcp", &tcp, "--udp", &udp],
@@ -563,9 +586,7 @@ impl Topology {
                 p.sctp_seen = Some(seen);
             }
         }
-        t.procs = procs;
-        t.check_wiring();
-        t
+        self.procs = procs;
     }
 
     /// Before any rule exists: the outside reaches every pod directly, on both families,
