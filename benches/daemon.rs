@@ -19,8 +19,8 @@ use criterion::{BenchmarkId, Criterion};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 
-use kproxy::admin::{HealthChecks, ProxyHealth};
 use kproxy::backend::netlink::NetlinkBackend;
+use kproxy::health::{HealthChecks, ProxyHealth};
 use kproxy::k8s::cache::{Cache, Update};
 use kproxy::metrics::Metrics;
 use kproxy::sync::{SyncConfig, Syncer, Trigger};

@@ -63,7 +63,8 @@ fn incremental(c: &mut Criterion) {
     r.full(&m);
     let idx = 12_345;
     let name = m.families[0].services[idx].name.clone();
-    let key: BTreeSet<(String, String)> = [(name.namespace.clone(), name.name.clone())].into();
+    let key: BTreeSet<model::ServiceKey> =
+        [model::ServiceKey::new(&name.namespace, &name.name)].into();
     let extra = EndpointAddr {
         ip: "10.250.0.1".parse().unwrap(),
         port: 8080,
@@ -78,9 +79,8 @@ fn incremental(c: &mut Criterion) {
                 sp.cluster_endpoints.push(extra);
             }
             added = !added;
-            let d = r
-                .update(&m, &key, &DiffOptions::default())
-                .expect("incremental");
+            let p = r.update(&m, &key).expect("incremental");
+            let d = kproxy::diff::diff(&p.before, &p.after, &DiffOptions::default());
             assert!(!d.tx.is_empty());
             d
         })

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion};
-use kproxy::admin::{HealthChecks, ProxyHealth};
+use kproxy::apply::{Base, Options};
 use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::DiffOptions;
+use kproxy::health::{HealthChecks, ProxyHealth};
 use kproxy::k8s::cache::Cache;
 use kproxy::metrics::Metrics;
-use kproxy::model::{self, EndpointAddr, Model};
+use kproxy::model::{self, EndpointAddr, Model, ServiceKey};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::Family;
 use kproxy::render::Renderer;
@@ -64,7 +65,7 @@ fn delete_tables(b: &mut NetlinkBackend) {
 /// Render + diff against the (empty) kernel + encode + commit.
 fn full_sync(b: &mut NetlinkBackend, m: &Model) {
     let next = Renderer::new().full(m);
-    kproxy::apply::apply(b, next, false, false).expect("apply");
+    kproxy::apply::apply(b, Base::Kernel, next, &Options::default()).expect("apply");
 }
 
 /// `iters` cold full syncs, each after deleting the tables (untimed).
@@ -115,7 +116,7 @@ fn incremental(c: &mut Criterion) {
         .find(|f| f.settings.family == Family::V4)
         .unwrap();
     let name = fm.services[idx].name.clone();
-    let key: BTreeSet<(String, String)> = [(name.namespace.clone(), name.name.clone())].into();
+    let key: BTreeSet<ServiceKey> = [ServiceKey::new(&name.namespace, &name.name)].into();
     let extra = EndpointAddr {
         ip: "10.250.0.1".parse::<IpAddr>().unwrap(),
         port: 8080,
@@ -137,11 +138,11 @@ fn incremental(c: &mut Criterion) {
                 }
                 added = !added;
             }
-            let d = r
-                .update(&m, &key, &DiffOptions::default())
-                .expect("incremental");
-            assert!(!d.tx.is_empty());
-            b.apply(&d.tx).expect("apply");
+            let p = r.update(&m, &key).expect("incremental");
+            let applied =
+                kproxy::apply::apply(&mut b, Base::Given(p.before), p.after, &Options::default())
+                    .expect("apply");
+            assert!(applied.stats.ops > 0);
         })
     });
     g.finish();

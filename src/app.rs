@@ -15,16 +15,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::{self, HealthChecks, ProxyHealth};
+use crate::admin;
 use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
-use crate::backend::takeover;
 use crate::config::{Config, ConntrackConfig};
-use crate::conntrack::Conntrack;
+use crate::conntrack::{Conntrack, StaleFilter};
+use crate::health::{HealthChecks, ProxyHealth};
 use crate::k8s;
 use crate::metrics::Metrics;
+use crate::model::ServicePort;
+use crate::nft::Family;
 use crate::render;
-use crate::sync::{SyncConfig, Syncer, Trigger};
+use crate::sync::{FlowCleaner, SyncConfig, Syncer, Trigger};
+use crate::takeover;
 
 /// What `kproxy run` was asked to do besides running.
 #[derive(Clone, Copy, Debug, Default)]
@@ -109,8 +112,14 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(config.sync_period * 2));
     let checks = Arc::new(HealthChecks::default());
+    // Health checks on every address (`health_check_addresses` empty).
+    let admin_config = admin::AdminConfig {
+        healthz_bind: config.healthz_bind,
+        metrics_bind: config.metrics_bind,
+        health_check_addresses: Vec::new(),
+    };
     let admin = admin::spawn(
-        admin::AdminConfig::from_config(&config),
+        admin_config,
         health.clone(),
         checks.clone(),
         metrics.clone(),
@@ -179,6 +188,34 @@ fn release_free_memory() {
     // SAFETY: mi_collect has no preconditions; it only releases memory mimalloc holds
     // unused (for the calling thread's heap and abandoned segments).
     unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// Conntrack cleanup as the sync loop asks for it: wired here so that neither `conntrack`
+/// nor `sync` imports the other.
+impl FlowCleaner for Conntrack {
+    fn clean(
+        &mut self,
+        family: Family,
+        ports: &[ServicePort],
+        node_addresses: &[IpAddr],
+    ) -> Result<usize, String> {
+        let filter = StaleFilter::new(family, ports, node_addresses);
+        let st = self
+            .clean_stale(family, &filter)
+            .map_err(|e| e.to_string())?;
+        if st.stale > 0 {
+            tracing::debug!(
+                family = %family,
+                examined = st.examined,
+                stale = st.stale,
+                deleted = st.deleted,
+                gone = st.gone,
+                failed = st.failed,
+                "conntrack cleanup"
+            );
+        }
+        Ok(st.deleted)
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,12 +1,17 @@
-//! One-shot programming: what the kernel holds → diff → one atomic transaction.
+//! The one path from a rendered ruleset to the kernel: base → diff → commit.
 //!
-//! Owns: the sequence `kproxy apply` (and the demo) runs, written against the
-//! [`Backend`] trait so tests drive it with the fake: read back kproxy's tables, diff them
-//! against the rendered ruleset (dynamic affinity sets keep their runtime contents), apply,
-//! and on kernels before 6.2 delete no-longer-referenced chains in a second transaction a
-//! moment later (those kernels refuse to delete a chain in the same transaction that
-//! removed the last map element pointing at it). Also `cleanup`: delete kproxy's tables
-//! and nothing else.
+//! Owns: the sync step every caller runs, written against the [`Backend`] trait so tests
+//! drive it with the fake. [`apply`] takes a base — what the kernel holds ([`Base::Kernel`]:
+//! read back here, for a full sync, a drift repair and `kproxy apply`) or the renderer's
+//! partial "before" ([`Base::Given`] with [`crate::render::incremental::Partial::before`],
+//! for a partial sync) — and the target, diffs them (dynamic affinity sets keep their
+//! runtime contents), and commits one atomic transaction, or only computes it for a dry
+//! run. On kernels before 6.2, chains that lost their last reference are deleted in a
+//! second transaction a moment later (those kernels refuse to delete a chain in the same
+//! transaction that removed the last map element pointing at it): here after a pause
+//! ([`ChainDeletes::AfterDelay`], one-shot callers), or by the caller's loop
+//! ([`ChainDeletes::Return`] and [`delete_chains`], the daemon, which must not block).
+//! Also `cleanup`: delete kproxy's tables and nothing else.
 //!
 //! Must not: render, parse manifests or print; the caller does.
 
@@ -21,6 +26,49 @@ use crate::nft::Ruleset;
 /// as upstream kube-proxy does.
 pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 
+/// What the target is diffed against.
+#[derive(Clone, Debug)]
+pub enum Base {
+    /// What the kernel holds now, read back from the backend (kproxy's tables).
+    Kernel,
+    /// A ruleset the caller knows the kernel holds (for the objects it names): the
+    /// renderer's partial "before" of an incremental update.
+    Given(Ruleset),
+}
+
+/// What happens to chains that lose their last reference in this transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChainDeletes {
+    /// Deleted in the same transaction (kernel >= 6.2).
+    #[default]
+    Inline,
+    /// Deleted in a second transaction after [`STALE_CHAIN_DELAY`] (kernel < 6.2, callers
+    /// that may block).
+    AfterDelay,
+    /// Left to the caller in [`Applied::deferred`], to delete with [`delete_chains`] once
+    /// [`STALE_CHAIN_DELAY`] has passed (kernel < 6.2, the daemon's loop).
+    Return,
+}
+
+impl ChainDeletes {
+    /// [`ChainDeletes::Inline`] when the kernel allows it, else `deferred`.
+    pub fn for_kernel(needs_deferred: bool, deferred: ChainDeletes) -> ChainDeletes {
+        if needs_deferred {
+            deferred
+        } else {
+            ChainDeletes::Inline
+        }
+    }
+}
+
+/// How one [`apply`] runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub chain_deletes: ChainDeletes,
+    /// Only compute the transaction ([`Applied::tx`]); send nothing.
+    pub dry_run: bool,
+}
+
 /// What one apply did.
 #[derive(Clone, Debug, Default)]
 pub struct Applied {
@@ -29,10 +77,16 @@ pub struct Applied {
     pub tx: Transaction,
     pub stats: TxStats,
     pub report: ApplyReport,
-    /// Chains deleted in a follow-up transaction (kernels < 6.2 only).
+    /// Chains deleted in a follow-up transaction ([`ChainDeletes::AfterDelay`]).
     pub deferred_deleted: usize,
-    /// Time from reading the kernel's state to commit (both transactions).
+    /// Chains left for the caller to delete ([`ChainDeletes::Return`]).
+    pub deferred: Vec<(TableRef, String)>,
+    /// Time from reading the kernel's state (or from the diff, for a given base) to
+    /// commit (both transactions).
     pub elapsed: Duration,
+    /// Time from sending the transaction to the kernel's acknowledgement (the first
+    /// transaction only; zero for a dry run).
+    pub commit_elapsed: Duration,
 }
 
 /// Whether this kernel refuses to delete a chain in the transaction that removed its last
@@ -54,57 +108,73 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// Makes the kernel hold `next`: reads kproxy's tables back, diffs, applies. With
-/// `dry_run`, only computes the transaction. Takes `next` by value: what it adds moves
-/// into the transaction, and the kernel's state is dropped as soon as the transaction
-/// exists, and the backend drops each operation once encoded (at 50k services the ruleset,
-/// the transaction and the batch are each 70–200 MiB: the sync's memory peak).
+/// Makes the kernel hold `target`: diffs it against `base` and commits the difference in
+/// one atomic transaction; with `opts.dry_run`, only computes it. Takes both rulesets by
+/// value: what the target adds moves into the transaction, the base is dropped as soon as
+/// the transaction exists, and the backend drops each operation once encoded (at 50k
+/// services the ruleset, the transaction and the batch are each 70–200 MiB: the sync's
+/// memory peak).
 pub fn apply(
     backend: &mut dyn Backend,
-    next: Ruleset,
-    defer_chain_deletes: bool,
-    dry_run: bool,
+    base: Base,
+    target: Ruleset,
+    opts: &Options,
 ) -> Result<Applied, BackendError> {
     let start = Instant::now();
-    let current = backend.dump()?;
+    let base = match base {
+        Base::Kernel => backend.dump()?,
+        Base::Given(r) => r,
+    };
     let d = diff_owned(
-        &current,
-        next,
+        &base,
+        target,
         &DiffOptions {
-            defer_chain_deletes,
+            defer_chain_deletes: opts.chain_deletes != ChainDeletes::Inline,
         },
     );
-    drop(current);
+    drop(base);
     let stats = d.tx.stats();
-    if dry_run {
+    if opts.dry_run {
         return Ok(Applied {
             tx: d.tx,
             stats,
+            deferred: d.deferred,
             elapsed: start.elapsed(),
             ..Applied::default()
         });
     }
+    let sent = Instant::now();
     let report = backend.commit(d.tx)?;
-    let mut deferred_deleted = 0;
-    if !d.deferred.is_empty() {
-        std::thread::sleep(STALE_CHAIN_DELAY);
-        let mut tx = Transaction::new();
-        for (table, chain) in &d.deferred {
-            tx.push(Op::DeleteChain {
-                table: table.clone(),
-                chain: chain.clone(),
-            });
-        }
-        backend.apply(&tx)?;
-        deferred_deleted = d.deferred.len();
-    }
-    Ok(Applied {
-        tx: Transaction::new(),
+    let commit_elapsed = sent.elapsed();
+    let mut applied = Applied {
         stats,
         report,
-        deferred_deleted,
-        elapsed: start.elapsed(),
-    })
+        commit_elapsed,
+        ..Applied::default()
+    };
+    if !d.deferred.is_empty() {
+        if opts.chain_deletes == ChainDeletes::AfterDelay {
+            std::thread::sleep(STALE_CHAIN_DELAY);
+            delete_chains(backend, d.deferred.iter().cloned())?;
+            applied.deferred_deleted = d.deferred.len();
+        } else {
+            applied.deferred = d.deferred;
+        }
+    }
+    applied.elapsed = start.elapsed();
+    Ok(applied)
+}
+
+/// Deletes these chains in one transaction (the deferred deletes of kernels < 6.2).
+pub fn delete_chains(
+    backend: &mut dyn Backend,
+    chains: impl IntoIterator<Item = (TableRef, String)>,
+) -> Result<ApplyReport, BackendError> {
+    let mut tx = Transaction::new();
+    for (table, chain) in chains {
+        tx.push(Op::DeleteChain { table, chain });
+    }
+    backend.apply(&tx)
 }
 
 /// Deletes kproxy's tables (those present among `tables`), nothing else. Returns the

@@ -251,8 +251,15 @@ fn describe_stats(s: &TxStats) -> String {
 fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
     let p = prepare(&a.input)?;
     let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
-    let defer = apply::kernel_needs_deferred_chain_deletes(&apply::kernel_release());
-    let done = apply::apply(&mut backend, p.ruleset, defer, a.dry_run).map_err(kernel_failure)?;
+    let opts = apply::Options {
+        chain_deletes: apply::ChainDeletes::for_kernel(
+            apply::kernel_needs_deferred_chain_deletes(&apply::kernel_release()),
+            apply::ChainDeletes::AfterDelay,
+        ),
+        dry_run: a.dry_run,
+    };
+    let done = apply::apply(&mut backend, apply::Base::Kernel, p.ruleset, &opts)
+        .map_err(kernel_failure)?;
     let ms = done.elapsed.as_secs_f64() * 1e3;
     if a.dry_run {
         print!("{}", text::transaction(&done.tx));

@@ -2,10 +2,10 @@
 //! makes what the kernel holds equal to what is meant, ordered so that the kernel accepts
 //! every operation at the moment it applies it.
 //!
-//! Owns: which objects change and in what order. `sync` calls it with the last committed
-//! ruleset (or a dump read back from the kernel) and the next rendered one;
-//! `render::incremental` calls it with two *partial* tables (only the touched objects,
-//! before and after), so both paths share one engine.
+//! Owns: which objects change and in what order. `apply` calls it with a dump read back
+//! from the kernel and the next rendered ruleset (full syncs, `kproxy apply`), or with the
+//! two *partial* rulesets of `render::incremental` (only the touched objects, before and
+//! after: partial syncs), so both paths share one engine.
 //!
 //! Must not: do I/O, look at anything but its two arguments, or emit operations for
 //! objects that are equal on both sides.

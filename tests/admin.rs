@@ -9,9 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kproxy::admin::{
-    self, AdminConfig, AdminHandle, HealthCheckService, HealthChecks, ProxyHealth,
-};
+use kproxy::admin::{self, AdminConfig, AdminHandle};
+use kproxy::health::{HealthCheckService, HealthChecks, ProxyHealth};
 use kproxy::metrics::Metrics;
 use kproxy::nft::Family;
 use serde_json::{json, Value};

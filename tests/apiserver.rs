@@ -14,28 +14,25 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::testutil::apiserver::{ApiServer, Kind, Verb};
+use kproxy::testutil::fixtures as fx;
 use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
-fn svc(ns: &str, name: &str, labels: Value, ip: &str) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]},
-    }))
-    .expect("service")
+/// A Service with these labels (an empty `labels` map when none) and one TCP port 80.
+fn svc(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str) -> Service {
+    fx::svc(ns, name)
+        .with(|s| s.metadata.labels = Some(Default::default()))
+        .labels(labels)
+        .cluster_ip(ip)
+        .port("", 80, "TCP")
+        .build()
 }
 
 fn node(name: &str) -> Node {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {"podCIDRs": ["10.128.0.0/24"]},
-    }))
-    .expect("node")
+    fx::node(name).pod_cidrs(&["10.128.0.0/24"]).build()
 }
 
 fn client(server: &ApiServer) -> Client {
@@ -101,14 +98,14 @@ fn raw_get(server: &ApiServer, path: &str) -> (u16, String) {
 async fn lists_with_selectors_pages_and_gets() {
     let server = ApiServer::start();
     for i in 0..25 {
-        let mut labels = json!({"app": if i % 2 == 0 { "web" } else { "db" }});
+        let mut labels = vec![("app", if i % 2 == 0 { "web" } else { "db" })];
         if i % 5 == 0 {
-            labels["service.kubernetes.io/headless"] = json!("");
+            labels.push(("service.kubernetes.io/headless", ""));
         }
         server.apply(&svc(
             &format!("ns-{}", i % 3),
             &format!("s{i:02}"),
-            labels,
+            &labels,
             "10.0.0.1",
         ));
     }
@@ -158,7 +155,7 @@ async fn lists_with_selectors_pages_and_gets() {
         );
         seen.extend(page.items.iter().map(|s| s.name_any()));
         if pages == 1 {
-            server.apply(&svc("ns-0", "zz-late", json!({}), "10.0.0.2"));
+            server.apply(&svc("ns-0", "zz-late", &[], "10.0.0.2"));
             assert_eq!(page.metadata.remaining_item_count, Some(18));
         }
         match page.metadata.continue_ {
@@ -195,13 +192,13 @@ async fn lists_with_selectors_pages_and_gets() {
 
     // A replaced object keeps its uid and bumps generation only when its spec changes.
     let uid = s03.metadata.uid.clone();
-    server.apply(&svc("ns-0", "s03", json!({"app": "db"}), "10.0.0.1"));
+    server.apply(&svc("ns-0", "s03", &[("app", "db")], "10.0.0.1"));
     let relabelled = ns0.get("s03").await.unwrap();
     assert_eq!(
         (relabelled.metadata.uid, relabelled.metadata.generation),
         (uid, Some(1))
     );
-    server.apply(&svc("ns-0", "s03", json!({"app": "db"}), "10.0.0.9"));
+    server.apply(&svc("ns-0", "s03", &[("app", "db")], "10.0.0.9"));
     assert_eq!(ns0.get("s03").await.unwrap().metadata.generation, Some(2));
 
     let log = server.request_log();
@@ -215,7 +212,7 @@ fn raw_protocol_details() {
     let server = ApiServer::builder()
         .bookmark_interval(Duration::from_millis(100))
         .start();
-    server.apply(&svc("default", "a", json!({}), "10.0.0.1"));
+    server.apply(&svc("default", "a", &[], "10.0.0.1"));
 
     let (code, body) = raw_get(&server, "/api/v1/pods");
     assert_eq!(code, 404);
@@ -307,7 +304,7 @@ fn raw_protocol_details() {
 #[tokio::test]
 async fn watcher_sees_changes_in_order() {
     let server = ApiServer::start();
-    server.apply(&svc("default", "a", json!({}), "10.0.0.1"));
+    server.apply(&svc("default", "a", &[], "10.0.0.1"));
     let api: Api<Service> = Api::all(client(&server));
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
     let mut seen = Vec::new();
@@ -320,8 +317,8 @@ async fn watcher_sees_changes_in_order() {
                 seen.push("init-done".into());
                 // The watch request follows InitDone; changes before it are replayed from
                 // the list's RV.
-                server.apply(&svc("default", "b", json!({}), "10.0.0.2"));
-                server.apply(&svc("default", "a", json!({}), "10.0.0.3"));
+                server.apply(&svc("default", "b", &[], "10.0.0.2"));
+                server.apply(&svc("default", "a", &[], "10.0.0.3"));
                 server.delete(Kind::Service, "default", "b");
                 server.delete(Kind::Service, "default", "missing");
             }
@@ -366,7 +363,7 @@ async fn watcher_sees_changes_in_order() {
 async fn resumes_from_resource_version_after_dropped_watch() {
     let server = ApiServer::start();
     for n in ["a", "b", "c"] {
-        server.apply(&svc("default", n, json!({}), "10.0.0.1"));
+        server.apply(&svc("default", n, &[], "10.0.0.1"));
     }
     let store = reflect_services(client(&server), watcher::Config::default());
     store.wait_until_ready().await.unwrap();
@@ -381,7 +378,7 @@ async fn resumes_from_resource_version_after_dropped_watch() {
     // The re-watch is held back by latency, so these changes happen while disconnected.
     server.set_latency(Duration::from_millis(400));
     server.drop_watches();
-    server.apply(&svc("default", "d", json!({}), "10.0.0.4"));
+    server.apply(&svc("default", "d", &[], "10.0.0.4"));
     server.delete(Kind::Service, "default", "a");
     server.set_latency(Duration::ZERO);
 
@@ -411,7 +408,7 @@ async fn resumes_from_resource_version_after_dropped_watch() {
 async fn relists_after_compaction() {
     let server = ApiServer::start();
     for n in ["a", "b", "c"] {
-        server.apply(&svc("default", n, json!({}), "10.0.0.1"));
+        server.apply(&svc("default", n, &[], "10.0.0.1"));
     }
     let store = reflect_services(client(&server), watcher::Config::default());
     store.wait_until_ready().await.unwrap();
@@ -424,7 +421,7 @@ async fn relists_after_compaction() {
     server.set_latency(Duration::from_millis(400));
     server.drop_watches();
     server.delete(Kind::Service, "default", "a");
-    server.apply(&svc("default", "d", json!({}), "10.0.0.4"));
+    server.apply(&svc("default", "d", &[], "10.0.0.4"));
     server.compact();
     server.set_latency(Duration::ZERO);
 
@@ -441,14 +438,14 @@ async fn relists_after_compaction() {
         server.open_watches() == 1
     })
     .await;
-    server.apply(&svc("default", "e", json!({}), "10.0.0.5"));
+    server.apply(&svc("default", "e", &[], "10.0.0.5"));
     wait_until("e", Duration::from_secs(10), || names(&store).contains("e")).await;
 }
 
 #[tokio::test]
 async fn recovers_after_outage_without_relisting() {
     let server = ApiServer::start();
-    server.apply(&svc("default", "a", json!({}), "10.0.0.1"));
+    server.apply(&svc("default", "a", &[], "10.0.0.1"));
     let store = reflect_services(client(&server), watcher::Config::default());
     store.wait_until_ready().await.unwrap();
     wait_until("the first watch", Duration::from_secs(10), || {
@@ -462,7 +459,7 @@ async fn recovers_after_outage_without_relisting() {
         server.open_watches() == 0
     })
     .await;
-    server.apply(&svc("default", "b", json!({}), "10.0.0.2"));
+    server.apply(&svc("default", "b", &[], "10.0.0.2"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(names(&store), set(&["a"]));
     server.set_down(false);
@@ -482,7 +479,7 @@ async fn bookmarks_advance_the_resume_point() {
     let server = ApiServer::builder()
         .bookmark_interval(Duration::from_millis(100))
         .start();
-    server.apply(&svc("default", "a", json!({}), "10.0.0.1"));
+    server.apply(&svc("default", "a", &[], "10.0.0.1"));
     let store = reflect_services(client(&server), watcher::Config::default());
     store.wait_until_ready().await.unwrap();
     wait_until("the first watch", Duration::from_secs(10), || {
@@ -518,8 +515,8 @@ async fn bookmarks_advance_the_resume_point() {
 #[tokio::test]
 async fn selector_transitions_are_added_and_deleted() {
     let server = ApiServer::start();
-    server.apply(&svc("default", "a", json!({"app": "web"}), "10.0.0.1"));
-    server.apply(&svc("default", "other", json!({"app": "db"}), "10.0.0.9"));
+    server.apply(&svc("default", "a", &[("app", "web")], "10.0.0.1"));
+    server.apply(&svc("default", "other", &[("app", "db")], "10.0.0.9"));
     let api: Api<Service> = Api::all(client(&server));
     let cfg = watcher::Config::default().labels("app=web");
     let mut events = std::pin::pin!(watcher(api, cfg));
@@ -528,10 +525,10 @@ async fn selector_transitions_are_added_and_deleted() {
         match ev {
             watcher::Event::InitApply(s) => seen.push(format!("init {}", s.name_any())),
             watcher::Event::InitDone => {
-                server.apply(&svc("default", "a", json!({"app": "db"}), "10.0.0.1"));
-                server.apply(&svc("default", "other", json!({"app": "db"}), "10.0.0.8"));
-                server.apply(&svc("default", "a", json!({"app": "web"}), "10.0.0.1"));
-                server.apply(&svc("default", "a", json!({"app": "web"}), "10.0.0.2"));
+                server.apply(&svc("default", "a", &[("app", "db")], "10.0.0.1"));
+                server.apply(&svc("default", "other", &[("app", "db")], "10.0.0.8"));
+                server.apply(&svc("default", "a", &[("app", "web")], "10.0.0.1"));
+                server.apply(&svc("default", "a", &[("app", "web")], "10.0.0.2"));
                 server.delete(Kind::Service, "default", "other");
                 server.delete(Kind::Service, "default", "a");
             }
@@ -566,8 +563,8 @@ async fn selector_transitions_are_added_and_deleted() {
 #[tokio::test]
 async fn streaming_list_and_namespaced_watch() {
     let server = ApiServer::start();
-    server.apply(&svc("ns1", "a", json!({}), "10.0.0.1"));
-    server.apply(&svc("ns2", "b", json!({}), "10.0.0.2"));
+    server.apply(&svc("ns1", "a", &[], "10.0.0.1"));
+    server.apply(&svc("ns2", "b", &[], "10.0.0.2"));
     let (reader, writer) = reflector::store::<Service>();
     let api: Api<Service> = Api::namespaced(client(&server), "ns1");
     let stream = watcher(api, watcher::Config::default().streaming_lists())
@@ -579,8 +576,8 @@ async fn streaming_list_and_namespaced_watch() {
     });
     reader.wait_until_ready().await.unwrap();
     assert_eq!(names(&reader), set(&["a"]));
-    server.apply(&svc("ns2", "c", json!({}), "10.0.0.3"));
-    server.apply(&svc("ns1", "d", json!({}), "10.0.0.4"));
+    server.apply(&svc("ns2", "c", &[], "10.0.0.3"));
+    server.apply(&svc("ns1", "d", &[], "10.0.0.4"));
     wait_until("d", Duration::from_secs(10), || {
         names(&reader) == set(&["a", "d"])
     })
@@ -609,7 +606,7 @@ async fn events_and_kubeconfig() {
     let c = Client::try_from(cfg).unwrap();
     assert_eq!(c.apiserver_version().await.unwrap().git_version, "v1.34.0");
 
-    let s = server.apply(&svc("default", "a", json!({}), "10.0.0.1"));
+    let s = server.apply(&svc("default", "a", &[], "10.0.0.1"));
     assert!(s > 1);
     let obj = Api::<Service>::namespaced(c.clone(), "default")
         .get("a")
@@ -655,20 +652,13 @@ async fn events_and_kubeconfig() {
 #[tokio::test]
 async fn endpointslices_nodes_and_servicecidrs() {
     let server = ApiServer::start();
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "a-x", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "a"}},
-        "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.1"]}],
-    }))
-    .unwrap();
+    let slice = fx::slice("default", "a-x", "a")
+        .endpoint("10.1.0.1")
+        .build();
     server.apply(&slice);
     server.apply(&node("node-a"));
     server.apply(&node("node-b"));
-    server.apply(&json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/12"]},
-    }));
+    server.apply(&fx::service_cidr("kubernetes", &["10.96.0.0/12"]).build());
     assert!(server
         .try_apply(&json!({"kind": "Pod", "metadata": {"name": "p"}}))
         .is_err());

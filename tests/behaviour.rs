@@ -12,8 +12,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use kproxy::model::EndpointAddr;
+use kproxy::model::{EndpointAddr, Objects};
 use kproxy::nft::{Family, Protocol, Ruleset};
+use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder};
 use kproxy::trace::{trace, Host, Origin, Probe, Trace, TraceVerdict};
 
 /// Logical address → concrete address of the family.
@@ -65,173 +66,119 @@ fn fam(f: Family) -> &'static str {
     }
 }
 
-struct Svc<'a> {
-    name: &'a str,
-    extra_spec: String,
-    status: String,
-    ports: &'a str,
-    slice_ports: &'a str,
-    endpoints: Vec<String>,
+/// An endpoint: logical address on `node`.
+fn ep(f: Family, logical: &str, node: &str) -> EndpointBuilder {
+    fx::ep(&ip(f, logical).to_string()).node(node)
 }
 
-/// An endpoint line: logical address, node, extra conditions/hints.
-fn ep(f: Family, logical: &str, node: &str, extra: &str) -> String {
-    format!(
-        "- {{addresses: [\"{}\"], nodeName: {node}{}}}",
-        ip(f, logical),
-        if extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {extra}")
-        }
-    )
-}
-
+/// The fixture cluster of family `f` as manifests: node-a (zone-a), the ServiceCIDR, and
+/// each service of [`svc_ip`] with one EndpointSlice (none for `empty`).
 fn fixture(f: Family) -> String {
-    let q = |l: &str| format!("\"{}\"", ip(f, l));
-    let tcp80 = "[{name: http, port: 80, protocol: TCP, targetPort: http}]";
-    let slice80 = "[{name: http, port: 8080, protocol: TCP}]";
-    let svcs = vec![
-        Svc {
-            name: "web",
-            extra_spec: format!("type: NodePort\n  externalIPs: [{}]", q("E1")),
-            status: String::new(),
-            ports: "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30080}]",
-            slice_ports: slice80,
-            endpoints: vec![
-                ep(f, "A1", "node-a", ""),
-                ep(f, "B1", "node-b", ""),
-                ep(f, "B2", "node-b", ""),
-                ep(f, "B3", "node-b", "conditions: {ready: false}"),
+    let s = |name: &str| {
+        let cip = svc_ip(f, name).to_string();
+        fx::svc("t", name)
+            .cluster_ip(&cip)
+            .cluster_ips(&[&cip])
+            .ip_families(&[fam(f)])
+    };
+    let http = |name: &str| s(name).port("http", 80, "TCP").target_port_name("http");
+    let node_port = |name: &str, type_: &str, np: i32| http(name).type_(type_).node_port(np);
+    let e = |logical: &str| ip(f, logical).to_string();
+    let zoned =
+        |logical: &str, node: &str, zone: &str| ep(f, logical, node).zone(zone).zone_hints(&[zone]);
+    let svcs: Vec<(ServiceBuilder, Vec<EndpointBuilder>)> = vec![
+        (
+            node_port("web", "NodePort", 30080).external_ips(&[e("E1")]),
+            vec![
+                ep(f, "A1", "node-a"),
+                ep(f, "B1", "node-b"),
+                ep(f, "B2", "node-b"),
+                ep(f, "B3", "node-b").ready(false),
             ],
-        },
-        Svc {
-            name: "lb",
-            extra_spec: format!(
-                "type: LoadBalancer\n  loadBalancerSourceRanges: [\"{}\"]",
-                cidr(f, "sources")
-            ),
-            status: format!("status: {{loadBalancer: {{ingress: [{{ip: {}}}]}}}}", q("E2")),
-            ports: "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30090}]",
-            slice_ports: slice80,
-            endpoints: vec![ep(f, "A2", "node-a", ""), ep(f, "B4", "node-b", "")],
-        },
-        Svc {
-            name: "etp",
-            extra_spec: "type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000".into(),
-            status: format!("status: {{loadBalancer: {{ingress: [{{ip: {}}}]}}}}", q("E3")),
-            ports: "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30081}]",
-            slice_ports: slice80,
-            endpoints: vec![ep(f, "A3", "node-a", ""), ep(f, "B5", "node-b", "")],
-        },
-        Svc {
-            name: "etp-none",
-            extra_spec: "type: NodePort\n  externalTrafficPolicy: Local".into(),
-            status: String::new(),
-            ports: "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30082}]",
-            slice_ports: slice80,
-            endpoints: vec![ep(f, "B6", "node-b", "")],
-        },
-        Svc {
-            name: "itp",
-            extra_spec: "internalTrafficPolicy: Local".into(),
-            status: String::new(),
-            ports: tcp80,
-            slice_ports: slice80,
-            endpoints: vec![ep(f, "A4", "node-a", ""), ep(f, "B7", "node-b", "")],
-        },
-        Svc {
-            name: "itp-none",
-            extra_spec: "internalTrafficPolicy: Local".into(),
-            status: String::new(),
-            ports: tcp80,
-            slice_ports: slice80,
-            endpoints: vec![ep(f, "B8", "node-b", "")],
-        },
-        Svc {
-            name: "term",
-            extra_spec: String::new(),
-            status: String::new(),
-            ports: tcp80,
-            slice_ports: slice80,
-            endpoints: vec![
-                ep(f, "B9", "node-b", "conditions: {ready: false, serving: true, terminating: true}"),
-                ep(f, "B10", "node-b", "conditions: {ready: false, serving: false, terminating: true}"),
+        ),
+        (
+            node_port("lb", "LoadBalancer", 30090)
+                .source_ranges(&[cidr(f, "sources")])
+                .lb_ingress(&e("E2")),
+            vec![ep(f, "A2", "node-a"), ep(f, "B4", "node-b")],
+        ),
+        (
+            node_port("etp", "LoadBalancer", 30081)
+                .etp_local()
+                .health_check_node_port(32000)
+                .lb_ingress(&e("E3")),
+            vec![ep(f, "A3", "node-a"), ep(f, "B5", "node-b")],
+        ),
+        (
+            node_port("etp-none", "NodePort", 30082).etp_local(),
+            vec![ep(f, "B6", "node-b")],
+        ),
+        (
+            http("itp").itp_local(),
+            vec![ep(f, "A4", "node-a"), ep(f, "B7", "node-b")],
+        ),
+        (http("itp-none").itp_local(), vec![ep(f, "B8", "node-b")]),
+        (
+            http("term"),
+            vec![
+                ep(f, "B9", "node-b")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(true),
+                ep(f, "B10", "node-b")
+                    .ready(false)
+                    .serving(false)
+                    .terminating(true),
             ],
-        },
-        Svc {
-            name: "empty",
-            extra_spec: format!("type: NodePort\n  externalIPs: [{}]", q("E4")),
-            status: String::new(),
-            ports: "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30083}]",
-            slice_ports: slice80,
-            endpoints: vec![],
-        },
-        Svc {
-            name: "sticky",
-            extra_spec: "sessionAffinity: ClientIP".into(),
-            status: String::new(),
-            ports: tcp80,
-            slice_ports: slice80,
-            endpoints: vec![ep(f, "A5", "node-a", ""), ep(f, "B11", "node-b", "")],
-        },
-        Svc {
-            name: "dns",
-            extra_spec: String::new(),
-            status: String::new(),
-            ports: "[{name: dns, port: 53, protocol: UDP, targetPort: 5353}, {name: sig, port: 2905, protocol: SCTP, targetPort: 2905}]",
-            slice_ports: "[{name: dns, port: 5353, protocol: UDP}, {name: sig, port: 2905, protocol: SCTP}]",
-            endpoints: vec![ep(f, "A6", "node-a", ""), ep(f, "B12", "node-b", "")],
-        },
-        Svc {
-            name: "topo",
-            extra_spec: String::new(),
-            status: String::new(),
-            ports: tcp80,
-            slice_ports: slice80,
-            endpoints: vec![
-                ep(f, "A7", "node-a", "zone: zone-a, hints: {forZones: [{name: zone-a}]}"),
-                ep(f, "B13", "node-b", "zone: zone-b, hints: {forZones: [{name: zone-b}]}"),
-                ep(f, "C1", "node-c", "zone: zone-a, hints: {forZones: [{name: zone-a}]}"),
+        ),
+        (
+            node_port("empty", "NodePort", 30083).external_ips(&[e("E4")]),
+            vec![],
+        ),
+        (
+            http("sticky").session_affinity("ClientIP"),
+            vec![ep(f, "A5", "node-a"), ep(f, "B11", "node-b")],
+        ),
+        (
+            s("dns")
+                .port("dns", 53, "UDP")
+                .target_port(5353)
+                .port("sig", 2905, "SCTP")
+                .target_port(2905),
+            vec![ep(f, "A6", "node-a"), ep(f, "B12", "node-b")],
+        ),
+        (
+            http("topo"),
+            vec![
+                zoned("A7", "node-a", "zone-a"),
+                zoned("B13", "node-b", "zone-b"),
+                zoned("C1", "node-c", "zone-a"),
             ],
-        },
+        ),
     ];
-    let mut y = format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: zone-a}}}}\n\
-         spec: {{podCIDRs: [\"{}\"]}}\n\
-         status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n---\n\
-         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\n\
-         spec: {{cidrs: [\"{}\"]}}\n",
-        cidr(f, "pods"),
-        q("N0"),
-        cidr(f, "services")
-    );
-    for (i, s) in svcs.iter().enumerate() {
-        let cip = q(&format!("S{}", 10 + i));
-        y.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {}, namespace: t}}\nspec:\n  clusterIP: {cip}\n  clusterIPs: [{cip}]\n  ipFamilies: [{}]\n  ports: {}\n",
-            s.name,
-            fam(f),
-            s.ports
-        ));
-        if !s.extra_spec.is_empty() {
-            y.push_str(&format!("  {}\n", s.extra_spec));
+    let node = fx::node("node-a")
+        .zone("zone-a")
+        .pod_cidrs(&[cidr(f, "pods")])
+        .internal_ip(&e("N0"));
+    let mut o = Objects {
+        nodes: vec![node.build()],
+        service_cidrs: vec![fx::service_cidr("kubernetes", &[cidr(f, "services")]).build()],
+        ..Objects::default()
+    };
+    for (svc, endpoints) in svcs {
+        let svc = svc.build();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        if !endpoints.is_empty() {
+            let mut slice = fx::slice("t", &format!("{name}-1"), &name).address_type(fam(f));
+            slice = match name.as_str() {
+                "dns" => slice.port("dns", 5353, "UDP").port("sig", 2905, "SCTP"),
+                _ => slice.port("http", 8080, "TCP"),
+            };
+            o.slices.push(slice.endpoints(endpoints).build());
         }
-        if !s.status.is_empty() {
-            y.push_str(&format!("{}\n", s.status));
-        }
-        if !s.endpoints.is_empty() {
-            y.push_str(&format!(
-                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {}-1, namespace: t, labels: {{kubernetes.io/service-name: {}}}}}\naddressType: {}\nports: {}\nendpoints:\n{}\n",
-                s.name,
-                s.name,
-                fam(f),
-                s.slice_ports,
-                s.endpoints.join("\n")
-            ));
-        }
+        o.services.push(svc);
     }
-    y
+    fx::manifests(&o)
 }
 
 /// The ClusterIP of the i-th fixture service.

@@ -20,13 +20,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::Once;
 
-use common::topology::{cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Topology};
+use common::topology::{cidr, node_ip, outside_ip, pod_ip, Topology};
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use common::{in_netns, kernel_tests_enabled};
 use kproxy::conntrack::{Conntrack, Flow};
 use kproxy::model::{Model, NodePortIps, Protocol};
 use kproxy::nft::Family;
 use kproxy::sync::FlowCleaner;
+use kproxy::testutil::fixtures::{self as fx, service_port};
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 const SVC_PORT: u16 = 53;
@@ -52,57 +53,38 @@ fn fam(f: Family) -> &'static str {
     }
 }
 
-/// The node and the ServiceCIDRs: the cluster without the service.
 fn node_manifests() -> String {
-    let (v4, v6) = (Family::V4, Family::V6);
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n\
-         spec: {{podCIDRs: [\"{}\", \"{}\"]}}\n\
-         status: {{addresses: [{{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}, \
-         {{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}]}}\n---\n\
-         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\n\
-         spec: {{cidrs: [\"10.96.0.0/16\", \"fd00:10:96::/112\"]}}\n",
-        cidr(v4, "pods"),
-        cidr(v6, "pods"),
-        node_ip(v4),
-        node_ip(v6),
-        node_link_b_ip(v4),
-        node_link_b_ip(v6),
-    )
+    fx::manifests(&common::node_objects())
 }
 
 /// The node, the ServiceCIDRs, the dual-stack UDP service `t/dns` (port 53 → 5353,
 /// NodePort 30053) and one EndpointSlice per family listing `endpoints` (pods).
 fn manifests(endpoints: &[&str]) -> String {
-    let mut y = node_manifests();
-    y.push_str(&format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: t}}\nspec:\n  \
-         type: NodePort\n  clusterIP: \"{}\"\n  clusterIPs: [\"{}\", \"{}\"]\n  \
-         ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  \
-         ports: [{{name: dns, port: {SVC_PORT}, protocol: UDP, targetPort: {TARGET_PORT}, nodePort: {NODE_PORT}}}]\n",
-        cluster_ip(Family::V4),
-        cluster_ip(Family::V4),
-        cluster_ip(Family::V6),
-    ));
-    if endpoints.is_empty() {
-        return y;
+    let mut o = common::node_objects();
+    let (v4, v6) = (
+        cluster_ip(Family::V4).to_string(),
+        cluster_ip(Family::V6).to_string(),
+    );
+    let dns = fx::svc("t", "dns")
+        .type_("NodePort")
+        .dual_stack(&v4, &v6)
+        .port("dns", SVC_PORT.into(), "UDP")
+        .target_port(TARGET_PORT.into())
+        .node_port(NODE_PORT.into());
+    o.services.push(dns.build());
+    if !endpoints.is_empty() {
+        for f in FAMILIES {
+            let eps = endpoints
+                .iter()
+                .map(|p| fx::ep(&pod_ip(f, p).to_string()).node("node-a"));
+            let slice = fx::slice("t", &format!("dns-{}", fam(f).to_lowercase()), "dns")
+                .address_type(fam(f))
+                .port("dns", TARGET_PORT.into(), "UDP")
+                .endpoints(eps);
+            o.slices.push(slice.build());
+        }
     }
-    for f in FAMILIES {
-        let eps: Vec<String> = endpoints
-            .iter()
-            .map(|p| format!("- {{addresses: [\"{}\"], nodeName: node-a}}", pod_ip(f, p)))
-            .collect();
-        y.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: dns-{0}, namespace: t, labels: {{kubernetes.io/service-name: dns}}}}\n\
-             addressType: {1}\nports: [{{name: dns, port: {TARGET_PORT}, protocol: UDP}}]\n\
-             endpoints:\n{2}\n",
-            fam(f).to_lowercase(),
-            fam(f),
-            eps.join("\n")
-        ));
-    }
-    y
+    fx::manifests(&o)
 }
 
 fn flags() -> Vec<String> {
@@ -562,31 +544,11 @@ fn big_table_only_stale_udp_entries_of_the_family_go() {
     };
     assert_eq!(count(&[]), 2 * N + 3);
 
-    let mut port = kproxy::model::ServicePort {
-        name: kproxy::model::ServicePortName {
-            namespace: "t".into(),
-            name: "dns".into(),
-            port: "dns".into(),
-            protocol: Protocol::Udp,
-        },
-        cluster_ip: "10.96.0.10".parse().unwrap(),
-        port: SVC_PORT,
-        node_port: 0,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        source_ranges: vec![],
-        affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: 0,
-        endpoints: vec![],
-        cluster_endpoints: vec![kproxy::model::EndpointAddr {
-            ip: "10.244.1.11".parse().unwrap(),
-            port: TARGET_PORT,
-        }],
-        local_endpoints: vec![],
-        has_endpoints: true,
-    };
+    let mut port = service_port("t", "dns", "dns", Protocol::Udp)
+        .cluster_ip("10.96.0.10")
+        .port(SVC_PORT)
+        .cluster_endpoint("10.244.1.11", TARGET_PORT)
+        .build();
     let ports = vec![port.clone()];
     let name = ns.name.clone();
     let (deleted, examined) = in_netns(&name, move || {

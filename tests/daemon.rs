@@ -16,13 +16,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::topology::{
-    cidr, node_ip, node_link_b_ip, outside_ip, pod_ip, Client, Outcome, Topology,
-};
+use common::topology::{cidr, node_ip, outside_ip, pod_ip, Client, Outcome, Topology};
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use common::{in_netns, kernel_tests_enabled};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::apiserver::{ApiServer, Kind};
+use kproxy::testutil::fixtures::{self as fx, ServiceBuilder, SliceBuilder};
 use serde_json::{json, Value};
 
 const NODE: &str = "node-a";
@@ -38,79 +38,45 @@ fn cluster_ip(f: Family, n: u8) -> String {
     }
 }
 
-fn node_object() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": NODE},
-        "spec": {"podCIDRs": [cidr(Family::V4, "pods"), cidr(Family::V6, "pods")]},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": node_ip(Family::V4).to_string()},
-            {"type": "InternalIP", "address": node_ip(Family::V6).to_string()},
-            {"type": "InternalIP", "address": node_link_b_ip(Family::V4).to_string()},
-            {"type": "InternalIP", "address": node_link_b_ip(Family::V6).to_string()},
-        ]},
-    })
-}
-
-fn service_cidr_object() -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"},
-        "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/112"]},
-    })
+/// A dual-stack ClusterIP service `name` with ClusterIPs `S<n>` and no ports yet.
+fn service_base(name: &str, n: u8) -> ServiceBuilder {
+    fx::svc("demo", name)
+        .type_("ClusterIP")
+        .dual_stack(&cluster_ip(Family::V4, n), &cluster_ip(Family::V6, n))
 }
 
 /// A dual-stack service `name` with ClusterIPs `S<n>`, port 80 → 8080, optional NodePort.
-fn service(name: &str, n: u8, node_port: Option<u16>, extra: Value) -> Value {
-    let mut port = json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080});
-    let mut spec = json!({
-        "type": "ClusterIP",
-        "clusterIP": cluster_ip(Family::V4, n),
-        "clusterIPs": [cluster_ip(Family::V4, n), cluster_ip(Family::V6, n)],
-        "ipFamilies": ["IPv4", "IPv6"],
-        "ipFamilyPolicy": "RequireDualStack",
-    });
-    if let Some(np) = node_port {
-        port["nodePort"] = json!(np);
-        spec["type"] = json!("NodePort");
+fn service(name: &str, n: u8, node_port: Option<u16>) -> ServiceBuilder {
+    let s = service_base(name, n)
+        .port("http", 80, "TCP")
+        .target_port(8080);
+    match node_port {
+        Some(np) => s.node_port(np.into()).type_("NodePort"),
+        None => s,
     }
-    spec["ports"] = json!([port]);
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "demo"},
-        "spec": spec,
-    })
 }
 
-/// One EndpointSlice of `family` for `service` with these pods (all ready).
-fn slice(service: &str, family: Family, pods: &[&str]) -> Value {
+/// One EndpointSlice of `family` for `service` with these pods (all ready), no ports.
+fn slice_base(service: &str, family: Family, pods: &[&str]) -> SliceBuilder {
     let (suffix, addr_type) = match family {
         Family::V4 => ("v4", "IPv4"),
         Family::V6 => ("v6", "IPv6"),
     };
-    let eps: Vec<Value> = pods
-        .iter()
-        .map(|p| {
-            json!({
-                "addresses": [pod_ip(family, p).to_string()],
-                "nodeName": if p.starts_with('A') { NODE } else { "node-b" },
-                "conditions": {"ready": true},
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-{suffix}"), "namespace": "demo",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": addr_type,
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": eps,
-    })
+    let eps = pods.iter().map(|p| {
+        fx::ep(&pod_ip(family, p).to_string())
+            .node(if p.starts_with('A') { NODE } else { "node-b" })
+            .ready(true)
+    });
+    fx::slice("demo", &format!("{service}-{suffix}"), service)
+        .address_type(addr_type)
+        .endpoints(eps)
+}
+
+/// One EndpointSlice of `family` for `service` with these pods (all ready).
+fn slice(service: &str, family: Family, pods: &[&str]) -> EndpointSlice {
+    slice_base(service, family, pods)
+        .port("http", 8080, "TCP")
+        .build()
 }
 
 fn slices(api: &ApiServer, service: &str, pods: &[&str]) {
@@ -277,7 +243,7 @@ impl Setup {
     /// Service `web` (ClusterIP S10) on these pods, `kproxy run` started, and the IPv4
     /// ClusterIP seen reaching exactly those pods.
     fn running_web(&self, pods_: &[&str]) -> (Daemon, String) {
-        self.api.apply(&service("web", 10, None, json!({})));
+        self.api.apply(&service("web", 10, None).build());
         slices(&self.api, "web", pods_);
         let d = Daemon::start(&self.t, &self.kubeconfig, &[]);
         let ip = cluster_ip(Family::V4, 10);
@@ -295,8 +261,9 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    api.apply(&node_object());
-    api.apply(&service_cidr_object());
+    let cluster = common::node_objects();
+    api.apply(&cluster.nodes[0]);
+    api.apply(&cluster.service_cidrs[0]);
     Setup {
         t,
         api,
@@ -312,7 +279,7 @@ fn api_changes_reach_the_kernel_and_the_operator_surface_reports_them() {
     }
     let s = setup();
     let (t, api) = (&s.t, &s.api);
-    api.apply(&service("web", 10, Some(30080), json!({})));
+    api.apply(&service("web", 10, Some(30080)).build());
     slices(api, "web", &["A1", "A2"]);
     let d = Daemon::start(t, &s.kubeconfig, &[]);
 
@@ -343,7 +310,7 @@ fn api_changes_reach_the_kernel_and_the_operator_surface_reports_them() {
         });
     }
     // A second service appears.
-    api.apply(&service("api", 11, None, json!({})));
+    api.apply(&service("api", 11, None).build());
     slices(api, "api", &["A2"]);
     eventually("new service api", &d, || {
         reached(t, &cluster_ip(Family::V4, 11)) == pods(Family::V4, &["A2"])
@@ -570,17 +537,17 @@ fn health_check_node_port_and_events_for_invalid_objects() {
     }
     let s = setup();
     let (t, api) = (&s.t, &s.api);
-    api.apply(&service(
-        "lb",
-        12,
-        Some(30090),
-        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}),
-    ));
+    let lb = service("lb", 12, Some(30090))
+        .type_("LoadBalancer")
+        .etp_local()
+        .health_check_node_port(32000);
+    api.apply(&lb.build());
     slices(api, "lb", &["A1", "A2", "B1"]);
     // An invalid Service: skipped, reported as an Event, others unaffected.
-    let mut bad = service("bad", 13, None, json!({}));
-    bad["spec"]["ports"][0]["port"] = json!(70000);
-    api.apply(&bad);
+    let bad = service_base("bad", 13)
+        .port("http", 70000, "TCP")
+        .target_port(8080);
+    api.apply(&bad.build());
     let d = Daemon::start(t, &s.kubeconfig, &[]);
 
     let hc = format!("{}:32000", node_ip(Family::V4));
@@ -621,14 +588,14 @@ fn a_udp_client_is_moved_off_a_removed_endpoint() {
     }
     let s = setup();
     let (t, api) = (&s.t, &s.api);
-    let mut svc = service("dns", 14, None, json!({}));
-    svc["spec"]["ports"] =
-        json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]);
-    api.apply(&svc);
+    let svc = service_base("dns", 14)
+        .port("dns", 53, "UDP")
+        .target_port(5353);
+    api.apply(&svc.build());
     let dns_slice = |pods: &[&str]| {
-        let mut v = slice("dns", Family::V4, pods);
-        v["ports"] = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
-        v
+        slice_base("dns", Family::V4, pods)
+            .port("dns", 5353, "UDP")
+            .build()
     };
     api.apply(&dns_slice(&["A1", "A2"]));
     let d = Daemon::start(t, &s.kubeconfig, &[]);

@@ -8,6 +8,7 @@
 //! - runtime contents of dynamic (affinity) sets are never touched;
 //! - one endpoint added to one of 1,000 services is exactly five operations.
 
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kproxy::backend::fake::FakeBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::{diff, DiffOptions};
@@ -16,9 +17,9 @@ use kproxy::model::{self};
 use kproxy::nft::tx::{Op, TableRef, Transaction};
 use kproxy::nft::{text, Chain, Element, Family, Ruleset, Stmt, Value};
 use kproxy::render;
+use kproxy::testutil::fixtures::{conditions, ep, slice, svc, ServiceBuilder};
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
 use proptest::prelude::*;
-use serde_json::{json, Value as J};
 
 fn render_of(o: &Objects, s: &Settings) -> Ruleset {
     let (m, _) = model::build(o, s);
@@ -101,10 +102,8 @@ fn check(prev: &Ruleset, next: &Ruleset) {
 // ---------------------------------------------------------------------------------------
 // Editing the synthetic cluster (services[i] and slices[i] belong together).
 
-fn edit<T: serde::Serialize + serde::de::DeserializeOwned>(x: &mut T, f: impl FnOnce(&mut J)) {
-    let mut v = serde_json::to_value(&*x).expect("to json");
-    f(&mut v);
-    *x = serde_json::from_value(v).expect("from json");
+fn spec(s: &mut Service) -> &mut ServiceSpec {
+    s.spec.get_or_insert_with(ServiceSpec::default)
 }
 
 #[derive(Clone, Debug)]
@@ -138,13 +137,9 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-fn toggle(v: &mut J, field: &str, on: &str, off: &str) {
-    let now = v["spec"][field].as_str() == Some(on);
-    v["spec"][field] = json!(if now { off } else { on });
-}
-
-fn endpoint(addr: &str, node: &str) -> J {
-    json!({"addresses": [addr], "nodeName": node})
+fn toggle(field: &mut Option<String>, on: &str, off: &str) {
+    let now = field.as_deref() == Some(on);
+    *field = Some(if now { off } else { on }.into());
 }
 
 fn apply_mutation(o: &mut Objects, m: &Mutation) {
@@ -152,21 +147,18 @@ fn apply_mutation(o: &mut Objects, m: &Mutation) {
     match *m {
         Mutation::AddService(a) => {
             let name = format!("added-{a}");
-            let svc = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "extra"},
-                "spec": {"type": "NodePort", "clusterIP": format!("172.31.{}.{}", a / 250 % 250, a % 250 + 1),
-                         "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
-                                    "nodePort": 31000 + (a % 1000) as i32}]},
-            }))
-            .expect("service");
-            let slice = serde_json::from_value(json!({
-                "metadata": {"name": format!("{name}-x"), "namespace": "extra",
-                             "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [endpoint(&format!("10.252.{}.{}", a / 250 % 250, a % 250 + 1), "node-a")],
-            }))
-            .expect("slice");
+            let svc = svc("extra", &name)
+                .type_("NodePort")
+                .cluster_ip(&format!("172.31.{}.{}", a / 250 % 250, a % 250 + 1))
+                .port("http", 80, "TCP")
+                .target_port(8080)
+                .node_port(31000 + (a % 1000) as i32)
+                .build();
+            let addr = format!("10.252.{}.{}", a / 250 % 250, a % 250 + 1);
+            let slice = slice("extra", &format!("{name}-x"), &name)
+                .port("http", 8080, "TCP")
+                .endpoint(ep(&addr).node("node-a"))
+                .build();
             // Names may repeat (same `a` twice): keep one.
             if !o
                 .services
@@ -178,50 +170,56 @@ fn apply_mutation(o: &mut Objects, m: &Mutation) {
             }
         }
         _ if n == 0 => {}
-        Mutation::AddEndpoint(i, a) => edit(&mut o.slices[i % n], |v| {
+        Mutation::AddEndpoint(i, a) => {
             let addr = format!("10.251.{}.{}", a / 250 % 250, a % 250 + 1);
             let node = if a % 3 == 0 { "node-a" } else { "node-3" };
-            v["endpoints"]
-                .as_array_mut()
-                .expect("endpoints")
-                .push(endpoint(&addr, node));
-        }),
-        Mutation::RemoveEndpoint(i) => edit(&mut o.slices[i % n], |v| {
-            if let Some(a) = v["endpoints"].as_array_mut() {
+            let endpoints = o.slices[i % n].endpoints.as_mut().expect("endpoints");
+            endpoints.push(ep(&addr).node(node).build());
+        }
+        Mutation::RemoveEndpoint(i) => {
+            if let Some(a) = o.slices[i % n].endpoints.as_mut() {
                 a.pop();
             }
-        }),
-        Mutation::NotReady(i) => edit(&mut o.slices[i % n], |v| {
-            if let Some(e) = v["endpoints"].as_array_mut().and_then(|a| a.first_mut()) {
-                e["conditions"] = json!({"ready": false, "serving": true, "terminating": true});
+        }
+        Mutation::NotReady(i) => {
+            let endpoints = o.slices[i % n].endpoints.as_mut();
+            if let Some(e) = endpoints.and_then(|a| a.first_mut()) {
+                e.conditions = Some(conditions(false, true, true));
             }
-        }),
+        }
         Mutation::DeleteService(i) => {
             o.services.remove(i % n);
             o.slices.remove(i % n);
         }
-        Mutation::ExternalPolicy(i) => edit(&mut o.services[i % n], |v| {
-            toggle(v, "externalTrafficPolicy", "Local", "Cluster")
-        }),
-        Mutation::InternalPolicy(i) => edit(&mut o.services[i % n], |v| {
-            toggle(v, "internalTrafficPolicy", "Local", "Cluster")
-        }),
-        Mutation::Affinity(i) => edit(&mut o.services[i % n], |v| {
-            toggle(v, "sessionAffinity", "ClientIP", "None")
-        }),
-        Mutation::ChangePort(i) => edit(&mut o.services[i % n], |v| {
-            let p = v["spec"]["ports"][0]["port"].as_i64().unwrap_or(80);
-            v["spec"]["ports"][0]["port"] = json!(if p == 80 { 8000 } else { 80 });
-        }),
-        Mutation::LoadBalancer(i) => edit(&mut o.services[i % n], |v| {
-            v["spec"]["type"] = json!("LoadBalancer");
-            v["spec"]["loadBalancerSourceRanges"] = json!(["203.0.113.0/24", "192.168.0.0/16"]);
-            v["status"] =
-                json!({"loadBalancer": {"ingress": [{"ip": format!("198.51.100.{}", i % n + 1)}]}});
-        }),
-        Mutation::ExternalIp(i) => edit(&mut o.services[i % n], |v| {
-            v["spec"]["externalIPs"] = json!([format!("198.18.0.{}", i % n + 1)]);
-        }),
+        Mutation::ExternalPolicy(i) => {
+            let s = spec(&mut o.services[i % n]);
+            toggle(&mut s.external_traffic_policy, "Local", "Cluster")
+        }
+        Mutation::InternalPolicy(i) => {
+            let s = spec(&mut o.services[i % n]);
+            toggle(&mut s.internal_traffic_policy, "Local", "Cluster")
+        }
+        Mutation::Affinity(i) => {
+            let s = spec(&mut o.services[i % n]);
+            toggle(&mut s.session_affinity, "ClientIP", "None")
+        }
+        Mutation::ChangePort(i) => {
+            let port = &mut spec(&mut o.services[i % n]).ports.as_mut().expect("ports")[0].port;
+            *port = if *port == 80 { 8000 } else { 80 };
+        }
+        Mutation::LoadBalancer(i) => {
+            let s = &mut o.services[i % n];
+            *s = ServiceBuilder::from(s.clone())
+                .type_("LoadBalancer")
+                .source_ranges(&["203.0.113.0/24", "192.168.0.0/16"])
+                .with(|s| s.status = None)
+                .lb_ingress(&format!("198.51.100.{}", i % n + 1))
+                .build();
+        }
+        Mutation::ExternalIp(i) => {
+            spec(&mut o.services[i % n]).external_ips =
+                Some(vec![format!("198.18.0.{}", i % n + 1)]);
+        }
     }
 }
 
@@ -273,9 +271,7 @@ fn objects_of(g: &Gen) -> Objects {
     // Every 3rd service with affinity as well, so small clusters have some.
     if g.affinity {
         for i in (0..o.services.len()).step_by(3) {
-            edit(&mut o.services[i], |v| {
-                v["spec"]["sessionAffinity"] = json!("ClientIP")
-            });
+            spec(&mut o.services[i]).session_affinity = Some("ClientIP".into());
         }
     }
     for m in &g.mutations {
@@ -372,9 +368,7 @@ proptest! {
 fn base_objects() -> Objects {
     let mut o = synthetic_cluster(20, 3, true);
     // A second affinity service besides svc-0 (every 50th has it).
-    edit(&mut o.services[7], |v| {
-        v["spec"]["sessionAffinity"] = json!("ClientIP")
-    });
+    spec(&mut o.services[7]).session_affinity = Some("ClientIP".into());
     o
 }
 
@@ -512,12 +506,8 @@ fn one_endpoint_in_a_thousand_services_is_three_ops() {
     // svc-501: ClusterIP + NodePort, eTP Cluster, 3 endpoints (slot capacity 4).
     let i = 501;
     assert_eq!(o2.services[i].metadata.name.as_deref(), Some("svc-501"));
-    edit(&mut o2.slices[i], |v| {
-        v["endpoints"]
-            .as_array_mut()
-            .unwrap()
-            .push(endpoint("10.250.0.1", "node-3"))
-    });
+    let new = ep("10.250.0.1").node("node-3").build();
+    o2.slices[i].endpoints.as_mut().unwrap().push(new);
     let next = render_of(&o2, &s);
 
     let d = diff(&prev, &next, &DiffOptions::default());

@@ -11,11 +11,11 @@ use kproxy::backend::fake::FakeBackend;
 use kproxy::backend::Backend;
 use kproxy::diff::{diff, DiffOptions};
 use kproxy::model::build::Objects;
-use kproxy::model::{self, Model};
+use kproxy::model::{self, Model, ServiceKey};
 use kproxy::render::Renderer;
+use kproxy::testutil::fixtures::{conditions, ep, slice, svc};
 use kproxy::testutil::{synthetic_cluster, synthetic_settings};
 use proptest::prelude::*;
-use serde_json::json;
 
 #[derive(Clone, Debug)]
 enum Change {
@@ -43,36 +43,33 @@ fn change_strategy() -> impl Strategy<Value = Change> {
     ]
 }
 
-fn svc_key(s: &Service) -> (String, String) {
-    (
+fn svc_key(s: &Service) -> ServiceKey {
+    ServiceKey::new(
         s.metadata.namespace.clone().unwrap_or_default(),
         s.metadata.name.clone().unwrap_or_default(),
     )
 }
 
 /// Applies a change to the objects; returns the service it touched.
-fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, String)> {
+fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<ServiceKey> {
     let n = o.services.len();
     match c {
         Change::AddService(i) => {
             *counter += 1;
             let name = format!("new-{counter}");
             let ns = format!("ns-{}", i % 3);
-            let svc: Service = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": ns},
-                "spec": {"type": "NodePort", "clusterIP": format!("172.31.{}.{}", *counter / 250, *counter % 250 + 1),
-                         "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-            }))
-            .unwrap();
-            let slice = serde_json::from_value(json!({
-                "metadata": {"name": format!("{name}-x"), "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            let svc = svc(&ns, &name)
+                .type_("NodePort")
+                .cluster_ip(&format!("172.31.{}.{}", *counter / 250, *counter % 250 + 1))
+                .port("http", 80, "TCP")
+                .target_port(8080)
+                .build();
+            let slice = slice(&ns, &format!("{name}-x"), &name)
+                .port("http", 8080, "TCP")
                 // Endpoint IPs shared with existing services: exercises shared hairpin keys.
-                "endpoints": [{"addresses": [format!("10.128.0.{}", i + 1)], "nodeName": "node-a"},
-                              {"addresses": [format!("10.128.0.{}", i + 2)], "nodeName": "node-b"}]
-            }))
-            .unwrap();
+                .endpoint(ep(&format!("10.128.0.{}", i + 1)).node("node-a"))
+                .endpoint(ep(&format!("10.128.0.{}", i + 2)).node("node-b"))
+                .build();
             o.services.push(svc.clone());
             o.slices.push(slice);
             Some(svc_key(&svc))
@@ -112,36 +109,31 @@ fn mutate(o: &mut Objects, c: &Change, counter: &mut u32) -> Option<(String, Str
         Change::AddEndpoint(i) | Change::RemoveEndpoint(i) | Change::AllNotReady(i) => {
             let key = svc_key(&o.services[i % n]);
             let slice = o.slices.iter_mut().find(|s| {
-                s.metadata.namespace.as_deref() == Some(key.0.as_str())
+                s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
                     && s.metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get("kubernetes.io/service-name"))
-                        == Some(&key.1)
+                        == Some(&key.name)
             })?;
             let endpoints = slice.endpoints.get_or_insert_with(Vec::new);
             match c {
                 Change::AddEndpoint(_) => {
                     *counter += 1;
-                    endpoints.push(
-                        serde_json::from_value(json!({
-                            "addresses": [format!("10.200.{}.{}", *counter / 250, *counter % 250 + 1)],
-                            "nodeName": if counter.is_multiple_of(2) { "node-a" } else { "node-c" }
-                        }))
-                        .unwrap(),
-                    );
+                    let addr = format!("10.200.{}.{}", *counter / 250, *counter % 250 + 1);
+                    let node = if counter.is_multiple_of(2) {
+                        "node-a"
+                    } else {
+                        "node-c"
+                    };
+                    endpoints.push(ep(&addr).node(node).build());
                 }
                 Change::RemoveEndpoint(_) => {
                     endpoints.pop();
                 }
                 _ => {
                     for ep in endpoints.iter_mut() {
-                        ep.conditions = Some(
-                            serde_json::from_value(
-                                json!({"ready": false, "serving": true, "terminating": true}),
-                            )
-                            .unwrap(),
-                        );
+                        ep.conditions = Some(conditions(false, true, true));
                     }
                 }
             }
@@ -198,7 +190,7 @@ proptest! {
                 }
             }
             let m = build(&objects);
-            let d = renderer.update(&m, &changed, &DiffOptions::default()).expect("settings unchanged");
+            let d = renderer.update(&m, &changed).map(|p| diff(&p.before, &p.after, &DiffOptions::default())).expect("settings unchanged");
             kernel.apply(&d.tx).map_err(|e| TestCaseError::fail(format!("{e}\n{}", kproxy::nft::text::transaction(&d.tx))))?;
             let held = kernel.dump().unwrap();
             let incremental = renderer.ruleset();
@@ -219,7 +211,8 @@ fn one_endpoint_change_touches_only_its_service() {
     let mut counter = 0;
     let key = mutate(&mut objects, &Change::AddEndpoint(7), &mut counter).unwrap();
     let d = renderer
-        .update(&build(&objects), &[key].into(), &DiffOptions::default())
+        .update(&build(&objects), &[key].into())
+        .map(|p| diff(&p.before, &p.after, &DiffOptions::default()))
         .unwrap();
     let stats = d.tx.stats();
     // The service chain is rewritten (flush + its rule) and one slot added: nothing else
@@ -244,7 +237,5 @@ fn node_level_changes_ask_for_a_full_render() {
     let mut settings = synthetic_settings();
     settings.masquerade_all = true;
     let (m, _) = model::build(&objects, &settings);
-    assert!(renderer
-        .update(&m, &BTreeSet::new(), &DiffOptions::default())
-        .is_none());
+    assert!(renderer.update(&m, &BTreeSet::new()).is_none());
 }

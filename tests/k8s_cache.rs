@@ -12,14 +12,18 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerStatus, ObjectReference, Service, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy::admin::ProxyHealth;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    FieldsV1, ManagedFieldsEntry, OwnerReference,
+};
+use kproxy::health::ProxyHealth;
 use kproxy::k8s::cache::{Cache, Update, PROXY_LABEL_SELECTOR};
 use kproxy::k8s::events::EventRecorder;
 use kproxy::metrics::Metrics;
-use kproxy::model::Warning;
+use kproxy::model::{ServiceKey, Warning};
 use kproxy::sync::{Source, Trigger, WarningSink};
+use kproxy::testutil::fixtures as fx;
 use kproxy::testutil::Counting;
 use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
@@ -40,59 +44,122 @@ fn live() -> isize {
 // Objects
 // ---------------------------------------------------------------------------------------
 
-fn svc(name: &str, ip: &str, rv: u32) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "ns", "name": name, "uid": format!("uid-{name}"),
-            "resourceVersion": rv.to_string(), "creationTimestamp": "2024-01-01T00:00:00Z",
-            "labels": {"app": name, "app.kubernetes.io/part-of": "bench"},
-            "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
-                "{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{}}"},
-            "managedFields": [{"manager": "kubectl", "operation": "Apply",
-                "apiVersion": "v1", "fieldsType": "FieldsV1",
-                "fieldsV1": {"f:spec": {"f:ports": {}, "f:selector": {}}}}]},
-        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
-            "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
-            "selector": {"app": name},
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
-        "status": {"loadBalancer": {}}})
+/// A `managedFields` entry as the API server writes it.
+fn managed(manager: &str, operation: &str, api_version: &str, fields: Value) -> ManagedFieldsEntry {
+    ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some(operation.into()),
+        api_version: Some(api_version.into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(FieldsV1(fields)),
+        ..ManagedFieldsEntry::default()
+    }
 }
 
-fn slice(name: &str, service: &str, endpoints: usize, rv: u32) -> Value {
-    let eps: Vec<Value> = (0..endpoints)
-        .map(|i| {
-            json!({"addresses": [format!("10.{}.{}.{}", i % 200, (i / 200) % 250, 1 + i % 250)],
-                "conditions": {"ready": true, "serving": true, "terminating": false},
-                "nodeName": format!("node-{}", i % 50), "zone": "zone-a",
-                "targetRef": {"kind": "Pod", "namespace": "ns",
-                    "name": format!("{service}-7d9f8c6b5-{i:05}"),
-                    "uid": format!("0f0e0d0c-0b0a-0908-0706-{i:012}")}})
+/// A realistic Service (what kubectl apply leaves: labels, last-applied, managed fields),
+/// as the API server serves it.
+fn svc(name: &str, ip: &str, rv: u32) -> Value {
+    let s = fx::svc("ns", name)
+        .uid(&format!("uid-{name}"))
+        .resource_version(&rv.to_string())
+        .labels(&[("app", name), ("app.kubernetes.io/part-of", "bench")])
+        .annotation(
+            "kubectl.kubernetes.io/last-applied-configuration",
+            "{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{}}",
+        )
+        .with(|s| {
+            s.metadata.creation_timestamp = Some(fx::time("2024-01-01T00:00:00Z"));
+            let fields = json!({"f:spec": {"f:ports": {}, "f:selector": {}}});
+            s.metadata.managed_fields = Some(vec![managed("kubectl", "Apply", "v1", fields)]);
+            s.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus::default()),
+                ..ServiceStatus::default()
+            });
         })
-        .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"namespace": "ns", "name": name, "uid": format!("uid-{name}"),
-            "resourceVersion": rv.to_string(), "generation": 1,
-            "generateName": format!("{service}-"),
-            "labels": {"kubernetes.io/service-name": service,
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-                "app": service},
-            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time":
-                "2024-01-01T00:00:00Z"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service,
-                "uid": format!("uid-{service}"), "controller": true,
-                "blockOwnerDeletion": true}],
-            "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
-                "apiVersion": "discovery.k8s.io/v1", "fieldsType": "FieldsV1",
-                "fieldsV1": {"f:endpoints": {}, "f:ports": {}}}]},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": eps})
+        .type_("ClusterIP")
+        .cluster_ip(ip)
+        .cluster_ips(&[ip])
+        .ip_families(&["IPv4"])
+        .ip_family_policy("SingleStack")
+        .itp("Cluster")
+        .session_affinity("None")
+        .selector(&[("app", name)])
+        .port("http", 80, "TCP")
+        .target_port(8080);
+    serde_json::to_value(s.build()).expect("service JSON")
+}
+
+/// A realistic EndpointSlice (as the EndpointSlice controller writes it) with `endpoints`
+/// ready pods, as the API server serves it.
+fn slice(name: &str, service: &str, endpoints: usize, rv: u32) -> Value {
+    let eps = (0..endpoints).map(|i| {
+        fx::ep(&format!(
+            "10.{}.{}.{}",
+            i % 200,
+            (i / 200) % 250,
+            1 + i % 250
+        ))
+        .ready(true)
+        .serving(true)
+        .terminating(false)
+        .node(&format!("node-{}", i % 50))
+        .zone("zone-a")
+        .with(|e| {
+            e.target_ref = Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: Some("ns".into()),
+                name: Some(format!("{service}-7d9f8c6b5-{i:05}")),
+                uid: Some(format!("0f0e0d0c-0b0a-0908-0706-{i:012}")),
+                ..ObjectReference::default()
+            })
+        })
+    });
+    let s = fx::slice("ns", name, service)
+        .uid(&format!("uid-{name}"))
+        .resource_version(&rv.to_string())
+        .labels(&[
+            (
+                "endpointslice.kubernetes.io/managed-by",
+                "endpointslice-controller.k8s.io",
+            ),
+            ("app", service),
+        ])
+        .annotation(
+            "endpoints.kubernetes.io/last-change-trigger-time",
+            "2024-01-01T00:00:00Z",
+        )
+        .with(|s| {
+            let m = &mut s.metadata;
+            m.generation = Some(1);
+            m.generate_name = Some(format!("{service}-"));
+            m.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                name: service.into(),
+                uid: format!("uid-{service}"),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]);
+            let fields = json!({"f:endpoints": {}, "f:ports": {}});
+            let entry = managed(
+                "kube-controller-manager",
+                "Update",
+                "discovery.k8s.io/v1",
+                fields,
+            );
+            m.managed_fields = Some(vec![entry]);
+        })
+        .port("http", 8080, "TCP")
+        .endpoints(eps);
+    serde_json::to_value(s.build()).expect("slice JSON")
 }
 
 fn node() -> Value {
-    json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "node-a", "uid": "uid-node-a", "resourceVersion": "1"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}})
+    let n = fx::node("node-a")
+        .uid("uid-node-a")
+        .resource_version("1")
+        .internal_ip("192.168.0.10");
+    serde_json::to_value(n.build()).expect("node JSON")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -244,11 +311,8 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn keys(names: &[&str]) -> BTreeSet<(String, String)> {
-    names
-        .iter()
-        .map(|n| ("ns".to_string(), n.to_string()))
-        .collect()
+fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
+    names.iter().map(|n| ServiceKey::new("ns", *n)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

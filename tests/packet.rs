@@ -27,6 +27,7 @@ use common::topology::{
 };
 use kproxy::model::EndpointAddr;
 use kproxy::nft::{Family, Protocol};
+use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder, SliceBuilder};
 use kproxy::trace::{Probe, Trace, TraceVerdict};
 
 use Protocol::{Sctp, Tcp, Udp};
@@ -70,142 +71,171 @@ fn ip(f: Family, logical: &str) -> IpAddr {
     s.parse().expect("address")
 }
 
-fn service_cidr(f: Family) -> &'static str {
-    match f {
-        Family::V4 => "10.96.0.0/16",
-        Family::V6 => "fd00:10:96::/112",
-    }
-}
+/// Changes to a builder: the parts of a fixture that differ between services.
+type Edit<B> = fn(B) -> B;
 
 #[derive(Clone)]
 struct Svc {
     name: &'static str,
-    /// Extra `spec:` lines (indented by two), `{E1}` etc. expand to both families' addresses.
-    spec: &'static str,
+    /// Everything beyond the dual-stack ClusterIPs: type, ports, policies, externalIPs.
+    spec: Edit<ServiceBuilder>,
     /// LoadBalancer ingress address (`E<n>`), if any.
     lb: Option<&'static str>,
-    ports: &'static str,
-    slice_ports: &'static str,
-    /// (pod, extra endpoint fields).
-    endpoints: Vec<(&'static str, &'static str)>,
+    slice_ports: Edit<SliceBuilder>,
+    /// (pod, endpoint conditions).
+    endpoints: Vec<(&'static str, Edit<EndpointBuilder>)>,
 }
 
-const HTTP: &str = "[{name: http, port: 80, protocol: TCP, targetPort: http}]";
-const HTTP_SLICE: &str = "[{name: http, port: 8080, protocol: TCP}]";
-const NOT_READY: &str = "conditions: {ready: false}";
+/// Both families' addresses of logical address `l`.
+fn both_ips(l: &str) -> [String; 2] {
+    [ip(Family::V4, l).to_string(), ip(Family::V6, l).to_string()]
+}
+
+/// Port http: 80 → container port `http`, and a NodePort when `node_port` is not 0.
+fn http(s: ServiceBuilder, node_port: i32) -> ServiceBuilder {
+    let s = s.port("http", 80, "TCP").target_port_name("http");
+    match node_port {
+        0 => s,
+        np => s.node_port(np),
+    }
+}
+
+fn http_slice(s: SliceBuilder) -> SliceBuilder {
+    s.port("http", 8080, "TCP")
+}
+
+fn ready(e: EndpointBuilder) -> EndpointBuilder {
+    e
+}
+
+fn not_ready(e: EndpointBuilder) -> EndpointBuilder {
+    e.ready(false)
+}
 
 /// The cluster every test programs (some change it). Pods are shared between services.
 fn services() -> Vec<Svc> {
-    let s = |name, spec, lb, ports, slice_ports, endpoints| Svc {
+    let s = |name, spec, lb, slice_ports, endpoints| Svc {
         name,
         spec,
         lb,
-        ports,
         slice_ports,
         endpoints,
     };
+    let plain = |name, endpoints| s(name, |b| http(b, 0), None, http_slice, endpoints);
     vec![
         s(
             "web",
-            "type: NodePort\n  externalIPs: [{E1}]",
+            |b| http(b.type_("NodePort").external_ips(&both_ips("E1")), 30080),
             None,
-            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30080}]",
-            HTTP_SLICE,
-            vec![("A1", ""), ("B1", ""), ("B2", ""), ("B3", NOT_READY)],
+            http_slice,
+            vec![
+                ("A1", ready),
+                ("B1", ready),
+                ("B2", ready),
+                ("B3", not_ready),
+            ],
         ),
         s(
             "named",
-            "",
+            |b| {
+                b.port("http", 80, "TCP")
+                    .target_port_name("web")
+                    .port("alt", 81, "TCP")
+                    .target_port_name("alt")
+            },
             None,
-            "[{name: http, port: 80, protocol: TCP, targetPort: web}, {name: alt, port: 81, protocol: TCP, targetPort: alt}]",
-            "[{name: http, port: 8080, protocol: TCP}, {name: alt, port: 8081, protocol: TCP}]",
-            vec![("A2", ""), ("B2", "")],
+            |b| b.port("http", 8080, "TCP").port("alt", 8081, "TCP"),
+            vec![("A2", ready), ("B2", ready)],
         ),
         s(
             "lb",
-            "type: LoadBalancer\n  loadBalancerSourceRanges: [{sources}]",
+            |b| {
+                let sources = [cidr(Family::V4, "sources"), cidr(Family::V6, "sources")];
+                http(b.type_("LoadBalancer").source_ranges(&sources), 30090)
+            },
             Some("E2"),
-            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30090}]",
-            HTTP_SLICE,
-            vec![("A2", ""), ("B1", "")],
+            http_slice,
+            vec![("A2", ready), ("B1", ready)],
         ),
         s(
             "lb-open",
-            "type: LoadBalancer",
+            |b| http(b.type_("LoadBalancer"), 30091),
             Some("E5"),
-            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30091}]",
-            HTTP_SLICE,
-            vec![("A1", ""), ("B2", "")],
+            http_slice,
+            vec![("A1", ready), ("B2", ready)],
         ),
         s(
             "etp",
-            "type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000",
+            |b| {
+                let b = b.type_("LoadBalancer").etp_local();
+                http(b.health_check_node_port(32000), 30081)
+            },
             Some("E3"),
-            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30081}]",
-            HTTP_SLICE,
-            vec![("A3", ""), ("B2", "")],
+            http_slice,
+            vec![("A3", ready), ("B2", ready)],
         ),
         s(
             "etp-none",
-            "type: NodePort\n  externalTrafficPolicy: Local",
+            |b| http(b.type_("NodePort").etp_local(), 30082),
             None,
-            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30082}]",
-            HTTP_SLICE,
-            vec![("B3", "")],
+            http_slice,
+            vec![("B3", ready)],
         ),
         s(
             "itp",
-            "internalTrafficPolicy: Local",
+            |b| http(b.itp_local(), 0),
             None,
-            HTTP,
-            HTTP_SLICE,
-            vec![("A1", ""), ("B1", "")],
+            http_slice,
+            vec![("A1", ready), ("B1", ready)],
         ),
         s(
             "itp-none",
-            "internalTrafficPolicy: Local",
+            |b| http(b.itp_local(), 0),
             None,
-            HTTP,
-            HTTP_SLICE,
-            vec![("B2", "")],
+            http_slice,
+            vec![("B2", ready)],
         ),
-        s(
+        plain(
             "term",
-            "",
-            None,
-            HTTP,
-            HTTP_SLICE,
             vec![
-                ("B1", "conditions: {ready: false, serving: true, terminating: true}"),
-                ("B2", "conditions: {ready: false, serving: false, terminating: true}"),
+                ("B1", |e| e.ready(false).serving(true).terminating(true)),
+                ("B2", |e| e.ready(false).serving(false).terminating(true)),
             ],
         ),
         s(
             "empty",
-            "type: NodePort\n  externalIPs: [{E4}]",
+            |b| {
+                let b = http(b.type_("NodePort").external_ips(&both_ips("E4")), 30083);
+                b.port("dns", 53, "UDP").target_port(5353).node_port(30084)
+            },
             None,
-            "[{name: http, port: 80, protocol: TCP, targetPort: http, nodePort: 30083}, {name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30084}]",
-            HTTP_SLICE,
+            http_slice,
             vec![],
         ),
         s(
             "sticky",
-            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}",
+            |b| http(b.affinity(Some(2)), 0),
             None,
-            HTTP,
-            HTTP_SLICE,
-            vec![("A1", ""), ("A2", ""), ("B1", ""), ("B2", "")],
+            http_slice,
+            vec![("A1", ready), ("A2", ready), ("B1", ready), ("B2", ready)],
         ),
         s(
             "dns",
-            "type: NodePort",
+            |b| {
+                b.type_("NodePort")
+                    .port("dns", 53, "UDP")
+                    .target_port(5353)
+                    .node_port(30053)
+                    .port("sig", 2905, "SCTP")
+                    .target_port(2905)
+                    .node_port(30905)
+            },
             None,
-            "[{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}, {name: sig, port: 2905, protocol: SCTP, targetPort: 2905, nodePort: 30905}]",
-            "[{name: dns, port: 5353, protocol: UDP}, {name: sig, port: 2905, protocol: SCTP}]",
-            vec![("A2", ""), ("B2", "")],
+            |b| b.port("dns", 5353, "UDP").port("sig", 2905, "SCTP"),
+            vec![("A2", ready), ("B2", ready)],
         ),
-        s("self", "", None, HTTP, HTTP_SLICE, vec![("A1", "")]),
-        s("gone", "", None, HTTP, HTTP_SLICE, vec![("A2", "")]),
+        plain("self", vec![("A1", ready)]),
+        plain("gone", vec![("A2", ready)]),
     ]
 }
 
@@ -218,105 +248,46 @@ fn svc_ip(f: Family, name: &str) -> IpAddr {
     ip(f, &format!("S{}", 10 + i))
 }
 
-fn both_q(f: impl Fn(Family) -> IpAddr) -> String {
-    format!("\"{}\", \"{}\"", f(Family::V4), f(Family::V6))
-}
-
 /// Dual-stack manifests: the node, the ServiceCIDRs, each service (ClusterIPs of both
 /// families) and one EndpointSlice per family.
 fn manifests(svcs: &[Svc]) -> String {
     let all = services();
-    let mut y = format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n\
-         spec: {{podCIDRs: [\"{}\", \"{}\"]}}\n\
-         status: {{addresses: [{{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}, \
-         {{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}]}}\n---\n\
-         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\n\
-         spec: {{cidrs: [\"{}\", \"{}\"]}}\n",
-        cidr(Family::V4, "pods"),
-        cidr(Family::V6, "pods"),
-        node_ip(Family::V4),
-        node_ip(Family::V6),
-        node_link_b_ip(Family::V4),
-        node_link_b_ip(Family::V6),
-        service_cidr(Family::V4),
-        service_cidr(Family::V6),
-    );
+    let (v4, v6) = (Family::V4, Family::V6);
+    let mut o = common::node_objects();
     for s in svcs {
         assert!(
             all.iter().any(|a| a.name == s.name),
             "{} not in services()",
             s.name
         );
-        let spec = s
-            .spec
-            .replace("{E1}", &both_q(|f| ip(f, "E1")))
-            .replace("{E4}", &both_q(|f| ip(f, "E4")))
-            .replace(
-                "{sources}",
-                &format!(
-                    "\"{}\", \"{}\"",
-                    cidr(Family::V4, "sources"),
-                    cidr(Family::V6, "sources")
-                ),
-            );
-        y.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {}, namespace: t}}\nspec:\n  \
-             clusterIP: \"{}\"\n  clusterIPs: [{}]\n  ipFamilies: [IPv4, IPv6]\n  \
-             ipFamilyPolicy: RequireDualStack\n  ports: {}\n",
-            s.name,
-            svc_ip(Family::V4, s.name),
-            both_q(|f| svc_ip(f, s.name)),
-            s.ports
-        ));
-        if !s.spec.is_empty() {
-            y.push_str(&format!("  {spec}\n"));
-        }
+        let (cip4, cip6) = (
+            svc_ip(v4, s.name).to_string(),
+            svc_ip(v6, s.name).to_string(),
+        );
+        let mut svc = fx::svc("t", s.name).dual_stack(&cip4, &cip6);
         if let Some(lb) = s.lb {
-            y.push_str(&format!(
-                "status: {{loadBalancer: {{ingress: [{{ip: \"{}\"}}, {{ip: \"{}\"}}]}}}}\n",
-                ip(Family::V4, lb),
-                ip(Family::V6, lb)
-            ));
+            let [lb4, lb6] = both_ips(lb);
+            svc = svc.lb_ingress(&lb4).lb_ingress(&lb6);
         }
+        o.services.push((s.spec)(svc).build());
         if s.endpoints.is_empty() {
             continue;
         }
-        for f in [Family::V4, Family::V6] {
-            let eps: Vec<String> = s
-                .endpoints
-                .iter()
-                .map(|(pod, extra)| {
-                    let node = if pod.starts_with('A') {
-                        "node-a"
-                    } else {
-                        "node-b"
-                    };
-                    let extra = if extra.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {extra}")
-                    };
-                    format!(
-                        "- {{addresses: [\"{}\"], nodeName: {node}{extra}}}",
-                        pod_ip(f, pod)
-                    )
-                })
-                .collect();
-            y.push_str(&format!(
-                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                 metadata: {{name: {}-{}, namespace: t, labels: {{kubernetes.io/service-name: {}}}}}\n\
-                 addressType: {}\nports: {}\nendpoints:\n{}\n",
-                s.name,
-                fam(f).to_lowercase(),
-                s.name,
-                fam(f),
-                s.slice_ports,
-                eps.join("\n")
-            ));
+        for f in [v4, v6] {
+            let eps = s.endpoints.iter().map(|(pod, conditions)| {
+                let node = if pod.starts_with('A') {
+                    "node-a"
+                } else {
+                    "node-b"
+                };
+                conditions(fx::ep(&pod_ip(f, pod).to_string()).node(node))
+            });
+            let name = format!("{}-{}", s.name, fam(f).to_lowercase());
+            let slice = fx::slice("t", &name, s.name).address_type(fam(f));
+            o.slices.push((s.slice_ports)(slice).endpoints(eps).build());
         }
     }
-    y
+    fx::manifests(&o)
 }
 
 fn flags(extra: &[&str]) -> Vec<String> {
@@ -1052,7 +1023,7 @@ fn updates_keep_established_connections() {
     let mut next: Vec<Svc> = svcs.into_iter().filter(|s| s.name != "gone").collect();
     let web = next.iter_mut().find(|s| s.name == "web").expect("web");
     web.endpoints.retain(|(p, _)| *p != removed);
-    web.endpoints.push(("A2", ""));
+    web.endpoints.push(("A2", ready));
     program(&t, &next, &[]);
     for (_, h) in &held {
         assert!(

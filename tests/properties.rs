@@ -13,15 +13,16 @@ mod common;
 
 use std::collections::{BTreeSet, HashSet};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::discovery::v1::EndpointConditions;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kproxy::model::build::{Objects, Settings};
 use kproxy::model::{self, LocalDetect};
 use kproxy::nft::*;
 use kproxy::render;
+use kproxy::testutil::fixtures::{ep, node, slice, svc};
 use kproxy::trace::{trace, Host, Origin, Probe, TraceVerdict};
 use proptest::prelude::*;
-use serde_json::{json, Value as J};
 
 const NODE_IP: &str = "192.168.50.10";
 
@@ -39,13 +40,13 @@ fn addr_strategy() -> impl Strategy<Value = String> {
     ]
 }
 
-fn protocol_strategy() -> impl Strategy<Value = J> {
+fn protocol_strategy() -> impl Strategy<Value = Option<&'static str>> {
     prop_oneof![
-        6 => Just(json!("TCP")),
-        3 => Just(json!("UDP")),
-        1 => Just(json!("SCTP")),
-        1 => Just(json!("ICMP")),
-        1 => Just(J::Null),
+        6 => Just(Some("TCP")),
+        3 => Just(Some("UDP")),
+        1 => Just(Some("SCTP")),
+        1 => Just(Some("ICMP")),
+        1 => Just(None),
     ]
 }
 
@@ -66,7 +67,7 @@ struct GenEndpoint {
 #[derive(Clone, Debug)]
 struct GenService {
     kind: u8,
-    ports: Vec<(Option<String>, i32, J, i32)>,
+    ports: Vec<(Option<String>, i32, Option<&'static str>, i32)>,
     etp_local: bool,
     itp_local: bool,
     affinity: Option<Option<i32>>,
@@ -181,104 +182,69 @@ fn service_strategy() -> impl Strategy<Value = GenService> {
 /// Turns generated services into k8s objects (ClusterIPs unique by index).
 fn objects(gen: &[GenService]) -> Objects {
     let mut o = Objects::default();
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-0"}},
-        "spec": {"podCIDRs": ["10.244.0.0/24"]},
-        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}
-    }))
-    .unwrap();
-    o.nodes.push(node);
+    let node = node("node-a")
+        .zone("zone-0")
+        .pod_cidrs(&["10.244.0.0/24"])
+        .internal_ip(NODE_IP);
+    o.nodes.push(node.build());
     for (i, g) in gen.iter().enumerate() {
         let name = format!("svc{i}");
         let kind = ["ClusterIP", "NodePort", "LoadBalancer", "ClusterIP"][g.kind as usize];
-        let ports: Vec<J> = g
-            .ports
-            .iter()
-            .map(|(n, p, proto, np)| {
-                let mut v = json!({"port": p, "targetPort": p});
-                if let Some(n) = n {
-                    v["name"] = json!(n);
-                }
-                if !proto.is_null() {
-                    v["protocol"] = proto.clone();
-                }
-                if *np != 0 && kind != "ClusterIP" {
-                    v["nodePort"] = json!(np);
-                }
-                v
-            })
-            .collect();
-        let mut spec = json!({
-            "type": kind,
-            "clusterIP": ipv4(i as u32 + 1),
-            "ports": ports,
-            "externalIPs": g.external_ips,
-            "loadBalancerSourceRanges": g.source_ranges,
-        });
+        let mut s = svc("ns", &name)
+            .type_(kind)
+            .cluster_ip(&ipv4(i as u32 + 1))
+            .external_ips(&g.external_ips)
+            .source_ranges(&g.source_ranges)
+            .lb_ingresses(&g.lb_ips);
+        for (n, p, proto, np) in &g.ports {
+            s = s.raw_port(ServicePort {
+                name: n.clone(),
+                port: *p,
+                protocol: proto.map(Into::into),
+                target_port: Some(IntOrString::Int(*p)),
+                node_port: (*np != 0 && kind != "ClusterIP").then_some(*np),
+                ..ServicePort::default()
+            });
+        }
         if g.etp_local && kind != "ClusterIP" {
-            spec["externalTrafficPolicy"] = json!("Local");
+            s = s.etp_local();
         }
         if g.itp_local {
-            spec["internalTrafficPolicy"] = json!("Local");
+            s = s.itp_local();
         }
         if let Some(t) = g.affinity {
-            spec["sessionAffinity"] = json!("ClientIP");
-            if let Some(t) = t {
-                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": t}});
-            }
+            s = s.affinity(t);
         }
-        let ingress: Vec<J> = g.lb_ips.iter().map(|ip| json!({"ip": ip})).collect();
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": spec,
-            "status": {"loadBalancer": {"ingress": ingress}},
-        }))
-        .unwrap();
-        o.services.push(svc);
-        let eps: Vec<J> = g
-            .endpoints
-            .iter()
-            .map(|e| {
-                let mut v = json!({"addresses": [e.addr], "conditions": {}});
-                if let Some(n) = e.node {
-                    v["nodeName"] = json!(format!("node-{}", ["a", "b", "c"][n as usize]));
-                }
-                for (k, c) in [
-                    ("ready", e.ready),
-                    ("serving", e.serving),
-                    ("terminating", e.terminating),
-                ] {
-                    if let Some(c) = c {
-                        v["conditions"][k] = json!(c);
-                    }
-                }
-                if let Some(z) = e.zone_hint {
-                    v["hints"] = json!({"forZones": [{"name": format!("zone-{z}")}]});
-                }
-                v
-            })
-            .collect();
-        let sports: Vec<J> = g
-            .slice_port_names
-            .iter()
-            .zip(&g.ports)
-            .map(|(n, (_, p, proto, _))| {
-                json!({"name": n.clone().unwrap_or_default(), "port": p, "protocol": if proto.is_null() { json!("TCP") } else { proto.clone() }})
-            })
-            .collect();
+        o.services.push(s.build());
+        let eps = g.endpoints.iter().map(|e| {
+            let mut b = ep(&e.addr).with(|x| {
+                x.conditions = Some(EndpointConditions {
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                })
+            });
+            if let Some(n) = e.node {
+                b = b.node(&format!("node-{}", ["a", "b", "c"][n as usize]));
+            }
+            if let Some(z) = e.zone_hint {
+                b = b.zone_hints(&[&format!("zone-{z}")]);
+            }
+            b
+        });
         let target = if g.orphan_slice {
             format!("gone{i}")
         } else {
             name.clone()
         };
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-x"), "namespace": "ns", "labels": {"kubernetes.io/service-name": target}},
-            "addressType": if g.slice_protocol_v6 { "IPv6" } else { "IPv4" },
-            "ports": sports,
-            "endpoints": eps,
-        }))
-        .unwrap();
-        o.slices.push(slice);
+        let mut sl = slice("ns", &format!("{name}-x"), &target)
+            .address_type(if g.slice_protocol_v6 { "IPv6" } else { "IPv4" })
+            .endpoints(eps);
+        for (n, (_, p, proto, _)) in g.slice_port_names.iter().zip(&g.ports) {
+            let n = n.clone().unwrap_or_default();
+            sl = sl.port(&n, *p, proto.unwrap_or("TCP"));
+        }
+        o.slices.push(sl.build());
     }
     o
 }
@@ -472,7 +438,7 @@ fn adding_one_endpoint_rewrites_only_that_service() {
     let gen: Vec<GenService> = (0..20)
         .map(|i| GenService {
             kind: 1,
-            ports: vec![(Some("http".into()), 80, json!("TCP"), 30000 + i)],
+            ports: vec![(Some("http".into()), 80, Some("TCP"), 30000 + i)],
             etp_local: false,
             itp_local: false,
             affinity: None,

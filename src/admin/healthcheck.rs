@@ -20,8 +20,8 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::health::{HealthCheckService, HealthChecks, ProxyHealth};
-use super::server::{listen, listen_any, serve, stopped};
+use super::listen::{listen, listen_any, serve, stopped};
+use crate::health::{HealthCheckService, HealthChecks, ProxyHealth};
 
 /// Header carrying the local endpoint count, for load balancers that weigh nodes by it
 /// (GCE's weighted load balancing reads it).

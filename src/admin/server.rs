@@ -7,9 +7,8 @@
 //! counters), and the lifetime of every admin server ([`AdminHandle`]).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,14 +18,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use serde::Serialize;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::health::{HealthChecks, ProxyHealth};
 use super::healthcheck::HealthCheckServers;
+use super::listen::{context, listen, serve, stopped};
 use super::rfc3339;
-use crate::config::Config;
+use crate::health::{HealthChecks, ProxyHealth};
 use crate::metrics::{family_label, Metrics};
 
 /// What `/proxyMode` answers.
@@ -48,18 +46,6 @@ pub struct AdminConfig {
     /// selected by `nodePortAddresses` when that does not match everything. Empty means
     /// every address (`[::]`, dual-stack, or `0.0.0.0` on hosts without IPv6).
     pub health_check_addresses: Vec<IpAddr>,
-}
-
-impl AdminConfig {
-    /// The bind addresses of `config`; health checks on every address (the daemon may
-    /// narrow [`AdminConfig::health_check_addresses`] to the nodePortAddresses IPs).
-    pub fn from_config(config: &Config) -> AdminConfig {
-        AdminConfig {
-            healthz_bind: config.healthz_bind,
-            metrics_bind: config.metrics_bind,
-            health_check_addresses: Vec::new(),
-        }
-    }
 }
 
 /// The running admin servers. Dropping it shuts them down too (without waiting); use
@@ -168,64 +154,6 @@ pub fn spawn(
 pub fn register_process_metrics(metrics: &Metrics) -> bool {
     let collector = prometheus::process_collector::ProcessCollector::for_self();
     metrics.registry().register(Box::new(collector)).is_ok()
-}
-
-/// Resolves when `stop` says so or its sender is gone.
-pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-fn context(e: io::Error, what: &str, addr: SocketAddr) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}"))
-}
-
-/// A listening TCP socket as Go's `net.Listen` makes it: `SO_REUSEADDR` (a restarted
-/// kproxy rebinds at once), and dual-stack when the address is IPv6. Needs a runtime.
-pub(crate) fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
-}
-
-/// Listens on `port` of every address: `[::]` dual-stack, or `0.0.0.0` when the host has
-/// no IPv6.
-pub(crate) fn listen_any(port: u16) -> io::Result<tokio::net::TcpListener> {
-    match listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
-            ) =>
-        {
-            listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
-        }
-        r => r,
-    }
-}
-
-/// Serves `router` on `listener` until `stop`, then drops the listener (the port is
-/// released) and waits for the open connections to finish.
-pub(crate) fn serve(
-    what: &'static str,
-    listener: tokio::net::TcpListener,
-    router: Router,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()> {
-    let addr = listener.local_addr().ok();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(server = what, addr = ?addr, error = %e, "admin server failed");
-        }
-    })
 }
 
 fn with_headers(mut r: Response, content_type: &'static str) -> Response {

@@ -7,7 +7,6 @@
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod netlink;
-pub mod takeover;
 
 use std::fmt;
 

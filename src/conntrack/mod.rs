@@ -2,8 +2,8 @@
 //! tracking table are stale after a service's endpoints changed, and deleting them.
 //!
 //! Owns: the decision (this file, pure: [`StaleFilter`] and [`Flow`]) and the ctnetlink
-//! dump/delete that applies it ([`netlink`], [`Conntrack`], the [`FlowCleaner`] of the sync
-//! loop).
+//! dump/delete that applies it ([`netlink`], [`Conntrack`]; `app` plugs it into the sync
+//! loop as its `FlowCleaner`). Uses only [`crate::netlink`] and `model`'s data types.
 //!
 //! Why: UDP has no connection teardown. A client that keeps sending from one source port
 //! keeps its conntrack entry alive forever, and an entry pins the NAT decision it was
@@ -186,7 +186,8 @@ impl StaleFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EndpointAddr, ServicePortName};
+    use crate::model::EndpointAddr;
+    use crate::testutil::fixtures::service_port;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -197,28 +198,11 @@ mod tests {
     }
 
     fn port(name: &str, cluster_ip: &str, port: u16, node_port: u16) -> ServicePort {
-        ServicePort {
-            name: ServicePortName {
-                namespace: "ns".into(),
-                name: name.into(),
-                port: "dns".into(),
-                protocol: Protocol::Udp,
-            },
-            cluster_ip: ip(cluster_ip),
-            port,
-            node_port,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            source_ranges: vec![],
-            affinity_timeout: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: 0,
-            endpoints: vec![],
-            cluster_endpoints: vec![],
-            local_endpoints: vec![],
-            has_endpoints: false,
-        }
+        service_port("ns", name, "dns", Protocol::Udp)
+            .cluster_ip(cluster_ip)
+            .port(port)
+            .node_port(node_port)
+            .build()
     }
 
     /// A flow from `client:40000` to `dst:dport` answered by `reply_src:rport`, replying to
@@ -249,12 +233,15 @@ mod tests {
     }
 
     fn dns() -> ServicePort {
-        let mut p = port("dns", "10.96.0.10", 53, 30053);
-        p.external_ips = vec![ip("203.0.113.1"), ip("2001:db8::1")];
-        p.load_balancer_ips = vec![ip("203.0.113.2")];
-        p.cluster_endpoints = vec![ep("10.244.1.11", 5353), ep("10.244.2.11", 5353)];
-        p.has_endpoints = true;
-        p
+        service_port("ns", "dns", "dns", Protocol::Udp)
+            .cluster_ip("10.96.0.10")
+            .port(53)
+            .node_port(30053)
+            .external_ips(&["203.0.113.1", "2001:db8::1"])
+            .load_balancer_ips(&["203.0.113.2"])
+            .cluster_endpoint("10.244.1.11", 5353)
+            .cluster_endpoint("10.244.2.11", 5353)
+            .build()
     }
 
     const NODE: &str = "192.168.50.10";

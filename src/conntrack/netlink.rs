@@ -1,6 +1,6 @@
 //! ctnetlink: dumping the kernel's UDP conntrack entries of one family and deleting the
-//! stale ones, over a `NETLINK_NETFILTER` socket (the backend's socket wrapper and TLV
-//! code, `crate::backend::netlink::{socket, wire}`).
+//! stale ones, over a `NETLINK_NETFILTER` socket (the socket and TLV code shared with the
+//! nftables backend, [`crate::netlink`]).
 //!
 //! Owns: the ctnetlink messages (`IPCTNL_MSG_CT_GET` dump, `IPCTNL_MSG_CT_DELETE`), parsing
 //! of `CTA_TUPLE_ORIG` / `CTA_TUPLE_REPLY`, and the error handling around them. The
@@ -27,10 +27,9 @@
 use std::io;
 
 use super::{Flow, StaleFilter, Tuple};
-use crate::backend::netlink::socket::NlSocket;
-use crate::backend::netlink::wire::{c, messages, Attrs, Msg, Writer};
-use crate::model::{Family, ServicePort};
-use crate::sync::FlowCleaner;
+use crate::model::Family;
+use crate::netlink::socket::NlSocket;
+use crate::netlink::wire::{c, messages, Attrs, Msg, Writer};
 
 /// Constants from `linux/netfilter/nfnetlink.h`, `nfnetlink_conntrack.h` and the kernel's
 /// `nf_internals.h` (the filter flag is ABI, but not in a uapi header).
@@ -456,32 +455,6 @@ impl Conntrack {
         st.examined = examined;
         st.stale = stale.len();
         Ok(st)
-    }
-}
-
-impl FlowCleaner for Conntrack {
-    fn clean(
-        &mut self,
-        family: Family,
-        ports: &[ServicePort],
-        node_addresses: &[std::net::IpAddr],
-    ) -> Result<usize, String> {
-        let filter = StaleFilter::new(family, ports, node_addresses);
-        let st = self
-            .clean_stale(family, &filter)
-            .map_err(|e| e.to_string())?;
-        if st.stale > 0 {
-            tracing::debug!(
-                family = %family,
-                examined = st.examined,
-                stale = st.stale,
-                deleted = st.deleted,
-                gone = st.gone,
-                failed = st.failed,
-                "conntrack cleanup"
-            );
-        }
-        Ok(st.deleted)
     }
 }
 

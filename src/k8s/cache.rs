@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::compact::{prune_node, prune_service_cidr, Interner, ServiceLite, SliceLite};
 use crate::metrics::Metrics;
 use crate::model::build::Objects;
-use crate::render::incremental::ServiceKey;
+use crate::model::ServiceKey;
 use crate::sync::{Changes, Source, Trigger};
 
 /// Upstream kube-proxy's label selector for Services, EndpointSlices (and, through the
@@ -167,7 +167,7 @@ impl State {
         if lite.name.is_empty() {
             return false;
         }
-        let key = (lite.namespace.to_string(), lite.name.to_string());
+        let key = ServiceKey::new(&*lite.namespace, &*lite.name);
         if let Some(seen) = self.services_seen.as_mut() {
             seen.insert(key.clone());
         }
@@ -216,10 +216,10 @@ impl State {
                 return self.delete_slice(&skey);
             }
         };
-        let key: ServiceKey = (lite.namespace.to_string(), owner);
+        let key = ServiceKey::new(&*lite.namespace, owner);
         let mut changed = false;
         if let Some(old_owner) = self.slice_owner.get(&skey) {
-            if **old_owner != *key.1 {
+            if **old_owner != *key.name {
                 // The slice moved to another Service: remove it from the old one.
                 changed |= self.delete_slice(&skey);
             }
@@ -228,7 +228,7 @@ impl State {
         if entry.slices.get(&lite.name).map(|s| &**s) != Some(&lite) {
             entry.slices.insert(Arc::new(lite));
             self.slice_owner
-                .insert(skey, key.1.clone().into_boxed_str());
+                .insert(skey, key.name.clone().into_boxed_str());
             changed = true;
         }
         if changed {
@@ -244,7 +244,7 @@ impl State {
         let Some(owner) = self.slice_owner.remove(skey) else {
             return false;
         };
-        let key: ServiceKey = (skey.0.to_string(), owner.to_string());
+        let key = ServiceKey::new(&*skey.0, &*owner);
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.slices.remove(&skey.1);
         }
@@ -441,7 +441,7 @@ impl Cache {
             }
             Event::Delete(svc) => {
                 m.inc();
-                let key = (
+                let key = ServiceKey::new(
                     svc.metadata.namespace.unwrap_or_default(),
                     svc.metadata.name.unwrap_or_default(),
                 );
@@ -591,7 +591,7 @@ impl Cache {
         match kind {
             "Service" => st
                 .entries
-                .get(&(namespace.to_string(), name.to_string()))?
+                .get(&ServiceKey::new(namespace, name))?
                 .service
                 .as_ref()?
                 .uid
@@ -601,7 +601,7 @@ impl Cache {
                 let skey: SliceKey = (Arc::from(namespace), Box::from(name));
                 let owner = st.slice_owner.get(&skey)?;
                 st.entries
-                    .get(&(namespace.to_string(), owner.to_string()))?
+                    .get(&ServiceKey::new(namespace, &**owner))?
                     .slices
                     .get(name)?
                     .uid

@@ -505,115 +505,140 @@ pub fn prune_service_cidr(sc: ServiceCIDR) -> ServiceCIDR {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn svc(v: serde_json::Value) -> Service {
-        serde_json::from_value(v).expect("service")
-    }
+    use crate::testutil::fixtures::{ep, node, slice, svc};
+    use k8s_openapi::api::core::v1::{ContainerImage, LoadBalancerIngress, ObjectReference};
 
     #[test]
     fn service_round_trip_keeps_what_build_reads_and_drops_the_rest() {
-        let full = svc(json!({
-            "metadata": {"namespace": "ns", "name": "web", "uid": "u-1", "resourceVersion": "7",
-                "labels": {"app": "web", "service.kubernetes.io/service-proxy-name": "x"},
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
-                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
-            "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"],
-                "selector": {"app": "web"}, "ipFamilies": ["IPv4"],
-                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080,
-                           "nodePort": 30080}],
-                "externalIPs": ["1.2.3.4"], "loadBalancerSourceRanges": ["10.0.0.0/8"],
-                "sessionAffinity": "ClientIP",
-                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
-                "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
-                "healthCheckNodePort": 31000},
-            "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8", "ipMode": "VIP",
-                "hostname": "lb.example"}]}}
-        }));
+        let kept = |b: crate::testutil::fixtures::ServiceBuilder| {
+            b.type_("LoadBalancer")
+                .cluster_ip("10.0.0.1")
+                .cluster_ips(&["10.0.0.1"])
+                .external_ips(&["1.2.3.4"])
+                .source_ranges(&["10.0.0.0/8"])
+                .affinity(Some(60))
+                .etp_local()
+                .itp("Cluster")
+                .health_check_node_port(31000)
+        };
+        let full = kept(svc("ns", "web").uid("u-1").resource_version("7"))
+            .labels(&[
+                ("app", "web"),
+                ("service.kubernetes.io/service-proxy-name", "x"),
+            ])
+            .annotation("kubectl.kubernetes.io/last-applied-configuration", "{...}")
+            .managed_field("kubectl")
+            .with(|s| {
+                s.metadata.managed_fields.as_mut().unwrap()[0].operation = Some("Apply".into())
+            })
+            .selector(&[("app", "web")])
+            .ip_families(&["IPv4"])
+            .port("http", 80, "TCP")
+            .target_port(8080)
+            .node_port(30080)
+            .lb_ingress_with(LoadBalancerIngress {
+                ip: Some("5.6.7.8".into()),
+                ip_mode: Some("VIP".into()),
+                hostname: Some("lb.example".into()),
+                ..LoadBalancerIngress::default()
+            })
+            .build();
         let mut i = Interner::default();
         let back = ServiceLite::from_k8s(full, &mut i).to_k8s();
-        let expected = svc(json!({
-            "metadata": {"namespace": "ns", "name": "web", "uid": "u-1",
-                "labels": {"service.kubernetes.io/service-proxy-name": "x"}},
-            "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"],
-                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30080}],
-                "externalIPs": ["1.2.3.4"], "loadBalancerSourceRanges": ["10.0.0.0/8"],
-                "sessionAffinity": "ClientIP",
-                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
-                "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
-                "healthCheckNodePort": 31000},
-            "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8", "ipMode": "VIP"}]}}
-        }));
+        let expected = kept(svc("ns", "web").uid("u-1"))
+            .label("service.kubernetes.io/service-proxy-name", "x")
+            .port("http", 80, "TCP")
+            .node_port(30080)
+            .lb_ingress_with(LoadBalancerIngress {
+                ip: Some("5.6.7.8".into()),
+                ip_mode: Some("VIP".into()),
+                ..LoadBalancerIngress::default()
+            })
+            .build();
         assert_eq!(back, expected);
     }
 
     #[test]
     fn slice_round_trip_keeps_first_address_conditions_hints() {
-        let full: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"namespace": "ns", "name": "web-abc", "uid": "s-1",
-                "labels": {"kubernetes.io/service-name": "web",
-                           "endpointslice.kubernetes.io/managed-by": "x"},
-                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time":
-                                "2024-01-01T00:00:00Z"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "appProtocol": "http"}],
-            "endpoints": [
-                {"addresses": ["10.1.0.1", "10.1.0.9"], "nodeName": "n1", "zone": "z1",
-                 "conditions": {"ready": true, "serving": true, "terminating": false},
-                 "hints": {"forZones": [{"name": "z1"}]},
-                 "targetRef": {"kind": "Pod", "name": "p", "namespace": "ns", "uid": "x"}},
-                {"addresses": []}
-            ]
-        }))
-        .unwrap();
+        let endpoint = ep("10.1.0.1")
+            .node("n1")
+            .ready(true)
+            .serving(true)
+            .terminating(false)
+            .zone_hints(&["z1"]);
+        let full = slice("ns", "web-abc", "web")
+            .uid("s-1")
+            .label("endpointslice.kubernetes.io/managed-by", "x")
+            .annotation(
+                "endpoints.kubernetes.io/last-change-trigger-time",
+                "2024-01-01T00:00:00Z",
+            )
+            .port("http", 8080, "TCP")
+            .with(|s| s.ports.as_mut().unwrap()[0].app_protocol = Some("http".into()))
+            .endpoint(
+                endpoint
+                    .clone()
+                    .addresses(&["10.1.0.1", "10.1.0.9"])
+                    .zone("z1")
+                    .with(|e| {
+                        e.target_ref = Some(ObjectReference {
+                            kind: Some("Pod".into()),
+                            name: Some("p".into()),
+                            namespace: Some("ns".into()),
+                            uid: Some("x".into()),
+                            ..ObjectReference::default()
+                        })
+                    }),
+            )
+            .endpoint(ep("").with(|e| e.addresses.clear()))
+            .build();
         let mut i = Interner::default();
         let lite = SliceLite::from_k8s(full, &mut i);
         assert_eq!(lite.service_name.as_deref(), Some("web"));
         let back = lite.to_k8s();
-        let expected: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"namespace": "ns", "name": "web-abc", "uid": "s-1",
-                "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-            "endpoints": [
-                {"addresses": ["10.1.0.1"], "nodeName": "n1",
-                 "conditions": {"ready": true, "serving": true, "terminating": false},
-                 "hints": {"forZones": [{"name": "z1"}]}},
-                {"addresses": [], "conditions": {}}
-            ]
-        }))
-        .unwrap();
+        let expected = slice("ns", "web-abc", "web")
+            .uid("s-1")
+            .port("http", 8080, "TCP")
+            .endpoint(endpoint)
+            .endpoint(ep("").with(|e| e.addresses.clear()).no_conditions())
+            .build();
         assert_eq!(back, expected);
     }
 
     #[test]
     fn node_pruning_drops_status_churn() {
-        let node = |heartbeat: &str| -> Node {
-            serde_json::from_value(json!({
-                "metadata": {"name": "n1", "uid": "n-1", "resourceVersion": heartbeat,
-                    "labels": {"topology.kubernetes.io/zone": "z1", "kubernetes.io/os": "linux"}},
-                "spec": {"podCIDRs": ["10.244.1.0/24"], "taints": [
-                    {"key": "ToBeDeletedByClusterAutoscaler", "value": "123", "effect": "NoSchedule"},
-                    {"key": "other", "effect": "NoSchedule"}]},
-                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
-                                         {"type": "Hostname", "address": "n1"}],
-                           "conditions": [{"type": "Ready", "status": "True",
-                                           "lastHeartbeatTime": heartbeat}],
-                           "images": [{"names": ["a"], "sizeBytes": 1}]}
-            }))
-            .unwrap()
+        let node_at = |heartbeat: &str| -> Node {
+            node("n1")
+                .uid("n-1")
+                .resource_version(heartbeat)
+                .labels(&[
+                    ("topology.kubernetes.io/zone", "z1"),
+                    ("kubernetes.io/os", "linux"),
+                ])
+                .pod_cidrs(&["10.244.1.0/24"])
+                .taint("ToBeDeletedByClusterAutoscaler", Some("123"), "NoSchedule")
+                .taint("other", None, "NoSchedule")
+                .internal_ip("192.168.0.1")
+                .address("Hostname", "n1")
+                .ready_heartbeat(heartbeat)
+                .with(|n| {
+                    n.status.as_mut().unwrap().images = Some(vec![ContainerImage {
+                        names: Some(vec!["a".into()]),
+                        size_bytes: Some(1),
+                    }])
+                })
+                .build()
         };
-        let a = prune_node(node("2024-01-01T00:00:00Z"));
-        let b = prune_node(node("2024-01-01T00:00:10Z"));
+        let a = prune_node(node_at("2024-01-01T00:00:00Z"));
+        let b = prune_node(node_at("2024-01-01T00:00:10Z"));
         assert_eq!(a, b);
-        let expected: Node = serde_json::from_value(json!({
-            "metadata": {"name": "n1", "uid": "n-1",
-                "labels": {"topology.kubernetes.io/zone": "z1"}},
-            "spec": {"podCIDRs": ["10.244.1.0/24"], "taints": [
-                {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]},
-            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}
-        }))
-        .unwrap();
+        let expected = node("n1")
+            .uid("n-1")
+            .zone("z1")
+            .pod_cidrs(&["10.244.1.0/24"])
+            .taint("ToBeDeletedByClusterAutoscaler", None, "NoSchedule")
+            .internal_ip("192.168.0.1")
+            .build();
         assert_eq!(a, expected);
     }
 

@@ -69,6 +69,46 @@ pub enum NodePortIps {
     Ips(Vec<IpAddr>),
 }
 
+/// The identity of a Service: `namespace/name`. What the cache records as changed and the
+/// renderer re-renders: every port of the service at once.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ServiceKey {
+        ServiceKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The smallest [`ServicePortName`] of this service: where a range over port names
+    /// sorted by (namespace, name, …) starts.
+    pub fn first_port(&self) -> ServicePortName {
+        ServicePortName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// Whether `port` is a port of this service.
+    pub fn owns(&self, port: &ServicePortName) -> bool {
+        port.namespace == self.namespace && port.name == self.name
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    /// `namespace/name`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// The identity of a service port: `namespace/name:port` (port name, may be empty) and
 /// protocol.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -5,9 +5,10 @@
 //! and a slimmed copy of it (its [`Fragment`] is rendered again from that when needed:
 //! a fifth of the memory of keeping fragments), its slot ranges, and who contributes each
 //! element of the table-wide sets (a key can be shared: a ClusterIP by the ports of one service, a hairpin
-//! pair by every service using that endpoint). An update builds two *partial* tables — the
-//! touched objects before and after — and lets [`crate::diff`] turn them into the
-//! transaction, so incremental and full syncs share one diff engine.
+//! pair by every service using that endpoint). An update returns two *partial* rulesets
+//! ([`Partial`]: the touched objects before and after); the caller diffs them exactly as
+//! it diffs the kernel's dump against a full render, so incremental and full syncs share
+//! one diff and one commit path (`crate::apply::apply`).
 //!
 //! Must not: do I/O or decide anything the full render would decide differently: after any
 //! sequence of updates, [`Renderer::ruleset`] equals a full render of the same model with
@@ -19,17 +20,13 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::diff::{diff, Diff, DiffOptions};
-use crate::model::{FamilyModel, FamilySettings, Model, ServicePort, ServicePortName};
+use crate::model::{FamilyModel, FamilySettings, Model, ServiceKey, ServicePort, ServicePortName};
 use crate::nft::{Element, Family, Ruleset, Table, Value};
 
 use super::names::HAIRPIN;
 use super::{
     assemble, endpoint_map, fragment, skeleton, Existing, Fragment, Policy, SetRef, SlotAllocator,
 };
-
-/// A `(namespace, name)` of a Service.
-pub type ServiceKey = (String, String);
 
 type ElementKey = (SetRef, Vec<Value>);
 
@@ -204,6 +201,16 @@ impl Fingerprinter {
     }
 }
 
+/// What an update changed: the objects it touched (chains, sets, elements) as the full
+/// ruleset held them before ([`Partial::before`]) and holds them after
+/// ([`Partial::after`]). Diffing the two gives the transaction that makes a kernel
+/// holding the previous full ruleset hold the next one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Partial {
+    pub before: Ruleset,
+    pub after: Ruleset,
+}
+
 /// Keeps what was rendered so that later changes cost only what they touch.
 #[derive(Clone, Debug, Default)]
 pub struct Renderer {
@@ -294,15 +301,11 @@ impl Renderer {
     }
 
     /// Brings the state to `model`, looking only at the service ports of `changed`
-    /// services, and returns the diff from the previous state. `None` when node-level
-    /// settings changed (node IPs, detector, ServiceCIDRs…) or a family appeared: then
-    /// the caller renders in full and diffs against the kernel.
-    pub fn update(
-        &mut self,
-        model: &Model,
-        changed: &BTreeSet<ServiceKey>,
-        opts: &DiffOptions,
-    ) -> Option<Diff> {
+    /// services, and returns what changed as two partial rulesets: the touched objects
+    /// before and after. `None` when node-level settings changed (node IPs, detector,
+    /// ServiceCIDRs…) or a family appeared: then the caller renders in full and diffs
+    /// against the kernel.
+    pub fn update(&mut self, model: &Model, changed: &BTreeSet<ServiceKey>) -> Option<Partial> {
         if self.families.len() != model.families.len() {
             return None;
         }
@@ -312,18 +315,17 @@ impl Renderer {
                 return None;
             }
         }
-        let mut prev = Ruleset::default();
-        let mut next = Ruleset::default();
+        let mut partial = Partial::default();
         for fm in &model.families {
             let st = self
                 .families
                 .get_mut(&fm.settings.family)
                 .expect("checked above");
-            let (p, n) = update_family(st, &self.fingerprint, fm, changed);
-            prev.tables.push(p);
-            next.tables.push(n);
+            let (before, after) = update_family(st, &self.fingerprint, fm, changed);
+            partial.before.tables.push(before);
+            partial.after.tables.push(after);
         }
-        Some(diff(&prev, &next, opts))
+        Some(partial)
     }
 
     /// The full ruleset of the current state (what a full render of the same model, with
@@ -360,13 +362,13 @@ fn ports_of<'m>(
     changed: &BTreeSet<ServiceKey>,
 ) -> BTreeMap<ServicePortName, &'m ServicePort> {
     let mut out = BTreeMap::new();
-    for (ns, name) in changed {
+    for key in changed {
         // Services are sorted by (namespace, name, port, protocol): one contiguous run.
-        let start = fm
-            .services
-            .partition_point(|sp| (&sp.name.namespace, &sp.name.name) < (ns, name));
+        let start = fm.services.partition_point(|sp| {
+            (&sp.name.namespace, &sp.name.name) < (&key.namespace, &key.name)
+        });
         for sp in &fm.services[start..] {
-            if (&sp.name.namespace, &sp.name.name) != (ns, name) {
+            if !key.owns(&sp.name) {
                 break;
             }
             out.insert(sp.name.clone(), sp);
@@ -376,54 +378,22 @@ fn ports_of<'m>(
 }
 
 /// Updates one family; returns the partial tables (touched objects before, after).
+///
+/// In phases: which ports change; their old fragments, rendered again while the slot
+/// ranges are still theirs; their new fragments; the element keys either side touches,
+/// with what the full table holds for each before; the swap of fragments (chains and sets
+/// into the partial tables); the touched elements and endpoint maps of both sides.
 fn update_family(
     st: &mut FamilyState,
     fingerprint: &Fingerprinter,
     fm: &FamilyModel,
     changed: &BTreeSet<ServiceKey>,
 ) -> (Table, Table) {
-    let skel = st.skeleton.as_ref().expect("rendered before");
-    // Both partial tables declare every skeleton set (without elements), so the diff sees
-    // no set changes, only the touched elements.
-    let mut prev = Table::new(skel.family, skel.name.clone());
-    prev.comment = skel.comment.clone();
-    for s in skel.sets.values() {
-        let mut decl = s.clone();
-        decl.elements = Default::default();
-        prev.add_set(decl);
-    }
-    let mut next = prev.clone();
+    let (mut prev, mut next) = partial_tables(st.skeleton.as_ref().expect("rendered before"));
     let shards_before = st.slots.shards_in_use();
-
-    // Which ports change: old ports of the changed services, and their new ports.
     let new_ports = ports_of(fm, changed);
-    let mut old_names: BTreeSet<PortName> = BTreeSet::new();
-    for (ns, name) in changed {
-        for (n, _) in st.ports.range::<ServicePortName, _>(
-            ServicePortName {
-                namespace: ns.clone(),
-                name: name.clone(),
-                port: String::new(),
-                protocol: crate::nft::Protocol::Tcp,
-            }..,
-        ) {
-            if (&n.namespace, &n.name) != (ns, name) {
-                break;
-            }
-            old_names.insert(n.clone());
-        }
-    }
-    let names: BTreeSet<PortName> = old_names
-        .into_iter()
-        .chain(new_ports.keys().map(|n| Arc::new(n.clone())))
-        .filter(|n| match (st.ports.get(n), new_ports.get(n.as_ref())) {
-            (Some((old, _)), Some(new)) => *old != fingerprint.of(new),
-            _ => true,
-        })
-        .collect();
-
-    // Phase 0: the old fragments, rendered again while the slot ranges are still theirs.
-    let mut old_frags: BTreeMap<PortName, Fragment> = names
+    let names = changed_ports(st, fingerprint, &new_ports, changed);
+    let old_frags: BTreeMap<PortName, Fragment> = names
         .iter()
         .filter_map(|n| {
             st.ports
@@ -431,10 +401,65 @@ fn update_family(
                 .map(|(_, sp)| (n.clone(), st.render_again(sp)))
         })
         .collect();
+    let new_frags = render_new(st, fingerprint, fm, &names, &new_ports);
+    let touched = Touched::of(st, &old_frags, &new_frags);
+    swap_fragments(st, new_frags, old_frags, &mut prev, &mut next);
+    touched.fill(st, &shards_before, &mut prev, &mut next);
+    (prev, next)
+}
 
-    // Phase 1: render the new fragments (old ones stay in place for now).
-    let mut new_frags: Vec<(PortName, Option<Rendered>)> = Vec::new();
-    for n in &names {
+/// Two empty partial tables shaped as `skel`: both declare every skeleton set (without
+/// elements), so the diff sees no set changes, only the touched elements.
+fn partial_tables(skel: &Table) -> (Table, Table) {
+    let mut prev = Table::new(skel.family, skel.name.clone());
+    prev.comment = skel.comment.clone();
+    for s in skel.sets.values() {
+        let mut decl = s.clone();
+        decl.elements = Default::default();
+        prev.add_set(decl);
+    }
+    let next = prev.clone();
+    (prev, next)
+}
+
+/// Which ports change: the old ports of the changed services and their new ports, less
+/// those whose fingerprint is the same.
+fn changed_ports(
+    st: &FamilyState,
+    fingerprint: &Fingerprinter,
+    new_ports: &BTreeMap<ServicePortName, &ServicePort>,
+    changed: &BTreeSet<ServiceKey>,
+) -> BTreeSet<PortName> {
+    let mut old_names: BTreeSet<PortName> = BTreeSet::new();
+    for key in changed {
+        for (n, _) in st.ports.range::<ServicePortName, _>(key.first_port()..) {
+            if !key.owns(n) {
+                break;
+            }
+            old_names.insert(n.clone());
+        }
+    }
+    old_names
+        .into_iter()
+        .chain(new_ports.keys().map(|n| Arc::new(n.clone())))
+        .filter(|n| match (st.ports.get(n), new_ports.get(n.as_ref())) {
+            (Some((old, _)), Some(new)) => *old != fingerprint.of(new),
+            _ => true,
+        })
+        .collect()
+}
+
+/// Renders the new fragments of `names` (old ones stay in place for now), releasing the
+/// slot ranges of policies a port no longer uses, and all of a port that is gone.
+fn render_new(
+    st: &mut FamilyState,
+    fingerprint: &Fingerprinter,
+    fm: &FamilyModel,
+    names: &BTreeSet<PortName>,
+    new_ports: &BTreeMap<ServicePortName, &ServicePort>,
+) -> Vec<(PortName, Option<Rendered>)> {
+    let mut new_frags = Vec::new();
+    for n in names {
         let new = new_ports.get(n.as_ref()).map(|sp| {
             let frag = fragment(&fm.settings, sp, &mut st.slots);
             for policy in [Policy::Cluster, Policy::Local] {
@@ -451,39 +476,21 @@ fn update_family(
         }
         new_frags.push((n.clone(), new));
     }
+    new_frags
+}
 
-    // Phase 2: every element key either side touches, with the element the full table
-    // holds for it before. Slots come only from the changed ports' own fragments.
-    let mut touched: BTreeSet<ElementKey> = BTreeSet::new();
-    let mut slots_before: HashMap<ElementKey, Element> = HashMap::new();
-    let mut slots_after: HashMap<ElementKey, Element> = HashMap::new();
-    for (n, new) in &new_frags {
-        let old = old_frags.get(n);
-        for (f, slots) in [
-            (old, &mut slots_before),
-            (new.as_ref().map(|(_, f, _)| f), &mut slots_after),
-        ] {
-            for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
-                if let SetRef::Endpoints(_) = set {
-                    slots.insert((*set, e.key.clone()), e.clone());
-                } else {
-                    touched.insert((*set, e.key.clone()));
-                }
-            }
-        }
-    }
-    let before: Vec<(ElementKey, Option<Element>)> = touched
-        .into_iter()
-        .map(|k| {
-            let e = st.shared(&k);
-            (k, e)
-        })
-        .collect();
-
-    // Phase 3: swap the fragments, chains and sets going into the partial tables.
+/// Swaps the fragments in the state and its contributor lists; the chains and sets of
+/// the old fragments go into `prev`, those of the new ones into `next`.
+fn swap_fragments(
+    st: &mut FamilyState,
+    new_frags: Vec<(PortName, Option<Rendered>)>,
+    mut old_frags: BTreeMap<PortName, Fragment>,
+    prev: &mut Table,
+    next: &mut Table,
+) {
     for (n, new) in new_frags {
         if st.ports.remove(&n).is_some() {
-            let old = old_frags.remove(&n).expect("rendered in phase 0");
+            let old = old_frags.remove(&n).expect("rendered before the swap");
             st.remove_contributions(&n, &old);
             for c in old.chains {
                 prev.add_chain(c);
@@ -503,54 +510,105 @@ fn update_family(
             st.ports.insert(n, (fp, kept));
         }
     }
+}
 
-    // Phase 4: the touched elements before and after, and the endpoint maps that matter:
-    // those with touched slots, and those that came into or went out of use. (Declaring
-    // all ~N/64 shards in both tables would cost the diff O(services) per update.)
-    let touched_shards: BTreeSet<u32> = slots_before
-        .keys()
-        .chain(slots_after.keys())
-        .filter_map(|(set, _)| match set {
-            SetRef::Endpoints(s) => Some(*s),
-            SetRef::Named(_) => None,
-        })
-        .collect();
-    let shards_after = st.slots.shards_in_use();
-    let wanted = |s: &u32, other_side: &[u32]| {
-        touched_shards.contains(s) || other_side.binary_search(s).is_err()
-    };
-    for shard in shards_before.iter().filter(|s| wanted(s, &shards_after)) {
-        prev.add_set(endpoint_map(prev.family, *shard));
-    }
-    for shard in shards_after.iter().filter(|s| wanted(s, &shards_before)) {
-        next.add_set(endpoint_map(next.family, *shard));
-    }
-    for ((set, key), old) in before {
-        let name = set.name();
-        if let Some(e) = old {
-            prev.sets
-                .get_mut(name.as_ref())
-                .expect("declared set")
-                .insert(e);
+/// Every element key an update touches, with the element the full table holds for it
+/// before. Slots come only from the changed ports' own fragments.
+struct Touched {
+    before: Vec<(ElementKey, Option<Element>)>,
+    slots_before: HashMap<ElementKey, Element>,
+    slots_after: HashMap<ElementKey, Element>,
+}
+
+impl Touched {
+    /// Read before the swap, while the state still holds the old fragments.
+    fn of(
+        st: &FamilyState,
+        old_frags: &BTreeMap<PortName, Fragment>,
+        new_frags: &[(PortName, Option<Rendered>)],
+    ) -> Touched {
+        let mut touched: BTreeSet<ElementKey> = BTreeSet::new();
+        let mut slots_before: HashMap<ElementKey, Element> = HashMap::new();
+        let mut slots_after: HashMap<ElementKey, Element> = HashMap::new();
+        for (n, new) in new_frags {
+            let old = old_frags.get(n);
+            for (f, slots) in [
+                (old, &mut slots_before),
+                (new.as_ref().map(|(_, f, _)| f), &mut slots_after),
+            ] {
+                for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
+                    if let SetRef::Endpoints(_) = set {
+                        slots.insert((*set, e.key.clone()), e.clone());
+                    } else {
+                        touched.insert((*set, e.key.clone()));
+                    }
+                }
+            }
         }
-        if let Some(e) = st.shared(&(set, key)) {
-            next.sets
-                .get_mut(name.as_ref())
-                .expect("declared set")
-                .insert(e);
-        }
-    }
-    for (t, slots) in [(&mut prev, slots_before), (&mut next, slots_after)] {
-        let mut by_shard: BTreeMap<SetRef, Vec<Element>> = BTreeMap::new();
-        for ((set, _), e) in slots {
-            by_shard.entry(set).or_default().push(e);
-        }
-        for (set, elements) in by_shard {
-            t.sets
-                .get_mut(set.name().as_ref())
-                .expect("shard map of a slot in use")
-                .extend(elements);
+        let before = touched
+            .into_iter()
+            .map(|k| {
+                let e = st.shared(&k);
+                (k, e)
+            })
+            .collect();
+        Touched {
+            before,
+            slots_before,
+            slots_after,
         }
     }
-    (prev, next)
+
+    /// After the swap: the touched elements before and after, and the endpoint maps that
+    /// matter: those with touched slots, and those that came into or went out of use.
+    /// (Declaring all ~N/64 shards in both tables would cost the diff O(services) per
+    /// update.)
+    fn fill(self, st: &FamilyState, shards_before: &[u32], prev: &mut Table, next: &mut Table) {
+        let touched_shards: BTreeSet<u32> = self
+            .slots_before
+            .keys()
+            .chain(self.slots_after.keys())
+            .filter_map(|(set, _)| match set {
+                SetRef::Endpoints(s) => Some(*s),
+                SetRef::Named(_) => None,
+            })
+            .collect();
+        let shards_after = st.slots.shards_in_use();
+        let wanted = |s: &u32, other_side: &[u32]| {
+            touched_shards.contains(s) || other_side.binary_search(s).is_err()
+        };
+        for shard in shards_before.iter().filter(|s| wanted(s, &shards_after)) {
+            prev.add_set(endpoint_map(prev.family, *shard));
+        }
+        for shard in shards_after.iter().filter(|s| wanted(s, shards_before)) {
+            next.add_set(endpoint_map(next.family, *shard));
+        }
+        for ((set, key), old) in self.before {
+            let name = set.name();
+            if let Some(e) = old {
+                prev.sets
+                    .get_mut(name.as_ref())
+                    .expect("declared set")
+                    .insert(e);
+            }
+            if let Some(e) = st.shared(&(set, key)) {
+                next.sets
+                    .get_mut(name.as_ref())
+                    .expect("declared set")
+                    .insert(e);
+            }
+        }
+        for (t, slots) in [(prev, self.slots_before), (next, self.slots_after)] {
+            let mut by_shard: BTreeMap<SetRef, Vec<Element>> = BTreeMap::new();
+            for ((set, _), e) in slots {
+                by_shard.entry(set).or_default().push(e);
+            }
+            for (set, elements) in by_shard {
+                t.sets
+                    .get_mut(set.name().as_ref())
+                    .expect("shard map of a slot in use")
+                    .extend(elements);
+            }
+        }
+    }
 }

@@ -3,11 +3,13 @@
 //!
 //! Owns: when to sync and how much. Nothing is programmed before the source has its first
 //! complete list; changes coalesce; at least `min_sync_period` separates syncs; a sync is
-//! partial (only changed services re-rendered and diffed, [`Renderer::update`]) unless
-//! node-level inputs changed, the hourly full resync is due, the previous sync failed, or
-//! the kernel's nftables generation moved under us (drift). A full sync diffs against what
-//! the kernel really holds ([`apply::apply`]), so the first one adopts existing rules
-//! without a flush. A failed transaction is counted and retried as a full sync with
+//! partial (only changed services re-rendered, [`Renderer::update`]) unless node-level
+//! inputs changed, the hourly full resync is due, the previous sync failed, or the
+//! kernel's nftables generation moved under us (drift). Every sync then takes the same
+//! step, [`apply::apply`]: diff a base against the target and commit. A partial sync's
+//! base is the renderer's "before" of the touched objects; a full sync (and a drift
+//! repair) diffs against what the kernel really holds, so the first one adopts existing
+//! rules without a flush. A failed transaction is counted and retried as a full sync with
 //! backoff, always within `sync_period`.
 //!
 //! [`Syncer`] is generic over a [`Source`] (the informer cache, or a test's in-memory
@@ -21,16 +23,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::admin::{HealthCheckService, HealthChecks, ProxyHealth};
-use crate::apply::{self, STALE_CHAIN_DELAY};
+use crate::apply::{self, Applied, Base, ChainDeletes, STALE_CHAIN_DELAY};
 use crate::backend::{Backend, BackendError};
-use crate::diff::DiffOptions;
+use crate::health::{HealthCheckService, HealthChecks, ProxyHealth};
 use crate::metrics::{family_label, Metrics};
 use crate::model::build::{Objects, Settings};
-use crate::model::{self, Model, ServicePort, ServicePortName, Warning};
-use crate::nft::tx::{Op, TableRef, Transaction};
-use crate::nft::{Family, Protocol};
-use crate::render::incremental::{Renderer, ServiceKey};
+use crate::model::{self, Model, ServiceKey, ServicePort, ServicePortName, Warning};
+use crate::nft::tx::TableRef;
+use crate::nft::{Family, Protocol, Ruleset};
+use crate::render::incremental::Renderer;
 
 /// Upstream's full resync period.
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
@@ -279,18 +280,12 @@ impl Facts {
     fn keys_of(&self, services: &BTreeSet<ServiceKey>) -> Vec<PortKey> {
         let mut out = Vec::new();
         for family in [Family::V4, Family::V6] {
-            for (ns, name) in services {
-                let start = ServicePortName {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    port: String::new(),
-                    protocol: Protocol::Tcp,
-                };
+            for key in services {
                 out.extend(
                     self.ports
-                        .range((family, start)..)
+                        .range((family, key.first_port())..)
                         .map(|(k, _)| k)
-                        .take_while(|(f, n)| *f == family && n.namespace == *ns && n.name == *name)
+                        .take_while(|(f, n)| *f == family && key.owns(n))
                         .cloned(),
                 );
             }
@@ -687,10 +682,9 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             }));
         self.renderer = renderer;
         let warnings = self.report_warnings(warnings);
-        let applied = self.observe_commit(|b, defer| apply::apply(b, ruleset, defer, false))?;
+        let applied = self.commit(Base::Kernel, ruleset, ChainDeletes::AfterDelay)?;
         self.deferred.clear();
         self.deferred_at = None;
-        self.generation = self.backend_generation();
         self.last_full = Some(Instant::now());
         self.facts = facts;
         let mut deleted = 0;
@@ -722,20 +716,16 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             });
         }
         let (model, warnings) = self.build(&changes.services);
-        let opts = DiffOptions {
-            defer_chain_deletes: self.config.defer_chain_deletes,
-        };
-        let Some(d) = self.renderer.update(&model, &changes.services, &opts) else {
+        let Some(partial) = self.renderer.update(&model, &changes.services) else {
             // Node-level settings moved: render everything.
             return self.full_sync(changes);
         };
-        let stats = d.tx.stats();
-        self.observe_commit(|b, _| b.apply(&d.tx))?;
-        self.generation = self.backend_generation();
-        if !d.deferred.is_empty() {
-            self.deferred.extend(d.deferred);
-            self.deferred_at = Some(Instant::now() + STALE_CHAIN_DELAY);
-        }
+        let applied = self.commit(
+            Base::Given(partial.before),
+            partial.after,
+            ChainDeletes::Return,
+        )?;
+        let stats = applied.stats;
 
         // Update the per-port facts of the changed services, remembering UDP ports that
         // went away for conntrack.
@@ -778,18 +768,22 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         })
     }
 
-    /// Runs a commit, recording operations and kernel time.
-    fn observe_commit<T>(
+    /// The sync step after rendering, the same for every kind of sync: diffs `target`
+    /// against `base`, commits ([`apply::apply`]), and records the transaction's size, the
+    /// kernel's time, the chains left to delete later and the generation it left.
+    /// `deferred` says what to do with those chains on kernels < 6.2.
+    fn commit(
         &mut self,
-        f: impl FnOnce(&mut B, bool) -> Result<T, BackendError>,
-    ) -> Result<T, SyncError>
-    where
-        T: CommitStats,
-    {
-        let start = Instant::now();
-        let out = f(&mut self.backend, self.config.defer_chain_deletes)?;
-        let secs = start.elapsed().as_secs_f64();
-        let ops = out.operations();
+        base: Base,
+        target: Ruleset,
+        deferred: ChainDeletes,
+    ) -> Result<Applied, BackendError> {
+        let opts = apply::Options {
+            chain_deletes: ChainDeletes::for_kernel(self.config.defer_chain_deletes, deferred),
+            dry_run: false,
+        };
+        let mut applied = apply::apply(&mut self.backend, base, target, &opts)?;
+        let ops = applied.report.messages;
         if ops > 0 {
             for family in [Family::V4, Family::V6] {
                 let l = [family_label(family)];
@@ -800,10 +794,15 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 self.metrics
                     .kernel_commit_duration
                     .with_label_values(&l)
-                    .observe(secs);
+                    .observe(applied.commit_elapsed.as_secs_f64());
             }
         }
-        Ok(out)
+        if !applied.deferred.is_empty() {
+            self.deferred.append(&mut applied.deferred);
+            self.deferred_at = Some(Instant::now() + STALE_CHAIN_DELAY);
+        }
+        self.generation = self.backend_generation();
+        Ok(applied)
     }
 
     fn clean_conntrack(&mut self, family: Family, ports: &[ServicePort]) -> usize {
@@ -841,12 +840,9 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
     }
 
     fn delete_deferred(&mut self) {
-        let mut tx = Transaction::new();
-        for (table, chain) in self.deferred.drain(..) {
-            tx.push(Op::DeleteChain { table, chain });
-        }
         self.deferred_at = None;
-        if let Err(e) = self.backend.apply(&tx) {
+        let chains = std::mem::take(&mut self.deferred);
+        if let Err(e) = apply::delete_chains(&mut self.backend, chains) {
             tracing::warn!(error = %e, "deleting stale chains failed; the next full sync retries");
             inc_per_family(&self.metrics.cleanup_failures);
             self.needs_full = true;
@@ -872,12 +868,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         }
         let ruleset = self.renderer.ruleset();
         let start = Instant::now();
-        match apply::apply(
-            &mut self.backend,
-            ruleset,
-            self.config.defer_chain_deletes,
-            false,
-        ) {
+        match self.commit(Base::Kernel, ruleset, ChainDeletes::AfterDelay) {
             Ok(applied) => {
                 if applied.stats.ops > 0 {
                     self.metrics.drift_repairs.inc();
@@ -887,30 +878,12 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                         "kproxy's tables were changed by someone else; repaired"
                     );
                 }
-                self.generation = self.backend_generation();
             }
             Err(e) => {
                 tracing::error!(error = %e, "repairing kproxy's tables failed; retrying as a full sync");
                 self.needs_full = true;
             }
         }
-    }
-}
-
-/// What a commit result tells about its size.
-pub trait CommitStats {
-    fn operations(&self) -> usize;
-}
-
-impl CommitStats for apply::Applied {
-    fn operations(&self) -> usize {
-        self.stats.ops
-    }
-}
-
-impl CommitStats for crate::backend::ApplyReport {
-    fn operations(&self) -> usize {
-        self.messages
     }
 }
 

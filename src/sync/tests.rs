@@ -7,56 +7,54 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::backend::fake::FakeBackend;
-use crate::k8s::manifests::load_str;
 use crate::model::LABEL_SERVICE_NAME;
+use crate::nft::tx::Op;
 use crate::render::render;
+use crate::testutil::fixtures::{ep, node, slice as fx_slice, svc};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-const NODE: &str = "
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-spec: {podCIDRs: [10.244.1.0/24]}
-status: {addresses: [{type: InternalIP, address: 192.168.50.10}]}
-";
-
-fn service(name: &str, ip: &str, proto: &str, extra: &str) -> String {
-    format!(
-        "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: ns}}
-spec:
-  clusterIP: {ip}
-  ports: [{{name: p, port: 80, protocol: {proto}, targetPort: 8080}}]
-{extra}
-"
-    )
+/// This node, with address `ip`.
+fn node_named(name: &str, ip: &str) -> Node {
+    node(name)
+        .pod_cidrs(&["10.244.1.0/24"])
+        .internal_ip(ip)
+        .build()
 }
 
-fn slice(name: &str, proto: &str, endpoints: &[(&str, &str)]) -> String {
-    let eps: Vec<String> = endpoints
-        .iter()
-        .map(|(ip, node)| format!("- {{addresses: [{ip}], nodeName: {node}}}"))
-        .collect();
-    format!(
-        "---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-1
-  namespace: ns
-  labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
-ports: [{{name: p, port: 8080, protocol: {proto}}}]
-endpoints:
-{}
-",
-        eps.join("\n")
-    )
+/// A ClusterIP service `ns/name` with one port `p`: `port` → 8080.
+fn service_with_port(name: &str, ip: &str, proto: &str, port: i32) -> Service {
+    svc("ns", name)
+        .cluster_ip(ip)
+        .port("p", port, proto)
+        .target_port(8080)
+        .build()
+}
+
+fn service(name: &str, ip: &str, proto: &str) -> Service {
+    service_with_port(name, ip, proto, 80)
+}
+
+fn slice(name: &str, proto: &str, endpoints: &[(&str, &str)]) -> EndpointSlice {
+    let eps = endpoints.iter().map(|(ip, node)| ep(ip).node(node));
+    fx_slice("ns", &format!("{name}-1"), name)
+        .port("p", 8080, proto)
+        .endpoints(eps)
+        .build()
+}
+
+/// This node (node-a) with these services and slices.
+fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Objects {
+    Objects {
+        services,
+        slices,
+        nodes: vec![node_named("node-a", "192.168.50.10")],
+        ..Objects::default()
+    }
 }
 
 fn key_of_service(s: &k8s_openapi::api::core::v1::Service) -> ServiceKey {
-    (
+    ServiceKey::new(
         s.metadata.namespace.clone().unwrap_or_default(),
         s.metadata.name.clone().unwrap_or_default(),
     )
@@ -70,27 +68,24 @@ fn key_of_slice(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> ServiceKe
         .and_then(|l| l.get(LABEL_SERVICE_NAME))
         .cloned()
         .unwrap_or_default();
-    (s.metadata.namespace.clone().unwrap_or_default(), svc)
+    ServiceKey::new(s.metadata.namespace.clone().unwrap_or_default(), svc)
 }
 
-/// A source whose whole content is replaced by YAML; changes are computed per service.
+/// A source whose whole content is replaced at once; changes are computed per service.
 #[derive(Default)]
 struct MemorySource {
     inner: Mutex<(bool, Objects, Changes)>,
 }
 
 impl MemorySource {
-    fn new(yaml: &str) -> Arc<MemorySource> {
+    fn new(objects: Objects) -> Arc<MemorySource> {
         let s = Arc::new(MemorySource::default());
-        s.set(yaml);
+        s.set(objects);
         s.inner.lock().unwrap().0 = true;
         s
     }
 
-    fn set(&self, yaml: &str) {
-        let loaded = load_str("test", yaml);
-        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-        let new = loaded.objects;
+    fn set(&self, new: Objects) {
         let mut g = self.inner.lock().unwrap();
         let old = std::mem::take(&mut g.1);
         let json = |v: &dyn erased::Ser| v.json();
@@ -187,8 +182,8 @@ fn settings() -> Settings {
     }
 }
 
-fn fixture_with(yaml: &str, backend: FakeBackend) -> Fixture {
-    let source = MemorySource::new(yaml);
+fn fixture_with(objects: Objects, backend: FakeBackend) -> Fixture {
+    let source = MemorySource::new(objects);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
     let checks = Arc::new(HealthChecks::default());
@@ -212,8 +207,8 @@ fn fixture_with(yaml: &str, backend: FakeBackend) -> Fixture {
     }
 }
 
-fn fixture(yaml: &str) -> Fixture {
-    fixture_with(yaml, FakeBackend::new())
+fn fixture(objects: Objects) -> Fixture {
+    fixture_with(objects, FakeBackend::new())
 }
 
 /// What a fresh full render of the source's current objects gives.
@@ -236,27 +231,31 @@ fn assert_programmed(f: &mut Fixture, endpoint: &str) {
     );
 }
 
-fn two_services() -> String {
-    format!(
-        "{NODE}{}{}{}{}",
-        service("a", "10.96.0.1", "TCP", ""),
-        slice(
-            "a",
-            "TCP",
-            &[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")]
-        ),
-        service("b", "10.96.0.2", "UDP", ""),
-        slice(
-            "b",
-            "UDP",
-            &[("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")]
-        ),
+fn two_services() -> Objects {
+    two_services_with(&[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")])
+}
+
+/// TCP service `a` with these endpoints, UDP service `b` with two.
+fn two_services_with(a_endpoints: &[(&str, &str)]) -> Objects {
+    objects(
+        vec![
+            service("a", "10.96.0.1", "TCP"),
+            service("b", "10.96.0.2", "UDP"),
+        ],
+        vec![
+            slice("a", "TCP", a_endpoints),
+            slice(
+                "b",
+                "UDP",
+                &[("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")],
+            ),
+        ],
     )
 }
 
 #[test]
 fn first_sync_is_full_and_programs_the_whole_ruleset() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     let r = f.syncer.sync(false).unwrap();
     assert!(r.full);
     assert_eq!(r.service_ports, 2);
@@ -275,28 +274,14 @@ fn first_sync_is_full_and_programs_the_whole_ruleset() {
 
 #[test]
 fn a_changed_endpoint_is_a_partial_sync_touching_only_elements() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
     let commits = f.syncer.backend().commits();
-    f.source.set(&format!(
-        "{NODE}{}{}{}{}",
-        service("a", "10.96.0.1", "TCP", ""),
-        slice(
-            "a",
-            "TCP",
-            &[
-                ("10.244.1.5", "node-a"),
-                ("10.244.2.5", "node-b"),
-                ("10.244.2.7", "node-b")
-            ]
-        ),
-        service("b", "10.96.0.2", "UDP", ""),
-        slice(
-            "b",
-            "UDP",
-            &[("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")]
-        ),
-    ));
+    f.source.set(two_services_with(&[
+        ("10.244.1.5", "node-a"),
+        ("10.244.2.5", "node-b"),
+        ("10.244.2.7", "node-b"),
+    ]));
     let r = f.syncer.sync(false).unwrap();
     assert!(!r.full);
     assert_eq!(r.services_changed, 1);
@@ -314,7 +299,7 @@ fn a_changed_endpoint_is_a_partial_sync_touching_only_elements() {
 
 #[test]
 fn nothing_changed_sends_nothing() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
     let applies = f.syncer.backend().applies();
     let r = f.syncer.sync(false).unwrap();
@@ -324,12 +309,11 @@ fn nothing_changed_sends_nothing() {
 
 #[test]
 fn a_deleted_service_goes_away() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
-    f.source.set(&format!(
-        "{NODE}{}{}",
-        service("a", "10.96.0.1", "TCP", ""),
-        slice("a", "TCP", &[("10.244.1.5", "node-a")]),
+    f.source.set(objects(
+        vec![service("a", "10.96.0.1", "TCP")],
+        vec![slice("a", "TCP", &[("10.244.1.5", "node-a")])],
     ));
     let r = f.syncer.sync(false).unwrap();
     assert!(!r.full);
@@ -341,13 +325,12 @@ fn a_deleted_service_goes_away() {
 
 #[test]
 fn a_failed_transaction_is_counted_and_retried_as_a_full_sync() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
     let before = f.syncer.backend().state().clone();
-    f.source.set(&format!(
-        "{NODE}{}{}",
-        service("a", "10.96.0.1", "TCP", ""),
-        slice("a", "TCP", &[("10.244.1.9", "node-a")]),
+    f.source.set(objects(
+        vec![service("a", "10.96.0.1", "TCP")],
+        vec![slice("a", "TCP", &[("10.244.1.9", "node-a")])],
     ));
     f.syncer.backend().fail_next(libc::EINVAL);
     assert!(f.syncer.sync(false).is_err());
@@ -370,7 +353,7 @@ fn a_failed_transaction_is_counted_and_retried_as_a_full_sync() {
 
 #[test]
 fn retry_backoff_doubles_up_to_the_sync_period() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.config.sync_period = Duration::from_secs(5);
     let mut seen = Vec::new();
     for _ in 0..5 {
@@ -387,9 +370,9 @@ fn retry_backoff_doubles_up_to_the_sync_period() {
 
 #[test]
 fn restart_adopts_what_the_kernel_holds_without_sending_anything() {
-    let source = MemorySource::new(&two_services());
+    let source = MemorySource::new(two_services());
     let held = expected(&source);
-    let mut f = fixture_with(&two_services(), FakeBackend::with_state(held.clone()));
+    let mut f = fixture_with(two_services(), FakeBackend::with_state(held.clone()));
     let r = f.syncer.sync(false).unwrap();
     assert!(r.full);
     assert_eq!(r.operations, 0);
@@ -399,7 +382,7 @@ fn restart_adopts_what_the_kernel_holds_without_sending_anything() {
 
 #[test]
 fn drift_is_noticed_by_generation_and_repaired_exactly() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
     let good = f.syncer.backend().state().clone();
     // Someone flushes one of kproxy's chains.
@@ -423,10 +406,11 @@ fn drift_is_noticed_by_generation_and_repaired_exactly() {
 
 #[test]
 fn node_changes_force_a_full_sync() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
-    let yaml = two_services().replace("192.168.50.10", "192.168.50.11");
-    f.source.set(&yaml);
+    let mut moved = two_services();
+    moved.nodes = vec![node_named("node-a", "192.168.50.11")];
+    f.source.set(moved);
     let r = f.syncer.sync(false).unwrap();
     assert!(r.full);
     assert_eq!(f.syncer.backend().state(), &expected(&f.source));
@@ -434,47 +418,45 @@ fn node_changes_force_a_full_sync() {
 
 #[test]
 fn node_not_found_makes_the_node_ineligible() {
-    let mut f = fixture(&two_services().replace("name: node-a}", "name: node-z}"));
+    let mut other = two_services();
+    other.nodes = vec![node_named("node-z", "192.168.50.10")];
+    let mut f = fixture(other);
     f.syncer.sync(false).unwrap();
     assert!(!f.health.node_eligible());
 }
 
 #[test]
 fn health_check_node_ports_follow_the_services() {
-    let lb = "
----
-apiVersion: v1
-kind: Service
-metadata: {name: lb, namespace: ns}
-spec:
-  type: LoadBalancer
-  clusterIP: 10.96.0.9
-  externalTrafficPolicy: Local
-  healthCheckNodePort: 32000
-  ports: [{name: p, port: 80, protocol: TCP, targetPort: 8080, nodePort: 31000}]
-status: {loadBalancer: {ingress: [{ip: 192.0.2.9}]}}
-";
-    let yaml = format!(
-        "{NODE}{lb}{}",
-        slice(
+    let lb = svc("ns", "lb")
+        .type_("LoadBalancer")
+        .cluster_ip("10.96.0.9")
+        .etp_local()
+        .health_check_node_port(32000)
+        .port("p", 80, "TCP")
+        .target_port(8080)
+        .node_port(31000)
+        .lb_ingress("192.0.2.9")
+        .build();
+    let mut f = fixture(objects(
+        vec![lb.clone()],
+        vec![slice(
             "lb",
             "TCP",
             &[
                 ("10.244.1.5", "node-a"),
                 ("10.244.1.6", "node-a"),
-                ("10.244.2.5", "node-b")
-            ]
-        )
-    );
-    let mut f = fixture(&yaml);
+                ("10.244.2.5", "node-b"),
+            ],
+        )],
+    ));
     f.syncer.sync(false).unwrap();
     let hc = f.checks.get(32000).expect("health check served");
     assert_eq!((hc.namespace.as_str(), hc.name.as_str()), ("ns", "lb"));
     assert_eq!(hc.local_endpoints, 2);
     // Local endpoints gone: the count drops to 0 and the no-local gauge counts it.
-    f.source.set(&format!(
-        "{NODE}{lb}{}",
-        slice("lb", "TCP", &[("10.244.2.5", "node-b")])
+    f.source.set(objects(
+        vec![lb],
+        vec![slice("lb", "TCP", &[("10.244.2.5", "node-b")])],
     ));
     f.syncer.sync(false).unwrap();
     assert_eq!(f.checks.get(32000).unwrap().local_endpoints, 0);
@@ -486,7 +468,7 @@ status: {loadBalancer: {ingress: [{ip: 192.0.2.9}]}}
         1
     );
     // Service deleted: the health check goes.
-    f.source.set(NODE);
+    f.source.set(objects(vec![], vec![]));
     f.syncer.sync(false).unwrap();
     assert!(f.checks.get(32000).is_none());
 }
@@ -512,7 +494,7 @@ impl FlowCleaner for Recorder {
 #[test]
 fn conntrack_cleanup_sees_changed_udp_ports_and_deleted_ones_empty() {
     let rec = Recorder::default();
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer = f.syncer.with_cleaner(Box::new(rec.clone()));
     f.syncer.sync(false).unwrap();
     {
@@ -524,10 +506,9 @@ fn conntrack_cleanup_sees_changed_udp_ports_and_deleted_ones_empty() {
     }
     rec.0.lock().unwrap().clear();
     // UDP service b deleted: its old port is passed with no endpoints.
-    f.source.set(&format!(
-        "{NODE}{}{}",
-        service("a", "10.96.0.1", "TCP", ""),
-        slice("a", "TCP", &[("10.244.1.5", "node-a")]),
+    f.source.set(objects(
+        vec![service("a", "10.96.0.1", "TCP")],
+        vec![slice("a", "TCP", &[("10.244.1.5", "node-a")])],
     ));
     let r = f.syncer.sync(false).unwrap();
     assert_eq!(r.conntrack_deleted, 1);
@@ -560,12 +541,11 @@ impl WarningSink for Sink {
 #[test]
 fn invalid_objects_are_skipped_reported_and_counted_without_disturbing_others() {
     let sink = Sink::default();
-    let yaml = format!(
-        "{}{}",
-        two_services(),
-        service("bad", "10.96.0.3", "TCP", "").replace("port: 80,", "port: 70000,")
-    );
-    let mut f = fixture(&yaml);
+    let mut objects = two_services();
+    objects
+        .services
+        .push(service_with_port("bad", "10.96.0.3", "TCP", 70000));
+    let mut f = fixture(objects);
     f.syncer = f.syncer.with_warnings(Box::new(sink.clone()));
     let r = f.syncer.sync(false).unwrap();
     assert_eq!(r.warnings, 1);
@@ -599,7 +579,7 @@ fn run_in_background(
 
 #[test]
 fn nothing_is_programmed_before_the_source_is_synced() {
-    let f = fixture(&two_services());
+    let f = fixture(two_services());
     f.source.inner.lock().unwrap().0 = false;
     let trigger = Trigger::new(f.health.clone(), f.metrics.clone());
     let (stop, h) = run_in_background(f.syncer, trigger.clone());
@@ -614,7 +594,7 @@ fn nothing_is_programmed_before_the_source_is_synced() {
 
 #[test]
 fn changes_coalesce_and_respect_the_min_sync_period() {
-    let mut f = fixture(&two_services());
+    let mut f = fixture(two_services());
     f.syncer.config.min_sync_period = Duration::from_millis(400);
     let trigger = Trigger::new(f.health.clone(), f.metrics.clone());
     let source = f.source.clone();
@@ -622,10 +602,13 @@ fn changes_coalesce_and_respect_the_min_sync_period() {
     // 20 changes within ~200 ms after the first sync.
     std::thread::sleep(Duration::from_millis(50));
     for i in 0..20 {
-        source.set(&format!(
-            "{NODE}{}{}",
-            service("a", "10.96.0.1", "TCP", ""),
-            slice("a", "TCP", &[(&format!("10.244.1.{}", 10 + i), "node-a")]),
+        source.set(objects(
+            vec![service("a", "10.96.0.1", "TCP")],
+            vec![slice(
+                "a",
+                "TCP",
+                &[(&format!("10.244.1.{}", 10 + i), "node-a")],
+            )],
         ));
         trigger.notify();
         std::thread::sleep(Duration::from_millis(10));
@@ -643,7 +626,7 @@ fn changes_coalesce_and_respect_the_min_sync_period() {
     assert!((2..=3).contains(&syncs), "{syncs} syncs");
     let mut f = Fixture {
         syncer,
-        ..fixture(NODE)
+        ..fixture(objects(vec![], vec![]))
     };
     assert_programmed(&mut f, "10.244.1.29");
 }
@@ -651,7 +634,7 @@ fn changes_coalesce_and_respect_the_min_sync_period() {
 #[test]
 fn full_syncs_built_in_chunks_equal_one_build() {
     for chunk in [1, 2, 1000] {
-        let mut f = fixture(&two_services());
+        let mut f = fixture(two_services());
         f.syncer.config.build_chunk = chunk;
         f.syncer.sync(true).unwrap();
         assert!(

@@ -5,15 +5,13 @@
 //! counting allocator. Must not be used by the daemon or the CLI.
 
 pub mod apiserver;
+pub mod fixtures;
 mod netns;
 
 pub use netns::{in_netns, netns_path, InNetns, Netns};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::json;
-
 use crate::model::build::{Objects, Settings};
+use fixtures::{ep, node, slice, svc};
 
 /// The node the synthetic clusters are rendered for.
 pub const NODE: &str = "node-a";
@@ -23,52 +21,48 @@ pub const NODE: &str = "node-a";
 /// externalTrafficPolicy Local and every 50th ClientIP affinity (when `affinity`).
 pub fn synthetic_cluster(services: usize, endpoints: usize, affinity: bool) -> Objects {
     let mut o = Objects::default();
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": NODE},
-        "spec": {"podCIDRs": ["10.128.0.0/24"]},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}
-    }))
-    .expect("node");
-    o.nodes.push(node);
+    o.nodes.push(
+        node(NODE)
+            .pod_cidrs(&["10.128.0.0/24"])
+            .internal_ip("192.168.0.10")
+            .build(),
+    );
     for i in 0..services {
         let name = format!("svc-{i}");
+        let ns = format!("ns-{}", i % 100);
         let cip = format!("172.16.{}.{}", i / 250, i % 250 + 1);
-        let mut spec = json!({
-            "type": "NodePort",
-            "clusterIP": cip,
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
-                       "nodePort": 30000 + (i % 2700) as i32}],
-        });
+        let mut s = svc(&ns, &name)
+            .type_("NodePort")
+            .cluster_ip(&cip)
+            .port("http", 80, "TCP")
+            .target_port(8080)
+            .node_port(30000 + (i % 2700) as i32);
         if i % 10 == 0 {
-            spec["externalTrafficPolicy"] = json!("Local");
+            s = s.etp_local();
         }
         if affinity && i % 50 == 0 {
-            spec["sessionAffinity"] = json!("ClientIP");
+            s = s.session_affinity("ClientIP");
         }
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": format!("ns-{}", i % 100)},
-            "spec": spec,
-        }))
-        .expect("service");
-        o.services.push(svc);
-        let eps: Vec<serde_json::Value> = (0..endpoints)
-            .map(|e| {
-                let n = i * endpoints + e;
-                json!({
-                    "addresses": [format!("10.{}.{}.{}", 128 + n / 65000, (n / 250) % 260 % 256, n % 250 + 1)],
-                    "nodeName": if e % 10 == 0 { NODE.to_string() } else { format!("node-{}", e % 7) },
-                })
-            })
-            .collect();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-abcde"), "namespace": format!("ns-{}", i % 100),
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": eps,
-        }))
-        .expect("slice");
-        o.slices.push(slice);
+        o.services.push(s.build());
+        let eps = (0..endpoints).map(|e| {
+            let n = i * endpoints + e;
+            let ip = format!(
+                "10.{}.{}.{}",
+                128 + n / 65000,
+                (n / 250) % 260 % 256,
+                n % 250 + 1
+            );
+            let on = if e % 10 == 0 {
+                NODE.to_string()
+            } else {
+                format!("node-{}", e % 7)
+            };
+            ep(&ip).node(&on)
+        });
+        let sl = slice(&ns, &format!("{name}-abcde"), &name)
+            .port("http", 8080, "TCP")
+            .endpoints(eps);
+        o.slices.push(sl.build());
     }
     o
 }

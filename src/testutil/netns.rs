@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::backend::netlink::enter_netns;
+use crate::netlink::enter_netns;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 

@@ -128,3 +128,28 @@ pub fn pipeline(
 }
 pub mod topology;
 pub mod udp;
+
+/// The cluster of the throwaway topology before any service: node-a (both families' pod
+/// CIDRs and all four node addresses) and the dual-stack ServiceCIDRs.
+pub fn node_objects() -> kproxy::model::Objects {
+    use kproxy::nft::Family::{V4, V6};
+    use kproxy::testutil::fixtures::{node, service_cidr};
+    use topology::{cidr, node_ip, node_link_b_ip};
+    let addresses = [
+        node_ip(V4),
+        node_ip(V6),
+        node_link_b_ip(V4),
+        node_link_b_ip(V6),
+    ];
+    let node = addresses.iter().fold(
+        node("node-a").pod_cidrs(&[cidr(V4, "pods"), cidr(V6, "pods")]),
+        |n, ip| n.internal_ip(&ip.to_string()),
+    );
+    kproxy::model::Objects {
+        nodes: vec![node.build()],
+        service_cidrs: vec![
+            service_cidr("kubernetes", &["10.96.0.0/16", "fd00:10:96::/112"]).build(),
+        ],
+        ..Default::default()
+    }
+}

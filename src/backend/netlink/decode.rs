@@ -13,8 +13,9 @@ use super::encode::{
     TYPE_MARK,
 };
 use super::expr::{parse_data, Expr, ImmData};
+use super::nf_tables::{c, udata_get, udata_u32, GetData};
 use super::rule::{decode_stmts, ip_from, verdict_of};
-use super::wire::{align4, c, cstr, udata_get, udata_u32, Attrs, Msg};
+use crate::netlink::wire::{align4, cstr, Attrs, Msg};
 use crate::nft::{
     BaseChain, Chain, ChainType, DataType, Element, ElementData, Family, Hook, Protocol, Rule, Set,
     SetData, SetFlags, Stmt, Value,

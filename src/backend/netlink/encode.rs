@@ -7,8 +7,9 @@ mod set;
 use std::collections::HashMap;
 
 use super::expr::{write_data, ImmData};
+use super::nf_tables::{c, PutData, Udata};
 use super::rule::{encode_stmts, verdict_imm, SetRef};
-use super::wire::{c, Udata, Writer};
+use crate::netlink::wire::Writer;
 use crate::nft::tx::{ChainDecl, Op, TableRef, Transaction};
 use crate::nft::{
     BaseChain, ChainType, DataType, Element, ElementData, Family, Hook, Set, SetData, Value,

@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use super::wire::{c, cstr, Attrs, Writer};
+use super::nf_tables::{c, GetData, PutData};
+use crate::netlink::wire::{cstr, Attrs, Writer};
 
 // Expression attribute numbers (nf_tables.h).
 const NFTA_PAYLOAD_DREG: u16 = 1;

@@ -400,7 +400,7 @@ fn encode_key(
 }
 
 fn verdict_data(v: &Verdict) -> ImmData {
-    use super::wire::c;
+    use super::nf_tables::c;
     let (code, chain) = match v {
         Verdict::Accept => (c::NF_ACCEPT, None),
         Verdict::Drop => (c::NF_DROP, None),
@@ -413,7 +413,7 @@ fn verdict_data(v: &Verdict) -> ImmData {
 
 /// The verdict an element or immediate carries, if it is one kproxy can name.
 pub fn verdict_of(code: i32, chain: Option<&str>) -> Option<Verdict> {
-    use super::wire::c;
+    use super::nf_tables::c;
     match (code, chain) {
         (c::NF_ACCEPT, _) => Some(Verdict::Accept),
         (c::NF_DROP, _) => Some(Verdict::Drop),

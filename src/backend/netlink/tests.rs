@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use super::decode;
 use super::encode::*;
-use super::wire::{c, messages};
+use super::nf_tables::c;
+use crate::netlink::wire::messages;
 use crate::nft::tx::{ChainDecl, Op, TableRef, Transaction};
 use crate::nft::*;
 

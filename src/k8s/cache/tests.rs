@@ -2,10 +2,9 @@
 
 use std::time::UNIX_EPOCH;
 
-use serde_json::{json, Value};
-
 use super::*;
-use crate::admin::ProxyHealth;
+use crate::health::ProxyHealth;
+use crate::testutil::fixtures as fx;
 
 const START: u64 = 1_700_000_000;
 
@@ -28,33 +27,32 @@ fn notified(m: &Metrics) -> bool {
     n
 }
 
-fn svc_json(name: &str, ip: &str) -> Value {
-    json!({"metadata": {"namespace": "ns", "name": name, "uid": format!("uid-{name}"),
-                        "resourceVersion": "1"},
-           "spec": {"clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]}})
+fn svc_b(name: &str, ip: &str) -> fx::ServiceBuilder {
+    fx::svc("ns", name)
+        .uid(&format!("uid-{name}"))
+        .resource_version("1")
+        .cluster_ip(ip)
+        .port("", 80, "TCP")
 }
 
 fn svc(name: &str, ip: &str) -> Service {
-    serde_json::from_value(svc_json(name, ip)).unwrap()
+    svc_b(name, ip).build()
 }
 
-fn slice_json(name: &str, service: &str, ips: &[&str]) -> Value {
-    json!({"metadata": {"namespace": "ns", "name": name, "uid": format!("uid-{name}"),
-                        "resourceVersion": "1",
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4",
-           "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
-           "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "nodeName": "node-a",
-                                                    "conditions": {"ready": true}}))
-                           .collect::<Vec<_>>()})
+fn slice_b(name: &str, service: &str, ips: &[&str]) -> fx::SliceBuilder {
+    fx::slice("ns", name, service)
+        .uid(&format!("uid-{name}"))
+        .resource_version("1")
+        .port("", 8080, "TCP")
+        .endpoints(ips.iter().map(|ip| fx::ep(ip).node("node-a").ready(true)))
 }
 
 fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
-    serde_json::from_value(slice_json(name, service, ips)).unwrap()
+    slice_b(name, service, ips).build()
 }
 
 fn key(name: &str) -> ServiceKey {
-    ("ns".to_string(), name.to_string())
+    ServiceKey::new("ns", name)
 }
 
 fn keys(names: &[&str]) -> BTreeSet<ServiceKey> {
@@ -206,20 +204,19 @@ fn no_op_events_are_not_changes() {
     notified(&m);
     let before = m.service_changes_total.get();
     // Same content, new resourceVersion, managed fields, annotations, selector.
-    let mut v = svc_json("a", "10.0.0.1");
-    v["metadata"]["resourceVersion"] = json!("2");
-    v["metadata"]["annotations"] = json!({"x": "y"});
-    v["metadata"]["managedFields"] = json!([{"manager": "m"}]);
-    v["spec"]["selector"] = json!({"app": "a"});
-    assert!(!c.apply(Update::Service(Event::Apply(
-        serde_json::from_value(v).unwrap()
-    ))));
-    let mut v = slice_json("a-1", "a", &["10.1.0.1"]);
-    v["metadata"]["resourceVersion"] = json!("2");
-    v["endpoints"][0]["targetRef"] = json!({"kind": "Pod", "name": "p"});
-    assert!(!c.apply(Update::Slice(Event::Apply(
-        serde_json::from_value(v).unwrap()
-    ))));
+    let v = svc_b("a", "10.0.0.1")
+        .resource_version("2")
+        .annotation("x", "y")
+        .managed_field("m")
+        .selector(&[("app", "a")]);
+    assert!(!c.apply(Update::Service(Event::Apply(v.build()))));
+    let v = slice_b("a-1", "a", &[]).resource_version("2").endpoint(
+        fx::ep("10.1.0.1")
+            .node("node-a")
+            .ready(true)
+            .target_ref("Pod", "p"),
+    );
+    assert!(!c.apply(Update::Slice(Event::Apply(v.build()))));
     assert!(c.take_changes().is_empty());
     assert!(!notified(&m));
     assert_eq!(
@@ -328,11 +325,8 @@ fn slice_moving_between_services() {
     );
     assert_eq!(names(&c.objects(Some(&keys(&["b"])))).1, vec!["s-1"]);
     // Losing the label removes it.
-    let mut v = slice_json("s-1", "b", &["10.1.0.1"]);
-    v["metadata"]["labels"] = json!({});
-    assert!(c.apply(Update::Slice(Event::Apply(
-        serde_json::from_value(v).unwrap()
-    ))));
+    let v = slice_b("s-1", "b", &["10.1.0.1"]).with(|s| s.metadata.labels = Some(BTreeMap::new()));
+    assert!(c.apply(Update::Slice(Event::Apply(v.build()))));
     assert_eq!(c.take_changes().services, keys(&["b"]));
     assert_eq!(c.len().1, 0);
 }
@@ -341,11 +335,8 @@ fn slice_moving_between_services() {
 fn fqdn_slices_are_dropped() {
     let (c, _m) = cache();
     synced_with(&c, vec![], vec![]);
-    let mut v = slice_json("f-1", "a", &["example.com"]);
-    v["addressType"] = json!("FQDN");
-    assert!(!c.apply(Update::Slice(Event::Apply(
-        serde_json::from_value(v).unwrap()
-    ))));
+    let v = slice_b("f-1", "a", &["example.com"]).address_type("FQDN");
+    assert!(!c.apply(Update::Slice(Event::Apply(v.build()))));
     assert_eq!(c.len(), (0, 0));
 }
 
@@ -354,9 +345,9 @@ fn trigger_times() {
     let (c, _m) = cache();
     synced_with(&c, vec![svc("a", "10.0.0.1")], vec![]);
     let with_time = |name: &str, ip: &str, t: &str| -> EndpointSlice {
-        let mut v = slice_json(name, "a", &[ip]);
-        v["metadata"]["annotations"] = json!({TRIGGER_TIME_ANNOTATION: t});
-        serde_json::from_value(v).unwrap()
+        slice_b(name, "a", &[ip])
+            .annotation(TRIGGER_TIME_ANNOTATION, t)
+            .build()
     };
     // Before the cache started: not measured.
     c.apply(Update::Slice(Event::Apply(with_time(
@@ -396,13 +387,11 @@ fn trigger_times() {
 #[test]
 fn stored_objects_are_pruned() {
     let (c, _m) = cache();
-    let mut v = svc_json("a", "10.0.0.1");
-    v["metadata"]["annotations"] = json!({"big": "x".repeat(1000)});
-    v["metadata"]["managedFields"] = json!([{"manager": "m"}]);
-    v["metadata"]["labels"] = json!({"app": "a"});
-    c.apply(Update::Service(Event::Apply(
-        serde_json::from_value(v).unwrap(),
-    )));
+    let v = svc_b("a", "10.0.0.1")
+        .annotation("big", &"x".repeat(1000))
+        .managed_field("m")
+        .label("app", "a");
+    c.apply(Update::Service(Event::Apply(v.build())));
     let o = c.objects(None);
     let meta = &o.services[0].metadata;
     assert!(meta.annotations.is_none() && meta.managed_fields.is_none());
@@ -416,12 +405,11 @@ fn node_events() {
     synced_with(&c, vec![], vec![]);
     notified(&m);
     let node = |name: &str, heartbeat: &str, ip: &str| -> Node {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "uid": "n-uid"},
-            "status": {"addresses": [{"type": "InternalIP", "address": ip}],
-                       "conditions": [{"type": "Ready", "status": "True",
-                                       "lastHeartbeatTime": heartbeat}]}}))
-        .unwrap()
+        fx::node(name)
+            .uid("n-uid")
+            .internal_ip(ip)
+            .ready_heartbeat(heartbeat)
+            .build()
     };
     c.apply(Update::Node(Event::Init));
     c.apply(Update::Node(Event::InitApply(node(
@@ -467,11 +455,10 @@ fn service_cidrs_and_the_not_served_case() {
     assert!(!c.apply(Update::ServiceCidr(Event::InitDone)));
     assert!(c.take_changes().is_empty());
     let sc = |cidr: &str| -> ServiceCIDR {
-        serde_json::from_value(
-            json!({"metadata": {"name": "kubernetes", "resourceVersion": "1"},
-            "spec": {"cidrs": [cidr]}, "status": {"conditions": []}}),
-        )
-        .unwrap()
+        fx::service_cidr("kubernetes", &[cidr])
+            .resource_version("1")
+            .empty_status()
+            .build()
     };
     assert!(c.apply(Update::ServiceCidr(Event::Apply(sc("10.96.0.0/16")))));
     assert!(!c.apply(Update::ServiceCidr(Event::Apply(sc("10.96.0.0/16")))));

@@ -21,7 +21,7 @@ use super::{
     valid_port, Settings, Warnings,
 };
 use crate::model::{
-    Endpoint, Family, Protocol, ServicePort, ServicePortName, DEFAULT_AFFINITY_TIMEOUT,
+    Endpoint, Family, Protocol, ServiceKey, ServicePort, ServicePortName, DEFAULT_AFFINITY_TIMEOUT,
 };
 
 /// Largest `sessionAffinityConfig.clientIP.timeoutSeconds` the API accepts (one day).
@@ -53,8 +53,8 @@ pub(super) struct Svc {
 
 /// The services we proxy, and the names of every Service object (proxied or not).
 pub(super) struct Services {
-    pub(super) proxied: BTreeMap<(String, String), Svc>,
-    pub(super) existing: BTreeSet<(String, String)>,
+    pub(super) proxied: BTreeMap<ServiceKey, Svc>,
+    pub(super) existing: BTreeSet<ServiceKey>,
 }
 
 pub(super) fn collect_services(
@@ -67,13 +67,18 @@ pub(super) fn collect_services(
         .iter()
         .map(|(_, svc)| {
             let name = svc.metadata.name.clone().unwrap_or_default();
-            (namespace_of(&svc.metadata).to_string(), name)
+            ServiceKey::new(namespace_of(&svc.metadata), name)
         })
         .collect();
     let proxied = kept
         .into_iter()
         .filter_map(|(_, svc)| parse_service(svc, settings, warnings))
-        .map(|svc| ((svc.namespace.clone(), svc.name.clone()), svc))
+        .map(|svc| {
+            (
+                ServiceKey::new(svc.namespace.clone(), svc.name.clone()),
+                svc,
+            )
+        })
         .collect();
     Services { proxied, existing }
 }

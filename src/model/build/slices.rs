@@ -17,14 +17,14 @@ use super::{
     for_other_proxy, label, namespace_of, parse_ip, sorted_dedup, unique_by_name, valid_port,
     Settings, Warnings,
 };
-use crate::model::{Endpoint, Family, Protocol, LABEL_HEADLESS, LABEL_SERVICE_NAME};
+use crate::model::{Endpoint, Family, Protocol, ServiceKey, LABEL_HEADLESS, LABEL_SERVICE_NAME};
 
 /// Endpoints of one service port (any family), keyed by address.
 type EndpointSet = BTreeMap<(IpAddr, u16), Endpoint>;
 /// Endpoints of a service, by (port name, protocol).
 type ServiceEndpoints = BTreeMap<(String, Protocol), EndpointSet>;
 /// Endpoints of every service, by (namespace, name).
-pub(super) type AllEndpoints = BTreeMap<(String, String), ServiceEndpoints>;
+pub(super) type AllEndpoints = BTreeMap<ServiceKey, ServiceEndpoints>;
 
 /// A slice port that names a port of the Service: `((name, protocol), target port)`.
 type SlicePort = ((String, Protocol), u16);
@@ -69,7 +69,7 @@ fn slice_target<'s>(
     settings: &Settings,
     services: &'s Services,
     warn: &mut impl FnMut(String),
-) -> Option<(Family, (String, String), &'s Svc)> {
+) -> Option<(Family, ServiceKey, &'s Svc)> {
     let meta = &slice.metadata;
     if label(meta, LABEL_HEADLESS).is_some() || for_other_proxy(meta, settings) {
         return None;
@@ -90,7 +90,7 @@ fn slice_target<'s>(
         return None;
     };
     let namespace = namespace_of(meta).to_string();
-    let service_key = (namespace.clone(), service_name.to_string());
+    let service_key = ServiceKey::new(namespace.clone(), service_name);
     if !services.existing.contains(&service_key) {
         warn(format!(
             "Service {namespace}/{service_name} (label {LABEL_SERVICE_NAME}) does not exist; \
@@ -106,7 +106,10 @@ fn slice_target<'s>(
 /// Slice ports that name a port of the Service.
 fn slice_ports(
     slice: &EndpointSlice,
-    (namespace, service_name): &(String, String),
+    ServiceKey {
+        namespace,
+        name: service_name,
+    }: &ServiceKey,
     svc: &Svc,
     warn: &mut impl FnMut(String),
 ) -> Vec<SlicePort> {

@@ -5,8 +5,8 @@
 //! Owns: the bytes of one set declaration or element. Must not: build messages (that is
 //! [`super`]).
 
-use super::super::wire::align4;
 use super::*;
+use crate::netlink::wire::align4;
 
 // nft's datatype numbers (`enum datatypes` in nftables' datatype.h).
 pub const TYPE_INTEGER: u32 = 4;

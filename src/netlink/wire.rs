@@ -1,8 +1,14 @@
 //! Netlink framing: message headers, attributes (TLVs), nests, and a parser for them.
-//! Pure byte handling: no sockets, no `unsafe`.
+//!
+//! Owns: the byte layout every netlink family shares (`nlmsghdr`, `nfgenmsg`, `nlattr`
+//! with nests and 4-byte alignment), in both directions ([`Writer`], [`messages`],
+//! [`Attrs`]). Pure byte handling: no sockets, no `unsafe`.
+//!
+//! Must not: know any subsystem's messages or attributes (nf_tables' are in
+//! `backend::netlink::nf_tables`, ctnetlink's in `conntrack::netlink`).
 
-/// Netlink / nfnetlink / nf_tables constants used by the encoder and decoder (from
-/// `linux/netlink.h`, `linux/netfilter/nfnetlink.h`, `linux/netfilter/nf_tables.h`).
+/// Netlink and nfnetlink constants (from `linux/netlink.h`, `linux/netfilter/nfnetlink.h`
+/// and `linux/netfilter.h`), shared by every netfilter subsystem kproxy speaks.
 #[allow(dead_code)]
 pub mod c {
     pub const NLMSG_HDRLEN: usize = 16;
@@ -27,117 +33,11 @@ pub mod c {
 
     pub const NLMSGERR_ATTR_OFFS: u16 = 2;
 
-    pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
     pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
     pub const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-    pub const NFT_MSG_NEWTABLE: u16 = 0;
-    pub const NFT_MSG_GETTABLE: u16 = 1;
-    pub const NFT_MSG_DELTABLE: u16 = 2;
-    pub const NFT_MSG_NEWCHAIN: u16 = 3;
-    pub const NFT_MSG_GETCHAIN: u16 = 4;
-    pub const NFT_MSG_DELCHAIN: u16 = 5;
-    pub const NFT_MSG_NEWRULE: u16 = 6;
-    pub const NFT_MSG_GETRULE: u16 = 7;
-    pub const NFT_MSG_DELRULE: u16 = 8;
-    pub const NFT_MSG_NEWSET: u16 = 9;
-    pub const NFT_MSG_GETSET: u16 = 10;
-    pub const NFT_MSG_DELSET: u16 = 11;
-    pub const NFT_MSG_NEWSETELEM: u16 = 12;
-    pub const NFT_MSG_GETSETELEM: u16 = 13;
-    pub const NFT_MSG_DELSETELEM: u16 = 14;
-    pub const NFT_MSG_NEWGEN: u16 = 15;
-    pub const NFT_MSG_GETGEN: u16 = 16;
-
     pub const NFPROTO_IPV4: u8 = 2;
     pub const NFPROTO_IPV6: u8 = 10;
-
-    // Tables.
-    pub const NFTA_TABLE_NAME: u16 = 1;
-    pub const NFTA_TABLE_FLAGS: u16 = 2;
-    pub const NFTA_TABLE_USERDATA: u16 = 6;
-    // Chains.
-    pub const NFTA_CHAIN_TABLE: u16 = 1;
-    pub const NFTA_CHAIN_NAME: u16 = 3;
-    pub const NFTA_CHAIN_HOOK: u16 = 4;
-    pub const NFTA_CHAIN_POLICY: u16 = 5;
-    pub const NFTA_CHAIN_TYPE: u16 = 7;
-    pub const NFTA_CHAIN_USERDATA: u16 = 12;
-    pub const NFTA_HOOK_HOOKNUM: u16 = 1;
-    pub const NFTA_HOOK_PRIORITY: u16 = 2;
-    // Rules.
-    pub const NFTA_RULE_TABLE: u16 = 1;
-    pub const NFTA_RULE_CHAIN: u16 = 2;
-    pub const NFTA_RULE_HANDLE: u16 = 3;
-    pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
-    pub const NFTA_RULE_USERDATA: u16 = 7;
-    pub const NFTA_LIST_ELEM: u16 = 1;
-    pub const NFTA_EXPR_NAME: u16 = 1;
-    pub const NFTA_EXPR_DATA: u16 = 2;
-    // Sets.
-    pub const NFTA_SET_TABLE: u16 = 1;
-    pub const NFTA_SET_NAME: u16 = 2;
-    pub const NFTA_SET_FLAGS: u16 = 3;
-    pub const NFTA_SET_KEY_TYPE: u16 = 4;
-    pub const NFTA_SET_KEY_LEN: u16 = 5;
-    pub const NFTA_SET_DATA_TYPE: u16 = 6;
-    pub const NFTA_SET_DATA_LEN: u16 = 7;
-    pub const NFTA_SET_DESC: u16 = 9;
-    pub const NFTA_SET_ID: u16 = 10;
-    pub const NFTA_SET_TIMEOUT: u16 = 11;
-    pub const NFTA_SET_USERDATA: u16 = 13;
-    pub const NFTA_SET_DESC_SIZE: u16 = 1;
-    pub const NFTA_SET_DESC_CONCAT: u16 = 2;
-    pub const NFTA_SET_FIELD_LEN: u16 = 1;
-    pub const NFT_SET_CONSTANT: u32 = 0x2;
-    pub const NFT_SET_INTERVAL: u32 = 0x4;
-    pub const NFT_SET_MAP: u32 = 0x8;
-    pub const NFT_SET_TIMEOUT: u32 = 0x10;
-    pub const NFT_SET_EVAL: u32 = 0x20;
-    /// Not in older uapi headers; the kernel wants it with NFTA_SET_DESC_CONCAT (5.6+).
-    pub const NFT_SET_CONCAT: u32 = 0x80;
-    // Set elements.
-    pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-    pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-    pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-    pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
-    pub const NFTA_SET_ELEM_KEY: u16 = 1;
-    pub const NFTA_SET_ELEM_DATA: u16 = 2;
-    pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
-    pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
-    pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
-    pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
-    // Data.
-    pub const NFTA_DATA_VALUE: u16 = 1;
-    pub const NFTA_DATA_VERDICT: u16 = 2;
-    pub const NFTA_VERDICT_CODE: u16 = 1;
-    pub const NFTA_VERDICT_CHAIN: u16 = 2;
-    pub const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-    pub const NF_DROP: i32 = 0;
-    pub const NF_ACCEPT: i32 = 1;
-    pub const NFT_CONTINUE: i32 = -1;
-    pub const NFT_BREAK: i32 = -2;
-    pub const NFT_JUMP: i32 = -3;
-    pub const NFT_GOTO: i32 = -4;
-    pub const NFT_RETURN: i32 = -5;
-    // Generation.
-    pub const NFTA_GEN_ID: u16 = 1;
-
-    // nft's userdata TLVs (libnftnl `udata.h`; one-byte type, one-byte length).
-    pub const UDATA_TABLE_COMMENT: u8 = 0;
-    pub const UDATA_CHAIN_COMMENT: u8 = 0;
-    pub const UDATA_RULE_COMMENT: u8 = 0;
-    pub const UDATA_SET_ELEM_COMMENT: u8 = 0;
-    pub const UDATA_SET_ELEM_FLAGS: u8 = 1;
-    pub const UDATA_SET_ELEM_F_INTERVAL_OPEN: u32 = 1;
-    pub const UDATA_SET_KEYBYTEORDER: u8 = 0;
-    pub const UDATA_SET_DATABYTEORDER: u8 = 1;
-    pub const UDATA_SET_KEY_TYPEOF: u8 = 3;
-    pub const UDATA_SET_DATA_TYPEOF: u8 = 4;
-    pub const UDATA_SET_DATA_INTERVAL: u8 = 6;
-    pub const UDATA_SET_COMMENT: u8 = 7;
-    pub const UDATA_TYPEOF_EXPR: u8 = 0;
-    pub const UDATA_TYPEOF_DATA: u8 = 1;
 }
 
 /// Aligns to netlink's 4-byte boundary.
@@ -216,12 +116,6 @@ impl Writer {
         let len = self.buf.len() - start;
         debug_assert!(len <= u16::MAX as usize);
         self.buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
-    }
-    /// `NFTA_DATA_VALUE` inside a nest of type `ty`.
-    pub fn data_value(&mut self, ty: u16, value: &[u8]) {
-        let n = self.nest_begin(ty);
-        self.attr(c::NFTA_DATA_VALUE, value);
-        self.nest_end(n);
     }
     fn pad(&mut self) {
         while !self.buf.len().is_multiple_of(4) {
@@ -303,10 +197,6 @@ impl<'a> Attrs<'a> {
     pub fn str(&self, ty: u16) -> Option<String> {
         self.get(ty).map(cstr)
     }
-    /// `NFTA_DATA_VALUE` bytes inside the nest `ty`.
-    pub fn data_value(&self, ty: u16) -> Option<&'a [u8]> {
-        self.nest(ty).and_then(|n| n.get(c::NFTA_DATA_VALUE))
-    }
 }
 
 impl<'a> Iterator for Attrs<'a> {
@@ -339,64 +229,6 @@ pub fn cstr(d: &[u8]) -> String {
     String::from_utf8_lossy(&d[..end]).into_owned()
 }
 
-/// nft's userdata: a sequence of `{type: u8, len: u8, value[len]}`.
-pub struct Udata {
-    pub buf: Vec<u8>,
-}
-
-impl Udata {
-    pub fn new() -> Udata {
-        Udata { buf: Vec::new() }
-    }
-    pub fn put(&mut self, ty: u8, value: &[u8]) {
-        self.buf.push(ty);
-        self.buf.push(value.len() as u8);
-        self.buf.extend_from_slice(value);
-    }
-    /// A NUL-terminated string.
-    pub fn put_strz(&mut self, ty: u8, s: &str) {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.put(ty, &v);
-    }
-    /// Host-endian u32, as libnftnl writes it.
-    pub fn put_u32(&mut self, ty: u8, v: u32) {
-        self.put(ty, &v.to_ne_bytes());
-    }
-    pub fn nest(&mut self, ty: u8, inner: &Udata) {
-        self.put(ty, &inner.buf);
-    }
-}
-
-/// Parses nft userdata TLVs (stops at the first truncated one).
-pub fn udata_iter(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 2 > buf.len() {
-            return None;
-        }
-        let ty = buf[off];
-        let len = buf[off + 1] as usize;
-        if off + 2 + len > buf.len() {
-            return None;
-        }
-        let v = &buf[off + 2..off + 2 + len];
-        off += 2 + len;
-        Some((ty, v))
-    })
-}
-
-/// The first userdata TLV of this type.
-pub fn udata_get(buf: &[u8], ty: u8) -> Option<&[u8]> {
-    udata_iter(buf).find(|(t, _)| *t == ty).map(|(_, v)| v)
-}
-
-pub fn udata_u32(buf: &[u8], ty: u8) -> Option<u32> {
-    udata_get(buf, ty)
-        .and_then(|v| v.get(..4))
-        .map(|v| u32::from_ne_bytes(v.try_into().unwrap()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,14 +251,5 @@ mod tests {
         let n = a.nest(4).unwrap();
         assert_eq!(n.u32_be(1), Some(3));
         assert_eq!(n.get(2), Some(&[1u8, 2, 3][..]));
-    }
-
-    #[test]
-    fn udata_roundtrip() {
-        let mut u = Udata::new();
-        u.put_strz(0, "hi");
-        u.put_u32(1, 5);
-        assert_eq!(udata_get(&u.buf, 0), Some(&b"hi\0"[..]));
-        assert_eq!(udata_u32(&u.buf, 1), Some(5));
     }
 }

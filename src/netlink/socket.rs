@@ -1,5 +1,10 @@
-//! The netlink socket: the only `unsafe` code of kproxy (raw `libc` calls), each block with
-//! its reason.
+//! The netlink socket: a `NETLINK_NETFILTER` socket over raw `libc` calls (open, socket
+//! options, one-`sendmsg` batches, `recv`, `poll`), and entering a network namespace.
+//!
+//! Owns: the file descriptor and its receive buffer. Every `unsafe` block has its
+//! `// SAFETY:` reason; where else kproxy has `unsafe`, and why, is in [`crate::netlink`].
+//!
+//! Must not: build or parse messages (that is [`super::wire`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -10,6 +10,10 @@
 //! plan of what to delete is computed by a pure function ([`iptables_cleanup_plan`]) from
 //! the save output: only jumps to `KUBE-*` chains and the `KUBE-*` chains themselves are
 //! touched, never anyone else's rules.
+//!
+//! A use case like [`crate::apply`], not a backend: it drives the netlink backend and runs
+//! external tools. Must not: touch kproxy's own tables or any table or chain that is not
+//! kube-proxy's.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -2,7 +2,10 @@
 //! whether this node may receive traffic; plus the health-check services to serve.
 //!
 //! Owns: the shared state between the sync loop (which records) and the HTTP servers
-//! (which report). No sockets here: [`super::server`] and [`super::healthcheck`] serve it.
+//! (which report): `sync` updates it, [`crate::admin`] serves it, neither imports the other.
+//!
+//! Must not: open sockets or know about HTTP (that is `admin`), or decide when rules are
+//! programmed (that is `sync`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
