@@ -25,7 +25,6 @@ use crate::k8s;
 use crate::k8s::events::{EventRecorder, Notice};
 use crate::metrics::Metrics;
 use crate::model::{ServicePort, Warning};
-use crate::nft::tx::TableRef;
 use crate::nft::Family;
 use crate::render;
 use crate::sync::{FlowCleaner, SyncConfig, Syncer, Trigger, WarningSink};
@@ -53,14 +52,6 @@ pub enum RunError {
     Api(String),
     #[error("{0}")]
     Runtime(String),
-}
-
-/// The tables kproxy owns.
-pub fn own_tables() -> Vec<TableRef> {
-    [Family::V4, Family::V6]
-        .into_iter()
-        .map(|f| TableRef::new(f, render::TABLE))
-        .collect()
 }
 
 /// Maps `--v` to a tracing filter: 0–1 info, 2–4 debug for kproxy, 5+ trace for kproxy
@@ -102,7 +93,7 @@ pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
     if mode.cleanup {
         let mut backend =
             NetlinkBackend::new(render::TABLE).map_err(|e| RunError::Kernel(e.to_string()))?;
-        let removed = apply::cleanup(&mut backend, &own_tables())
+        let removed = apply::cleanup(&mut backend, &render::own_tables())
             .map_err(|e| RunError::Kernel(e.to_string()))?;
         tracing::info!(tables = removed.len(), "cleanup done");
         return Ok(());

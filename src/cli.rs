@@ -22,7 +22,7 @@ use crate::backend::netlink::NetlinkBackend;
 use crate::config::{Config, ProxyFlags};
 use crate::k8s::manifests;
 use crate::model::{self, build::Objects, Family, Model, Protocol};
-use crate::nft::tx::{TableRef, TxStats};
+use crate::nft::tx::TxStats;
 use crate::nft::{text, Ruleset};
 use crate::render;
 use crate::report;
@@ -233,13 +233,6 @@ fn kernel_failure(e: impl std::fmt::Display) -> Failure {
     }
 }
 
-fn our_tables() -> Vec<TableRef> {
-    vec![
-        TableRef::new(crate::nft::Family::V4, render::TABLE),
-        TableRef::new(crate::nft::Family::V6, render::TABLE),
-    ]
-}
-
 /// `chains +2 ~1 -0, rules 14, sets +0 -0, elements +31 -2`
 fn describe_stats(s: &TxStats) -> String {
     format!(
@@ -323,7 +316,7 @@ fn cmd_run(a: RunArgs) -> Result<(), Failure> {
 
 fn cmd_cleanup() -> Result<(), Failure> {
     let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
-    let removed = apply::cleanup(&mut backend, &our_tables()).map_err(kernel_failure)?;
+    let removed = apply::cleanup(&mut backend, &render::own_tables()).map_err(kernel_failure)?;
     if removed.is_empty() {
         eprintln!("kproxy cleanup: no kproxy tables here");
     }

@@ -288,32 +288,10 @@ fn fate<T>(p: Option<&T>, n: Option<&T>, same_decl: impl Fn(&T, &T) -> bool) -> 
 /// Both sides of one table (the same family and name), into `ph`. `n` is consumed: what
 /// it adds moves into the operations.
 fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: &mut Phases) {
-    let set_names: BTreeSet<String> = p.sets.keys().chain(n.sets.keys()).cloned().collect();
-    let chain_names: BTreeSet<String> = p.chains.keys().chain(n.chains.keys()).cloned().collect();
-    let set_fates: BTreeMap<String, Fate> = set_names
-        .into_iter()
-        .map(|name| {
-            let f = fate(p.sets.get(&name), n.sets.get(&name), set_decl_eq);
-            (name, f)
-        })
-        .collect();
-    let chain_fates: BTreeMap<String, Fate> = chain_names
-        .into_iter()
-        .map(|name| {
-            let f = fate(p.chains.get(&name), n.chains.get(&name), chain_decl_eq);
-            (name, f)
-        })
-        .collect();
-    let recreated_sets: BTreeSet<&str> = set_fates
-        .iter()
-        .filter(|(_, f)| **f == Fate::Recreated)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let recreated_chains: BTreeSet<&str> = chain_fates
-        .iter()
-        .filter(|(_, f)| **f == Fate::Recreated)
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let set_fates = fates(&p.sets, &n.sets, set_decl_eq);
+    let chain_fates = fates(&p.chains, &n.chains, chain_decl_eq);
+    let recreated_sets = recreated(&set_fates);
+    let recreated_chains = recreated(&chain_fates);
     // Chains of `prev` whose rules point at something that is re-created: flushed before
     // it is deleted (and, if they stay, their rules re-added after it is back).
     let referrers: BTreeSet<&str> = if recreated_sets.is_empty() && recreated_chains.is_empty() {
@@ -325,9 +303,42 @@ fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: 
             .map(|c| c.name.as_str())
             .collect()
     };
+    diff_sets(tref, p, &mut n, &set_fates, &recreated_chains, ph);
+    diff_chains(tref, p, &mut n, &chain_fates, &referrers, opts, ph);
+}
 
-    // Sets and elements.
-    for (name, &f) in &set_fates {
+/// The [`Fate`] of every name on either side.
+fn fates<T>(
+    p: &BTreeMap<String, T>,
+    n: &BTreeMap<String, T>,
+    same_decl: impl Fn(&T, &T) -> bool,
+) -> BTreeMap<String, Fate> {
+    let names: BTreeSet<&String> = p.keys().chain(n.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| (name.clone(), fate(p.get(name), n.get(name), &same_decl)))
+        .collect()
+}
+
+/// The names re-created (deleted and added again with a new declaration).
+fn recreated(fates: &BTreeMap<String, Fate>) -> BTreeSet<&str> {
+    fates
+        .iter()
+        .filter(|(_, f)| **f == Fate::Recreated)
+        .map(|(n, _)| n.as_str())
+        .collect()
+}
+
+/// Sets and elements.
+fn diff_sets(
+    tref: &TableRef,
+    p: &Table,
+    n: &mut Table,
+    set_fates: &BTreeMap<String, Fate>,
+    recreated_chains: &BTreeSet<&str>,
+    ph: &mut Phases,
+) {
+    for (name, &f) in set_fates {
         let name = name.as_str();
         // All elements of a set being (re-)created, except a dynamic set's runtime ones.
         let load_elements = |ph: &mut Phases, s: &mut Set| {
@@ -381,15 +392,25 @@ fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: 
                 }
                 let ns = n.sets.get_mut(name).expect("kept set");
                 let next = std::mem::take(&mut ns.elements).into_vec();
-                let (dels, adds) = element_changes(ps, next, &recreated_chains);
+                let (dels, adds) = element_changes(ps, next, recreated_chains);
                 push_deletes(&mut ph.delete_elements, tref, name, dels);
                 push_adds(&mut ph.add_elements, tref, name, adds);
             }
         }
     }
+}
 
-    // Chains and rules.
-    for (name, &f) in &chain_fates {
+/// Chains and rules.
+fn diff_chains(
+    tref: &TableRef,
+    p: &Table,
+    n: &mut Table,
+    chain_fates: &BTreeMap<String, Fate>,
+    referrers: &BTreeSet<&str>,
+    opts: &DiffOptions,
+    ph: &mut Phases,
+) {
+    for (name, &f) in chain_fates {
         let name = name.as_str();
         let flush = |ph: &mut Phases, c: &Chain| {
             if !c.rules.is_empty() {

@@ -682,19 +682,15 @@ fn serves_inside_a_network_namespace() {
     let server = ApiServer::start_in_netns(&ns.name).expect("start in netns");
     server.apply(&node("node-a"));
     // A client thread inside the namespace reaches it at 127.0.0.1:port.
-    let (addr, netns) = (server.addr(), ns.name.clone());
-    let body = std::thread::spawn(move || {
-        let path = std::path::Path::new("/var/run/netns").join(netns);
-        kproxy::backend::netlink::enter_netns(&path).expect("setns");
+    let addr = server.addr();
+    let body = ns.run_in(move || {
         let mut s = TcpStream::connect(addr).expect("connect inside the namespace");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(s, "GET /api/v1/nodes/node-a HTTP/1.0\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
-    })
-    .join()
-    .unwrap();
+    });
     assert!(body.starts_with("HTTP/1.0 200"), "{body}");
     let v: Value = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(v["metadata"]["name"], "node-a");

@@ -1,8 +1,6 @@
 //! The informer cache and the Event recorder against a plain-HTTP API server stand-in
 //! (axum, loopback only), and the cache's memory per object.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -26,6 +24,7 @@ use kproxy::metrics::Metrics;
 use kproxy::model::{ServiceKey, Warning};
 use kproxy::sync::{Source, Trigger, WarningSink};
 use kproxy::testutil::fixtures as fx;
+use kproxy::testutil::Counting;
 use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -34,30 +33,11 @@ use tokio::sync::broadcast;
 // Allocation counting (per thread, so parallel tests do not disturb each other)
 // ---------------------------------------------------------------------------------------
 
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LIVE.try_with(|c| c.set(c.get() + layout.size() as isize));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _ = LIVE.try_with(|c| c.set(c.get() - layout.size() as isize));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
 fn live() -> isize {
-    LIVE.with(Cell::get)
+    Counting::thread_live()
 }
 
 // ---------------------------------------------------------------------------------------

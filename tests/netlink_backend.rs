@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::time::Instant;
 
 use common::*;
-use kproxy::backend::netlink::{enter_netns, NetlinkBackend};
+use kproxy::backend::netlink::NetlinkBackend;
 use kproxy::backend::{Backend, BackendError};
 use kproxy::nft::tx::{ChainDecl, Op, TableRef, Transaction};
 use kproxy::nft::*;
@@ -23,14 +23,10 @@ fn with_backend<T: Send + 'static>(
     ns: &Netns,
     f: impl FnOnce(&mut NetlinkBackend) -> T + Send + 'static,
 ) -> T {
-    let path = format!("/var/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        enter_netns(std::path::Path::new(&path)).expect("setns");
+    ns.run_in(move || {
         let mut b = NetlinkBackend::new("kproxy").expect("netlink socket");
         f(&mut b)
     })
-    .join()
-    .expect("backend thread")
 }
 
 /// Everything in `rs`, as one transaction, in the order `nft -f` sends a table: table,

@@ -4,46 +4,25 @@
 //!
 //! Owns: only the formatting; no clock is read here.
 
+use k8s_openapi::jiff::Timestamp;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Go's zero `time.Time`, what upstream reports as `lastUpdated` before the first sync.
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// `t` as Go marshals a UTC `time.Time` to JSON, e.g. `2024-05-01T12:34:56.5Z`; `None` is
-/// [`ZERO_TIME`]. Times before 1970 (a broken clock) are written as the epoch.
+/// [`ZERO_TIME`]. Times before 1970 (a broken clock) are written as the epoch, times past
+/// 9999 (beyond RFC 3339's four-digit year) as the last instant of 9999.
 pub fn format(t: Option<SystemTime>) -> String {
     let Some(t) = t else {
         return ZERO_TIME.to_string();
     };
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let nanos = d.subsec_nanos();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let mut out = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}");
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
-    out.push('Z');
-    out
-}
-
-/// Days since 1970-01-01 → proleptic Gregorian (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a 400-year era.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1st
-    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let since_epoch = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    // jiff writes UTC with `Z` and the fraction at its shortest (trailing zeros dropped),
+    // exactly Go's form.
+    Timestamp::try_from(UNIX_EPOCH + since_epoch)
+        .unwrap_or(Timestamp::MAX)
+        .to_string()
 }
 
 #[cfg(test)]

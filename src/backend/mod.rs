@@ -4,6 +4,7 @@
 //! nftables; `fake` is the in-memory, validating, all-or-nothing test double. `sync` and
 //! `kproxy apply` are written against the trait and never know which one they drive.
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod netlink;
 

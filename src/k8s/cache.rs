@@ -4,62 +4,10 @@
 //! node's Node, ServiceCIDRs), what changed since the last sync, readiness, and the tokio
 //! tasks that watch the API server ([`Cache::start`]).
 //!
-//! # Watches
-//!
-//! Four `kube::runtime::watcher` streams, each with `.default_backoff()` (client-go's
-//! reflector backoff: 0.8 s doubling to 30 s, with jitter, reset after 120 s of health):
-//!
-//! | resource | API | selector (as upstream kube-proxy) |
-//! |---|---|---|
-//! | Services | core/v1 | label [`PROXY_LABEL_SELECTOR`] |
-//! | EndpointSlices | discovery.k8s.io/v1 | label [`PROXY_LABEL_SELECTOR`] |
-//! | ServiceCIDRs | networking.k8s.io/v1 | label [`PROXY_LABEL_SELECTOR`] (upstream builds it from the same informer factory) |
-//! | Node | core/v1 | field `metadata.name=<node>` |
-//!
-//! What kube-runtime 5's watcher does (read in `kube-runtime/src/watcher.rs`): it lists
-//! (paginated, 500 per page) and emits `Init`, one `InitApply` per object, `InitDone`; then
-//! watches from the list's resourceVersion with bookmarks, tracking the newest
-//! resourceVersion seen. A watch stream that ends is resumed from that resourceVersion
-//! without a relist; a `410 Gone` watch event (our resourceVersion fell out of the watch
-//! window) makes it relist from scratch (a new `Init` … `InitDone`). One case it does not
-//! relist on: a watch *request* answered with HTTP 410 keeps it retrying the same
-//! resourceVersion, so [`Cache::start`]'s tasks drop and recreate the watcher on that error.
-//! Errors are yielded to us and the stream is paused by the backoff; they never touch the
-//! cache, so while the API server is unreachable the cache (and the rules) stay as they are.
-//!
-//! A ServiceCIDR list answered with 404 (an API server that does not serve
-//! networking.k8s.io/v1 ServiceCIDRs) counts as an empty list; the watch is retried every
-//! five minutes. ServiceCIDRs and the Node never gate readiness.
-//!
-//! # Semantics of [`Cache::apply`]
-//!
-//! Objects are pruned on arrival ([`compact`](super::compact)); an event whose pruned
-//! object equals the stored one changes nothing (no key marked, no wake-up). A relist
-//! (`Init` … `InitDone`) applies each listed object as it comes and, at `InitDone`, deletes
-//! every stored object the list did not contain; only what really differs is marked.
-//! Wake-ups ([`Trigger::notify`]) are held back while a relist is open and sent at its
-//! `InitDone`, so a sync never sees half a relist as the newest news. EndpointSlices are
-//! joined to their Service by the `kubernetes.io/service-name` label, may arrive before
-//! the Service, and may move between Services when the label changes; slices without that
-//! label are ignored (upstream logs and drops them too), and FQDN slices are dropped on
-//! arrival (nothing reads them). `endpoints.kubernetes.io/last-change-trigger-time` is
-//! parsed on arrival (RFC 3339) into [`Changes::trigger_times`] when the slice really
-//! changed and the time is after the cache started, and a service's pending times are
-//! dropped when one of its slices is deleted (upstream's `EndpointsChangeTracker`).
-//!
-//! Families: every change records the IP families it affects ([`Changes::families`]): a
-//! Service those of its ClusterIPs (old and new), a slice its address type's, the Node
-//! both, a ServiceCIDR none; [`Trigger::notify`] queues only those (nothing for the
-//! changes before the first complete list, as upstream's "synced" callbacks).
-//!
-//! Metrics, counted as upstream's per-family change trackers do (docs/daemon.md):
-//! `sync_proxy_rules_service_changes_total` twice per Service event (one tracker per
-//! family; headless Services never reach upstream), `…_service_changes_pending` the
-//! Services whose IPv6 side changed since the last sync (the IPv6 tracker writes it last),
-//! `…_endpoint_changes_total` once per slice event with a service name and an IPv4/IPv6
-//! address type, `…_endpoint_changes_pending` the slice events that changed something
-//! since the last sync, and `kproxy_watch_events_total{resource,type}` every watch event
-//! and error.
+//! Four kube-runtime watchers (Services, EndpointSlices and ServiceCIDRs with upstream's
+//! label selector [`PROXY_LABEL_SELECTOR`], this Node by name) feed [`Cache::apply`].
+//! What the watchers do on relists, 410s and errors, what `apply` marks as changed, and the
+//! metrics it counts: docs/daemon.md, "The informer cache".
 //!
 //! Must not: interpret objects (that is `model::build`), or block the sync thread for
 //! long: [`Source::objects`] copies `Arc`s under the lock and converts outside it.

@@ -2,8 +2,9 @@
 //! built from typed statements (never strings).
 //!
 //! Owns: the vocabulary every other layer speaks about nftables. `render` produces a
-//! [`Ruleset`], `nft::text` prints it for `nft -f`, the tracer interprets it, and (later)
-//! the diff engine and the netlink encoder consume it.
+//! [`Ruleset`], `nft::text` prints it for `nft -f`, `trace` interprets it, `diff` turns two
+//! of them into a [`tx::Transaction`], and `backend::netlink` encodes transactions for the
+//! kernel and decodes what the kernel holds back into a [`Ruleset`].
 //!
 //! Must not: do I/O, know about Kubernetes, or accept free-form rule strings. Everything
 //! a rule can say is an enum variant here, so every consumer can match on it exhaustively.

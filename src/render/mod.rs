@@ -2,9 +2,9 @@
 //! `ip6 kproxy`, implementing upstream kube-proxy's nftables behaviour with a layout
 //! chosen for kernel cost (docs/ruleset.md explains both).
 //!
-//! Owns: chain, set and map names; which rules each service port gets; slot numbers in
-//! the table-wide endpoint map (through [`SlotAllocator`], kept in a [`Renderer`] so that
-//! a later render moves as little as possible).
+//! Owns: chain, set and map names ([`names`]); which rules each service port gets; slot
+//! numbers in the table-wide endpoint map (through [`SlotAllocator`], kept in a
+//! [`Renderer`] so that a later render moves as little as possible).
 //!
 //! Must not: decide which endpoints a service uses (that is `model`), do I/O, or create a
 //! set or map per service (kernel cost grows with the number of sets; see
@@ -12,6 +12,7 @@
 //! services with ClientIP session affinity, one per endpoint, as upstream.
 
 pub mod incremental;
+pub mod names;
 pub mod slots;
 
 use std::collections::HashMap;
@@ -19,63 +20,26 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
-use sha2::{Digest, Sha256};
 
 use crate::model::{
     EndpointAddr, FamilyModel, FamilySettings, LocalDetect, Model, NodePortIps, ServicePort,
-    ServicePortName,
 };
 use crate::nft::*;
 pub use incremental::Renderer;
+use names::*;
+pub use names::{chain_base, endpoint_base};
 pub use slots::{Existing, Policy, Ranges, SlotAllocator};
 
 /// Name of kproxy's table in each family.
 pub const TABLE: &str = "kproxy";
 
-/// Chain, set and map names of the fixed skeleton.
-pub mod names {
-    pub const FILTER_PREROUTING: &str = "filter-prerouting";
-    pub const FILTER_INPUT: &str = "filter-input";
-    pub const FILTER_FORWARD: &str = "filter-forward";
-    pub const FILTER_OUTPUT: &str = "filter-output";
-    pub const FILTER_OUTPUT_POST_DNAT: &str = "filter-output-post-dnat";
-    pub const NAT_PREROUTING: &str = "nat-prerouting";
-    pub const NAT_OUTPUT: &str = "nat-output";
-    pub const NAT_POSTROUTING: &str = "nat-postrouting";
-
-    pub const SERVICES: &str = "services";
-    pub const MASQUERADING: &str = "masquerading";
-    pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
-    pub const ENDPOINTS_CHECK: &str = "service-endpoints-check";
-    pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
-    pub const FIREWALL_CHECK: &str = "firewall-check";
-    pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
-    pub const REJECT: &str = "reject-chain";
-
-    pub const CLUSTER_IPS: &str = "cluster-ips";
-    pub const SERVICE_CIDRS: &str = "service-cidrs";
-    pub const POD_CIDRS: &str = "pod-cidrs";
-    pub const NODEPORT_IPS: &str = "nodeport-ips";
-    pub const SERVICE_IPS: &str = "service-ips";
-    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
-    pub const CLUSTERIP_MASQUERADE: &str = "clusterip-masquerade";
-    pub const EXTERNAL_MASQUERADE: &str = "external-masquerade";
-    pub const NODEPORT_MASQUERADE: &str = "nodeport-masquerade";
-    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
-    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-    pub const FIREWALL_IPS: &str = "firewall-ips";
-    pub const FIREWALL_ALLOW: &str = "firewall-allow";
-    /// Endpoint maps are sharded: `endpoints-0`, `endpoints-1`, … (see `slots`).
-    pub const ENDPOINTS_PREFIX: &str = "endpoints-";
-    pub const HAIRPIN: &str = "hairpin-endpoints";
-
-    pub const PREFIX_CLUSTER: &str = "service-";
-    pub const PREFIX_LOCAL: &str = "local-";
-    pub const PREFIX_EXTERNAL: &str = "external-";
-    pub const PREFIX_ENDPOINT: &str = "endpoint-";
-    pub const PREFIX_AFFINITY: &str = "affinity-";
+/// The tables kproxy owns: [`TABLE`] in each family (what `kproxy cleanup` removes).
+pub fn own_tables() -> Vec<tx::TableRef> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| tx::TableRef::new(f, TABLE))
+        .collect()
 }
-use names::*;
 
 /// Priorities of the base chains: filtering sees pre-DNAT addresses (dstnat - 10); the
 /// ClusterIP check in output runs after DNAT (dstnat + 10).
@@ -91,42 +55,6 @@ pub fn render(model: &Model) -> Ruleset {
         .map(|fm| render_family(fm, &mut SlotAllocator::new()))
         .collect();
     Ruleset { tables }
-}
-
-/// `HASH-namespace/name/protocol/port`: upstream's chain-name base, so names are unique,
-/// readable and (at most 8 + 4 + 3×63 + 4 characters) well within nft's limit.
-pub fn chain_base(name: &ServicePortName) -> String {
-    hashed(&format!(
-        "{}/{}/{}/{}",
-        name.namespace, name.name, name.protocol, name.port
-    ))
-}
-
-/// `HASH-namespace/name/protocol/port__ip/port` (IPv6 colons become dots).
-pub fn endpoint_base(name: &ServicePortName, ep: &EndpointAddr) -> String {
-    let ip = ep.ip.to_string().replace(':', ".");
-    hashed(&format!(
-        "{}/{}/{}/{}__{}/{}",
-        name.namespace, name.name, name.protocol, name.port, ip, ep.port
-    ))
-}
-
-/// Longest name part after a prefix (prefixes are at most 16 characters).
-const NAME_BASE_MAX: usize = NAME_MAX - 16;
-
-fn hashed(s: &str) -> String {
-    let digest = Sha256::digest(s.as_bytes());
-    let enc = base32::encode(base32::Alphabet::Rfc4648 { padding: true }, &digest);
-    let mut out = format!("{}-{s}", &enc[..8]);
-    if out.len() > NAME_BASE_MAX {
-        let mut cut = NAME_BASE_MAX - 3;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push_str("...");
-    }
-    out
 }
 
 /// A prefix as the kernel holds it: a full-length prefix (`/32`, `/128`) is an address, so
@@ -309,10 +237,28 @@ fn proto_port_key() -> Vec<Field> {
 
 /// The fixed chains of a table.
 fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
-    use ChainType::{Filter, Nat};
-    let mark = fm.masquerade_mark;
-    let jump_new = |c: &str| Rule::new(vec![ct_new(), Stmt::jump(c)]);
+    let mut chains = hook_chains();
+    chains.push(services_chain(fm));
+    chains.extend(check_chains(fm));
+    chains.extend(masquerade_chains(fm.masquerade_mark));
+    chains
+}
 
+fn jump_new(c: &str) -> Rule {
+    Rule::new(vec![ct_new(), Stmt::jump(c)])
+}
+
+fn in_set(key: Vec<Field>, set: &str) -> Stmt {
+    Stmt::Lookup {
+        key,
+        set: set.into(),
+        negate: false,
+    }
+}
+
+/// The base chains, hooked into netfilter: each only jumps to the regular chains below.
+fn hook_chains() -> Vec<Chain> {
+    use ChainType::{Filter, Nat};
     let mut fpre = Chain::base(
         FILTER_PREROUTING,
         Filter,
@@ -346,14 +292,14 @@ fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
     let mut npost = Chain::base(NAT_POSTROUTING, Nat, Hook::Postrouting, priority::SRCNAT);
     npost.push(Rule::new(vec![Stmt::jump(MASQUERADING)]));
 
+    vec![fpre, finput, ffwd, fout, fout_post, npre, nout, npost]
+}
+
+/// `services`: masquerade marks, then dispatch through the service maps.
+fn services_chain(fm: &FamilySettings) -> Chain {
     // Masquerade marks first (table-wide sets instead of a rule per service: the mark is
     // only read in postrouting), then dispatch.
     let mut services = Chain::regular(SERVICES);
-    let in_set = |key: Vec<Field>, set: &str| Stmt::Lookup {
-        key,
-        set: set.into(),
-        negate: false,
-    };
     if let Some(cond) = clusterip_masquerade_condition(fm) {
         let mut stmts = vec![in_set(dst_key(), CLUSTERIP_MASQUERADE)];
         stmts.extend(cond);
@@ -384,7 +330,12 @@ fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
         map: SERVICE_NODEPORTS.into(),
     });
     services.push(Rule::new(np));
+    services
+}
 
+/// The filter chains' checks (no endpoints, NodePorts without endpoints, source ranges,
+/// ClusterIPs) and the reject helper.
+fn check_chains(fm: &FamilySettings) -> [Chain; 5] {
     let mut check = Chain::regular(ENDPOINTS_CHECK);
     check.push(Rule::new(vec![Stmt::Vmap {
         key: dst_key(),
@@ -444,6 +395,11 @@ fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
         .with_comment("helper for @no-endpoint-services / @no-endpoint-nodeports");
     reject.push(Rule::new(vec![Stmt::Reject]));
 
+    [check, np_check, fw, cic, reject]
+}
+
+/// Marking for masquerade, and masquerading in postrouting (hairpin and marked traffic).
+fn masquerade_chains(mark: u32) -> [Chain; 2] {
     let mut markc = Chain::regular(MARK_FOR_MASQUERADE);
     markc.push(Rule::new(vec![Stmt::SetMark(MarkOp::Or(mark))]));
 
@@ -467,10 +423,7 @@ fn skeleton_chains(fm: &FamilySettings) -> Vec<Chain> {
     masq.push(Rule::new(vec![Stmt::SetMark(MarkOp::Xor(mark))]));
     masq.push(Rule::new(vec![Stmt::Masquerade]));
 
-    vec![
-        fpre, finput, ffwd, fout, fout_post, npre, nout, npost, services, check, np_check, fw, cic,
-        reject, markc, masq,
-    ]
+    [markc, masq]
 }
 
 /// Renders the table of one family: the fixed skeleton plus every service port's fragment.
@@ -594,46 +547,125 @@ struct PortChains {
     external: String,
 }
 
+/// What one service port gets: its chain names, which of them exist, and whether its
+/// internal and external traffic have endpoints to go to.
+struct PortPlan {
+    ch: PortChains,
+    /// `namespace/name:port`, the comment of the port's elements.
+    label: Arc<str>,
+    uses_cluster_chain: bool,
+    uses_local_chain: bool,
+    has_internal: bool,
+    has_external: bool,
+    uses_external_chain: bool,
+    /// The verdict of traffic without endpoints: drop while the service has endpoints
+    /// elsewhere (the other policy's), else reject.
+    no_endpoints: Verdict,
+}
+
+impl PortPlan {
+    fn new(sp: &ServicePort) -> PortPlan {
+        let base = chain_base(&sp.name);
+        let has_endpoints = sp.has_endpoints;
+        let uses_cluster_chain = !sp.cluster_endpoints.is_empty() && sp.uses_cluster_endpoints();
+        let uses_local_chain = !sp.local_endpoints.is_empty() && sp.uses_local_endpoints();
+        let has = |local: bool| {
+            has_endpoints
+                && if local {
+                    uses_local_chain
+                } else {
+                    uses_cluster_chain
+                }
+        };
+        PortPlan {
+            ch: PortChains {
+                cluster: format!("{PREFIX_CLUSTER}{base}"),
+                local: format!("{PREFIX_LOCAL}{base}"),
+                external: format!("{PREFIX_EXTERNAL}{base}"),
+            },
+            label: sp.name.to_string().into(),
+            uses_cluster_chain,
+            uses_local_chain,
+            has_internal: has(sp.internal_policy_local),
+            has_external: has(sp.external_policy_local),
+            uses_external_chain: has_endpoints && sp.externally_accessible(),
+            no_endpoints: if has_endpoints {
+                Verdict::Drop
+            } else {
+                Verdict::Goto(REJECT.into())
+            },
+        }
+    }
+
+    /// The Local or the Cluster chain.
+    fn policy_chain(&self, local: bool) -> &String {
+        if local {
+            &self.ch.local
+        } else {
+            &self.ch.cluster
+        }
+    }
+
+    /// Queues `e` for the named set, commented with the service port.
+    fn add(&self, p: &mut Vec<(SetRef, Element)>, set: &'static str, e: Element) {
+        p.push((SetRef::Named(set), e.with_comment(self.label.clone())));
+    }
+
+    /// An entry point for external traffic (externalIP, LB IP, NodePort). With
+    /// externalTrafficPolicy Cluster it is marked for masquerade and dispatched straight to
+    /// the Cluster chain; with Local it goes to the external chain (short-circuits for pods
+    /// and the node, then the Local chain). Either way it is dispatched while the service
+    /// has endpoints anywhere, and gets the no-endpoint verdict while external traffic has
+    /// none.
+    fn external_entry(
+        &self,
+        sp: &ServicePort,
+        p: &mut Vec<(SetRef, Element)>,
+        dispatch: &'static str,
+        masq: &'static str,
+        none: &'static str,
+        key: Vec<Value>,
+    ) {
+        if self.uses_external_chain {
+            if !sp.external_policy_local {
+                if self.has_external {
+                    let goto = Verdict::Goto(self.ch.cluster.clone());
+                    self.add(p, dispatch, Element::verdict(key.clone(), goto));
+                    self.add(p, masq, Element::key(key.clone()));
+                }
+            } else {
+                let goto = Verdict::Goto(self.ch.external.clone());
+                self.add(p, dispatch, Element::verdict(key.clone(), goto));
+            }
+        }
+        if !self.has_external {
+            let verdict = self.no_endpoints.clone();
+            self.add(p, none, Element::verdict(key, verdict));
+        }
+    }
+}
+
 /// Renders one service port's [`Fragment`], taking its endpoint slot ranges from `slots`.
 pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -> Fragment {
+    let plan = PortPlan::new(sp);
     let mut frag = Fragment::default();
-    let pending = &mut frag.elements;
+    dispatch_elements(fm, sp, &plan, &mut frag.elements);
+    if plan.uses_external_chain && sp.external_policy_local {
+        frag.chains.push(external_chain(fm, sp, &plan));
+    }
+    endpoint_chains(fm, sp, &plan, slots, &mut frag);
+    frag
+}
+
+/// The elements that send a service port's traffic on: its ClusterIP, external entry
+/// points, firewall and masquerade markers, in the table-wide sets and maps.
+fn dispatch_elements(
+    fm: &FamilySettings,
+    sp: &ServicePort,
+    plan: &PortPlan,
+    pending: &mut Vec<(SetRef, Element)>,
+) {
     let proto = sp.name.protocol;
-    let label: Arc<str> = sp.name.to_string().into();
-    let owner = Arc::new(sp.name.clone());
-    let base = chain_base(&sp.name);
-    let ch = PortChains {
-        cluster: format!("{PREFIX_CLUSTER}{base}"),
-        local: format!("{PREFIX_LOCAL}{base}"),
-        external: format!("{PREFIX_EXTERNAL}{base}"),
-    };
-
-    let has_endpoints = sp.has_endpoints;
-    let uses_cluster_chain = !sp.cluster_endpoints.is_empty() && sp.uses_cluster_endpoints();
-    let uses_local_chain = !sp.local_endpoints.is_empty() && sp.uses_local_endpoints();
-    let (internal_chain, has_internal) = if sp.internal_policy_local {
-        (&ch.local, has_endpoints && uses_local_chain)
-    } else {
-        (&ch.cluster, has_endpoints && uses_cluster_chain)
-    };
-    let (external_policy_chain, has_external) = if sp.external_policy_local {
-        (&ch.local, has_endpoints && uses_local_chain)
-    } else {
-        (&ch.cluster, has_endpoints && uses_cluster_chain)
-    };
-    let uses_external_chain = has_endpoints && sp.externally_accessible();
-    let reject = Verdict::Goto(REJECT.into());
-    let internal_filter = if has_endpoints {
-        Verdict::Drop
-    } else {
-        reject.clone()
-    };
-    let external_filter = internal_filter.clone();
-
-    let add = |p: &mut Vec<(SetRef, Element)>, set: &'static str, e: Element| {
-        p.push((SetRef::Named(set), e.with_comment(label.clone())));
-    };
-
     // Shared by all ports of the service: commented with the service, not the port.
     pending.push((
         SetRef::Named(CLUSTER_IPS),
@@ -642,50 +674,24 @@ pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -
     ));
     // ClusterIP.
     let cip = svc_key(sp.cluster_ip, proto, sp.port);
-    if has_internal {
-        add(
+    if plan.has_internal {
+        let internal_chain = plan.policy_chain(sp.internal_policy_local);
+        plan.add(
             pending,
             SERVICE_IPS,
             Element::verdict(cip, Verdict::Goto(internal_chain.clone())),
         );
     } else {
-        add(
+        plan.add(
             pending,
             NO_ENDPOINT_SERVICES,
-            Element::verdict(cip, internal_filter),
+            Element::verdict(cip, plan.no_endpoints.clone()),
         );
     }
-    // An entry point for external traffic (externalIP, LB IP, NodePort). With
-    // externalTrafficPolicy Cluster it is marked for masquerade and dispatched straight to
-    // the Cluster chain; with Local it goes to the external chain (short-circuits for pods
-    // and the node, then the Local chain). Either way it is dispatched while the service
-    // has endpoints anywhere, and gets the no-endpoint verdict while external traffic has
-    // none.
-    let etp_cluster = !sp.external_policy_local;
-    let external_entry = |p: &mut Vec<(SetRef, Element)>,
-                          dispatch: &'static str,
-                          masq: &'static str,
-                          none: &'static str,
-                          key: Vec<Value>| {
-        if uses_external_chain {
-            if etp_cluster {
-                if has_external {
-                    let goto = Verdict::Goto(ch.cluster.clone());
-                    add(p, dispatch, Element::verdict(key.clone(), goto));
-                    add(p, masq, Element::key(key.clone()));
-                }
-            } else {
-                let goto = Verdict::Goto(ch.external.clone());
-                add(p, dispatch, Element::verdict(key.clone(), goto));
-            }
-        }
-        if !has_external {
-            add(p, none, Element::verdict(key, external_filter.clone()));
-        }
-    };
     for ip in sp.external_ips.iter().chain(&sp.load_balancer_ips) {
         let key = svc_key(*ip, proto, sp.port);
-        external_entry(
+        plan.external_entry(
+            sp,
             pending,
             SERVICE_IPS,
             EXTERNAL_MASQUERADE,
@@ -693,32 +699,11 @@ pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -
             key,
         );
     }
-    // loadBalancerSourceRanges: the LB IPs only (not NodePorts, not externalIPs).
-    if !sp.load_balancer_ips.is_empty() && !sp.source_ranges.is_empty() {
-        let from_node = fm
-            .node_ip
-            .is_some_and(|n| sp.source_ranges.iter().any(|r| r.contains(n)));
-        let mut sources = sp.source_ranges.clone();
-        if from_node {
-            sources.extend(sp.load_balancer_ips.iter().map(|ip| IpNetwork::from(*ip)));
-        }
-        let sources = merge_cidrs(&sources);
-        for lb in &sp.load_balancer_ips {
-            add(
-                pending,
-                FIREWALL_IPS,
-                Element::key(svc_key(*lb, proto, sp.port)),
-            );
-            for src in &sources {
-                let mut k = svc_key(*lb, proto, sp.port);
-                k.push(net(*src));
-                add(pending, FIREWALL_ALLOW, Element::key(k));
-            }
-        }
-    }
+    firewall_elements(fm, sp, plan, pending);
     if sp.node_port != 0 {
         let key = vec![Value::Proto(proto), Value::Port(sp.node_port)];
-        external_entry(
+        plan.external_entry(
+            sp,
             pending,
             SERVICE_NODEPORTS,
             NODEPORT_MASQUERADE,
@@ -726,47 +711,97 @@ pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -
             key,
         );
     }
-
-    // Policy chains.
-    let cluster = uses_cluster_chain.then(|| Chain::regular(ch.cluster.clone()));
-    let local = uses_local_chain.then(|| Chain::regular(ch.local.clone()));
-
     // Internal traffic: masquerade what does not come from a pod (or everything), through
     // the table-wide rule in `services`.
-    if has_internal && clusterip_masquerade_condition(fm).is_some() {
-        add(
+    if plan.has_internal && clusterip_masquerade_condition(fm).is_some() {
+        plan.add(
             pending,
             CLUSTERIP_MASQUERADE,
             Element::key(svc_key(sp.cluster_ip, proto, sp.port)),
         );
     }
+}
 
-    // External traffic under externalTrafficPolicy Local: pods and the node itself
-    // short-circuit to the Cluster chain (the node masqueraded); everyone else goes to the
-    // Local chain, or falls through to the no-endpoint drop when there is none.
-    if uses_external_chain && sp.external_policy_local {
-        let mut ext = Chain::regular(ch.external.clone());
-        if uses_cluster_chain {
-            if let Some(mut is_pod) = local_match(fm, false) {
-                is_pod.push(Stmt::goto(ch.cluster.clone()));
-                ext.push(Rule::new(is_pod).with_comment("short-circuit pod traffic"));
-            }
-            let local_src = || Stmt::cmp(Field::FibSaddrType, Value::FibType(FibType::Local));
-            ext.push(
-                Rule::new(vec![local_src(), Stmt::jump(MARK_FOR_MASQUERADE)])
-                    .with_comment("masquerade local traffic"),
-            );
-            ext.push(
-                Rule::new(vec![local_src(), Stmt::goto(ch.cluster.clone())])
-                    .with_comment("short-circuit local traffic"),
-            );
-        }
-        if has_external {
-            ext.push(Rule::new(vec![Stmt::goto(external_policy_chain.clone())]));
-        }
-        frag.chains.push(ext);
+/// loadBalancerSourceRanges: the LB IPs only (not NodePorts, not externalIPs).
+fn firewall_elements(
+    fm: &FamilySettings,
+    sp: &ServicePort,
+    plan: &PortPlan,
+    pending: &mut Vec<(SetRef, Element)>,
+) {
+    if sp.load_balancer_ips.is_empty() || sp.source_ranges.is_empty() {
+        return;
     }
+    let proto = sp.name.protocol;
+    let from_node = fm
+        .node_ip
+        .is_some_and(|n| sp.source_ranges.iter().any(|r| r.contains(n)));
+    let mut sources = sp.source_ranges.clone();
+    if from_node {
+        sources.extend(sp.load_balancer_ips.iter().map(|ip| IpNetwork::from(*ip)));
+    }
+    let sources = merge_cidrs(&sources);
+    for lb in &sp.load_balancer_ips {
+        plan.add(
+            pending,
+            FIREWALL_IPS,
+            Element::key(svc_key(*lb, proto, sp.port)),
+        );
+        for src in &sources {
+            let mut k = svc_key(*lb, proto, sp.port);
+            k.push(net(*src));
+            plan.add(pending, FIREWALL_ALLOW, Element::key(k));
+        }
+    }
+}
 
+/// External traffic under externalTrafficPolicy Local: pods and the node itself
+/// short-circuit to the Cluster chain (the node masqueraded); everyone else goes to the
+/// Local chain, or falls through to the no-endpoint drop when there is none.
+fn external_chain(fm: &FamilySettings, sp: &ServicePort, plan: &PortPlan) -> Chain {
+    let ch = &plan.ch;
+    let mut ext = Chain::regular(ch.external.clone());
+    if plan.uses_cluster_chain {
+        if let Some(mut is_pod) = local_match(fm, false) {
+            is_pod.push(Stmt::goto(ch.cluster.clone()));
+            ext.push(Rule::new(is_pod).with_comment("short-circuit pod traffic"));
+        }
+        let local_src = || Stmt::cmp(Field::FibSaddrType, Value::FibType(FibType::Local));
+        ext.push(
+            Rule::new(vec![local_src(), Stmt::jump(MARK_FOR_MASQUERADE)])
+                .with_comment("masquerade local traffic"),
+        );
+        ext.push(
+            Rule::new(vec![local_src(), Stmt::goto(ch.cluster.clone())])
+                .with_comment("short-circuit local traffic"),
+        );
+    }
+    if plan.has_external {
+        let external_policy_chain = plan.policy_chain(sp.external_policy_local);
+        ext.push(Rule::new(vec![Stmt::goto(external_policy_chain.clone())]));
+    }
+    ext
+}
+
+/// The Cluster and Local policy chains that exist, with their endpoints: hairpin set
+/// elements, and either a slot range of the endpoint map and its DNAT rule or (ClientIP
+/// affinity) the affinity rules.
+fn endpoint_chains(
+    fm: &FamilySettings,
+    sp: &ServicePort,
+    plan: &PortPlan,
+    slots: &mut dyn Ranges,
+    frag: &mut Fragment,
+) {
+    let proto = sp.name.protocol;
+    let owner = Arc::new(sp.name.clone());
+    let label = &plan.label;
+    let cluster = plan
+        .uses_cluster_chain
+        .then(|| Chain::regular(plan.ch.cluster.clone()));
+    let local = plan
+        .uses_local_chain
+        .then(|| Chain::regular(plan.ch.local.clone()));
     let lists = [
         (cluster, &sp.cluster_endpoints, Policy::Cluster),
         (local, &sp.local_endpoints, Policy::Local),
@@ -804,11 +839,10 @@ pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -
                     map: SetRef::Endpoints(range.shard).name().into_owned(),
                 }]));
             }
-            Some(timeout) => affinity_rules(fm.family, sp, eps, timeout, &mut chain, &mut frag),
+            Some(timeout) => affinity_rules(fm.family, sp, eps, timeout, &mut chain, frag),
         }
         frag.chains.push(chain);
     }
-    frag
 }
 
 /// Whether a connection from this endpoint to its own service can pass through this node's

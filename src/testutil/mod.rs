@@ -1,10 +1,14 @@
 //! Test seams (feature `test-util`): synthetic clusters for benchmarks and tests.
 //!
-//! Owns: generating realistic object sets of any size, and (`apiserver`) a local
-//! Kubernetes API server stand-in for daemon tests. Must not be used by the daemon or the CLI.
+//! Owns: generating realistic object sets of any size, (`apiserver`) a local Kubernetes
+//! API server stand-in for daemon tests, (`netns`) throwaway network namespaces, and a
+//! counting allocator. Must not be used by the daemon or the CLI.
 
 pub mod apiserver;
 pub mod fixtures;
+mod netns;
+
+pub use netns::{in_netns, netns_path, InNetns, Netns};
 
 use crate::model::build::{Objects, Settings};
 use fixtures::{ep, node, slice, svc};
@@ -72,58 +76,19 @@ pub fn synthetic_settings() -> Settings {
     }
 }
 
-/// A throwaway network namespace the calling thread lives in until dropped (benchmarks).
-/// Created with `ip netns add`, left and deleted on drop.
-pub struct InNetns {
-    name: String,
-    home: std::fs::File,
-}
-
-impl InNetns {
-    /// Creates `kpx-bench-<tag>-<pid>` and moves this thread into it.
-    pub fn enter(tag: &str) -> InNetns {
-        use std::process::Command;
-        let name = format!("kpx-bench-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
-        assert!(ok.success(), "ip netns add {name}");
-        // Loopback comes down in a new namespace; servers inside listen on 127.0.0.1.
-        let _ = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .status();
-        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
-        crate::backend::netlink::enter_netns(std::path::Path::new(&format!(
-            "/var/run/netns/{name}"
-        )))
-        .expect("enter the new netns");
-        InNetns { name, home }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on the namespace file this thread came from; affects this thread.
-        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// A global allocator for benchmarks that counts live and peak heap bytes on top of
-/// mimalloc (the binary's allocator): `#[global_allocator] static A: Counting = Counting;`.
+/// A global allocator for tests and benchmarks that counts heap bytes on top of mimalloc
+/// (the binary's allocator): `#[global_allocator] static A: Counting = Counting;`.
+/// [`Counting::live`] and [`Counting::peak`] count the whole process;
+/// [`Counting::thread_live`] only the calling thread's allocations minus its frees, so
+/// tests running in parallel do not disturb each other's measurement.
 pub struct Counting;
 
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
 
 impl Counting {
     /// Bytes currently allocated.
@@ -138,6 +103,11 @@ impl Counting {
     pub fn reset_peak() {
         PEAK.store(Counting::live(), std::sync::atomic::Ordering::Relaxed);
     }
+    /// Bytes allocated minus bytes freed by the calling thread (negative when it freed
+    /// what another thread allocated). Compare two readings.
+    pub fn thread_live() -> isize {
+        THREAD_LIVE.with(std::cell::Cell::get)
+    }
 }
 
 // SAFETY: every call is forwarded to mimalloc with the caller's layout; the counters are
@@ -150,6 +120,8 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         if !p.is_null() {
             let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
             PEAK.fetch_max(now, Relaxed);
+            // `try_with`: the thread-local may already be gone while a thread exits.
+            let _ = THREAD_LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
         }
         p
     }
@@ -157,6 +129,7 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         // SAFETY: `p` was allocated by `alloc` above with this layout.
         unsafe { mimalloc::MiMalloc.dealloc(p, l) };
         LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        let _ = THREAD_LIVE.try_with(|c| c.set(c.get() - l.size() as isize));
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -62,17 +61,7 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs `f` on a fresh thread inside the named network namespace (sockets opened there
-/// stay in it, whatever thread uses them later).
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = Path::new("/var/run/netns").join(ns);
-    std::thread::spawn(move || {
-        kproxy::backend::netlink::enter_netns(&path).expect("enter netns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
+pub use kproxy::testutil::{in_netns, Netns};
 
 /// Whether kernel tests can run. In CI (root) they always run: a missing privilege there
 /// fails the test instead of skipping it. Elsewhere without root: one line, then skip.
@@ -85,39 +74,6 @@ pub fn kernel_tests_enabled(test: &str) -> bool {
     }
     println!("skipping {test}: needs root for network namespaces (not root, CI unset)");
     false
-}
-
-static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace that exists for the lifetime of this value.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("kpx-{tag}-{}-{n}", std::process::id());
-        run_ok("ip", &["netns", "add", &name]);
-        Netns { name }
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, cmd])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 pub fn run_ok(cmd: &str, args: &[&str]) -> Output {

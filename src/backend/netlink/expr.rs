@@ -253,6 +253,16 @@ impl Expr {
         let elem = w.nest_begin(c::NFTA_LIST_ELEM);
         w.str(c::NFTA_EXPR_NAME, self.name());
         let d = w.nest_begin(c::NFTA_EXPR_DATA);
+        if !self.write_register_attrs(w) {
+            self.write_action_attrs(w);
+        }
+        w.nest_end(d);
+        w.nest_end(elem);
+    }
+
+    /// The attributes of the expressions that load, compare or change registers (payload,
+    /// meta, ct, fib, numgen, cmp, bitwise, byteorder); false for the others.
+    fn write_register_attrs(&self, w: &mut Writer) -> bool {
         match self {
             Expr::Payload {
                 dreg,
@@ -332,6 +342,15 @@ impl Expr {
                 w.u32_be(NFTA_BYTEORDER_LEN, *len);
                 w.u32_be(NFTA_BYTEORDER_SIZE, *size);
             }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The attributes of the other expressions (lookup, dynset, immediate, nat, masq,
+    /// reject; nothing for one kproxy does not know).
+    fn write_action_attrs(&self, w: &mut Writer) {
+        match self {
             Expr::Lookup {
                 sreg,
                 dreg,
@@ -410,10 +429,8 @@ impl Expr {
                 w.u32_be(NFTA_REJECT_TYPE, *ty);
                 w.u8(NFTA_REJECT_ICMP_CODE, *code);
             }
-            Expr::Other { .. } => {}
+            _ => {}
         }
-        w.nest_end(d);
-        w.nest_end(elem);
     }
 
     /// Parses one `NFTA_LIST_ELEM` of a rule's expression list.
@@ -562,7 +579,17 @@ fn hex(d: &[u8]) -> String {
 /// describe rules kproxy cannot read back.
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        match self.fmt_register(f) {
+            Some(r) => r,
+            None => self.fmt_action(f),
+        }
+    }
+}
+
+impl Expr {
+    /// [`fmt::Display`] of the register expressions; `None` for the others.
+    fn fmt_register(&self, f: &mut fmt::Formatter<'_>) -> Option<fmt::Result> {
+        Some(match self {
             Expr::Payload {
                 dreg,
                 base,
@@ -575,7 +602,10 @@ impl fmt::Display for Expr {
                     2 => "transport",
                     _ => "inner",
                 };
-                write!(f, "[ payload load {len}b @ {b} header + {offset} => reg {dreg} ]")
+                write!(
+                    f,
+                    "[ payload load {len}b @ {b} header + {offset} => reg {dreg} ]"
+                )
             }
             Expr::Meta { key, dreg } => write!(f, "[ meta load key {key} => reg {dreg} ]"),
             Expr::MetaSet { key, sreg } => write!(f, "[ meta set key {key} with reg {sreg} ]"),
@@ -623,6 +653,13 @@ impl fmt::Display for Expr {
                 f,
                 "[ byteorder reg {dreg} = op {op}(reg {sreg}, {size}, {len}) ]"
             ),
+            _ => return None,
+        })
+    }
+
+    /// [`fmt::Display`] of the other expressions.
+    fn fmt_action(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Expr::Lookup {
                 sreg,
                 dreg,
@@ -675,7 +712,8 @@ impl fmt::Display for Expr {
                 write!(f, "[ masq flags {flags:#x} proto {proto_min:?} ]")
             }
             Expr::Reject { ty, code } => write!(f, "[ reject type {ty} code {code} ]"),
-            Expr::Other { name } => write!(f, "[ {name} ]"),
+            // `Other` (the register expressions are written by `fmt_register`).
+            _ => write!(f, "[ {} ]", self.name()),
         }
     }
 }

@@ -19,17 +19,42 @@ fn net(s: &str) -> Value {
     Value::Net(s.parse().unwrap())
 }
 
+/// Addresses of `family`: a service IP, an endpoint IP, a byte-aligned and an odd prefix.
+fn sample_addrs(family: Family) -> (IpAddr, IpAddr, &'static str, &'static str) {
+    match family {
+        Family::V4 => (
+            ip("10.96.0.10"),
+            ip("10.244.1.5"),
+            "10.244.0.0/16",
+            "10.240.0.0/12",
+        ),
+        Family::V6 => (
+            ip("fd00::10"),
+            ip("fd00:1::5"),
+            "fd00:1::/64",
+            "fd00:1::/33",
+        ),
+    }
+}
+
 fn every_stmt(family: Family) -> Vec<Rule> {
-    let (a, b, n) = match family {
-        Family::V4 => (ip("10.96.0.10"), ip("10.244.1.5"), "10.244.0.0/16"),
-        Family::V6 => (ip("fd00::10"), ip("fd00:1::5"), "fd00:1::/64"),
-    };
-    let odd = match family {
-        Family::V4 => "10.240.0.0/12",
-        Family::V6 => "fd00:1::/33",
-    };
+    let (a, _, _, _) = sample_addrs(family);
     let fields = [Field::Saddr, Field::Daddr];
-    let mut rules = vec![
+    let mut rules = compare_rules(family);
+    rules.extend(set_and_action_rules(family));
+    for f in fields {
+        rules.push(Rule::new(vec![
+            Stmt::cmp(f.clone(), Value::Addr(a)),
+            Stmt::jump("mark"),
+        ]));
+    }
+    rules
+}
+
+/// Every field compared (equal and not equal) with every kind of value.
+fn compare_rules(family: Family) -> Vec<Rule> {
+    let (a, _, n, odd) = sample_addrs(family);
+    vec![
         Rule::new(vec![
             Stmt::cmp(Field::Daddr, Value::Addr(a)),
             Stmt::cmp(Field::Dport(Protocol::Tcp), Value::Port(80)),
@@ -80,6 +105,13 @@ fn every_stmt(family: Family) -> Vec<Rule> {
             ),
             Stmt::goto("svc"),
         ]),
+    ]
+}
+
+/// Set lookups, verdict maps, set updates, NAT, marks, masquerade and reject.
+fn set_and_action_rules(family: Family) -> Vec<Rule> {
+    let (_, b, _, _) = sample_addrs(family);
+    vec![
         Rule::new(vec![
             Stmt::Lookup {
                 key: vec![Field::Daddr, Field::L4Proto, Field::ThDport],
@@ -134,14 +166,7 @@ fn every_stmt(family: Family) -> Vec<Rule> {
             set: "hairpin".into(),
             negate: false,
         }]),
-    ];
-    for f in fields {
-        rules.push(Rule::new(vec![
-            Stmt::cmp(f.clone(), Value::Addr(a)),
-            Stmt::jump("mark"),
-        ]));
-    }
-    rules
+    ]
 }
 
 fn every_set(family: Family) -> Vec<Set> {
