@@ -87,12 +87,13 @@ impl UdpClient {
         let mut buf = [0u8; 256];
         while self.sock.recv(&mut buf).is_ok() {}
         self.sock.set_nonblocking(false).unwrap();
-        match self.sock.send(b"who\n") {
+        // A signal (the test harness's children exiting) can interrupt either call: retry.
+        match retry_eintr(|| self.sock.send(b"who\n")) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Answer::Refused,
             Err(e) => panic!("{}: send: {e}", self.what),
         }
-        match self.sock.recv(&mut buf) {
+        match retry_eintr(|| self.sock.recv(&mut buf)) {
             Ok(n) => {
                 let line = String::from_utf8_lossy(&buf[..n]);
                 let f: Vec<&str> = line.split_whitespace().collect();
@@ -115,6 +116,16 @@ impl UdpClient {
                 Answer::Timeout
             }
             Err(e) => panic!("{}: recv: {e}", self.what),
+        }
+    }
+}
+
+/// `f` again while it fails with EINTR (std's socket calls do not retry it themselves).
+fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }

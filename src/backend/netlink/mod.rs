@@ -55,11 +55,6 @@ pub use encode::{
     SetShape, PAGE_SIZE,
 };
 
-/// Kept only for the test call sites of other sessions' files (`testutil`, `tests/`): they
-/// move to [`crate::netlink::enter_netns`] when those are next edited.
-#[cfg(any(test, feature = "test-util"))]
-pub use crate::netlink::enter_netns;
-
 use self::encode::family_proto;
 use self::nf_tables::c;
 use super::{ApplyReport, Backend, BackendError, OpFailure};

@@ -44,7 +44,7 @@ pub(super) fn serve_thread(
 ) {
     if let Some(ns) = netns {
         let path = Path::new("/var/run/netns").join(ns);
-        if let Err(e) = crate::backend::netlink::enter_netns(&path) {
+        if let Err(e) = crate::netlink::enter_netns(&path) {
             let _ = ready.send(Err(io::Error::new(
                 e.kind(),
                 format!("entering {}: {e}", path.display()),
