@@ -34,20 +34,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // State and the operator's surface.
     ("health", &["nft"]),
     ("metrics", &["nft"]),
-    ("admin", &["health", "metrics", "config", "nft"]),
+    ("admin", &["health", "metrics", "nft"]),
     // The daemon's loop and its source of objects.
     (
         "sync",
         &[
-            "model",
-            "render",
-            "diff",
-            "apply",
-            "backend",
-            "conntrack",
-            "health",
-            "metrics",
-            "nft",
+            "model", "render", "apply", "backend", "health", "metrics", "nft",
         ],
     ),
     ("k8s", &["model", "sync", "metrics", "nft"]),
