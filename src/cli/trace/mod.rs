@@ -83,14 +83,23 @@ fn has_objects(input: &Input) -> bool {
     !input.files.is_empty()
 }
 
-/// Classifies `--from`: `node` (its source is `node_ip`), or an address whose arrival
-/// (`(is a pod, input interface)`) `arrival` tells.
+/// The probe from `--from` to `to`: `node` (its source is `node_ip`), or an address whose
+/// arrival (`(is a pod, input interface)`) `arrival` tells.
 fn classify(
     from: &str,
-    family: Family,
+    to: (IpAddr, u16, Protocol),
     node_ip: Option<IpAddr>,
     arrival: impl Fn(IpAddr) -> (bool, String),
-) -> Result<(Origin, IpAddr), Failure> {
+) -> Result<Probe, Failure> {
+    let (dst, port, proto) = to;
+    let family = Family::of(&dst);
+    let probe = |origin, src| Probe {
+        origin,
+        src,
+        dst,
+        proto,
+        port,
+    };
     if from == "node" {
         let src = node_ip.ok_or_else(|| {
             usage(format!(
@@ -98,7 +107,7 @@ fn classify(
                 if family == Family::V4 { "IPv4" } else { "IPv6" }
             ))
         })?;
-        return Ok((Origin::Node, src));
+        return Ok(probe(Origin::Node, src));
     }
     let src: IpAddr = from
         .parse()
@@ -112,7 +121,7 @@ fn classify(
     } else {
         Origin::External { iifname }
     };
-    Ok((origin, src))
+    Ok(probe(origin, src))
 }
 
 pub(crate) fn cmd_trace(a: TraceArgs) -> Result<(), Failure> {
@@ -135,7 +144,7 @@ pub(crate) fn cmd_trace(a: TraceArgs) -> Result<(), Failure> {
     local_addrs.sort();
     local_addrs.dedup();
     let node_ip = fm.and_then(|f| f.settings.node_ip);
-    let (origin, src) = classify(&a.from, family, node_ip, |src| {
+    let probe = classify(&a.from, (dst, port, proto), node_ip, |src| {
         if pod_cidrs.iter().any(|c| c.contains(src)) {
             let s = &p.config.settings;
             let iif = a.iif.clone().unwrap_or_else(|| match s.detect_local_mode {
@@ -150,13 +159,6 @@ pub(crate) fn cmd_trace(a: TraceArgs) -> Result<(), Failure> {
             (false, a.iif.clone().unwrap_or_else(|| "eth0".into()))
         }
     })?;
-    let probe = Probe {
-        origin,
-        src,
-        dst,
-        proto,
-        port,
-    };
     let host = Host { local_addrs };
     let t = trace::trace(&p.ruleset, &host, &probe);
     match a.output {
@@ -199,19 +201,12 @@ fn cmd_trace_node(a: &TraceArgs, dst: IpAddr, port: u16, proto: Protocol) -> Res
         .as_ref()
         .map(|p| node_facts(&p.config, &p.objects).1)
         .unwrap_or_default();
-    let (origin, src) = classify(&a.from, family, node_ip, |src| {
+    let probe = classify(&a.from, (dst, port, proto), node_ip, |src| {
         let iif = a.iif.clone().or_else(|| node::route_iif(src));
         let iif = iif.unwrap_or_else(|| "eth0".into());
         let pod = object_pods.iter().any(|c| c.contains(src)) || pods.contains(src, &iif);
         (pod, iif)
     })?;
-    let probe = Probe {
-        origin,
-        src,
-        dst,
-        proto,
-        port,
-    };
     let host = Host { local_addrs };
     let k = trace::trace(&kernel, &host, &probe);
     let r = prepared.map(|p| trace::trace(&p.ruleset, &host, &probe));
