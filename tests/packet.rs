@@ -1003,3 +1003,83 @@ fn updates_keep_established_connections() {
         assert_eq!(second, first, "{f}: the held connection after the update");
     }
 }
+
+/// `kproxy trace --node -o json` run in the node namespace for `from` → `to:port/tcp`,
+/// with the manifests `file` and the lab's flags given too (so it also compares).
+fn trace_node(t: &Topology, file: &str, from: Client, to: IpAddr, port: u16) -> serde_json::Value {
+    let from = match from {
+        Client::Node => "node".to_string(),
+        c => t.source_of(c, to).to_string(),
+    };
+    let dst = EndpointAddr { ip: to, port };
+    let mut args = vec![
+        "trace".to_string(),
+        "--node".into(),
+        format!("--from={from}"),
+        format!("--to={dst}/tcp"),
+        "-o".into(),
+        "json".into(),
+        "-f".into(),
+        file.into(),
+    ];
+    args.extend(flags(&[]));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = t.node.exec(env!("CARGO_BIN_EXE_kproxy"), &refs);
+    assert!(
+        o.status.success(),
+        "kproxy trace --node failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("trace --node JSON")
+}
+
+#[test]
+fn trace_node_agrees_with_real_packets() {
+    let Some(t) = lab("trace_node", false, &services(), &[]) else {
+        return;
+    };
+    let file = std::env::temp_dir().join(format!("{}-trace-node.yaml", t.node.name));
+    std::fs::write(&file, manifests(&services())).expect("write manifests");
+    let file = file.to_str().expect("path").to_string();
+    both(|f| {
+        // (client, destination, port): ClusterIP from a pod and from the node, NodePort
+        // from outside, a wrong port (reject), outside LB source ranges (drop), eTP Local.
+        let probes_made = [
+            (CLIENT, svc_ip(f, "web"), 80),
+            (Client::Node, svc_ip(f, "web"), 80),
+            (o5(f), node_ip(f), 30080),
+            (CLIENT, svc_ip(f, "web"), 81),
+            (x5(f), ip(f, "E2"), 80),
+            (o5(f), ip(f, "E2"), 80),
+            (o5(f), node_ip(f), 30081),
+            (o5(f), node_ip(f), 30082),
+        ];
+        for (from, to, port) in probes_made {
+            let j = trace_node(&t, &file, from, to, port);
+            let ctx = format!("{from:?} → {to}:{port}: trace --node:\n{j:#}");
+            assert_eq!(j["agree"], true, "kernel and render differ: {ctx}");
+            let kernel = &j["kernel"];
+            // The kernel's rules read back trace as the ruleset kproxy rendered.
+            let tr = t.trace(&t.probe(from, to, port, Tcp));
+            let verdict = serde_json::to_value(tr.verdict).unwrap();
+            assert_eq!(kernel["verdict"], verdict, "{ctx}");
+            let endpoints: Vec<String> = tr.endpoints.iter().map(|e| e.to_string()).collect();
+            assert_eq!(kernel["endpoints"], serde_json::json!(endpoints), "{ctx}");
+            assert_eq!(kernel["masquerade"], tr.masquerade, "{ctx}");
+            // And real connections go where it says.
+            for o in probes(&t, from, to, port, Tcp, 6) {
+                match o {
+                    Outcome::Reached { server, port, .. } => {
+                        assert_eq!(kernel["verdict"], "dnat", "{o:?}: {ctx}");
+                        let ep = EndpointAddr { ip: server, port }.to_string();
+                        assert!(endpoints.contains(&ep), "{o:?}: {ctx}");
+                    }
+                    Outcome::Refused => assert_eq!(kernel["verdict"], "reject", "{ctx}"),
+                    Outcome::Timeout => assert_eq!(kernel["verdict"], "drop", "{ctx}"),
+                    o => panic!("{o:?}: {ctx}"),
+                }
+            }
+        }
+    });
+    let _ = std::fs::remove_file(&file);
+}

@@ -8,6 +8,9 @@
 //! paste the DaemonSet's arguments. Must not: exit the process (it returns the code to
 //! `main`) or hold logic the pure core should own.
 //!
+//! Installed as `kubectl-kproxy` (a link to the same binary), it is a kubectl plugin: the
+//! program name it is called by picks that, and help and usage say `kubectl kproxy`.
+//!
 //! Exit codes: 0 success (also when objects were skipped with warnings), 1 the kernel
 //! refused or could not be reached (nothing changed), 64 usage error,
 //! 66 an input path (manifest or `--config` file) cannot be read, or no host name is known.
@@ -17,7 +20,7 @@ mod input;
 mod render;
 mod trace;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, ProxyFlags};
 
@@ -26,6 +29,9 @@ use self::render::{cmd_render, RenderArgs};
 use self::trace::{cmd_trace, TraceArgs};
 
 pub use self::trace::parse_destination;
+
+/// The file name that makes the binary a kubectl plugin (`kubectl kproxy …`).
+pub const PLUGIN_FILE_NAME: &str = "kubectl-kproxy";
 
 pub const EXIT_KERNEL: i32 = 1;
 pub const EXIT_USAGE: i32 = 64;
@@ -83,7 +89,18 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let mut cmd = Cli::command();
+    let argv0 = args.first().map(std::path::Path::new);
+    if argv0.and_then(|p| p.file_name()) == Some(PLUGIN_FILE_NAME.as_ref()) {
+        cmd = cmd
+            .bin_name("kubectl kproxy")
+            .display_name("kubectl kproxy");
+    }
+    let parsed = cmd
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
