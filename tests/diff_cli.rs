@@ -110,53 +110,36 @@ fn json_carries_the_summary_the_transaction_and_each_port() {
     assert_eq!(v["nft"], "");
 }
 
+/// `kproxy diff ARGS… NODE…`: its exit code and stderr.
+fn diff_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["diff"];
+    all.extend(args);
+    all.extend(NODE);
+    let o = kproxy(&all);
+    (o.status.code(), stderr(&o))
+}
+
 #[test]
 fn usage_errors_exit_64_and_unreadable_input_66() {
-    let base = "rules/diff/etp-local/base.yaml";
+    let b = "rules/diff/etp-local/base.yaml";
     let usage: &[&[&str]] = &[
-        &["diff"],
-        &["diff", "--base", base],
-        &["diff", "--base", base, "--change", base, "--node"],
-        &["diff", "--base", base, "--change", base, "-f", base],
-        &[
-            "diff",
-            "--base",
-            base,
-            "--change",
-            base,
-            "--delete",
-            "Service/shop/nope",
-        ],
-        &[
-            "diff",
-            "--base",
-            base,
-            "--change",
-            base,
-            "--delete",
-            "Pod/shop/web",
-        ],
-        &["diff", "--base", base, "cluster", "--change", base],
-        &["diff", "--base", base, "--change", base, "-o", "yaml"],
-        &["diff", "--base", base, "--change", base, "--no-such-flag"],
+        &[],
+        &["--base", b],
+        &["--base", b, "--change", b, "--node"],
+        &["--base", b, "--change", b, "-f", b],
+        &["--base", b, "--change", b, "--delete", "Service/shop/nope"],
+        &["--base", b, "--change", b, "--delete", "Pod/shop/web"],
+        &["--base", b, "cluster", "--change", b],
+        &["--base", b, "--change", b, "-o", "yaml"],
+        &["--base", b, "--change", b, "--no-such-flag"],
     ];
     for args in usage {
-        let mut args = args.to_vec();
-        args.extend(NODE);
-        let o = kproxy(&args);
-        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        let (code, err) = diff_exit(args);
+        assert_eq!(code, Some(64), "{args:?}: {err}");
     }
-    let mut args = vec![
-        "diff",
-        "--base",
-        base,
-        "--change",
-        "rules/diff/no/such.yaml",
-    ];
-    args.extend(NODE);
-    let o = kproxy(&args);
-    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
+    let (code, err) = diff_exit(&["--base", b, "--change", "rules/diff/no/such.yaml"]);
+    assert_eq!(code, Some(66), "{err}");
+    assert!(err.contains("no such file"), "{err}");
 }
 
 #[test]
