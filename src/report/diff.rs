@@ -192,7 +192,7 @@ fn masquerade(sp: &ServicePort, settings: &FamilySettings) -> String {
 
 /// The service a chain belongs to, from its name (`PREFIX-HASH-ns/name/proto/port…`):
 /// `ns/name:port`; `None` for the table-wide chains.
-fn chain_service(chain: &str) -> Option<String> {
+pub(super) fn chain_service(chain: &str) -> Option<String> {
     let (_, rest) = chain.split_once('-')?;
     let rest = rest
         .get(9..)
@@ -361,35 +361,4 @@ pub fn json(changed: bool, summary: &str, ports: &[PortChange], nft: &str) -> se
         "ports": ports,
         "nft": nft,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_names_name_their_service() {
-        assert_eq!(
-            chain_service("service-ACYUFME2-edge/front/tcp/https").as_deref(),
-            Some("edge/front:https")
-        );
-        assert_eq!(
-            chain_service("endpoint-ABCDEFGH-edge/plain-np/udp/__10.0.0.1/80").as_deref(),
-            Some("edge/plain-np")
-        );
-        assert_eq!(chain_service("nat-prerouting"), None);
-        assert_eq!(chain_service("cluster-ips-check"), None);
-    }
-
-    #[test]
-    fn the_same_model_changes_nothing() {
-        let m = Model::default();
-        assert!(port_changes(&m, &m).is_empty());
-        assert!(node_summary(
-            &Transaction::new(),
-            &Ruleset::default(),
-            &Ruleset::default()
-        )
-        .starts_with("no drift"));
-    }
 }

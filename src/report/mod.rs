@@ -7,6 +7,8 @@
 //! or use more than `model` and `nft`.
 
 pub mod diff;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Write;
 
