@@ -54,3 +54,25 @@ pub(crate) fn prepare(input: &Input) -> Result<Prepared, Failure> {
         ruleset,
     })
 }
+
+/// Where a review command's objects come from: manifest paths, or the live cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    Manifests(Vec<PathBuf>),
+    Cluster,
+}
+
+/// Loads the objects of `source` (`input` says how to reach a cluster). Minimal: manifests
+/// only; the live cluster comes with the cluster-input change.
+pub(crate) fn load_source(source: &Source, input: &Input) -> Result<manifests::Loaded, Failure> {
+    let _ = input;
+    match source {
+        Source::Manifests(paths) => manifests::load_paths(paths).map_err(|e| Failure {
+            code: EXIT_NOINPUT,
+            message: e.to_string(),
+        }),
+        Source::Cluster => Err(super::usage(
+            "a live cluster as input needs the cluster-input change (--kubeconfig); give manifests instead",
+        )),
+    }
+}

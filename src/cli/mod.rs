@@ -14,8 +14,12 @@
 //! Exit codes: 0 success (also when objects were skipped with warnings), 1 the kernel
 //! refused or could not be reached (nothing changed), 64 usage error,
 //! 66 an input path (manifest or `--config` file) cannot be read, or no host name is known.
+//! `kproxy diff` (as `diff` and `kubectl diff` do): 0 nothing changes, 1 something changes
+//! (or the node's kernel has drifted), 64 usage error, 66 unreadable input, 2 any other
+//! error (e.g. the kernel's tables cannot be read).
 
 mod apply;
+mod diff;
 mod input;
 mod render;
 mod trace;
@@ -25,6 +29,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::config::{Config, ProxyFlags};
 
 use self::apply::{cmd_apply, cmd_cleanup, ApplyArgs};
+use self::diff::{cmd_diff, DiffArgs};
 use self::render::{cmd_render, RenderArgs};
 use self::trace::{cmd_trace, TraceArgs};
 
@@ -55,6 +60,9 @@ enum Command {
     Render(RenderArgs),
     /// Show where a new connection would go through the rendered rules.
     Trace(TraceArgs),
+    /// What a change would do to a node's rules (--base/--change), or how this node's
+    /// kernel drifted from what it should hold (--node). Exit 0: no change; 1: changes.
+    Diff(DiffArgs),
     /// Program this network namespace from manifests: the minimal change to what the
     /// kernel holds, as one atomic transaction.
     Apply(ApplyArgs),
@@ -111,6 +119,7 @@ where
     let result = match cli.command {
         Command::Render(a) => cmd_render(a),
         Command::Trace(a) => cmd_trace(a),
+        Command::Diff(a) => cmd_diff(a),
         Command::Apply(a) => cmd_apply(a),
         Command::Cleanup => cmd_cleanup(),
         Command::Run(a) => cmd_run(a),

@@ -1,8 +1,14 @@
 //! Review output: the model as a table a reviewer reads in seconds (`--output summary`)
 //! and as JSON (`--output json`).
 //!
-//! Owns: presentation of the model and warnings. Must not: compute anything the model
-//! does not already say (which endpoints are used comes from `model`).
+//! Owns: presentation of the model and warnings; [`diff`] presents what a change does
+//! (two models, or a transaction against what the kernel holds). Must not: compute
+//! anything the model does not already say (which endpoints are used comes from `model`),
+//! or use more than `model` and `nft`.
+
+pub mod diff;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Write;
 
@@ -34,6 +40,24 @@ pub fn summary(model: &Model, warnings: &[Warning]) -> String {
 }
 
 fn family_header(out: &mut String, fm: &FamilyModel) {
+    let _ = writeln!(
+        out,
+        "{} ({} service ports)  {}",
+        family_name(fm),
+        fm.services.len(),
+        family_facts(fm)
+    );
+}
+
+fn family_name(fm: &FamilyModel) -> &'static str {
+    match fm.settings.family {
+        crate::nft::Family::V4 => "IPv4",
+        crate::nft::Family::V6 => "IPv6",
+    }
+}
+
+/// `node IP …  NodePorts on …`: the node's facts of one family.
+fn family_facts(fm: &FamilyModel) -> String {
     let node_ip = fm
         .settings
         .node_ip
@@ -44,15 +68,7 @@ fn family_header(out: &mut String, fm: &FamilyModel) {
         NodePortIps::Ips(v) if v.is_empty() => "none".to_string(),
         NodePortIps::Ips(v) => join(v),
     };
-    let _ = writeln!(
-        out,
-        "{} ({} service ports)  node IP {node_ip}  NodePorts on {nodeports}",
-        match fm.settings.family {
-            crate::nft::Family::V4 => "IPv4",
-            crate::nft::Family::V6 => "IPv6",
-        },
-        fm.services.len()
-    );
+    format!("node IP {node_ip}  NodePorts on {nodeports}")
 }
 
 fn join<T: ToString>(v: &[T]) -> String {
@@ -63,9 +79,27 @@ fn join<T: ToString>(v: &[T]) -> String {
 }
 
 fn service_block(out: &mut String, sp: &ServicePort) {
-    let _ = writeln!(out, "  {} ({})", sp.name, sp.name.protocol);
+    let _ = writeln!(out, "  {}", port_title(sp));
+    for line in port_facts(sp) {
+        let _ = writeln!(out, "    {line}");
+    }
+    if sp.endpoints.is_empty() {
+        out.push_str("    endpoints: none\n");
+    }
+    for (_, line) in endpoint_lines(sp) {
+        let _ = writeln!(out, "    {line}");
+    }
+}
+
+/// `namespace/name:port (protocol)`.
+fn port_title(sp: &ServicePort) -> String {
+    format!("{} ({})", sp.name, sp.name.protocol)
+}
+
+/// The VIPs, policy and traffic lines of one service port (without indentation).
+fn port_facts(sp: &ServicePort) -> Vec<String> {
     let mut vips = format!(
-        "    clusterIP {}",
+        "clusterIP {}",
         EndpointAddr {
             ip: sp.cluster_ip,
             port: sp.port
@@ -83,9 +117,8 @@ fn service_block(out: &mut String, sp: &ServicePort) {
             let _ = write!(vips, " (from {})", join(&sp.source_ranges));
         }
     }
-    let _ = writeln!(out, "{vips}");
     let pol = |local: bool| if local { "Local" } else { "Cluster" };
-    let mut line = format!("    policy: internal {}", pol(sp.internal_policy_local));
+    let mut line = format!("policy: internal {}", pol(sp.internal_policy_local));
     if sp.externally_accessible() {
         let _ = write!(line, ", external {}", pol(sp.external_policy_local));
     }
@@ -98,11 +131,13 @@ fn service_block(out: &mut String, sp: &ServicePort) {
     if sp.health_check_node_port != 0 {
         let _ = write!(line, "  healthCheckNodePort {}", sp.health_check_node_port);
     }
-    let _ = writeln!(out, "{line}");
-    let _ = writeln!(out, "    traffic: {}", outcome(sp));
-    if sp.endpoints.is_empty() {
-        out.push_str("    endpoints: none\n");
-    }
+    vec![vips, line, format!("traffic: {}", outcome(sp))]
+}
+
+/// One line per endpoint (address, node, state, whether this node uses it), with its
+/// address, in the model's order.
+fn endpoint_lines(sp: &ServicePort) -> Vec<(EndpointAddr, String)> {
+    let mut lines = Vec::with_capacity(sp.endpoints.len());
     for ep in &sp.endpoints {
         let addr = ep.addr();
         let node = match (&ep.node, ep.local) {
@@ -131,14 +166,15 @@ fn service_block(out: &mut String, sp: &ServicePort) {
         } else {
             format!("used: {}", used.join("+"))
         };
-        let _ = writeln!(
-            out,
-            "    - {:<28} {:<18} {:<20} {used}",
+        let line = format!(
+            "- {:<28} {:<18} {:<20} {used}",
             addr.to_string(),
             node,
             state
         );
+        lines.push((addr, line));
     }
+    lines
 }
 
 /// One line saying where internal and external traffic goes.
