@@ -277,3 +277,47 @@ fn overlay_replaces_and_adds() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), stdout(&expected));
 }
+
+/// Writes `testutil::synthetic_cluster(50_000, 10)` as one JSON `kind: List` to
+/// `$KPROXY_SYNTHETIC_OUT` (default `target/synthetic-50k.json`), for measuring `render
+/// --kubeconfig` against `kproxy-apiserver -f` of the same file (see the module docs of
+/// `kproxy::k8s::list`):
+///
+/// ```text
+/// cargo test --features test-util --test review_cluster -- --ignored write_synthetic
+/// kproxy-apiserver --kubeconfig /tmp/k -f target/synthetic-50k.json &
+/// /usr/bin/time -v kproxy render --kubeconfig /tmp/k --hostname-override node-a \
+///     --cluster-cidr 10.128.0.0/9 > /dev/null
+/// ```
+#[test]
+#[ignore]
+fn write_synthetic_cluster_manifest() {
+    let out = std::env::var("KPROXY_SYNTHETIC_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/synthetic-50k.json"));
+    let o = kproxy::testutil::synthetic_cluster(50_000, 10, false);
+    let mut items = Vec::new();
+    let typed = |v: serde_json::Value, api: &str, kind: &str| {
+        let mut v = v;
+        v["apiVersion"] = json!(api);
+        v["kind"] = json!(kind);
+        v
+    };
+    for n in &o.nodes {
+        items.push(typed(serde_json::to_value(n).unwrap(), "v1", "Node"));
+    }
+    for c in &o.service_cidrs {
+        let v = serde_json::to_value(c).unwrap();
+        items.push(typed(v, "networking.k8s.io/v1", "ServiceCIDR"));
+    }
+    for s in &o.services {
+        items.push(typed(serde_json::to_value(s).unwrap(), "v1", "Service"));
+    }
+    for s in &o.slices {
+        let v = serde_json::to_value(s).unwrap();
+        items.push(typed(v, "discovery.k8s.io/v1", "EndpointSlice"));
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    std::fs::write(&out, serde_json::to_vec(&list).unwrap()).unwrap();
+    println!("wrote {}", out.display());
+}

@@ -362,7 +362,10 @@ fn config_as_text_reads_as_the_file() {
     let from_text =
         Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &text, hostname).unwrap();
     let from_file = with_file(&text, &[]).unwrap();
-    assert_eq!(from_text.settings.cluster_cidrs, from_file.settings.cluster_cidrs);
+    assert_eq!(
+        from_text.settings.cluster_cidrs,
+        from_file.settings.cluster_cidrs
+    );
     assert_eq!(from_text.given, from_file.given);
     assert_eq!(from_text.config_file, None);
 
@@ -377,8 +380,8 @@ fn config_as_text_reads_as_the_file() {
     assert_eq!(c.settings.cluster_cidrs, vec![net("10.9.0.0/16")]);
 
     let bad = format!("{HEAD}clusterCIDRs: 10.244.0.0/16\n");
-    let e = Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &bad, hostname)
-        .unwrap_err();
+    let e =
+        Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &bad, hostname).unwrap_err();
     assert!(e.is_usage());
     assert_eq!(
         e.to_string(),
@@ -389,7 +392,7 @@ fn config_as_text_reads_as_the_file() {
         "--config FILE: unknown field \"clusterCIDRs\" (KubeProxyConfiguration has no such field)"
     );
     let bad = format!("{HEAD}clusterCIDR: nope\n");
-    let e = Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &bad, hostname)
-        .unwrap_err();
+    let e =
+        Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &bad, hostname).unwrap_err();
     assert!(e.to_string().starts_with("clusterCIDR (in CM): "), "{e}");
 }
