@@ -321,3 +321,22 @@ fn write_synthetic_cluster_manifest() {
     std::fs::write(&out, serde_json::to_vec(&list).unwrap()).unwrap();
     println!("wrote {}", out.display());
 }
+
+#[test]
+fn no_manifests_and_no_cluster_is_a_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .current_dir(root())
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", home.path())
+        .args(["render", "--hostname-override=node-a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no -f PATH, and no API server configuration"),
+        "{}",
+        stderr(&out)
+    );
+}

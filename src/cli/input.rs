@@ -173,9 +173,13 @@ where
             Order::KubeconfigFirst,
         )
         .await
-        .map_err(|e| Failure {
-            code: EXIT_NOINPUT,
-            message: e.to_string(),
+        .map_err(|e| match e {
+            // Neither -f nor a cluster: the operator did not say where the objects are.
+            client::ClientError::NotFound { .. } => usage(format!("no -f PATH, and {e}")),
+            e => Failure {
+                code: EXIT_NOINPUT,
+                message: e.to_string(),
+            },
         })?;
         f(client).await.map_err(|e| Failure {
             code: if e.is_usage() {
