@@ -214,6 +214,16 @@ fn config_from_cluster_errors_read_as_config_file_errors() {
     );
 }
 
+/// `kproxy ARGS…` with `$KUBECONFIG` set to `kubeconfig`.
+fn with_kubeconfig_env(kubeconfig: &Path, args: &[String]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .current_dir(root())
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn context_selects_a_context() {
     let dir = root().join("rules/scenarios/clusterip");
@@ -237,23 +247,13 @@ fn context_selects_a_context() {
     let mut args = vec!["render".to_string(), "--context=live".into()];
     args.extend(scenario_args(&dir));
     // No --kubeconfig: $KUBECONFIG, as kubectl.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
-        .current_dir(root())
-        .env("KUBECONFIG", &kubeconfig)
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = with_kubeconfig_env(&kubeconfig, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), stdout(&expected));
 
     // The current context (a dead server): an input error.
     args.remove(1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
-        .current_dir(root())
-        .env("KUBECONFIG", &kubeconfig)
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = with_kubeconfig_env(&kubeconfig, &args);
     assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
 }
 

@@ -8,9 +8,11 @@
 //! not an empty render), and ServiceCIDRs (an API server without `networking.k8s.io/v1`
 //! answers 404: none). Also reading one ConfigMap key (`--config-from-cluster`).
 //!
-//! Pages are turned into objects as they arrive, with `managedFields` dropped (the
-//! largest part of a real object, and never read), so the listing holds one page of raw
-//! JSON at a time.
+//! Pages are turned into the informer cache's compact forms as they arrive
+//! ([`super::compact`]: only what `model::build` reads, repeated strings shared), and back
+//! into `k8s-openapi` values once listed, so the listing holds one page of raw JSON and
+//! the compact objects, as the daemon's cache does; what it renders is what the daemon
+//! would render.
 //!
 //! Must not: interpret objects (that is `model::build`), watch, or retry.
 
@@ -22,6 +24,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::cache::PROXY_LABEL_SELECTOR;
+use super::compact::{prune_node, prune_service_cidr, Interner, ServiceLite, SliceLite};
 use crate::model::build::Objects;
 
 /// Objects per list request.
@@ -81,32 +84,41 @@ pub async fn list_cluster(
         }
     };
     let cidrs = Api::<ServiceCIDR>::all(client.clone());
-    let service_cidrs = match list_all(cidrs, &labels, "ServiceCIDRs", progress).await {
-        Err(ListError::Api {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404 => Vec::new(),
-        other => other?,
-    };
+    let service_cidrs =
+        match list_all(cidrs, &labels, "ServiceCIDRs", progress, prune_service_cidr).await {
+            Err(ListError::Api {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => Vec::new(),
+            other => other?,
+        };
+    let mut interner = Interner::default();
     let services = Api::<Service>::all(client.clone());
-    let services = list_all(services, &labels, "Services", progress).await?;
+    let services = list_all(services, &labels, "Services", progress, |s| {
+        ServiceLite::from_k8s(s, &mut interner)
+    })
+    .await?;
     let slices = Api::<EndpointSlice>::all(client.clone());
-    let slices = list_all(slices, &labels, "EndpointSlices", progress).await?;
+    let slices = list_all(slices, &labels, "EndpointSlices", progress, |s| {
+        SliceLite::from_k8s(s, &mut interner)
+    })
+    .await?;
     Ok(Objects {
-        services,
-        slices,
-        nodes: vec![strip(node)],
+        services: services.iter().map(ServiceLite::to_k8s).collect(),
+        slices: slices.iter().map(SliceLite::to_k8s).collect(),
+        nodes: vec![prune_node(node)],
         service_cidrs,
     })
 }
 
-/// Every object `api` lists with `params`, page by page.
-async fn list_all<K>(
+/// Every object `api` lists with `params`, page by page, each turned into `keep(object)`.
+async fn list_all<K, T>(
     api: Api<K>,
     params: &ListParams,
     resource: &'static str,
     progress: &mut dyn FnMut(&str, usize),
-) -> Result<Vec<K>, ListError>
+    mut keep: impl FnMut(K) -> T,
+) -> Result<Vec<T>, ListError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -118,7 +130,7 @@ where
             .await
             .map_err(|source| ListError::Api { resource, source })?;
         let before = out.len();
-        out.extend(page.items.into_iter().map(strip));
+        out.extend(page.items.into_iter().map(&mut keep));
         if out.len() / PROGRESS_EVERY > before / PROGRESS_EVERY {
             progress(resource, out.len());
         }
@@ -127,12 +139,6 @@ where
             None => return Ok(out),
         }
     }
-}
-
-/// `obj` without `managedFields`.
-fn strip<K: Resource>(mut obj: K) -> K {
-    obj.meta_mut().managed_fields = None;
-    obj
 }
 
 /// The text under `key` in ConfigMap `namespace/name`.
