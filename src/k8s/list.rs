@@ -104,8 +104,8 @@ pub async fn list_cluster(
     })
     .await?;
     Ok(Objects {
-        services: services.iter().map(ServiceLite::to_k8s).collect(),
-        slices: slices.iter().map(SliceLite::to_k8s).collect(),
+        services: services.into_iter().map(|s| s.to_k8s()).collect(),
+        slices: slices.into_iter().map(|s| s.to_k8s()).collect(),
         nodes: vec![prune_node(node)],
         service_cidrs,
     })
