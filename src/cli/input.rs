@@ -105,7 +105,7 @@ pub(crate) fn prepare(input: &Input) -> Result<Prepared, Failure> {
         eprintln!("warning: {w}");
     }
     // The Services and EndpointSlices live on in the model; freed before rendering, they
-    // keep the peak down (a 50k × 10 cluster: ~1/3 of it).
+    // keep the peak down (rendering a 50k × 10 cluster: 871 → 775 MiB peak RSS).
     let objects = Objects {
         nodes: loaded.objects.nodes,
         service_cidrs: loaded.objects.service_cidrs,
