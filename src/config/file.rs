@@ -141,7 +141,7 @@ pub(super) fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 /// Parses and strictly checks a `KubeProxyConfiguration` (YAML or JSON).
-fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+pub(super) fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     let value = parse_syntax(path, text)?;
     let map = match &value {
         Value::Object(map) => map,

@@ -24,16 +24,15 @@ use super::{
 use crate::model::build::{DetectLocalMode, NodePortAddresses, Settings};
 use crate::model::DEFAULT_MASQUERADE_BIT;
 
-/// Merges the flags with the parsed file (`FileConfig::default()` without `--config`) and
-/// validates the result. `hostname` is asked only when no node name is configured.
+/// Merges the flags with the parsed file (`FileConfig::default()` without `--config`;
+/// `origin` names the file in messages) and validates the result. `hostname` is asked only when no node name is configured.
 pub(super) fn merge(
     flags: &ProxyFlags,
+    origin: Option<&Path>,
     file: FileConfig,
     hostname: impl FnOnce() -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let m = Merge {
-        file: flags.config.as_deref(),
-    };
+    let m = Merge { file: origin };
     let given = given(flags, &file);
     // The order of the checks is the order errors are reported in.
     m.proxy_mode(flags, file.mode)?;

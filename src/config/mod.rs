@@ -32,7 +32,8 @@
 //! ```
 //!
 //! This file holds the public result ([`Config`], [`ConntrackConfig`], [`Given`]), the error
-//! ([`ConfigError`]), the defaults, and the entry points ([`Config::from_flags`]).
+//! ([`ConfigError`]), the defaults, and the entry points ([`Config::from_flags`], and
+//! [`Config::from_flags_and_text`] for a configuration that is not a file).
 
 mod configz;
 mod file;
@@ -164,6 +165,10 @@ pub enum ConfigError {
     /// kind, unknown or mistyped field).
     #[error("--config {}: {message}", path.display())]
     File { path: PathBuf, message: String },
+    /// A `KubeProxyConfiguration` given as text ([`Config::from_flags_and_text`]) is not
+    /// valid, as [`ConfigError::File`]; `origin` names where the text came from.
+    #[error("{origin}: {message}")]
+    Text { origin: String, message: String },
     /// A value is invalid. `setting` names where it came from: `--cluster-cidr`, or
     /// `clusterCIDR (in /etc/kube-proxy/config.yaml)`.
     #[error("{setting}: {message}")]
@@ -209,7 +214,40 @@ impl Config {
             Some(path) => file::read(path)?,
             None => file::FileConfig::default(),
         };
-        merge::merge(flags, file, hostname)
+        merge::merge(flags, flags.config.as_deref(), file, hostname)
+    }
+
+    /// [`Config::from_flags`] with the `KubeProxyConfiguration` given as text instead of
+    /// a `--config` path (e.g. the cluster's kube-proxy ConfigMap): parsed and checked
+    /// exactly as the file is, explicit flags still override it. `origin` names the text
+    /// in messages, where a path would be (`ConfigMap kube-system/kube-proxy key
+    /// config.conf`). `flags.config` is ignored.
+    pub fn from_flags_and_text(
+        flags: &ProxyFlags,
+        origin: &str,
+        text: &str,
+    ) -> Result<Config, ConfigError> {
+        Config::from_flags_and_text_with_hostname(flags, origin, text, system_hostname)
+    }
+
+    /// [`Config::from_flags_and_text`] with the host name lookup supplied (tests).
+    pub fn from_flags_and_text_with_hostname(
+        flags: &ProxyFlags,
+        origin: &str,
+        text: &str,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let path = std::path::Path::new(origin);
+        let file = file::parse_file(path, text).map_err(|e| match e {
+            ConfigError::File { message, .. } => ConfigError::Text {
+                origin: origin.to_string(),
+                message,
+            },
+            e => e,
+        })?;
+        let mut config = merge::merge(flags, Some(path), file, hostname)?;
+        config.config_file = None;
+        Ok(config)
     }
 }
 

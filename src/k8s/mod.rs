@@ -1,5 +1,5 @@
 //! Kubernetes objects: from manifests ([`manifests`]) and from the API server ([`client`],
-//! [`cache`], [`events`]).
+//! [`cache`], [`list`] for the review commands' one-shot list, [`events`]).
 //!
 //! Owns: everything that talks to the API server (only this module does): building the
 //! client, watching Services, EndpointSlices, this node's Node and ServiceCIDRs into an
@@ -12,4 +12,5 @@ pub mod cache;
 pub mod client;
 pub mod compact;
 pub mod events;
+pub mod list;
 pub mod manifests;

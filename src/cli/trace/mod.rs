@@ -78,9 +78,14 @@ fn node_facts(config: &Config, objects: &Objects) -> (Vec<IpAddr>, Vec<ipnetwork
     (addrs, node.pod_cidrs)
 }
 
-/// The objects to render: manifests today (the merge point for other inputs).
+/// Whether `trace --node` also has objects to render and compare with the kernel:
+/// manifests, or a live cluster named explicitly (`--kubeconfig`, `--context`,
+/// `--config-from-cluster`); without any, it traces the kernel's rules alone.
 fn has_objects(input: &Input) -> bool {
     !input.files.is_empty()
+        || input.proxy.kubeconfig.is_some()
+        || input.context.is_some()
+        || input.config_from_cluster.is_some()
 }
 
 /// The probe from `--from` to `to`: `node` (its source is `node_ip`), or an address whose
@@ -129,11 +134,7 @@ pub(crate) fn cmd_trace(a: TraceArgs) -> Result<(), Failure> {
     if a.node {
         return cmd_trace_node(&a, dst, port, proto);
     }
-    if !has_objects(&a.input) {
-        return Err(usage(
-            "-f is required (or --node: trace what this node's kernel holds)",
-        ));
-    }
+    // Without -f the objects come from the live cluster (no cluster configured: exit 64).
     let family = Family::of(&dst);
     let p = prepare(&a.input)?;
     let (mut local_addrs, pod_cidrs) = node_facts(&p.config, &p.objects);

@@ -352,3 +352,47 @@ fn missing_config_file() {
         "{e}"
     );
 }
+
+/// The same text from a file and as text (the cluster's kube-proxy ConfigMap): the same
+/// settings, the same errors but for where they name the source.
+#[test]
+fn config_as_text_reads_as_the_file() {
+    let text = format!("{HEAD}clusterCIDR: 10.244.0.0/16\nnodePortAddresses: [10.0.0.0/8]\n");
+    let hostname = || Some("node-a".to_string());
+    let from_text =
+        Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &text, hostname).unwrap();
+    let from_file = with_file(&text, &[]).unwrap();
+    assert_eq!(
+        from_text.settings.cluster_cidrs,
+        from_file.settings.cluster_cidrs
+    );
+    assert_eq!(from_text.given, from_file.given);
+    assert_eq!(from_text.config_file, None);
+
+    // Explicit flags still win.
+    let c = Config::from_flags_and_text_with_hostname(
+        &flags(&["--cluster-cidr=10.9.0.0/16"]),
+        "CM",
+        &text,
+        hostname,
+    )
+    .unwrap();
+    assert_eq!(c.settings.cluster_cidrs, vec![net("10.9.0.0/16")]);
+
+    let bad = format!("{HEAD}clusterCIDRs: 10.244.0.0/16\n");
+    let e =
+        Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &bad, hostname).unwrap_err();
+    assert!(e.is_usage());
+    assert_eq!(
+        e.to_string(),
+        "CM: unknown field \"clusterCIDRs\" (KubeProxyConfiguration has no such field)"
+    );
+    assert_eq!(
+        file_err(&bad, &[]),
+        "--config FILE: unknown field \"clusterCIDRs\" (KubeProxyConfiguration has no such field)"
+    );
+    let bad = format!("{HEAD}clusterCIDR: nope\n");
+    let e =
+        Config::from_flags_and_text_with_hostname(&flags(&[]), "CM", &bad, hostname).unwrap_err();
+    assert!(e.to_string().starts_with("clusterCIDR (in CM): "), "{e}");
+}

@@ -101,15 +101,18 @@ pub enum Kind {
     Node,
     /// networking.k8s.io/v1 `servicecidrs` (cluster-scoped).
     ServiceCIDR,
+    /// core/v1 `configmaps` (namespaced; for `--config-from-cluster`).
+    ConfigMap,
 }
 
 impl Kind {
     /// Every kind, in storage order.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Node,
         Kind::ServiceCIDR,
+        Kind::ConfigMap,
     ];
 
     fn idx(self) -> usize {
@@ -123,6 +126,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
             Kind::ServiceCIDR => "ServiceCIDR",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -133,13 +137,14 @@ impl Kind {
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
             Kind::ServiceCIDR => "servicecidrs",
+            Kind::ConfigMap => "configmaps",
         }
     }
 
     /// `apiVersion`, e.g. `discovery.k8s.io/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Service | Kind::Node => "v1",
+            Kind::Service | Kind::Node | Kind::ConfigMap => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::ServiceCIDR => "networking.k8s.io/v1",
         }
@@ -147,7 +152,7 @@ impl Kind {
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Service | Kind::EndpointSlice)
+        matches!(self, Kind::Service | Kind::EndpointSlice | Kind::ConfigMap)
     }
 
     /// A kind from its `kind` (`Service`) or resource name (`services`), any case.

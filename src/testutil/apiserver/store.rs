@@ -81,7 +81,7 @@ pub(super) struct State {
     pub(super) rv: u64,
     /// A watch may start at RV N only if N >= floor (raised by `compact`).
     pub(super) floor: u64,
-    pub(super) kinds: [KindStore; 4],
+    pub(super) kinds: [KindStore; 5],
     pub(super) snapshots: BTreeMap<u64, Snapshot>,
     pub(super) next_snapshot: u64,
     pub(super) events: Vec<StoredEvent>,
