@@ -222,32 +222,32 @@ impl HealthChecks {
     /// Replaces the whole set and wakes the servers' reconciler (even when nothing
     /// changed: that is when ports that failed to bind are retried).
     pub fn update(&self, services: Vec<HealthCheckService>) {
-        {
-            let mut s = self.services.lock().expect("health check lock");
-            *s = services
-                .into_iter()
-                .map(|h| ((h.family, h.node_port), h))
-                .collect();
-        }
-        self.retry();
+        let mut s = self.services.lock().expect("health check lock");
+        *s = services
+            .into_iter()
+            .map(|h| ((h.family, h.node_port), h))
+            .collect();
+        // Woken under the lock: a reconciler's [`HealthChecks::snapshot`] sees the new
+        // set and this wake-up together, or neither (no pass over a set already seen).
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Wakes the reconciler without changing the set: ports that could not be bound are
     /// tried again (the sync loop calls it after every successful sync, as upstream
     /// retries at every sync).
     pub fn retry(&self) {
+        let _set = self.services.lock().expect("health check lock");
         self.generation.send_modify(|g| *g += 1);
     }
 
     /// Where `family`'s servers listen from now on (open ones move when it changes).
     pub fn set_bind(&self, family: Family, bind: HealthCheckBind) {
-        let changed = {
-            let mut b = self.binds.lock().expect("health check lock");
-            let old = b.insert(family, bind.clone());
-            old.unwrap_or_default() != bind
-        };
-        if changed {
-            self.retry();
+        // Lock order: services, then binds (as in `snapshot`).
+        let _set = self.services.lock().expect("health check lock");
+        let mut b = self.binds.lock().expect("health check lock");
+        let old = b.insert(family, bind.clone());
+        if old.unwrap_or_default() != bind {
+            self.generation.send_modify(|g| *g += 1);
         }
     }
 
@@ -281,6 +281,20 @@ impl HealthChecks {
     /// A receiver that changes after every [`HealthChecks::update`].
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// What a reconciler must serve now, and `seen` marked as having seen every wake-up
+    /// up to it, atomically: a change after this call wakes `seen` again, a change before
+    /// it is in what this returns (so one change never costs two passes, nor a failing
+    /// bind two reports).
+    pub fn snapshot(
+        &self,
+        seen: &mut watch::Receiver<u64>,
+    ) -> (Vec<HealthCheckService>, BTreeMap<Family, HealthCheckBind>) {
+        let set = self.services.lock().expect("health check lock");
+        let binds = self.binds.lock().expect("health check lock");
+        seen.borrow_and_update();
+        (set.values().cloned().collect(), binds.clone())
     }
 
     /// Every service in the set, by family and port.

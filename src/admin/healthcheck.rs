@@ -47,6 +47,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// A service's port in one family.
 type Key = (Family, u16);
 
+/// Each family's addresses, as one reconcile pass sees them.
+type Binds = BTreeMap<Family, HealthCheckBind>;
+
 /// One open health-check port: dropping `stop` closes its listeners.
 struct PortServer {
     /// The addresses it was opened on: a change reopens it.
@@ -79,14 +82,14 @@ impl HealthCheckServers {
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut generation = self.checks.subscribe();
         loop {
-            generation.borrow_and_update();
+            let (wanted, binds) = self.wanted(&mut generation);
             // A port reopened on other addresses must be released first.
-            let closing = self.close_gone();
+            let closing = self.close_gone(&wanted, &binds);
             let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
             for task in closing {
                 let _ = tokio::time::timeout_at(deadline, task).await;
             }
-            self.open_wanted();
+            self.open_wanted(&wanted, &binds);
             tokio::select! {
                 changed = generation.changed() => if changed.is_err() { break },
                 _ = stop.wait_for(|s| *s) => break,
@@ -104,30 +107,32 @@ impl HealthCheckServers {
         }
     }
 
-    /// What [`HealthChecks`] asks for now: services by key, and each family's addresses.
+    /// What [`HealthChecks`] asks for now: services by key, and each family's addresses;
+    /// `seen` marked as having seen the wake-ups this answers (one consistent snapshot
+    /// per pass).
     fn wanted(
         &self,
-    ) -> (
-        BTreeMap<Key, HealthCheckService>,
-        BTreeMap<Family, HealthCheckBind>,
-    ) {
-        let wanted = self
-            .checks
-            .services()
+        seen: &mut watch::Receiver<u64>,
+    ) -> (BTreeMap<Key, HealthCheckService>, Binds) {
+        let (services, set) = self.checks.snapshot(seen);
+        let wanted = services
             .into_iter()
             .map(|s| ((s.family, s.node_port), s))
             .collect();
         let binds = [Family::V4, Family::V6]
             .into_iter()
-            .map(|f| (f, self.checks.bind(f)))
+            .map(|f| (f, set.get(&f).cloned().unwrap_or_default()))
             .collect();
         (wanted, binds)
     }
 
     /// Stops the servers of services gone and of families whose addresses changed;
     /// returns their tasks (done once the ports are released).
-    fn close_gone(&mut self) -> Vec<JoinHandle<()>> {
-        let (wanted, binds) = self.wanted();
+    fn close_gone(
+        &mut self,
+        wanted: &BTreeMap<Key, HealthCheckService>,
+        binds: &Binds,
+    ) -> Vec<JoinHandle<()>> {
         let gone: Vec<Key> = self
             .open
             .iter()
@@ -146,10 +151,9 @@ impl HealthCheckServers {
     }
 
     /// Opens the ports wanted and not open.
-    fn open_wanted(&mut self) {
-        let (wanted, binds) = self.wanted();
+    fn open_wanted(&mut self, wanted: &BTreeMap<Key, HealthCheckService>, binds: &Binds) {
         self.failing.retain(|k, _| wanted.contains_key(k));
-        for (key, svc) in &wanted {
+        for (key, svc) in wanted {
             if !self.open.contains_key(key) {
                 self.start(svc, &binds[&key.0]);
             }

@@ -2,6 +2,9 @@
 //!
 //! Owns: the render command's arguments and output. Must not: touch the kernel.
 
+use std::fmt;
+use std::io::{self, BufWriter, StdoutLock, Write};
+
 use clap::{Args, ValueEnum};
 
 use super::input::{prepare, Input};
@@ -29,7 +32,13 @@ enum RenderOutput {
 pub(crate) fn cmd_render(a: RenderArgs) -> Result<(), Failure> {
     let p = prepare(&a.input)?;
     match a.output {
-        RenderOutput::Nft => print!("{}", text::ruleset(&p.ruleset)),
+        RenderOutput::Nft => {
+            // Only the ruleset is printed: the model goes first, and the text is streamed
+            // rather than built whole (at 50k services both are hundreds of megabytes).
+            let ruleset = p.ruleset;
+            drop(p.model);
+            print_streamed(|out| text::write_ruleset(&ruleset, out))?;
+        }
         RenderOutput::Summary => print!("{}", report::summary(&p.model, &p.warnings)),
         RenderOutput::Json => println!(
             "{}",
@@ -38,4 +47,47 @@ pub(crate) fn cmd_render(a: RenderArgs) -> Result<(), Failure> {
         ),
     }
     Ok(())
+}
+
+/// Writes what `write` produces to stdout through a buffer, piece by piece. A closed
+/// stdout (`kproxy render | head`) ends quietly; other write errors are reported.
+fn print_streamed(
+    write: impl FnOnce(&mut IoAsFmt<BufWriter<StdoutLock<'static>>>) -> fmt::Result,
+) -> Result<(), Failure> {
+    let mut out = IoAsFmt {
+        inner: BufWriter::new(io::stdout().lock()),
+        error: None,
+    };
+    let written = write(&mut out).and_then(|()| {
+        out.inner.flush().map_err(|e| {
+            out.error = Some(e);
+            fmt::Error
+        })
+    });
+    match (written, out.error) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        (Err(_), e) => Err(Failure {
+            code: 1,
+            message: format!(
+                "writing the ruleset: {}",
+                e.map_or_else(|| "formatting failed".to_string(), |e| e.to_string())
+            ),
+        }),
+    }
+}
+
+/// `fmt::Write` over an `io::Write`, keeping the I/O error `fmt::Error` cannot carry.
+struct IoAsFmt<W: Write> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> fmt::Write for IoAsFmt<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.inner.write_all(s.as_bytes()).map_err(|e| {
+            self.error = Some(e);
+            fmt::Error
+        })
+    }
 }

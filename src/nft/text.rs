@@ -22,25 +22,37 @@ pub const COMMENT_MAX: usize = 128;
 /// The whole ruleset, one table after another.
 pub fn ruleset(rs: &Ruleset) -> String {
     let mut out = String::new();
+    let _ = write_ruleset(rs, &mut out);
+    out
+}
+
+/// [`ruleset`] written piece by piece into `out` (a whole 50k-service ruleset is tens of
+/// megabytes of text: a reviewer's `kproxy render` streams it instead of holding it).
+pub fn write_ruleset(rs: &Ruleset, out: &mut impl Write) -> std::fmt::Result {
     for (i, t) in rs.tables.iter().enumerate() {
         if i > 0 {
-            out.push('\n');
+            out.write_char('\n')?;
         }
-        out.push_str(&table(t));
+        write_table(t, out)?;
     }
-    out
+    Ok(())
 }
 
 /// One table block. Sets and maps first (rules refer to them), then base chains in hook
 /// order, then regular chains by name.
 pub fn table(t: &Table) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "table {} {} {{", t.family, t.name);
+    let _ = write_table(t, &mut out);
+    out
+}
+
+fn write_table(t: &Table, out: &mut impl Write) -> std::fmt::Result {
+    writeln!(out, "table {} {} {{", t.family, t.name)?;
     if let Some(c) = &t.comment {
-        let _ = writeln!(out, "\tcomment {}", quote(c));
+        writeln!(out, "\tcomment {}", quote(c))?;
     }
     for s in t.sets.values() {
-        out.push_str(&set(t.family, s));
+        out.write_str(&set(t.family, s))?;
     }
     let mut chains: Vec<&Chain> = t.chains.values().collect();
     chains.sort_by_key(|c| {
@@ -51,10 +63,9 @@ pub fn table(t: &Table) -> String {
         )
     });
     for c in chains {
-        out.push_str(&chain(t.family, c));
+        out.write_str(&chain(t.family, c))?;
     }
-    out.push_str("}\n");
-    out
+    out.write_str("}\n")
 }
 
 fn set(family: Family, s: &Set) -> String {
