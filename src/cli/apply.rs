@@ -6,7 +6,7 @@
 
 use clap::Args;
 
-use super::input::{prepare, Input};
+use super::input::{prepare_ruleset, Input};
 use super::{Failure, EXIT_KERNEL};
 use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
@@ -46,7 +46,7 @@ fn describe_stats(s: &TxStats) -> String {
 }
 
 pub(crate) fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
-    let p = prepare(&a.input)?;
+    let (_, ruleset) = prepare_ruleset(&a.input)?;
     let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
     let opts = apply::Options {
         chain_deletes: apply::ChainDeletes::for_kernel(
@@ -55,8 +55,8 @@ pub(crate) fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
         ),
         dry_run: a.dry_run,
     };
-    let done = apply::apply(&mut backend, apply::Base::Kernel, p.ruleset, &opts)
-        .map_err(kernel_failure)?;
+    let done =
+        apply::apply(&mut backend, apply::Base::Kernel, ruleset, &opts).map_err(kernel_failure)?;
     let ms = done.elapsed.as_secs_f64() * 1e3;
     if a.dry_run {
         print!("{}", text::transaction(&done.tx));

@@ -85,21 +85,7 @@ pub(crate) struct Prepared {
 
 pub(crate) fn prepare(input: &Input) -> Result<Prepared, Failure> {
     let config = config(input)?;
-    let explicit_cluster = input.proxy.kubeconfig.is_some() || input.context.is_some();
-    let loaded = if input.files.is_empty() {
-        load_source(&Source::Cluster, input)?
-    } else if explicit_cluster {
-        let mut base = load_source(&Source::Cluster, input)?;
-        let change = load_source(&Source::Manifests(input.files.clone()), input)?;
-        overlay(&mut base.objects, change.objects);
-        base.warnings.extend(change.warnings);
-        base
-    } else {
-        load_source(&Source::Manifests(input.files.clone()), input)?
-    };
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
-    }
+    let loaded = load(input)?;
     let (model, warnings) = model::build(&loaded.objects, &config.settings);
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -119,6 +105,50 @@ pub(crate) fn prepare(input: &Input) -> Result<Prepared, Failure> {
         warnings,
         ruleset,
     })
+}
+
+/// Services per model-building run of [`prepare_ruleset`] (as the daemon's full syncs).
+const BUILD_CHUNK: usize = 2048;
+
+/// Only the ruleset (`render -o nft`, `apply`): the objects are built and rendered a run of
+/// services at a time, each run's objects and model dropped once its fragments exist, so
+/// the whole model never exists beside the ruleset (the daemon's full syncs do the same).
+/// The warnings are the ones [`prepare`] prints, in the same order.
+pub(crate) fn prepare_ruleset(input: &Input) -> Result<(Config, Ruleset), Failure> {
+    let config = config(input)?;
+    let loaded = load(input)?;
+    let mut warnings = Vec::new();
+    let ruleset = render::render_chunked(loaded.objects.into_chunks(BUILD_CHUNK).map(|o| {
+        let (m, w) = model::build(&o, &config.settings);
+        warnings.extend(w);
+        m
+    }));
+    warnings.sort();
+    warnings.dedup();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok((config, ruleset))
+}
+
+/// The objects `input` names (see the module docs), their loading warnings printed.
+fn load(input: &Input) -> Result<manifests::Loaded, Failure> {
+    let explicit_cluster = input.proxy.kubeconfig.is_some() || input.context.is_some();
+    let loaded = if input.files.is_empty() {
+        load_source(&Source::Cluster, input)?
+    } else if explicit_cluster {
+        let mut base = load_source(&Source::Cluster, input)?;
+        let change = load_source(&Source::Manifests(input.files.clone()), input)?;
+        overlay(&mut base.objects, change.objects);
+        base.warnings.extend(change.warnings);
+        base
+    } else {
+        load_source(&Source::Manifests(input.files.clone()), input)?
+    };
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded)
 }
 
 /// The node's settings: the flags, over `--config` or `--config-from-cluster`.

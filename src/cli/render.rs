@@ -7,7 +7,7 @@ use std::io::{self, BufWriter, StdoutLock, Write};
 
 use clap::{Args, ValueEnum};
 
-use super::input::{prepare, Input};
+use super::input::{prepare, prepare_ruleset, Input};
 use super::Failure;
 use crate::nft::text;
 use crate::report;
@@ -30,23 +30,25 @@ enum RenderOutput {
 }
 
 pub(crate) fn cmd_render(a: RenderArgs) -> Result<(), Failure> {
-    let p = prepare(&a.input)?;
     match a.output {
         RenderOutput::Nft => {
-            // Only the ruleset is printed: the model goes first, and the text is streamed
-            // rather than built whole (at 50k services both are hundreds of megabytes).
-            let ruleset = p.ruleset;
-            drop(p.model);
-            print_streamed(|out| text::write_ruleset(&ruleset, out))?;
+            // Only the ruleset is printed: built a run of services at a time and streamed,
+            // so a 50k-service render never holds the whole model or the whole text.
+            let (_, ruleset) = prepare_ruleset(&a.input)?;
+            print_streamed(|out| text::write_ruleset(&ruleset, out))
         }
-        RenderOutput::Summary => print!("{}", report::summary(&p.model, &p.warnings)),
-        RenderOutput::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report::json(&p.model, &p.warnings, &p.ruleset))
-                .expect("json")
-        ),
+        RenderOutput::Summary => {
+            let p = prepare(&a.input)?;
+            print!("{}", report::summary(&p.model, &p.warnings));
+            Ok(())
+        }
+        RenderOutput::Json => {
+            let p = prepare(&a.input)?;
+            let json = report::json(&p.model, &p.warnings, &p.ruleset);
+            println!("{}", serde_json::to_string_pretty(&json).expect("json"));
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// Writes what `write` produces to stdout through a buffer, piece by piece. A closed

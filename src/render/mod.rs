@@ -21,9 +21,7 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
-use crate::model::{
-    EndpointAddr, FamilyModel, FamilySettings, LocalDetect, Model, NodePortIps, ServicePort,
-};
+use crate::model::{EndpointAddr, FamilySettings, LocalDetect, Model, NodePortIps, ServicePort};
 use crate::nft::*;
 pub use incremental::Renderer;
 use names::*;
@@ -49,10 +47,37 @@ const PRIO_FILTER_POST_DNAT: i32 = priority::DSTNAT + 10;
 /// Renders a model from scratch (fresh slot numbering). Deterministic: the same model
 /// always gives the same ruleset.
 pub fn render(model: &Model) -> Ruleset {
-    let tables = model
-        .families
-        .iter()
-        .map(|fm| render_family(fm, &mut SlotAllocator::new()))
+    render_chunked(std::iter::once(model))
+}
+
+/// [`render`] of a model that arrives in chunks (the same node-level part in each, the
+/// services split in key order, as `model::build` gives them for consecutive runs of
+/// service keys): each chunk can be dropped once its fragments exist, so rendering a
+/// large cluster never holds the whole model beside the ruleset. Families come in the
+/// order the first chunk that has them gives.
+pub fn render_chunked<M: std::borrow::Borrow<Model>>(
+    chunks: impl IntoIterator<Item = M>,
+) -> Ruleset {
+    let mut families: Vec<(FamilySettings, SlotAllocator, Vec<Fragment>)> = Vec::new();
+    for chunk in chunks {
+        for fm in &chunk.borrow().families {
+            let at = match families
+                .iter()
+                .position(|(s, _, _)| s.family == fm.settings.family)
+            {
+                Some(at) => at,
+                None => {
+                    families.push((fm.settings.clone(), SlotAllocator::new(), Vec::new()));
+                    families.len() - 1
+                }
+            };
+            let (settings, slots, frags) = &mut families[at];
+            frags.extend(fm.services.iter().map(|sp| fragment(settings, sp, slots)));
+        }
+    }
+    let tables = families
+        .into_iter()
+        .map(|(settings, slots, frags)| assemble(skeleton(&settings), &slots, frags))
         .collect();
     Ruleset { tables }
 }
@@ -424,16 +449,6 @@ fn masquerade_chains(mark: u32) -> [Chain; 2] {
     masq.push(Rule::new(vec![Stmt::Masquerade]));
 
     [markc, masq]
-}
-
-/// Renders the table of one family: the fixed skeleton plus every service port's fragment.
-pub fn render_family(fm: &FamilyModel, slots: &mut SlotAllocator) -> Table {
-    let frags: Vec<Fragment> = fm
-        .services
-        .iter()
-        .map(|sp| fragment(&fm.settings, sp, slots))
-        .collect();
-    assemble(skeleton(&fm.settings), slots, frags)
 }
 
 /// A table from its skeleton and its service ports' fragments, in service-port order.

@@ -15,7 +15,10 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
-use crate::model::DEFAULT_MASQUERADE_BIT;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{label, namespace_of};
+use crate::model::{DEFAULT_MASQUERADE_BIT, LABEL_SERVICE_NAME};
 
 /// The Kubernetes objects a build reads (from informers or manifests).
 #[derive(Clone, Debug, Default)]
@@ -86,5 +89,58 @@ impl Default for Settings {
             service_proxy_name: None,
             local_addresses: None,
         }
+    }
+}
+
+impl Objects {
+    /// The objects split into runs of at most `services` Services each, in Service key
+    /// order, every EndpointSlice in the run of the Service its `kubernetes.io/service-name`
+    /// label names (slices naming no Service here, or nothing, in a last run of their own),
+    /// the Nodes and ServiceCIDRs in every run. Building each run and concatenating the
+    /// models gives the model one build of everything gives (a Service only ever looks at
+    /// its own slices and the node-level inputs), while only one run's objects and model
+    /// need to exist beside what was already made of the earlier ones.
+    pub fn into_chunks(self, services: usize) -> impl Iterator<Item = Objects> {
+        use std::collections::BTreeMap;
+        let key = |meta: &ObjectMeta, name: Option<&str>| {
+            (
+                namespace_of(meta).to_string(),
+                name.unwrap_or_default().to_string(),
+            )
+        };
+        let mut by_service: BTreeMap<(String, String), Objects> = BTreeMap::new();
+        for svc in self.services {
+            let k = key(&svc.metadata, svc.metadata.name.as_deref());
+            by_service.entry(k).or_default().services.push(svc);
+        }
+        let mut orphans = Vec::new();
+        for slice in self.slices {
+            let named = label(&slice.metadata, LABEL_SERVICE_NAME);
+            let k = key(&slice.metadata, named);
+            match by_service.get_mut(&k) {
+                Some(o) if named.is_some() => o.slices.push(slice),
+                _ => orphans.push(slice),
+            }
+        }
+        let (nodes, cidrs) = (self.nodes, self.service_cidrs);
+        let mut runs: Vec<Objects> = Vec::new();
+        let mut run = Objects::default();
+        let mut in_run = 0;
+        for (_, o) in by_service {
+            if in_run == services.max(1) {
+                runs.push(std::mem::take(&mut run));
+                in_run = 0;
+            }
+            run.services.extend(o.services);
+            run.slices.extend(o.slices);
+            in_run += 1;
+        }
+        run.slices.extend(orphans);
+        runs.push(run);
+        runs.into_iter().map(move |mut o| {
+            o.nodes = nodes.clone();
+            o.service_cidrs = cidrs.clone();
+            o
+        })
     }
 }
