@@ -340,3 +340,32 @@ fn no_manifests_and_no_cluster_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+/// `kproxy diff --base cluster --change FILE`: the live cluster as the base gives the same
+/// review as the manifests it was loaded from (the eTP-flip golden case), and exit 1; the
+/// same objects as the change give no difference, exit 0.
+#[test]
+fn diff_against_the_live_cluster() {
+    let case = root().join("rules/diff/etp-local");
+    let cluster = Cluster::with_manifests(&case.join("base.yaml"));
+    let diff = |change: &Path| {
+        let args = [
+            "diff",
+            "--kubeconfig",
+            &cluster.kubeconfig(),
+            "--base",
+            "cluster",
+            "--change",
+            &change.display().to_string(),
+            "--hostname-override=node-a",
+            "--cluster-cidr=10.244.0.0/16",
+        ];
+        kproxy(&args)
+    };
+    let changed = diff(&case.join("change.yaml"));
+    assert_eq!(changed.status.code(), Some(1), "{}", stderr(&changed));
+    let expected = std::fs::read_to_string(case.join("expected.summary")).expect("golden");
+    assert_eq!(stdout(&changed), expected);
+    let same = diff(&case.join("base.yaml"));
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+}
