@@ -41,7 +41,10 @@ fn kubectl_kproxy_is_kproxy_named_as_a_kubectl_plugin() {
     assert_eq!(render(env!("CARGO_BIN_EXE_kproxy").as_ref()), expected);
 
     // A usage error names the plugin too, with kproxy's exit code.
-    let bad = Command::new(&link).arg("render").output().expect("run");
+    let bad = Command::new(&link)
+        .args(["render", "--no-such-flag"])
+        .output()
+        .expect("run");
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("Usage: kubectl kproxy render"));
 }
