@@ -3,8 +3,9 @@
 //! drifted from what it should hold (`--node [SRC]`). Never touches the kernel's tables
 //! (`--node` only reads them back).
 //!
-//! Owns: the diff command's arguments, the overlay of the change on the base (objects of
-//! the same kind, namespace and name replaced, others added, `--delete` removed), and the
+//! Owns: the diff command's arguments, `--delete` (the change is laid over the base by
+//! [`super::input::overlay`], as render's `-f` over a cluster: objects of the same kind,
+//! namespace and name replaced, others added), and the
 //! exit status (0 nothing changes, 1 something does). Must not: present anything itself
 //! (that is [`crate::report::diff`]) or write to the kernel.
 
@@ -14,8 +15,8 @@ use clap::{Args, ValueEnum};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 
-use super::input::{load_source, Input, Source};
-use super::{config_failure, usage, Failure};
+use super::input::{config, load_source, overlay, Input, Source};
+use super::{usage, Failure};
 use crate::backend::netlink::NetlinkBackend;
 use crate::backend::Backend;
 use crate::config::Config;
@@ -31,7 +32,6 @@ pub(crate) const EXIT_CHANGED: i32 = 1;
 pub(crate) const EXIT_TROUBLE: i32 = 2;
 
 #[derive(Args, Debug)]
-#[command(mut_arg("files", |a| a.required(false)))]
 pub(crate) struct DiffArgs {
     /// The objects as they are: manifest paths (files or directories) or the word
     /// `cluster` (the live cluster).
@@ -76,7 +76,9 @@ fn source(values: &[String]) -> Result<Source, Failure> {
 }
 
 pub(crate) fn cmd_diff(a: DiffArgs) -> Result<(), Failure> {
-    let config = Config::from_flags(&a.input.proxy).map_err(config_failure)?;
+    // The node's settings as render and trace read them (flags, --config or
+    // --config-from-cluster).
+    let config = config(&a.input)?;
     let (changed, printed) = match &a.node {
         Some(values) => {
             if !a.base.is_empty() || !a.change.is_empty() || !a.delete.is_empty() {
@@ -121,8 +123,8 @@ pub(crate) fn cmd_diff(a: DiffArgs) -> Result<(), Failure> {
 }
 
 /// Loads one SRC, printing its load warnings to stderr under `label`.
-fn load(label: &str, src: &Source, input: &Input) -> Result<Objects, Failure> {
-    let loaded = load_source(src, input)?;
+fn load(label: &str, src: &Source, input: &Input, config: &Config) -> Result<Objects, Failure> {
+    let loaded = load_source(src, input, config)?;
     for w in &loaded.warnings {
         eprintln!("warning: {label}: {w}");
     }
@@ -139,9 +141,10 @@ fn build(label: &str, objects: &Objects, config: &Config) -> (Model, Ruleset) {
 }
 
 fn change_diff(a: &DiffArgs, config: &Config) -> Result<(bool, String), Failure> {
-    let base = load("base", &source(&a.base)?, &a.input)?;
-    let change = load("change", &source(&a.change)?, &a.input)?;
-    let mut after = overlay(base.clone(), change);
+    let base = load("base", &source(&a.base)?, &a.input, config)?;
+    let change = load("change", &source(&a.change)?, &a.input, config)?;
+    let mut after = base.clone();
+    overlay(&mut after, change);
     for d in &a.delete {
         delete(&mut after, d)?;
     }
@@ -166,7 +169,7 @@ fn change_diff(a: &DiffArgs, config: &Config) -> Result<(bool, String), Failure>
 }
 
 fn node_diff(src: &Source, a: &DiffArgs, config: &Config) -> Result<(bool, String), Failure> {
-    let objects = load("node", src, &a.input)?;
+    let objects = load("node", src, &a.input, config)?;
     let (_, meant) = build("node", &objects, config);
     let trouble = |e: crate::backend::BackendError| Failure {
         code: EXIT_TROUBLE,
@@ -197,25 +200,6 @@ fn json(changed: bool, summary: &str, ports: &[report::PortChange], nft: &str) -
 fn key<T: Metadata<Ty = ObjectMeta>>(o: &T) -> (Option<&str>, Option<&str>) {
     let m = o.metadata();
     (m.namespace.as_deref(), m.name.as_deref())
-}
-
-/// Replaces `base`'s objects of the same key by `change`'s, appends the others.
-fn merge<T: Metadata<Ty = ObjectMeta>>(base: &mut Vec<T>, change: Vec<T>) {
-    for o in change {
-        match base.iter().position(|b| key(b) == key(&o)) {
-            Some(i) => base[i] = o,
-            None => base.push(o),
-        }
-    }
-}
-
-/// The change laid over the base (see the module doc).
-pub(crate) fn overlay(mut base: Objects, change: Objects) -> Objects {
-    merge(&mut base.services, change.services);
-    merge(&mut base.slices, change.slices);
-    merge(&mut base.nodes, change.nodes);
-    merge(&mut base.service_cidrs, change.service_cidrs);
-    base
 }
 
 fn remove<T: Metadata<Ty = ObjectMeta> + Resource>(
@@ -292,7 +276,8 @@ mod tests {
             services: vec![svc("a", "y", "10.0.0.3"), svc("b", "y", "10.0.0.4")],
             ..Default::default()
         };
-        let mut out = overlay(base, change);
+        let mut out = base;
+        overlay(&mut out, change);
         assert_eq!(ips(&out), ["10.0.0.1", "10.0.0.3", "10.0.0.4"]);
         assert!(delete(&mut out, "Service/a/x").is_ok());
         assert_eq!(ips(&out), ["10.0.0.3", "10.0.0.4"]);

@@ -85,7 +85,7 @@ pub(crate) struct Prepared {
 
 pub(crate) fn prepare(input: &Input) -> Result<Prepared, Failure> {
     let config = config(input)?;
-    let loaded = load(input)?;
+    let loaded = load(input, &config)?;
     let (model, warnings) = model::build(&loaded.objects, &config.settings);
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -116,7 +116,7 @@ const BUILD_CHUNK: usize = 2048;
 /// The warnings are the ones [`prepare`] prints, in the same order.
 pub(crate) fn prepare_ruleset(input: &Input) -> Result<(Config, Ruleset), Failure> {
     let config = config(input)?;
-    let loaded = load(input)?;
+    let loaded = load(input, &config)?;
     let mut warnings = Vec::new();
     let ruleset = render::render_chunked(loaded.objects.into_chunks(BUILD_CHUNK).map(|o| {
         let (m, w) = model::build(&o, &config.settings);
@@ -132,18 +132,18 @@ pub(crate) fn prepare_ruleset(input: &Input) -> Result<(Config, Ruleset), Failur
 }
 
 /// The objects `input` names (see the module docs), their loading warnings printed.
-fn load(input: &Input) -> Result<manifests::Loaded, Failure> {
+fn load(input: &Input, config: &Config) -> Result<manifests::Loaded, Failure> {
     let explicit_cluster = input.proxy.kubeconfig.is_some() || input.context.is_some();
     let loaded = if input.files.is_empty() {
-        load_source(&Source::Cluster, input)?
+        load_source(&Source::Cluster, input, config)?
     } else if explicit_cluster {
-        let mut base = load_source(&Source::Cluster, input)?;
-        let change = load_source(&Source::Manifests(input.files.clone()), input)?;
+        let mut base = load_source(&Source::Cluster, input, config)?;
+        let change = load_source(&Source::Manifests(input.files.clone()), input, config)?;
         overlay(&mut base.objects, change.objects);
         base.warnings.extend(change.warnings);
         base
     } else {
-        load_source(&Source::Manifests(input.files.clone()), input)?
+        load_source(&Source::Manifests(input.files.clone()), input, config)?
     };
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -168,16 +168,20 @@ pub(crate) fn config(input: &Input) -> Result<Config, Failure> {
     Config::from_flags_and_text(&input.proxy, &origin, &text).map_err(config_failure)
 }
 
-/// The objects and loader warnings of `source`; for the cluster, as the node `input`
-/// names sees it.
-pub(crate) fn load_source(source: &Source, input: &Input) -> Result<Loaded, Failure> {
+/// The objects and loader warnings of `source`; for the cluster, as the node `config`
+/// names sees it (`config` is [`config`]'s, so `--config-from-cluster` is read once).
+pub(crate) fn load_source(
+    source: &Source,
+    input: &Input,
+    config: &Config,
+) -> Result<Loaded, Failure> {
     match source {
         Source::Manifests(paths) => manifests::load_paths(paths).map_err(|e| Failure {
             code: EXIT_NOINPUT,
             message: e.to_string(),
         }),
         Source::Cluster => {
-            let node = config(input)?.settings.hostname;
+            let node = config.settings.hostname.clone();
             let objects = with_client(input, |client| async move {
                 list::list_cluster(&client, &node, &mut |resource, n| {
                     eprintln!("listing: {n} {resource}…")

@@ -23,7 +23,6 @@ mod tests;
 // `-f` is optional here: `--node` traces the kernel's rules without objects (checked in
 // `cmd_trace`).
 #[derive(Args, Debug)]
-#[command(mut_arg("files", |a| a.required(false)))]
 pub(crate) struct TraceArgs {
     #[command(flatten)]
     input: Input,
