@@ -297,16 +297,6 @@ impl HealthChecks {
         (set.values().cloned().collect(), binds.clone())
     }
 
-    /// Every service in the set, by family and port.
-    pub fn services(&self) -> Vec<HealthCheckService> {
-        self.services
-            .lock()
-            .expect("health check lock")
-            .values()
-            .cloned()
-            .collect()
-    }
-
     pub fn get(&self, family: Family, port: u16) -> Option<HealthCheckService> {
         self.services
             .lock()
