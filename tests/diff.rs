@@ -498,12 +498,12 @@ fn runtime_affinity_entries_survive() {
 }
 
 #[test]
-fn one_endpoint_in_a_thousand_services_is_three_ops() {
+fn one_endpoint_in_a_thousand_services_is_elements_only() {
     let s = synthetic_settings();
     let o = synthetic_cluster(1000, 3, false);
     let prev = render_of(&o, &s);
     let mut o2 = o.clone();
-    // svc-501: ClusterIP + NodePort, eTP Cluster, 3 endpoints (slot capacity 4).
+    // svc-501: ClusterIP + NodePort, eTP Cluster, 3 endpoints.
     let i = 501;
     assert_eq!(o2.services[i].metadata.name.as_deref(), Some("svc-501"));
     let new = ep("10.250.0.1").node("node-3").build();
@@ -518,59 +518,66 @@ fn one_endpoint_in_a_thousand_services_is_three_ops() {
         .values()
         .find(|c| c.name.starts_with("service-") && c.name.contains("-ns-1/svc-501/"))
         .expect("service chain");
+    // The rule is the same on both sides: only the block's ranges change.
+    assert_eq!(
+        Some(chain),
+        prev.table(Family::V4).unwrap().chain(&chain.name)
+    );
     let (base, map) = chain
         .rules
         .iter()
         .flat_map(|r| &r.stmts)
         .find_map(|s| match s {
-            Stmt::DnatSlot {
-                modulus: 4,
-                offset,
-                map,
-                ..
-            } => Some((*offset, map.clone())),
+            Stmt::DnatPick { offset, map, .. } => Some((*offset, map.clone())),
             _ => None,
         })
-        .expect("dnat over 4 slots");
+        .expect("dnat over a block");
+    let in_block = |t: &kproxy::nft::Table| -> Vec<kproxy::nft::Element> {
+        t.sets[&map]
+            .elements
+            .iter()
+            .filter(
+                |e| matches!(e.key[..], [Value::Range(lo, _)] if lo >= base && lo - base < 65536),
+            )
+            .cloned()
+            .collect()
+    };
+    let old = in_block(prev.table(Family::V4).unwrap());
+    let now = in_block(t);
+    assert_eq!(old.len(), 3);
+    assert_eq!(now.len(), 4);
     let ip = Value::Addr("10.250.0.1".parse().unwrap());
-    let slot = t.sets[&map]
-        .elements
-        .get(&[Value::Int(base + 3)])
-        .expect("new slot")
-        .clone();
     assert_eq!(
-        slot.data,
+        now[3].data,
         kproxy::nft::ElementData::Values(vec![ip.clone(), Value::Port(8080)])
     );
+    assert_eq!(now[3].key, vec![Value::Range(base + 49152, base + 65535)]);
     // The new endpoint is on another node: it cannot hairpin through this node.
     assert!(t.sets["hairpin-endpoints"]
         .elements
         .get(&[ip.clone(), ip])
         .is_none());
-    assert_eq!(chain.rules.len(), 1);
-    let mut want = vec![Op::FlushChain {
-        table: tref.clone(),
-        chain: chain.name.clone(),
-    }];
-    want.extend(chain.rules.iter().map(|r| Op::AddRule {
-        table: tref.clone(),
-        chain: chain.name.clone(),
-        rule: r.clone(),
-    }));
-    want.push(Op::AddElements {
-        table: tref.clone(),
-        set: map.clone(),
-        elements: vec![slot],
-    });
+    let want = vec![
+        Op::DeleteElements {
+            table: tref.clone(),
+            set: map.clone(),
+            keys: old.iter().map(|e| e.key.clone()).collect(),
+        },
+        Op::AddElements {
+            table: tref.clone(),
+            set: map.clone(),
+            elements: now,
+        },
+    ];
     assert_eq!(d.tx.ops, want, "\n{}", text::transaction(&d.tx));
     assert!(d.deferred.is_empty());
 
     let mut b = FakeBackend::with_state(prev.clone());
     b.apply(&d.tx).unwrap();
     assert!(b.state() == &next);
-    // And back: the same three ops, the other way round.
+    // And back: the same two ops, the other way round.
     let back = diff(&next, &prev, &DiffOptions::default());
-    assert_eq!(back.tx.len(), 3, "\n{}", text::transaction(&back.tx));
+    assert_eq!(back.tx.len(), 2, "\n{}", text::transaction(&back.tx));
     b.apply(&back.tx).unwrap();
     assert!(b.state() == &prev);
 }

@@ -204,7 +204,7 @@ proptest! {
 }
 
 #[test]
-fn one_endpoint_change_touches_only_its_service() {
+fn one_endpoint_change_is_elements_only() {
     let mut objects = synthetic_cluster(1_000, 10, false);
     let mut renderer = Renderer::new();
     renderer.full(&build(&objects));
@@ -215,18 +215,22 @@ fn one_endpoint_change_touches_only_its_service() {
         .map(|p| diff(&p.before, &p.after, &DiffOptions::default()))
         .unwrap();
     let stats = d.tx.stats();
-    // The service chain is rewritten (flush + its rule) and one slot added: nothing else
+    // Elements only: the list's 10 ranges replaced by 11, no rule or chain operation
     // (the new endpoint is on node-c, so it cannot hairpin through this node).
     assert_eq!(
         stats.chains_flushed,
-        1,
+        0,
         "{}",
         kproxy::nft::text::transaction(&d.tx)
     );
-    assert_eq!(stats.rules, 1);
-    assert_eq!(stats.elements_added, 1);
-    assert_eq!(stats.elements_deleted, 0);
+    assert_eq!(stats.rules, 0);
+    assert_eq!(stats.elements_added, 11);
+    assert_eq!(stats.elements_deleted, 10);
     assert_eq!(stats.chains_added + stats.chains_deleted, 0);
+    assert!(d.tx.ops.iter().all(|op| matches!(
+        op,
+        kproxy::nft::tx::Op::AddElements { .. } | kproxy::nft::tx::Op::DeleteElements { .. }
+    )));
 }
 
 #[test]

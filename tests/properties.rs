@@ -304,21 +304,25 @@ fn check_table(t: &Table) {
                     Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => {
                         map_of(set, false);
                     }
-                    Stmt::DnatSlot {
-                        modulus,
-                        offset,
-                        map,
-                        ..
-                    } => {
+                    Stmt::DnatPick { offset, map, .. } => {
                         let m = map_of(map, true);
-                        assert!(*modulus > 0);
-                        for slot in *offset..offset + modulus {
-                            assert!(
-                                m.elements.contains_key(&[Value::Int(slot)]),
-                                "{}: slot {slot} missing",
-                                c.name
-                            );
+                        // The list's ranges tile its block exactly: every pick lands on
+                        // an endpoint.
+                        let (first, last) = (*offset as u64, *offset as u64 + 65535);
+                        let mut next = first;
+                        for e in &m.elements {
+                            let [Value::Range(lo, hi)] = e.key.as_slice() else {
+                                panic!("{}: not a range key", m.name);
+                            };
+                            let (lo, hi) = (*lo as u64, *hi as u64);
+                            if hi < first || lo > last {
+                                continue;
+                            }
+                            assert_eq!(lo, next, "{}: gap or overlap at {lo}", c.name);
+                            assert!(hi <= last, "{}: range crosses its block", c.name);
+                            next = hi + 1;
                         }
+                        assert_eq!(next, last + 1, "{}: block not covered", c.name);
                     }
                     _ => {}
                 }
@@ -347,22 +351,15 @@ fn check_table(t: &Table) {
     }
 }
 
-/// Slot ranges of different rules never overlap.
+/// Different rules never share a block of an endpoint map.
 fn check_slots_disjoint(t: &Table) {
-    let mut used: BTreeSet<u32> = BTreeSet::new();
-    let mut ranges: HashSet<(u32, u32)> = HashSet::new();
+    let mut used: BTreeSet<(String, u32)> = BTreeSet::new();
     for c in t.chains.values() {
         for r in &c.rules {
             for s in &r.stmts {
-                if let Stmt::DnatSlot {
-                    modulus, offset, ..
-                } = s
-                {
-                    if ranges.insert((*offset, *modulus)) {
-                        for slot in *offset..offset + modulus {
-                            assert!(used.insert(slot), "slot {slot} used twice");
-                        }
-                    }
+                if let Stmt::DnatPick { offset, map, .. } = s {
+                    assert_eq!(offset % 65536, 0, "{}: block not aligned", c.name);
+                    assert!(used.insert((map.clone(), *offset)), "block used twice");
                 }
             }
         }

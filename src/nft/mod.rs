@@ -216,6 +216,23 @@ impl Hook {
     }
 }
 
+/// How many keys one endpoint list's block of an interval endpoint map spans: the
+/// modulus of every [`Stmt::DnatPick`].
+pub const PICK_SPACE: u32 = 65536;
+
+/// Splits a block of [`PICK_SPACE`] keys starting at `offset` into `n` ranges whose sizes
+/// differ by at most one (the `i`-th endpoint's range is the `i`-th). At most
+/// [`PICK_SPACE`] ranges: a list longer than that uses its first 65536 endpoints.
+pub fn pick_ranges(offset: u32, n: u32) -> impl Iterator<Item = (u32, u32)> {
+    let n = n.min(PICK_SPACE) as u64;
+    let space = PICK_SPACE as u64;
+    (0..n).map(move |i| {
+        let lo = i * space / n;
+        let hi = (i + 1) * space / n - 1;
+        (offset + lo as u32, offset + hi as u32)
+    })
+}
+
 /// Standard priorities (same numbers for `ip` and `ip6`).
 pub mod priority {
     pub const DSTNAT: i32 = -100;
@@ -328,8 +345,11 @@ pub enum Value {
     Net(IpNetwork),
     Proto(Protocol),
     Port(u16),
-    /// A plain 32-bit integer (marks, numgen results, slot numbers).
+    /// A plain 32-bit integer (marks, numgen results).
     Int(u32),
+    /// An inclusive range of integers, `LO-HI`: a key of an interval map over numgen
+    /// results (the endpoint maps' picks).
+    Range(u32, u32),
     /// An interface name; a trailing `*` makes it a prefix wildcard, as in nft.
     Iface(String),
     FibType(FibType),
@@ -421,12 +441,13 @@ pub enum Stmt {
         addr: IpAddr,
         port: u16,
     },
-    /// `meta l4proto P dnat ip addr . port to numgen random mod N offset O map @MAP`: picks
-    /// one of N consecutive slots of a table-wide endpoint map. Terminal; if the slot is
-    /// missing the rule does not match.
-    DnatSlot {
+    /// `meta l4proto P dnat ip addr . port to numgen random mod 65536 offset O map @MAP`:
+    /// draws a key uniformly from the block `O ..= O + 65535` of an interval endpoint map,
+    /// where each endpoint of the list owns a range of about 65536/N keys. The rule never
+    /// changes when the endpoints do (only the map's elements). Terminal; a key in no range
+    /// does not match.
+    DnatPick {
         proto: Protocol,
-        modulus: u32,
         offset: u32,
         map: String,
     },
@@ -473,7 +494,7 @@ impl Stmt {
     pub fn set(&self) -> Option<&str> {
         match self {
             Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set),
-            Stmt::Vmap { map, .. } | Stmt::DnatSlot { map, .. } => Some(map),
+            Stmt::Vmap { map, .. } | Stmt::DnatPick { map, .. } => Some(map),
             _ => None,
         }
     }
@@ -487,9 +508,10 @@ pub enum DataType {
     InetProto,
     InetService,
     Mark,
-    /// A slot number produced by numgen: declared with `typeof numgen random mod 1`
+    /// A numgen result as the key of an interval map, in network byte order (interval
+    /// sets compare keys as big-endian bytes): declared `typeof numgen random mod 65536`
     /// because nft's `mark` type does not accept numgen's integer.
-    Slot,
+    Pick,
     Verdict,
 }
 
@@ -507,7 +529,7 @@ impl DataType {
             DataType::Ipv6Addr => 16,
             DataType::InetProto => 1,
             DataType::InetService => 2,
-            DataType::Mark | DataType::Slot => 4,
+            DataType::Mark | DataType::Pick => 4,
             DataType::Verdict => 4,
         }
     }

@@ -97,7 +97,7 @@ fn set_decl(family: Family, s: &Set) -> Vec<String> {
         SetData::Values(v) => v,
         _ => &[],
     };
-    let use_typeof = s.key.contains(&DataType::Slot) || data_types.contains(&DataType::Slot);
+    let use_typeof = s.key.contains(&DataType::Pick) || data_types.contains(&DataType::Pick);
     let _ = write!(out, "{} ", if use_typeof { "typeof" } else { "type" });
     out.push_str(&types(family, &s.key, use_typeof));
     match &s.data {
@@ -154,7 +154,7 @@ fn type_name(t: DataType) -> &'static str {
         DataType::Ipv6Addr => "ipv6_addr",
         DataType::InetProto => "inet_proto",
         DataType::InetService => "inet_service",
-        DataType::Mark | DataType::Slot => "mark",
+        DataType::Mark | DataType::Pick => "mark",
         DataType::Verdict => "verdict",
     }
 }
@@ -168,7 +168,7 @@ fn typeof_expr(_family: Family, t: DataType) -> &'static str {
         // carries a TCP dependency in ip6 tables ("conflicting protocols").
         DataType::InetService => "th dport",
         DataType::Mark => "meta mark",
-        DataType::Slot => "numgen random mod 1",
+        DataType::Pick => "numgen random mod 65536",
         DataType::Verdict => "verdict",
     }
 }
@@ -345,15 +345,10 @@ pub fn stmt(family: Family, s: &Stmt) -> String {
             IpAddr::V4(a) => format!("meta l4proto {proto} dnat to {a}:{port}"),
             IpAddr::V6(a) => format!("meta l4proto {proto} dnat to [{a}]:{port}"),
         },
-        Stmt::DnatSlot {
-            proto,
-            modulus,
-            offset,
-            map,
-        } => format!(
+        Stmt::DnatPick { proto, offset, map } => format!(
             "meta l4proto {proto} dnat {} addr . port to {} map @{map}",
             family.keyword(),
-            numgen(*modulus, *offset)
+            numgen(PICK_SPACE, *offset)
         ),
         Stmt::Masquerade => "masquerade fully-random".to_string(),
         Stmt::Reject => "reject".to_string(),
@@ -405,6 +400,7 @@ pub fn value(v: &Value) -> String {
         Value::Proto(p) => p.name().to_string(),
         Value::Port(p) => p.to_string(),
         Value::Int(i) => i.to_string(),
+        Value::Range(lo, hi) => format!("{lo}-{hi}"),
         Value::Iface(s) => quote(s),
         Value::FibType(FibType::Local) => "local".into(),
         Value::CtState(CtState::New) => "new".into(),
@@ -459,15 +455,14 @@ mod tests {
             rule(Family::V4, &r),
             "ip daddr 10.96.0.10 tcp dport 53 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
         );
-        let d = Stmt::DnatSlot {
+        let d = Stmt::DnatPick {
             proto: Protocol::Udp,
-            modulus: 3,
-            offset: 7,
+            offset: 131072,
             map: "endpoints".into(),
         };
         assert_eq!(
             stmt(Family::V6, &d),
-            "meta l4proto udp dnat ip6 addr . port to numgen random mod 3 offset 7 map @endpoints"
+            "meta l4proto udp dnat ip6 addr . port to numgen random mod 65536 offset 131072 map @endpoints"
         );
         let d = Stmt::DnatTo {
             proto: Protocol::Tcp,
@@ -496,21 +491,21 @@ mod tests {
     }
 
     #[test]
-    fn slot_maps_use_typeof() {
+    fn pick_maps_use_typeof() {
         let mut s = Set::new(
             "endpoints",
-            vec![DataType::Slot],
+            vec![DataType::Pick],
             SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
         );
         s.insert(
             Element::values(
-                vec![Value::Int(4)],
+                vec![Value::Range(0, 21845)],
                 vec![Value::Addr("10.0.0.1".parse().unwrap()), Value::Port(80)],
             )
             .with_comment("ns/a:http"),
         );
         let txt = set(Family::V4, &s);
-        assert!(txt.contains("typeof numgen random mod 1 : ip daddr . th dport"));
-        assert!(txt.contains("4 comment \"ns/a:http\" : 10.0.0.1 . 80"));
+        assert!(txt.contains("typeof numgen random mod 65536 : ip daddr . th dport"));
+        assert!(txt.contains("0-21845 comment \"ns/a:http\" : 10.0.0.1 . 80"));
     }
 }

@@ -220,21 +220,23 @@ impl Transaction {
     }
 }
 
-/// A table with one slot map of `n` elements (`i : 10.0.0.0+i . 8080`, commented): a
+/// A table with one interval endpoint map of `n` ranges (`4i-4i+3 : 10.0.0.0+i . 8080`,
+/// commented): a
 /// transaction large enough to span many batch pages (tests of big transactions).
 #[cfg(any(test, feature = "test-util"))]
 pub fn slot_map_load(table: &TableRef, n: u32) -> Transaction {
     use super::{DataType, SetData};
     let mut set = Set::new(
         "endpoints",
-        vec![DataType::Slot],
+        vec![DataType::Pick],
         SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
     );
+    set.flags.interval = true;
     set.comment = Some("slots".into());
     let elements = (0..n)
         .map(|i| {
             Element::values(
-                vec![Value::Int(i)],
+                vec![Value::Range(4 * i, 4 * i + 3)],
                 vec![
                     Value::Addr(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())),
                     Value::Port(8080),

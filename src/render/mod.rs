@@ -2,9 +2,9 @@
 //! `ip6 kproxy`, implementing upstream kube-proxy's nftables behaviour with a layout
 //! chosen for kernel cost (docs/ruleset.md explains both).
 //!
-//! Owns: chain, set and map names ([`names`]); which rules each service port gets; slot
-//! numbers in the table-wide endpoint map (through [`SlotAllocator`], kept in a
-//! [`Renderer`] so that a later render moves as little as possible).
+//! Owns: chain, set and map names ([`names`]); which rules each service port gets; the
+//! block of the sharded endpoint maps each endpoint list owns (through [`SlotAllocator`],
+//! kept in a [`Renderer`] so that a later render moves nothing it need not).
 //!
 //! Must not: decide which endpoints a service uses (that is `model`), do I/O, or create a
 //! set or map per service (kernel cost grows with the number of sets; see
@@ -156,16 +156,18 @@ fn skeleton_sets(fm: &FamilySettings) -> Vec<Set> {
     sets
 }
 
-/// The endpoint map of one shard: slot → endpoint address and port.
+/// The endpoint map of one shard: ranges of numgen picks → endpoint address and port.
 pub fn endpoint_map(family: Family, shard: u32) -> Set {
-    Set::new(
+    let mut s = Set::new(
         format!("{ENDPOINTS_PREFIX}{shard}"),
-        vec![DataType::Slot],
+        vec![DataType::Pick],
         SetData::Values(vec![addr_type(family), DataType::InetService]),
     )
     .with_comment(format!(
-        "endpoint slots, shard {shard}: each service port's list owns a contiguous range"
-    ))
+        "endpoints, shard {shard}: each service port's list owns a block of 65536 picks"
+    ));
+    s.flags.interval = true;
+    s
 }
 
 /// Which table-wide set or map an element of a fragment goes to.
@@ -510,7 +512,7 @@ pub struct Fragment {
     pub chains: Vec<Chain>,
     pub sets: Vec<Set>,
     pub elements: Vec<(SetRef, Element)>,
-    /// The endpoint lists that hold a slot range in the `@endpoints-N` maps.
+    /// The endpoint lists that hold a block in the `@endpoints-N` maps.
     pub slot_lists: Vec<Policy>,
 }
 
@@ -799,8 +801,8 @@ fn external_chain(fm: &FamilySettings, sp: &ServicePort, plan: &PortPlan) -> Cha
 }
 
 /// The Cluster and Local policy chains that exist, with their endpoints: hairpin set
-/// elements, and either a slot range of the endpoint map and its DNAT rule or (ClientIP
-/// affinity) the affinity rules.
+/// elements, and either the list's ranges in its block of the endpoint map and its DNAT
+/// rule or (ClientIP affinity) the affinity rules.
 fn endpoint_chains(
     fm: &FamilySettings,
     sp: &ServicePort,
@@ -832,24 +834,23 @@ fn endpoint_chains(
             }));
         match sp.affinity_timeout {
             None => {
-                let n = eps.len() as u32;
-                let range = slots.range(&(owner.clone(), policy), n);
+                let range = slots.range(&(owner.clone(), policy));
                 frag.slot_lists.push(policy);
                 let what: Arc<str> = match policy {
                     Policy::Cluster => format!("{label} cluster"),
                     Policy::Local => format!("{label} local"),
                 }
                 .into();
-                frag.elements.extend(eps.iter().enumerate().map(|(i, ep)| {
+                let ranges = pick_ranges(range.base, eps.len() as u32);
+                frag.elements.extend(ranges.zip(eps).map(|((lo, hi), ep)| {
                     let e = Element::values(
-                        vec![Value::Int(range.base + i as u32)],
+                        vec![Value::Range(lo, hi)],
                         vec![Value::Addr(ep.ip), Value::Port(ep.port)],
                     );
                     (SetRef::Endpoints(range.shard), e.with_comment(what.clone()))
                 }));
-                chain.push(Rule::new(vec![Stmt::DnatSlot {
+                chain.push(Rule::new(vec![Stmt::DnatPick {
                     proto,
-                    modulus: n,
                     offset: range.base,
                     map: SetRef::Endpoints(range.shard).name().into_owned(),
                 }]));

@@ -1,24 +1,28 @@
-//! Slot ranges in the endpoint maps.
+//! Blocks in the endpoint maps.
 //!
-//! Owns: which map (shard) and which contiguous range of slot numbers each endpoint list
-//! (a service port's Cluster or Local list) occupies. A list of `n` endpoints gets a range
-//! of capacity `n.next_power_of_two()`; it keeps its shard and base while it fits, so adding
-//! or removing an endpoint rewrites a few elements and one rule, never other services'
-//! slots. Freed ranges are reused by size class.
+//! Owns: which map (shard) and which block of [`PICK_SPACE`] keys each endpoint list (a
+//! service port's Cluster or Local list) occupies. A list keeps its block for as long as
+//! it exists, whatever its number of endpoints: the list's DNAT rule
+//! (`numgen random mod 65536 offset BLOCK map @endpoints-SHARD`) never changes, and an
+//! endpoint change only replaces the list's ranges inside its block (elements only).
+//! Freed blocks are reused.
 //!
 //! Why shards: the kernel checks every element added to a data map against every rule that
 //! references the map (and every rule binding a map from a new chain walks all its
-//! elements), so one map referenced by every service chain costs elements × rules: 16 s for
-//! 10k services × 10 endpoints. A shard is referenced by at most [`SHARD_OWNERS`] rules,
-//! which makes the cost linear in the number of endpoints.
+//! elements), so one map referenced by every service chain costs elements × rules. A shard
+//! is referenced by at most [`SHARD_OWNERS`] rules, which makes the cost linear in the
+//! number of endpoints; 32 is the measured optimum for interval maps
+//! (docs/measurements/interval-maps.md: fewer lists per map cost more in the kernel's
+//! linear scan of set names, more cost more in binding walks).
 //!
 //! Must not: depend on iteration order of anything but its input. A fresh allocator fed
 //! lists in sorted order gives the same numbers every time (render is deterministic).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::ServicePortName;
+use crate::nft::PICK_SPACE;
 
 /// Which endpoint list of a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,65 +31,63 @@ pub enum Policy {
     Local,
 }
 
-/// The owner of a range: a service port's endpoint list (the name shared, not copied:
+/// The owner of a block: a service port's endpoint list (the name shared, not copied:
 /// the allocator lives as long as the renderer, one entry per list).
 pub type Owner = (Arc<ServicePortName>, Policy);
 
 /// Endpoint lists (= rules referencing the map) per shard.
-pub const SHARD_OWNERS: usize = 64;
+pub const SHARD_OWNERS: u32 = 32;
 
-/// A range of slots in one shard: `base .. base + capacity`.
+/// One list's block: keys `base ..= base + 65535` of shard `shard`'s map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
     pub shard: u32,
     pub base: u32,
-    pub capacity: u32,
 }
 
-/// One endpoint map's slot space.
+/// One endpoint map's blocks: the indexes in use are `0 .. SHARD_OWNERS`.
 #[derive(Clone, Debug, Default)]
 struct Shard {
-    owners: usize,
-    next: u32,
-    /// Free ranges by capacity.
-    free: BTreeMap<u32, Vec<u32>>,
+    used: BTreeSet<u32>,
 }
 
-/// Where [`crate::render::fragment`] gets its slot ranges: the allocator itself (which
-/// hands out new ranges), or [`Existing`] (which only looks them up, for re-rendering a
-/// fragment rendered before).
+/// Where [`crate::render::fragment`] gets its blocks: the allocator itself (which hands out
+/// new blocks), or [`Existing`] (which only looks them up, for re-rendering a fragment
+/// rendered before).
 pub trait Ranges {
-    fn range(&mut self, owner: &Owner, n: u32) -> Range;
+    fn range(&mut self, owner: &Owner) -> Range;
 }
 
 impl Ranges for SlotAllocator {
-    fn range(&mut self, owner: &Owner, n: u32) -> Range {
-        SlotAllocator::range(self, owner, n)
+    fn range(&mut self, owner: &Owner) -> Range {
+        SlotAllocator::range(self, owner)
     }
 }
 
-/// Read-only ranges: the one each owner holds. An owner without a range (its list was
-/// released since) gets an empty placeholder range: callers that re-render for the
-/// table-wide elements only never look at slots.
+/// Read-only blocks: the one each owner holds. An owner without a block (its list was
+/// released since) gets a placeholder: callers that re-render for the table-wide elements
+/// only never look at blocks.
 pub struct Existing<'a>(pub &'a SlotAllocator);
 
 impl Ranges for Existing<'_> {
-    fn range(&mut self, owner: &Owner, n: u32) -> Range {
-        self.0.owned.get(owner).copied().unwrap_or(Range {
-            shard: 0,
-            base: 0,
-            capacity: n.max(1).next_power_of_two(),
-        })
+    fn range(&mut self, owner: &Owner) -> Range {
+        self.0
+            .owned
+            .get(owner)
+            .copied()
+            .unwrap_or(Range { shard: 0, base: 0 })
     }
 }
 
-/// Hands out slot ranges and remembers them between renders.
+/// Hands out blocks and remembers them between renders.
 #[derive(Clone, Debug, Default)]
 pub struct SlotAllocator {
     shards: Vec<Shard>,
     owned: HashMap<Owner, Range>,
     /// Owners seen since the last [`SlotAllocator::sweep`].
     seen: HashSet<Owner>,
+    /// Shards with a free block, lowest first.
+    open: BTreeSet<u32>,
 }
 
 impl SlotAllocator {
@@ -93,56 +95,49 @@ impl SlotAllocator {
         SlotAllocator::default()
     }
 
-    /// The range for `owner` holding `n` (> 0) endpoints: its current one if it still fits
-    /// (and is not more than 4× too large), else a new one.
-    pub fn range(&mut self, owner: &Owner, n: u32) -> Range {
-        let n = n.max(1);
-        let want = n.next_power_of_two();
+    /// The block of `owner`: the one it holds, else the lowest free block of the first
+    /// shard with room.
+    pub fn range(&mut self, owner: &Owner) -> Range {
         self.seen.insert(owner.clone());
         if let Some(r) = self.owned.get(owner) {
-            if n <= r.capacity && r.capacity <= want.saturating_mul(4) {
-                return *r;
-            }
-            let old = *r;
-            self.release(old);
+            return *r;
         }
-        let shard = match self.shards.iter().position(|s| s.owners < SHARD_OWNERS) {
-            Some(i) => i,
+        let shard = match self.open.first() {
+            Some(s) => *s,
             None => {
                 self.shards.push(Shard::default());
-                self.shards.len() - 1
+                let s = self.shards.len() as u32 - 1;
+                self.open.insert(s);
+                s
             }
         };
-        let sh = &mut self.shards[shard];
-        sh.owners += 1;
-        let base = match sh.free.get_mut(&want).and_then(|v| v.pop()) {
-            Some(b) => b,
-            None => {
-                let b = sh.next;
-                sh.next = sh.next.checked_add(want).expect("slot space exhausted");
-                b
-            }
-        };
+        let sh = &mut self.shards[shard as usize];
+        let index = (0..SHARD_OWNERS)
+            .find(|i| !sh.used.contains(i))
+            .expect("an open shard has a free block");
+        sh.used.insert(index);
+        if sh.used.len() as u32 == SHARD_OWNERS {
+            self.open.remove(&shard);
+        }
         let r = Range {
-            shard: shard as u32,
-            base,
-            capacity: want,
+            shard,
+            base: index * PICK_SPACE,
         };
         self.owned.insert(owner.clone(), r);
         r
     }
 
-    /// Shards that hold at least one range (their maps must exist), ascending.
+    /// Shards that hold at least one block (their maps must exist), ascending.
     pub fn shards_in_use(&self) -> Vec<u32> {
         self.shards
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.owners > 0)
+            .filter(|(_, s)| !s.used.is_empty())
             .map(|(i, _)| i as u32)
             .collect()
     }
 
-    /// Frees the range of `owner`, if it holds one (incremental updates: a list that
+    /// Frees the block of `owner`, if it holds one (incremental updates: a list that
     /// disappeared, or a service port that was deleted).
     pub fn release_owner(&mut self, owner: &Owner) {
         if let Some(r) = self.owned.remove(owner) {
@@ -151,7 +146,7 @@ impl SlotAllocator {
         self.seen.remove(owner);
     }
 
-    /// Frees the ranges of owners not asked for since the previous sweep.
+    /// Frees the blocks of owners not asked for since the previous sweep.
     pub fn sweep(&mut self) {
         let stale: Vec<Owner> = self
             .owned
@@ -168,12 +163,13 @@ impl SlotAllocator {
     }
 
     fn release(&mut self, r: Range) {
-        let sh = &mut self.shards[r.shard as usize];
-        sh.owners -= 1;
-        sh.free.entry(r.capacity).or_default().push(r.base);
+        self.shards[r.shard as usize]
+            .used
+            .remove(&(r.base / PICK_SPACE));
+        self.open.insert(r.shard);
     }
 
-    /// How many ranges are held.
+    /// How many blocks are held.
     pub fn len(&self) -> usize {
         self.owned.len()
     }
@@ -201,65 +197,51 @@ mod tests {
     }
 
     #[test]
-    fn ranges_are_disjoint_and_stable() {
+    fn blocks_are_disjoint_and_stable() {
         let mut a = SlotAllocator::new();
-        let r1 = a.range(&owner("a"), 3);
-        let r2 = a.range(&owner("b"), 5);
-        assert_eq!(
-            r1,
-            Range {
-                shard: 0,
-                base: 0,
-                capacity: 4
-            }
-        );
+        let r1 = a.range(&owner("a"));
+        let r2 = a.range(&owner("b"));
+        assert_eq!(r1, Range { shard: 0, base: 0 });
         assert_eq!(
             r2,
             Range {
                 shard: 0,
-                base: 4,
-                capacity: 8
+                base: PICK_SPACE
             }
         );
         a.sweep();
-        // Growing within capacity keeps the base.
-        assert_eq!(a.range(&owner("a"), 4), r1);
-        // Growing past it moves only that owner.
-        let r1b = a.range(&owner("a"), 5);
-        assert_eq!(r1b.capacity, 8);
-        assert_ne!(r1b.base, r2.base);
-        assert_eq!(a.range(&owner("b"), 5), r2);
+        assert_eq!(a.range(&owner("a")), r1);
+        assert_eq!(a.range(&owner("b")), r2);
     }
 
     #[test]
     fn shards_hold_at_most_shard_owners_lists() {
         let mut a = SlotAllocator::new();
-        let ranges: Vec<Range> = (0..SHARD_OWNERS * 2 + 1)
-            .map(|i| a.range(&owner(&format!("s{i}")), 3))
+        let n = SHARD_OWNERS as usize;
+        let ranges: Vec<Range> = (0..n * 2 + 1)
+            .map(|i| a.range(&owner(&format!("s{i}"))))
             .collect();
-        assert!(ranges[..SHARD_OWNERS].iter().all(|r| r.shard == 0));
-        assert!(ranges[SHARD_OWNERS..SHARD_OWNERS * 2]
-            .iter()
-            .all(|r| r.shard == 1));
-        assert_eq!(ranges[SHARD_OWNERS * 2].shard, 2);
+        assert!(ranges[..n].iter().all(|r| r.shard == 0));
+        assert!(ranges[n..n * 2].iter().all(|r| r.shard == 1));
+        assert_eq!(ranges[n * 2].shard, 2);
         assert_eq!(a.shards_in_use(), vec![0, 1, 2]);
-        // A freed place in shard 0 is taken by the next new list.
+        // A freed place in shard 0 is taken by the next new list, at the freed block.
         a.release_owner(&owner("s5"));
-        assert_eq!(a.range(&owner("new"), 2).shard, 0);
+        assert_eq!(a.range(&owner("new")), ranges[5]);
         // A shard whose lists all go away is no longer in use.
-        a.release_owner(&owner(&format!("s{}", SHARD_OWNERS * 2)));
+        a.release_owner(&owner(&format!("s{}", n * 2)));
         assert_eq!(a.shards_in_use(), vec![0, 1]);
     }
 
     #[test]
-    fn freed_ranges_are_reused() {
+    fn freed_blocks_are_reused() {
         let mut a = SlotAllocator::new();
-        a.range(&owner("a"), 2);
-        a.range(&owner("b"), 2);
+        a.range(&owner("a"));
+        a.range(&owner("b"));
         a.sweep();
-        a.range(&owner("b"), 2);
+        a.range(&owner("b"));
         a.sweep(); // "a" is gone
-        let c = a.range(&owner("c"), 2);
+        let c = a.range(&owner("c"));
         assert_eq!(c.base, 0);
         assert_eq!(a.len(), 2);
     }

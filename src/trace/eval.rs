@@ -36,6 +36,7 @@ use crate::model::EndpointAddr;
 use crate::nft::{
     text, Chain, ChainType, CmpOp, CtState, CtStatus, DataType, Element, ElementData, Family,
     FibType, Field, Hook, MarkOp, Protocol, Rule, Ruleset, Set, Stmt, Table, Value, Verdict,
+    PICK_SPACE,
 };
 
 /// Every path `probe` can take through the tables of `rs` of the probe's destination
@@ -549,16 +550,11 @@ impl<'a> Tracer<'a> {
                 self.record(&mut t, ctx, None);
                 Next::Done(vec![(t, Flow::Nat)])
             }
-            Stmt::DnatSlot {
-                proto,
-                modulus,
-                offset,
-                map,
-            } => {
+            Stmt::DnatPick { proto, offset, map } => {
                 if t.pkt.proto != *proto {
                     return Next::Done(vec![(t, Flow::Next)]);
                 }
-                Next::Done(self.eval_dnat_slot(t, ctx, *modulus, *offset, map))
+                Next::Done(self.eval_dnat_pick(t, ctx, *offset, map))
             }
             Stmt::Masquerade => {
                 t.pkt.masq = true;
@@ -651,44 +647,68 @@ impl<'a> Tracer<'a> {
 
     /// `dnat to numgen random mod N offset O map @map` (protocol already checked): one
     /// outcome per endpoint the slots reach, then one for the slots that miss.
-    fn eval_dnat_slot(
+    /// `numgen random mod 65536 offset O map @M`: one branch per endpoint whose range lies
+    /// in the block `O ..= O + 65535` (with its keys and its share of the picks), and a
+    /// no-match branch for keys that no range covers.
+    fn eval_dnat_pick(
         &self,
         t: Thread,
         ctx: &RuleCtx<'a>,
-        modulus: u32,
         offset: u32,
         map: &str,
     ) -> Vec<(Thread, Flow)> {
-        let s = ctx.table.set(map);
-        let mut by_target: BTreeMap<Option<EndpointAddr>, Vec<u64>> = BTreeMap::new();
-        for slot in u64::from(offset)..u64::from(offset) + u64::from(modulus) {
-            let target = s
-                .and_then(|s| find(s, &[Pv::Num(slot)]))
-                .and_then(slot_target);
-            by_target.entry(target).or_default().push(slot);
+        let (first, last) = (
+            u64::from(offset),
+            u64::from(offset) + u64::from(PICK_SPACE) - 1,
+        );
+        let mut by_target: BTreeMap<Option<EndpointAddr>, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut next = first;
+        let elements = ctx.table.set(map).map(|s| s.elements.iter());
+        for e in elements.into_iter().flatten() {
+            let [Value::Range(lo, hi)] = e.key.as_slice() else {
+                continue;
+            };
+            let (lo, hi) = (u64::from(*lo).max(first), u64::from(*hi).min(last));
+            if lo > hi {
+                continue;
+            }
+            if lo > next {
+                by_target.entry(None).or_default().push((next, lo - 1));
+            }
+            by_target.entry(slot_target(e)).or_default().push((lo, hi));
+            next = next.max(hi + 1);
+        }
+        if next <= last {
+            by_target.entry(None).or_default().push((next, last));
         }
         let mut res = Vec::new();
         // Endpoints first (sorted), then the miss branch.
         let mut entries: Vec<_> = by_target.into_iter().collect();
         entries.sort_by_key(|(k, _)| k.is_none());
-        for (target, slots) in entries {
+        for (target, ranges) in entries {
             let mut t1 = t.clone();
-            let slots = slots
+            let keys: u64 = ranges.iter().map(|(lo, hi)| hi - lo + 1).sum();
+            let share = 100.0 * keys as f64 / f64::from(PICK_SPACE);
+            let ranges = ranges
                 .iter()
-                .map(|s| s.to_string())
+                .map(|(lo, hi)| format!("{lo}-{hi}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             match target {
                 Some(ep) => {
                     t1.pkt.do_dnat(ep.ip, ep.port);
-                    self.record(&mut t1, ctx, Some(format!("{ep} (slot {slots})")));
+                    self.record(
+                        &mut t1,
+                        ctx,
+                        Some(format!("{ep} (keys {ranges}, {share:.2}%)")),
+                    );
                     res.push((t1, Flow::Nat));
                 }
                 None => {
                     self.record(
                         &mut t1,
                         ctx,
-                        Some(format!("slot {slots} not in @{map}: no match")),
+                        Some(format!("keys {ranges} not in @{map}: no match")),
                     );
                     res.push((t1, Flow::Next));
                 }
@@ -782,12 +802,12 @@ fn typed(t: DataType, v: &Pv) -> Option<Value> {
             Protocol::from_number(u8::try_from(*n).ok()?).map(Value::Proto)
         }
         (DataType::InetService, Pv::Num(n)) => Some(Value::Port(u16::try_from(*n).ok()?)),
-        (DataType::Mark | DataType::Slot, Pv::Num(n)) => Some(Value::Int(u32::try_from(*n).ok()?)),
+        (DataType::Mark | DataType::Pick, Pv::Num(n)) => Some(Value::Int(u32::try_from(*n).ok()?)),
         _ => None,
     }
 }
 
-/// The `addr . port` a slot element maps to.
+/// The `addr . port` an endpoint map element maps to.
 fn slot_target(e: &Element) -> Option<EndpointAddr> {
     let ElementData::Values(vs) = &e.data else {
         return None;
@@ -821,6 +841,7 @@ fn matches(v: &Pv, lit: &Value) -> bool {
         (Pv::Addr(a), Value::Net(n)) => n.contains(*a),
         (Pv::Num(n), Value::Port(p)) => *n == u64::from(*p),
         (Pv::Num(n), Value::Int(i)) => *n == u64::from(*i),
+        (Pv::Num(n), Value::Range(lo, hi)) => (u64::from(*lo)..=u64::from(*hi)).contains(n),
         (Pv::Num(n), Value::Proto(p)) => *n == u64::from(p.number()),
         (Pv::Str(s), Value::Iface(pat)) => match pat.strip_suffix('*') {
             Some(prefix) => s.starts_with(prefix),

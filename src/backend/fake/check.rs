@@ -4,7 +4,7 @@
 //!
 //! Must not: change the working copy except through the operation it validates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::{fail, inc, Fail, WTable};
@@ -173,7 +173,7 @@ pub(super) fn check_stmt(family: Family, t: &Table, s: &Stmt) -> Result<(), Fail
                 return fail(libc::EINVAL, format!("key does not fit set {name}"));
             }
         }
-        Stmt::DnatSlot { map, modulus, .. } => {
+        Stmt::DnatPick { map, .. } => {
             let s = set(map)?;
             let want = SetData::Values(vec![DataType::addr(family), DataType::InetService]);
             if s.data != want {
@@ -184,9 +184,6 @@ pub(super) fn check_stmt(family: Family, t: &Table, s: &Stmt) -> Result<(), Fail
             }
             if s.key.len() != 1 || s.key[0].byte_len() != 4 {
                 return fail(libc::EINVAL, format!("numgen key does not fit map {map}"));
-            }
-            if *modulus == 0 {
-                return fail(libc::ERANGE, "numgen modulus 0");
             }
         }
         Stmt::DnatTo { addr, .. } => {
@@ -222,7 +219,8 @@ fn value_fits(v: &Value, t: DataType, interval: bool) -> bool {
         (DataType::Ipv6Addr, Value::Net(n)) => interval && n.is_ipv6(),
         (DataType::InetProto, Value::Proto(_)) => true,
         (DataType::InetService, Value::Port(_)) => true,
-        (DataType::Mark | DataType::Slot, Value::Int(_)) => true,
+        (DataType::Mark, Value::Int(_)) => true,
+        (DataType::Pick, Value::Range(lo, hi)) => interval && lo <= hi,
         _ => false,
     }
 }
@@ -275,6 +273,20 @@ fn overlaps(a: &[Value], b: &[Value]) -> bool {
     })
 }
 
+/// Does `lo ..= hi` overlap a range of the set or of this batch? Both are sorted and
+/// disjoint, so only the neighbours need a look (pick maps hold hundreds of ranges).
+fn range_overlaps(s: &Set, batch: &BTreeMap<u32, u32>, lo: u32, hi: u32) -> bool {
+    let els = s.elements.iter().as_slice();
+    let at = els.partition_point(|o| o.key.as_slice() < [Value::Range(lo, hi)].as_slice());
+    let hit = |o: Option<&Element>| matches!(o.map(|o| o.key.as_slice()), Some([Value::Range(a, b)]) if *a <= hi && lo <= *b);
+    hit(at.checked_sub(1).and_then(|i| els.get(i)))
+        || hit(els.get(at))
+        || batch
+            .range(..=hi)
+            .next_back()
+            .is_some_and(|(_, b)| *b >= lo)
+}
+
 /// Element ops smaller than this edit in place; bigger ones rebuild the set once.
 const BULK: usize = 64;
 
@@ -282,6 +294,7 @@ pub(super) fn add_elements(w: &mut WTable, set: &str, elements: &[Element]) -> R
     let s = w.set_exists(set)?;
     let mut batch: HashMap<&Vec<Value>, &Element> = HashMap::new();
     let mut accepted: Vec<&Element> = Vec::new();
+    let mut ranges: BTreeMap<u32, u32> = BTreeMap::new();
     for e in elements {
         check_element(&w.t, s, e)?;
         let existing = s
@@ -297,10 +310,18 @@ pub(super) fn add_elements(w: &mut WTable, set: &str, elements: &[Element]) -> R
             }
             continue; // identical: accepted, the existing one (and its comment) stays
         }
-        if s.flags.interval
-            && (s.elements.iter().any(|o| overlaps(&o.key, &e.key))
-                || accepted.iter().any(|o| overlaps(&o.key, &e.key)))
-        {
+        let overlap = match e.key.as_slice() {
+            [Value::Range(lo, hi)] => {
+                let r = range_overlaps(s, &ranges, *lo, *hi);
+                ranges.insert(*lo, *hi);
+                r
+            }
+            _ => {
+                s.elements.iter().any(|o| overlaps(&o.key, &e.key))
+                    || accepted.iter().any(|o| overlaps(&o.key, &e.key))
+            }
+        };
+        if s.flags.interval && overlap {
             return fail(
                 libc::EEXIST,
                 format!("element of {set} overlaps an existing interval"),

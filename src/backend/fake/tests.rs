@@ -368,9 +368,8 @@ fn kinds_are_einval() {
         ),
         rule(
             "services",
-            vec![Stmt::DnatSlot {
+            vec![Stmt::DnatPick {
                 proto: Protocol::Tcp,
-                modulus: 1,
                 offset: 0,
                 map: "vmap".into(),
             }],

@@ -129,8 +129,8 @@ fn type_of(id: u32, typeof_numgen: bool) -> Option<DataType> {
         TYPE_INET_PROTOCOL => DataType::InetProto,
         TYPE_INET_SERVICE => DataType::InetService,
         TYPE_MARK => DataType::Mark,
-        TYPE_INTEGER if typeof_numgen => DataType::Slot,
-        TYPE_INTEGER => DataType::Slot,
+        TYPE_INTEGER if typeof_numgen => DataType::Pick,
+        TYPE_INTEGER => DataType::Pick,
         _ => return None,
     })
 }
@@ -258,9 +258,8 @@ pub fn value_of(t: DataType, b: &[u8]) -> Option<Value> {
             None => Value::Int(b[0] as u32),
         },
         DataType::InetService if b.len() == 2 => Value::Port(u16::from_be_bytes([b[0], b[1]])),
-        DataType::Mark | DataType::Slot if b.len() == 4 => {
-            Value::Int(u32::from_ne_bytes(b.try_into().ok()?))
-        }
+        DataType::Mark if b.len() == 4 => Value::Int(u32::from_ne_bytes(b.try_into().ok()?)),
+        DataType::Pick if b.len() == 4 => Value::Int(u32::from_be_bytes(b.try_into().ok()?)),
         _ => return None,
     })
 }
@@ -363,7 +362,7 @@ impl Comments {
 }
 
 /// Elements in kproxy's form. Interval sets: start/end pairs become prefixes (a range
-/// that is not one prefix becomes several elements); pipapo elements: each part whose
+/// that is not one prefix becomes several elements), or integer ranges in pick maps; pipapo elements: each part whose
 /// start and end differ becomes a prefix. Elements that cannot be typed are dropped.
 pub fn fold_elements(set: &Set, mut raw: Vec<RawElem>, comments: &mut Comments) -> Vec<Element> {
     let mut out = Vec::new();
@@ -376,7 +375,8 @@ pub fn fold_elements(set: &Set, mut raw: Vec<RawElem>, comments: &mut Comments) 
     };
     if set.flags.interval && set.key.len() == 1 {
         let bytes = set.key[0].byte_len();
-        if !matches!(set.key[0], DataType::Ipv4Addr | DataType::Ipv6Addr) {
+        let picks = set.key[0] == DataType::Pick;
+        if !matches!(set.key[0], DataType::Ipv4Addr | DataType::Ipv6Addr) && !picks {
             return out;
         }
         raw.retain(|r| r.key.len() == bytes);
@@ -407,7 +407,11 @@ pub fn fold_elements(set: &Set, mut raw: Vec<RawElem>, comments: &mut Comments) 
                 Some(n) if !r.open => as_u128(&n.key).saturating_sub(1),
                 _ => max,
             };
-            if last >= first {
+            if last >= first && picks {
+                if let Some(e) = mk(vec![Value::Range(first as u32, last as u32)], r) {
+                    out.push(e);
+                }
+            } else if last >= first {
                 for v in range_to_prefixes(first, last, bytes) {
                     if let Some(e) = mk(vec![v], r) {
                         out.push(e);

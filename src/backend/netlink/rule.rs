@@ -14,6 +14,7 @@ use ipnetwork::IpNetwork;
 use super::expr::*;
 use crate::nft::{
     CmpOp, CtState, CtStatus, Family, FibType, Field, MarkOp, Protocol, Stmt, Value, Verdict,
+    PICK_SPACE,
 };
 
 mod decode;
@@ -488,12 +489,9 @@ fn encode_stmt(
         }
         Stmt::SetMark(m) => encode_set_mark(m, out),
         Stmt::DnatTo { proto, addr, port } => encode_dnat_to(family, *proto, addr, *port, out)?,
-        Stmt::DnatSlot {
-            proto,
-            modulus,
-            offset,
-            map,
-        } => encode_dnat_slot(family, *proto, *modulus, *offset, map, sets, out)?,
+        Stmt::DnatPick { proto, offset, map } => {
+            encode_dnat_pick(family, *proto, *offset, map, sets, out)
+        }
         Stmt::Masquerade => out.push(Expr::Masq {
             flags: NF_NAT_RANGE_PROTO_RANDOM_FULLY,
             proto_min: None,
@@ -570,26 +568,32 @@ fn encode_dnat_to(
 }
 
 /// DNAT to the endpoint in slot `offset + random % modulus` of an endpoint map.
-fn encode_dnat_slot(
+/// `dnat … to numgen random mod 65536 offset O map @M`: the pick, converted to network
+/// byte order (interval maps compare keys as big-endian bytes; nft emits the same
+/// `byteorder`), looked up in the interval map, whose data `addr . port` feeds the NAT.
+fn encode_dnat_pick(
     family: Family,
     proto: Protocol,
-    modulus: u32,
     offset: u32,
     map: &str,
     sets: &dyn Fn(&str) -> SetRef,
     out: &mut Vec<Expr>,
-) -> Result<(), String> {
+) {
     let r = NFT_REG_1;
-    if modulus == 0 {
-        return Err("numgen modulus 0".into());
-    }
     let sr = sets(map);
     l4proto_dep(proto, out);
     out.push(Expr::Numgen {
         dreg: r,
-        modulus,
+        modulus: PICK_SPACE,
         ty: NFT_NG_RANDOM,
         offset,
+    });
+    out.push(Expr::Byteorder {
+        sreg: r,
+        dreg: r,
+        op: NFT_BYTEORDER_HTON,
+        len: 4,
+        size: 4,
     });
     out.push(Expr::Lookup {
         sreg: r,
@@ -610,7 +614,6 @@ fn encode_dnat_slot(
         proto_max: None,
         flags: 0,
     });
-    Ok(())
 }
 
 #[cfg(test)]

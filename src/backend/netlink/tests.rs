@@ -151,10 +151,9 @@ fn set_and_action_rules(family: Family) -> Vec<Rule> {
                 port: 8080,
             },
         ]),
-        Rule::new(vec![Stmt::DnatSlot {
+        Rule::new(vec![Stmt::DnatPick {
             proto: Protocol::Udp,
-            modulus: 3,
-            offset: 16,
+            offset: 65536,
             map: "endpoints".into(),
         }]),
         Rule::new(vec![Stmt::SetMark(MarkOp::Or(0x4000))]),
@@ -200,12 +199,13 @@ fn every_set(family: Family) -> Vec<Set> {
     aff.flags.timeout = true;
     aff.timeout = Some(600);
     aff.size = Some(1000); // 65535 on a dynamic set reads back as None (the kernel default)
-    let endpoints = Set::new(
+    let mut endpoints = Set::new(
         "endpoints",
-        vec![DataType::Slot],
+        vec![DataType::Pick],
         SetData::Values(vec![addr, DataType::InetService]),
     )
-    .with_comment("slots");
+    .with_comment("picks");
+    endpoints.flags.interval = true;
     let hairpin = Set::new("hairpin", vec![addr, addr], SetData::None);
     let marks = Set::new("marks", vec![DataType::Mark], SetData::None);
     vec![fw, allow, cidrs, vm, vm3, aff, endpoints, hairpin, marks]
@@ -272,12 +272,12 @@ fn every_element(family: Family, set: &Set) -> Vec<Element> {
         )],
         "endpoints" => vec![
             Element::values(
-                vec![Value::Int(16)],
+                vec![Value::Range(65536, 98303)],
                 vec![Value::Addr(a), Value::Port(8080)],
             )
             .with_comment("ns/svc:http cluster 1/2"),
             Element::values(
-                vec![Value::Int(17)],
+                vec![Value::Range(98304, 131071)],
                 vec![Value::Addr(b), Value::Port(8080)],
             ),
         ],
@@ -490,13 +490,14 @@ fn large_batches_span_pages() {
             let mut raw = Vec::new();
             decode::raw_elements(m, &mut raw);
             let info = batch.message(m.seq).unwrap();
-            assert_eq!(info.elems.len(), raw.len());
+            // Every range is a start and an end element on the wire.
+            assert_eq!(2 * info.elems.len(), raw.len());
             let (off, idx) = info.elems[1];
             assert_eq!(batch.element_at(m.seq, off + 4), Some(idx));
             count += raw.len();
         }
     }
-    assert_eq!(count, N);
+    assert_eq!(count, 2 * N);
 }
 
 #[test]

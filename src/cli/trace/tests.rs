@@ -124,8 +124,8 @@ fn a_hand_changed_kernel_ruleset_is_reported_as_different() {
     let text = node_text(&probe, &same, Some(&rendered));
     assert!(text.contains("the kernel and the render agree"), "{text}");
 
-    // By hand: slot 6 of the endpoint map (shop/web:http's third endpoint) now points at
-    // a pod the objects do not name.
+    // By hand: the range of shop/web:http's third endpoint now points at a pod the
+    // objects do not name.
     let mut kernel = p.ruleset.clone();
     let table = kernel.tables.iter_mut().find(|t| t.family == Family::V4);
     let map = table
@@ -133,7 +133,16 @@ fn a_hand_changed_kernel_ruleset_is_reported_as_different() {
         .sets
         .get_mut("endpoints-0")
         .expect("endpoint map");
-    let mut e = map.elements.get(&[Value::Int(6)]).expect("slot 6").clone();
+    let third = ElementData::Values(vec![
+        Value::Addr("10.244.3.9".parse().unwrap()),
+        Value::Port(8080),
+    ]);
+    let mut e = map
+        .elements
+        .iter()
+        .find(|e| e.data == third)
+        .expect("the third endpoint's range")
+        .clone();
     e.data = ElementData::Values(vec![
         Value::Addr("10.244.9.9".parse().unwrap()),
         Value::Port(8080),

@@ -1,6 +1,7 @@
 //! The interpreter's mechanics: jump depth, return, NAT order, loop-back, maps.
 
 use super::*;
+use crate::nft::{pick_ranges, PICK_SPACE};
 
 /// `base` jumps through a chain of `n` regular chains; the last accepts... by policy.
 fn nested(n: usize, goto: bool) -> Ruleset {
@@ -200,7 +201,7 @@ fn node_to_local_address_loops_back_through_lo() {
 #[test]
 fn numgen_vmap_keys_branch_per_value() {
     let mut t = Table::new(Family::V4, "ng");
-    let mut m = Set::new("pick", vec![DataType::Slot], SetData::Verdict);
+    let mut m = Set::new("pick", vec![DataType::Mark], SetData::Verdict);
     m.insert(Element::verdict(vec![Value::Int(0)], Verdict::Accept));
     m.insert(Element::verdict(vec![Value::Int(1)], Verdict::Drop));
     t.add_set(m);
@@ -272,42 +273,47 @@ fn set_lookups_match_prefixes_by_containment() {
 }
 
 #[test]
-fn large_slot_maps_are_traced_quickly() {
+fn large_endpoint_maps_are_traced_quickly() {
+    // 6250 blocks of 32 endpoints (200k ranges); the rule picks from block 4687.
     let mut t = Table::new(Family::V4, "big");
     let mut m = Set::new(
         "endpoints",
-        vec![DataType::Slot],
+        vec![DataType::Pick],
         SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
     );
-    for slot in 0..200_000u32 {
-        let ip = std::net::Ipv4Addr::from(0x0af4_0000 + slot);
-        m.insert(Element::values(
-            vec![Value::Int(slot)],
-            vec![Value::Addr(ip.into()), Value::Port(80)],
-        ));
+    m.flags.interval = true;
+    let mut elements = Vec::new();
+    for block in 0..6250u32 {
+        for (i, (lo, hi)) in pick_ranges(block * PICK_SPACE, 32).enumerate() {
+            let ip = std::net::Ipv4Addr::from(0x0af4_0000 + block * 32 + i as u32);
+            elements.push(Element::values(
+                vec![Value::Range(lo, hi)],
+                vec![Value::Addr(ip.into()), Value::Port(80)],
+            ));
+        }
     }
+    m.extend(elements);
     t.add_set(m);
     t.add_chain(base(
         "nat-prerouting",
         ChainType::Nat,
         Hook::Prerouting,
         -100,
-        vec![rule(vec![Stmt::DnatSlot {
+        vec![rule(vec![Stmt::DnatPick {
             proto: Protocol::Tcp,
-            modulus: 1000,
-            offset: 150_000,
+            offset: 4687 * PICK_SPACE,
             map: "endpoints".into(),
         }])],
     ));
     let rs = Ruleset { tables: vec![t] };
     let tr = trace(&rs, &host(), &ext("eth0", "203.0.113.7", "10.96.0.10", 80));
-    assert_eq!(tr.endpoints.len(), 1000);
-    assert_eq!(tr.paths.len(), 1000);
+    assert_eq!(tr.endpoints.len(), 32);
+    assert_eq!(tr.paths.len(), 32);
     assert_eq!(
         tr.endpoints[0],
         ep(&format!(
             "{}:80",
-            std::net::Ipv4Addr::from(0x0af4_0000u32 + 150_000)
+            std::net::Ipv4Addr::from(0x0af4_0000u32 + 4687 * 32)
         ))
     );
 }

@@ -141,7 +141,7 @@ fn missing_slot_falls_through_to_the_next_rule() {
     assert!(t.paths[2]
         .steps
         .iter()
-        .any(|s| s.text.contains("slot 3 not in @endpoints")));
+        .any(|s| s.text.contains("keys 87382-109226 not in @endpoints")));
     // TCP to the same address: the vmap key differs, nothing matches.
     let t = trace(
         &kube_like(),
@@ -260,11 +260,12 @@ fn v6_table() -> Table {
     t.add_set(ips);
     let mut eps = Set::new(
         "endpoints",
-        vec![DataType::Slot],
+        vec![DataType::Pick],
         SetData::Values(vec![DataType::Ipv6Addr, DataType::InetService]),
     );
+    eps.flags.interval = true;
     eps.insert(Element::values(
-        vec![Value::Int(0)],
+        vec![Value::Range(0, 65535)],
         vec![a("fd00:1::5"), Value::Port(8080)],
     ));
     t.add_set(eps);
@@ -285,9 +286,8 @@ fn v6_table() -> Table {
                 Stmt::cmp_ne(Field::Saddr, net("fd00:244::/48")),
                 Stmt::SetMark(MarkOp::Or(MASQ)),
             ]),
-            rule(vec![Stmt::DnatSlot {
+            rule(vec![Stmt::DnatPick {
                 proto: Protocol::Tcp,
-                modulus: 1,
                 offset: 0,
                 map: "endpoints".into(),
             }]),

@@ -161,21 +161,23 @@ fn add_service_maps(t: &mut Table) {
     t.add_set(nodeports);
 }
 
-/// `kube_like`'s endpoint slot map and its (dynamic, stale) affinity sets.
+/// `kube_like`'s endpoint map and its (dynamic, stale) affinity sets. svc-web owns block
+/// 0 (two endpoints), svc-gap block 1 with a hole in the middle of its three ranges.
 fn add_endpoint_sets(t: &mut Table) {
     let mut endpoints = Set::new(
         "endpoints",
-        vec![DataType::Slot],
+        vec![DataType::Pick],
         SetData::Values(vec![DataType::Ipv4Addr, DataType::InetService]),
     );
-    for (slot, addr, port) in [
-        (0, "10.244.1.5", 8080),
-        (1, "10.244.2.6", 8080),
-        (2, "10.244.3.7", 53),
-        (4, "10.244.4.8", 53),
+    endpoints.flags.interval = true;
+    for (lo, hi, addr, port) in [
+        (0, 32767, "10.244.1.5", 8080),
+        (32768, 65535, "10.244.2.6", 8080),
+        (65536, 87381, "10.244.3.7", 53),
+        (109227, 131071, "10.244.4.8", 53),
     ] {
         endpoints.insert(Element::values(
-            vec![Value::Int(slot)],
+            vec![Value::Range(lo, hi)],
             vec![a(addr), Value::Port(port)],
         ));
     }
@@ -308,9 +310,8 @@ fn add_service_chains(t: &mut Table) {
         "svc-web",
         vec![
             not_pod_masq(),
-            rule(vec![Stmt::DnatSlot {
+            rule(vec![Stmt::DnatPick {
                 proto: Protocol::Tcp,
-                modulus: 2,
                 offset: 0,
                 map: "endpoints".into(),
             }]),
@@ -320,10 +321,9 @@ fn add_service_chains(t: &mut Table) {
         "svc-gap",
         vec![
             not_pod_masq(),
-            rule(vec![Stmt::DnatSlot {
+            rule(vec![Stmt::DnatPick {
                 proto: Protocol::Udp,
-                modulus: 3,
-                offset: 2,
+                offset: 65536,
                 map: "endpoints".into(),
             }]),
         ],

@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::netlink::wire::align4;
+use crate::nft::PICK_SPACE;
 
 // nft's datatype numbers (`enum datatypes` in nftables' datatype.h).
 pub const TYPE_INTEGER: u32 = 4;
@@ -25,7 +26,7 @@ pub fn type_id(t: DataType) -> u32 {
         DataType::InetProto => TYPE_INET_PROTOCOL,
         DataType::InetService => TYPE_INET_SERVICE,
         DataType::Mark => TYPE_MARK,
-        DataType::Slot => TYPE_INTEGER,
+        DataType::Pick => TYPE_INTEGER,
         DataType::Verdict => c::NFT_DATA_VERDICT,
     }
 }
@@ -48,8 +49,8 @@ pub fn key_len(parts: &[DataType]) -> usize {
 /// nft's byteorder for a set's key or data (`enum byteorder`: 0 invalid, 1 host, 2 big).
 fn byteorder(parts: &[DataType]) -> u32 {
     match parts {
-        [DataType::Ipv4Addr | DataType::Ipv6Addr | DataType::InetService] => 2,
-        [DataType::Mark | DataType::Slot] => 1,
+        [DataType::Ipv4Addr | DataType::Ipv6Addr | DataType::InetService | DataType::Pick] => 2,
+        [DataType::Mark] => 1,
         _ => 0,
     }
 }
@@ -92,9 +93,9 @@ fn typeof_part(t: DataType) -> Result<Udata, String> {
             inner.put_u32(0, 3); // NFT_META_MARK
             EXPR_META
         }
-        DataType::Slot => {
+        DataType::Pick => {
             inner.put_u32(0, 1); // NFT_NG_RANDOM
-            inner.put_u32(1, 1); // mod 1
+            inner.put_u32(1, PICK_SPACE); // mod 65536
             inner.put_u32(2, 0); // offset 0
             EXPR_NUMGEN
         }
@@ -150,7 +151,7 @@ pub(super) fn write_set(
     if matches!(&set.data, SetData::Values(v) if v.is_empty() || v.contains(&DataType::Verdict)) {
         return Err("map data must be non-empty values (use SetData::Verdict)".into());
     }
-    let use_typeof = set.key.contains(&DataType::Slot) || data_parts.contains(&DataType::Slot);
+    let use_typeof = set.key.contains(&DataType::Pick) || data_parts.contains(&DataType::Pick);
     let concat_interval = set.key.len() > 1 && set.flags.interval;
     let mut flags = 0u32;
     if set.flags.interval {
@@ -242,15 +243,18 @@ pub fn value_bytes(v: &Value, t: DataType) -> Result<Vec<u8>, String> {
         (Value::Proto(p), DataType::InetProto) => vec![p.number()],
         (Value::Int(n), DataType::InetProto) if *n < 256 => vec![*n as u8],
         (Value::Port(p), DataType::InetService) => p.to_be_bytes().to_vec(),
-        (Value::Int(n), DataType::Mark | DataType::Slot) => n.to_ne_bytes().to_vec(),
+        (Value::Int(n), DataType::Mark) => n.to_ne_bytes().to_vec(),
+        (Value::Int(n), DataType::Pick) => n.to_be_bytes().to_vec(),
         _ => return bad(),
     })
 }
 
-/// First and last address of a prefix (or of a single address), as big-endian u128.
+/// First and last value of a prefix, a single address or an integer range, as u128, and
+/// the key's length in bytes.
 fn range_of(v: &Value) -> Option<(u128, u128, usize)> {
     use std::net::IpAddr;
     let (ip, prefix, bits) = match v {
+        Value::Range(lo, hi) if lo <= hi => return Some((*lo as u128, *hi as u128, 4)),
         Value::Addr(IpAddr::V4(a)) => (u32::from(*a) as u128, 32u32, 32u32),
         Value::Addr(IpAddr::V6(a)) => (u128::from(*a), 128, 128),
         Value::Net(n) => match n.network() {
@@ -327,8 +331,14 @@ fn check_key(family: Family, shape: &SetShape, key: &[Value]) -> Result<(), Stri
                 return Err(format!("{} is not a {t:?}", crate::nft::text::value(v)));
             }
         }
-        if matches!(v, Value::Net(_)) && !shape.interval {
-            return Err("a prefix in a set without the interval flag".into());
+        if matches!(v, Value::Net(_) | Value::Range(..)) && !shape.interval {
+            return Err("a range in a set without the interval flag".into());
+        }
+        if matches!(t, DataType::Pick) && !matches!(v, Value::Range(lo, hi) if lo <= hi) {
+            return Err(format!(
+                "{} is not a range of picks",
+                crate::nft::text::value(v)
+            ));
         }
     }
     Ok(())
@@ -373,8 +383,8 @@ pub(super) fn write_element(
     }
 
     if shape.interval && key.len() == 1 {
-        let (first, last, len) =
-            range_of(&key[0]).ok_or("interval sets hold addresses or prefixes only")?;
+        let (first, last, len) = range_of(&key[0])
+            .ok_or("interval sets hold addresses, prefixes or integer ranges only")?;
         let end = if len == 16 {
             last.checked_add(1)
         } else if last < u32::MAX as u128 {

@@ -437,9 +437,15 @@ fn decode_dnat(family: Family, proto: Protocol, e: &[Expr]) -> Option<(Stmt, usi
         }
         [Expr::Numgen {
             dreg: 1,
-            modulus,
+            modulus: PICK_SPACE,
             ty: NFT_NG_RANDOM,
             offset,
+        }, Expr::Byteorder {
+            sreg: 1,
+            dreg: 1,
+            op: NFT_BYTEORDER_HTON,
+            len: 4,
+            size: 4,
         }, Expr::Lookup {
             sreg: 1,
             dreg: Some(1),
@@ -462,13 +468,12 @@ fn decode_dnat(family: Family, proto: Protocol, e: &[Expr]) -> Option<(Stmt, usi
                 && flags & !NAT_FLAGS_KERNEL_ADDS == 0 =>
         {
             Some((
-                Stmt::DnatSlot {
+                Stmt::DnatPick {
                     proto,
-                    modulus: *modulus,
                     offset: *offset,
                     map: set.clone(),
                 },
-                5,
+                6,
             ))
         }
         _ => None,
