@@ -236,6 +236,17 @@ fn services() -> Vec<Svc> {
         ),
         plain("self", vec![("A1", ready)]),
         plain("gone", vec![("A2", ready)]),
+        plain(
+            "even",
+            vec![
+                ("A1", ready),
+                ("A2", ready),
+                ("A3", ready),
+                ("B1", ready),
+                ("B2", ready),
+                ("B3", ready),
+            ],
+        ),
     ]
 }
 
@@ -1082,4 +1093,49 @@ fn trace_node_agrees_with_real_packets() {
         }
     });
     let _ = std::fs::remove_file(&file);
+}
+
+/// χ² of observed counts against an even split. Exceeding the critical value at
+/// p = 10⁻⁶ (Wilson–Hilferty) means the split is not uniform; a fair split fails once in
+/// a million runs.
+fn chi_squared_uneven(counts: &[usize]) -> Option<f64> {
+    let n: usize = counts.iter().sum();
+    let k = counts.len() as f64;
+    let expected = n as f64 / k;
+    let chi2: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    let dof = k - 1.0;
+    let z = 4.75; // one-sided 10⁻⁶
+    let crit = dof * (1.0 - 2.0 / (9.0 * dof) + z * (2.0 / (9.0 * dof)).sqrt()).powi(3);
+    (chi2 > crit).then_some(chi2)
+}
+
+#[test]
+fn connections_split_evenly_over_the_endpoints() {
+    in_lab("even_split", false, |t, f| {
+        for (svc, pods, per_pod) in [
+            ("web", &["A1", "B1", "B2"][..], 40),
+            ("even", &["A1", "A2", "A3", "B1", "B2", "B3"][..], 30),
+        ] {
+            let to = svc_ip(f, svc);
+            let want: Vec<IpAddr> = pods.iter().map(|p| pod_ip(f, p)).collect();
+            let mut counts = vec![0usize; want.len()];
+            for o in probes(t, CLIENT, to, 80, Tcp, per_pod * want.len()) {
+                let Outcome::Reached { server, .. } = o else {
+                    panic!("{svc}: {o:?}");
+                };
+                let i = want.iter().position(|w| *w == server);
+                counts[i.unwrap_or_else(|| panic!("{svc}: reached {server}"))] += 1;
+            }
+            assert!(
+                counts.iter().all(|&c| c > 0),
+                "{svc}: an endpoint never answered: {counts:?}"
+            );
+            if let Some(chi2) = chi_squared_uneven(&counts) {
+                panic!("{svc}: uneven split {counts:?} (χ² = {chi2:.1})");
+            }
+        }
+    });
 }

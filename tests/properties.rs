@@ -498,3 +498,77 @@ fn adding_one_endpoint_rewrites_only_that_service() {
         a.sets["hairpin-endpoints"].elements
     );
 }
+
+/// The picks of one list, drawn with a fixed seed (xorshift64*), split evenly over its
+/// endpoints: for N = 1 … 100 the tracer reports every endpoint, the ranges differ in
+/// size by at most one key, and 200k draws pass a χ² test against an even split.
+#[test]
+fn picks_split_evenly_over_n_endpoints() {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut draw = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 48) as u32 // 16 bits
+    };
+    for n in [1usize, 2, 3, 7, 10, 64, 100] {
+        let objects = kproxy::testutil::synthetic_cluster(1, n, false);
+        let (m, w) = model::build(&objects, &kproxy::testutil::synthetic_settings());
+        assert!(w.is_empty(), "{w:?}");
+        let rs = render::render(&m);
+        let probe = Probe {
+            origin: Origin::Pod {
+                iifname: "veth0".into(),
+            },
+            src: "10.128.0.77".parse().unwrap(),
+            dst: "172.16.0.1".parse().unwrap(),
+            proto: Protocol::Tcp,
+            port: 80,
+        };
+        let tr = trace(&rs, &Host::default(), &probe);
+        assert_eq!(tr.verdict, TraceVerdict::Dnat);
+        assert_eq!(tr.endpoints.len(), n, "every endpoint is reported");
+        let t = rs.table(Family::V4).unwrap();
+        let (offset, map) = t
+            .chains
+            .values()
+            .filter(|c| c.name.starts_with("service-"))
+            .flat_map(|c| c.rules.iter().flat_map(|r| &r.stmts))
+            .find_map(|s| match s {
+                Stmt::DnatPick { offset, map, .. } => Some((*offset, map.clone())),
+                _ => None,
+            })
+            .expect("the Cluster list's pick rule");
+        let ranges: Vec<(u32, u32)> = t.sets[&map]
+            .elements
+            .iter()
+            .filter_map(|e| match e.key[..] {
+                [Value::Range(lo, hi)] if lo >= offset && hi - offset < PICK_SPACE => {
+                    Some((lo - offset, hi - offset))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ranges.len(), n);
+        let sizes: Vec<u32> = ranges.iter().map(|(lo, hi)| hi - lo + 1).collect();
+        assert_eq!(sizes.iter().sum::<u32>(), PICK_SPACE);
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        let draws = 200_000;
+        let mut counts = vec![0u64; n];
+        for _ in 0..draws {
+            let k = draw();
+            counts[ranges.partition_point(|(_, hi)| *hi < k)] += 1;
+        }
+        if n > 1 {
+            let expected = draws as f64 / n as f64;
+            let chi2: f64 = counts
+                .iter()
+                .map(|&c| (c as f64 - expected).powi(2) / expected)
+                .sum();
+            // Critical value at p = 10⁻⁶ (Wilson–Hilferty).
+            let dof = (n - 1) as f64;
+            let crit = dof * (1.0 - 2.0 / (9.0 * dof) + 4.75 * (2.0 / (9.0 * dof)).sqrt()).powi(3);
+            assert!(chi2 < crit, "N = {n}: χ² {chi2:.1} ≥ {crit:.1}: {counts:?}");
+        }
+    }
+}
