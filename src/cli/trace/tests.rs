@@ -34,10 +34,15 @@ const SCENARIO: &str = concat!(
 
 /// The clusterip scenario rendered for node-a, as `trace -f` prepares it.
 fn scenario() -> super::super::input::Prepared {
+    prepared(SCENARIO)
+}
+
+/// The manifests `file` rendered for node-a, as `trace -f` prepares them.
+fn prepared(file: &str) -> super::super::input::Prepared {
     let args = [
         "trace",
         "-f",
-        SCENARIO,
+        file,
         "--hostname-override=node-a",
         "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
         "--from=node",
@@ -216,19 +221,7 @@ fn etp_remote_only() -> super::super::input::Prepared {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("etp-remote.yaml");
     std::fs::write(&file, fx::manifests(&o)).expect("write manifests");
-    let args = [
-        "trace",
-        "-f",
-        file.to_str().expect("path"),
-        "--hostname-override=node-a",
-        "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
-        "--from=node",
-        "--to=203.0.113.6:80",
-    ];
-    let cmd = Cmd::try_parse_from(args).expect("arguments");
-    prepare(&cmd.trace.input)
-        .map_err(|f| f.message)
-        .expect("prepare")
+    prepared(file.to_str().expect("path"))
 }
 
 /// The node's own traffic to the externalIP or LB IP of an eTP=Local service with no
