@@ -182,6 +182,17 @@ fn services() -> Vec<Svc> {
             vec![("B3", ready)],
         ),
         s(
+            "etp-remote",
+            |b| {
+                let b = b.type_("LoadBalancer").etp_local();
+                let b = b.external_ips(&both_ips("E6"));
+                http(b.health_check_node_port(32001), 30085)
+            },
+            Some("E7"),
+            http_slice,
+            vec![("B1", ready), ("B3", ready)],
+        ),
+        s(
             "itp",
             |b| http(b.itp_local(), 0),
             None,
@@ -799,6 +810,34 @@ fn external_traffic_policy_local() {
             8080,
             Seen::Masqueraded,
         );
+        // … and to the externalIP and LB IP: every endpoint, masqueraded, the local one too
+        // (upstream's external chain), and so when none is local (the endpoint check runs
+        // after DNAT in output, so it never sees the address the node dialled).
+        spread(
+            t,
+            Client::Node,
+            ip(f, "E3"),
+            80,
+            Tcp,
+            &all,
+            8080,
+            Seen::Masqueraded,
+        );
+        let remote = ["B1", "B3"];
+        for vip in [ip(f, "E6"), ip(f, "E7")] {
+            spread(
+                t,
+                Client::Node,
+                vip,
+                80,
+                Tcp,
+                &remote,
+                8080,
+                Seen::Masqueraded,
+            );
+        }
+        // From outside, the same addresses have no local endpoint: dropped.
+        dropped(t, o5(f), ip(f, "E7"), 80, Tcp);
         // The ClusterIP is not affected by eTP.
         spread(
             t,
@@ -1064,6 +1103,8 @@ fn trace_node_agrees_with_real_packets() {
             (o5(f), ip(f, "E2"), 80),
             (o5(f), node_ip(f), 30081),
             (o5(f), node_ip(f), 30082),
+            (Client::Node, ip(f, "E6"), 80),
+            (Client::Node, ip(f, "E7"), 80),
         ];
         for (from, to, port) in probes_made {
             let j = trace_node(&t, &file, from, to, port);

@@ -39,10 +39,11 @@ pub fn own_tables() -> Vec<tx::TableRef> {
         .collect()
 }
 
-/// Priorities of the base chains: filtering sees pre-DNAT addresses (dstnat - 10); the
-/// ClusterIP check in output runs after DNAT (dstnat + 10).
+/// Priorities of the base chains, upstream's: the firewall check sees the address the
+/// client used (dstnat - 10, before DNAT); the endpoint and ClusterIP checks run at the
+/// filter priority, after DNAT in output (docs/ruleset.md, "Hooks and priorities").
 const PRIO_FILTER_PRE_DNAT: i32 = priority::DSTNAT - 10;
-const PRIO_FILTER_POST_DNAT: i32 = priority::DSTNAT + 10;
+const PRIO_FILTER: i32 = priority::FILTER;
 
 /// Renders a model from scratch (fresh slot numbering). Deterministic: the same model
 /// always gives the same ruleset.
@@ -284,33 +285,29 @@ fn in_set(key: Vec<Field>, set: &str) -> Stmt {
 }
 
 /// The base chains, hooked into netfilter: each only jumps to the regular chains below.
+/// Names, hooks, priorities and jumps are upstream's.
 fn hook_chains() -> Vec<Chain> {
     use ChainType::{Filter, Nat};
-    let mut fpre = Chain::base(
-        FILTER_PREROUTING,
-        Filter,
-        Hook::Prerouting,
-        PRIO_FILTER_PRE_DNAT,
-    );
-    fpre.push(jump_new(FIREWALL_CHECK));
+    let pre_dnat = |name, hook| {
+        let mut c = Chain::base(name, Filter, hook, PRIO_FILTER_PRE_DNAT);
+        c.push(jump_new(FIREWALL_CHECK));
+        c
+    };
+    let fpre = pre_dnat(FILTER_PREROUTING_PRE_DNAT, Hook::Prerouting);
+    let fout_pre = pre_dnat(FILTER_OUTPUT_PRE_DNAT, Hook::Output);
     // The NodePort check runs in input only: traffic from the node itself to a NodePort is
     // DNATed (and short-circuited under eTP Local) in nat-output first, as upstream.
-    let mut finput = Chain::base(FILTER_INPUT, Filter, Hook::Input, PRIO_FILTER_PRE_DNAT);
+    let mut finput = Chain::base(FILTER_INPUT, Filter, Hook::Input, PRIO_FILTER);
     finput.push(jump_new(NODEPORT_ENDPOINTS_CHECK));
     finput.push(jump_new(ENDPOINTS_CHECK));
-    let mut ffwd = Chain::base(FILTER_FORWARD, Filter, Hook::Forward, PRIO_FILTER_PRE_DNAT);
+    // Forward and output: after DNAT, so a connection already DNATed to an endpoint no
+    // longer matches the VIP-keyed no-endpoint and ClusterIP checks.
+    let mut ffwd = Chain::base(FILTER_FORWARD, Filter, Hook::Forward, PRIO_FILTER);
     ffwd.push(jump_new(ENDPOINTS_CHECK));
     ffwd.push(jump_new(CLUSTER_IPS_CHECK));
-    let mut fout = Chain::base(FILTER_OUTPUT, Filter, Hook::Output, PRIO_FILTER_PRE_DNAT);
+    let mut fout = Chain::base(FILTER_OUTPUT, Filter, Hook::Output, PRIO_FILTER);
     fout.push(jump_new(ENDPOINTS_CHECK));
-    fout.push(jump_new(FIREWALL_CHECK));
-    let mut fout_post = Chain::base(
-        FILTER_OUTPUT_POST_DNAT,
-        Filter,
-        Hook::Output,
-        PRIO_FILTER_POST_DNAT,
-    );
-    fout_post.push(jump_new(CLUSTER_IPS_CHECK));
+    fout.push(jump_new(CLUSTER_IPS_CHECK));
 
     let mut npre = Chain::base(NAT_PREROUTING, Nat, Hook::Prerouting, priority::DSTNAT);
     npre.push(Rule::new(vec![Stmt::jump(SERVICES)]));
@@ -319,7 +316,7 @@ fn hook_chains() -> Vec<Chain> {
     let mut npost = Chain::base(NAT_POSTROUTING, Nat, Hook::Postrouting, priority::SRCNAT);
     npost.push(Rule::new(vec![Stmt::jump(MASQUERADING)]));
 
-    vec![fpre, finput, ffwd, fout, fout_post, npre, nout, npost]
+    vec![fpre, fout_pre, finput, ffwd, fout, npre, nout, npost]
 }
 
 /// `services`: masquerade marks, then dispatch through the service maps.

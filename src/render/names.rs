@@ -10,11 +10,11 @@ use crate::model::{EndpointAddr, ServicePortName};
 use crate::nft::NAME_MAX;
 
 // Chain, set and map names of the fixed skeleton.
-pub const FILTER_PREROUTING: &str = "filter-prerouting";
+pub const FILTER_PREROUTING_PRE_DNAT: &str = "filter-prerouting-pre-dnat";
+pub const FILTER_OUTPUT_PRE_DNAT: &str = "filter-output-pre-dnat";
 pub const FILTER_INPUT: &str = "filter-input";
 pub const FILTER_FORWARD: &str = "filter-forward";
 pub const FILTER_OUTPUT: &str = "filter-output";
-pub const FILTER_OUTPUT_POST_DNAT: &str = "filter-output-post-dnat";
 pub const NAT_PREROUTING: &str = "nat-prerouting";
 pub const NAT_OUTPUT: &str = "nat-output";
 pub const NAT_POSTROUTING: &str = "nat-postrouting";

@@ -34,10 +34,15 @@ const SCENARIO: &str = concat!(
 
 /// The clusterip scenario rendered for node-a, as `trace -f` prepares it.
 fn scenario() -> super::super::input::Prepared {
+    prepared(SCENARIO)
+}
+
+/// The manifests `file` rendered for node-a, as `trace -f` prepares them.
+fn prepared(file: &str) -> super::super::input::Prepared {
     let args = [
         "trace",
         "-f",
-        SCENARIO,
+        file,
         "--hostname-override=node-a",
         "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
         "--from=node",
@@ -182,4 +187,116 @@ fn a_hand_changed_kernel_ruleset_is_reported_as_different() {
         "{diffs:?}"
     );
     assert!(diffs[0].ends_with("the render dnat"), "{diffs:?}");
+}
+
+/// A dual-stack eTP=Local LoadBalancer (an externalIP and an LB IP per family) whose
+/// endpoints are all on node-b, rendered for node-a as `trace -f` prepares it.
+fn etp_remote_only() -> super::super::input::Prepared {
+    use crate::testutil::fixtures as fx;
+    let mut o = Objects {
+        nodes: vec![fx::node("node-a")
+            .pod_cidrs(&["10.244.1.0/24", "fd00:10:244:1::/64"])
+            .internal_ip("192.168.50.10")
+            .internal_ip("fd00:50::10")
+            .build()],
+        service_cidrs: vec![
+            fx::service_cidr("kubernetes", &["10.96.0.0/16", "fd00:10:96::/112"]).build(),
+        ],
+        ..Objects::default()
+    };
+    let svc = fx::svc("tp", "etp-remote")
+        .dual_stack("10.96.2.20", "fd00:10:96::2:20")
+        .type_("LoadBalancer")
+        .etp_local()
+        .health_check_node_port(32001)
+        .external_ips(&["203.0.113.6", "2001:db8:113::6"])
+        .lb_ingress("203.0.113.7")
+        .lb_ingress("2001:db8:113::7")
+        .port("http", 80, "TCP")
+        .target_port(8080)
+        .node_port(30085);
+    o.services.push(svc.build());
+    for (fam, eps) in [
+        ("IPv4", ["10.244.2.11", "10.244.2.13"]),
+        ("IPv6", ["fd00:10:244:2::11", "fd00:10:244:2::13"]),
+    ] {
+        let name = format!("etp-remote-{}", fam.to_lowercase());
+        let slice = fx::slice("tp", &name, "etp-remote")
+            .address_type(fam)
+            .port("http", 8080, "TCP")
+            .endpoints(eps.map(|ip| fx::ep(ip).node("node-b")));
+        o.slices.push(slice.build());
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("etp-remote.yaml");
+    std::fs::write(&file, fx::manifests(&o)).expect("write manifests");
+    prepared(file.to_str().expect("path"))
+}
+
+/// The node's own traffic to the externalIP or LB IP of an eTP=Local service with no
+/// local endpoint reaches every (remote) endpoint, masqueraded, as upstream: `nat-output`
+/// (dstnat, −100) DNATs before `filter-output` (filter, 0) checks for endpoints, so the
+/// VIP's no-endpoint drop never sees the packet. From outside the same VIP is dropped.
+#[test]
+fn node_to_etp_local_vip_without_local_endpoints_reaches_remote_endpoints() {
+    let p = etp_remote_only();
+    let host = Host {
+        local_addrs: vec![
+            "192.168.50.10".parse().unwrap(),
+            "fd00:50::10".parse().unwrap(),
+        ],
+    };
+    let cases = [
+        ("192.168.50.10", ["203.0.113.6", "203.0.113.7"], "10.244.2"),
+        (
+            "fd00:50::10",
+            ["2001:db8:113::6", "2001:db8:113::7"],
+            "fd00:10:244:2",
+        ),
+    ];
+    for (node_ip, vips, pods) in cases {
+        for vip in vips {
+            let probe = Probe {
+                origin: Origin::Node,
+                src: node_ip.parse().unwrap(),
+                dst: vip.parse().unwrap(),
+                proto: Protocol::Tcp,
+                port: 80,
+            };
+            let t = trace::trace(&p.ruleset, &host, &probe);
+            let ctx = t.render_text(&probe);
+            assert_eq!(t.verdict, trace::TraceVerdict::Dnat, "{ctx}");
+            let eps: Vec<String> = t.endpoints.iter().map(|e| e.to_string()).collect();
+            let want: Vec<String> = [11, 13]
+                .iter()
+                .map(|n| match node_ip.contains(':') {
+                    false => format!("{pods}.{n}:8080"),
+                    true => format!("[{pods}::{n}]:8080"),
+                })
+                .collect();
+            assert_eq!(eps, want, "{ctx}");
+            assert!(t.masquerade, "{ctx}");
+            for path in &t.paths {
+                assert!(path.masquerade, "{ctx}");
+                // The endpoint check ran after the DNAT, on the endpoint's address.
+                let at = |chain: &str| path.steps.iter().position(|s| s.chain == chain);
+                let (nat, check) = (at("nat-output"), at("service-endpoints-check"));
+                assert!(nat.is_some() && check.is_some() && nat < check, "{ctx}");
+            }
+            let outside = Probe {
+                origin: Origin::External {
+                    iifname: "eth0".into(),
+                },
+                src: if node_ip.contains(':') {
+                    "2001:db8:5::5".parse().unwrap()
+                } else {
+                    "198.51.100.5".parse().unwrap()
+                },
+                ..probe
+            };
+            let t = trace::trace(&p.ruleset, &host, &outside);
+            let ctx = t.render_text(&outside);
+            assert_eq!(t.verdict, trace::TraceVerdict::Drop, "{ctx}");
+        }
+    }
 }

@@ -146,6 +146,70 @@ fn nat_chains_run_at_the_nat_priority_and_only_once() {
     assert_eq!(steps[3].rule, Some(0), "forward sees the DNATed packet");
 }
 
+/// `nat-output` DNATs `vip` to `ep`:8080; a filter output chain at `filter_prio` drops
+/// packets still addressed to `vip`.
+fn output_check_at(family: Family, vip: &str, ep: &str, filter_prio: i32) -> Ruleset {
+    let mut t = Table::new(family, "out");
+    t.add_chain(base(
+        "nat-output",
+        ChainType::Nat,
+        Hook::Output,
+        -100,
+        vec![rule(vec![
+            Stmt::cmp(Field::Daddr, a(vip)),
+            Stmt::DnatTo {
+                proto: Protocol::Tcp,
+                addr: ip(ep),
+                port: 8080,
+            },
+        ])],
+    ));
+    t.add_chain(base(
+        "filter-output",
+        ChainType::Filter,
+        Hook::Output,
+        filter_prio,
+        vec![rule(vec![
+            Stmt::cmp(Field::Daddr, a(vip)),
+            Stmt::Verdict(Verdict::Drop),
+        ])],
+    ));
+    Ruleset { tables: vec![t] }
+}
+
+#[test]
+fn output_filter_at_filter_priority_sees_the_dnated_address() {
+    for (family, vip, ep, src) in [
+        (Family::V4, "203.0.113.6", "10.244.2.11", NODE_IP),
+        (
+            Family::V6,
+            "2001:db8:113::6",
+            "fd00:10:244:2::11",
+            "fd00:50::10",
+        ),
+    ] {
+        let probe = Probe {
+            src: ip(src),
+            ..node(vip, Protocol::Tcp, 80)
+        };
+        // Filter priority (0): after the NAT core (-100), the check sees the endpoint.
+        let tr = trace(&output_check_at(family, vip, ep, 0), &host(), &probe);
+        assert_eq!(tr.verdict, TraceVerdict::Dnat, "{family:?}");
+        assert_eq!(
+            tr.endpoints,
+            [EndpointAddr {
+                ip: ip(ep),
+                port: 8080
+            }]
+        );
+        let chains: Vec<&str> = tr.paths[0].steps.iter().map(|s| s.chain.as_str()).collect();
+        assert_eq!(chains, ["nat-output", "filter-output"], "{family:?}");
+        // Before DNAT (-110) the same check sees the address the node dialled.
+        let tr = trace(&output_check_at(family, vip, ep, -110), &host(), &probe);
+        assert_eq!(tr.verdict, TraceVerdict::Drop, "{family:?}");
+    }
+}
+
 #[test]
 fn node_to_local_address_loops_back_through_lo() {
     let mut t = Table::new(Family::V4, "lo");
