@@ -21,9 +21,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{FamilyModel, FamilySettings, Model, ServiceKey, ServicePort, ServicePortName};
-use crate::nft::{Element, Family, Ruleset, Table, Value};
+use crate::nft::{Element, Family, Ruleset, Stmt, Table, Value};
 
-use super::names::HAIRPIN;
+use super::names::{ENDPOINTS_PREFIX, HAIRPIN};
+use super::slots::Range;
 use super::{
     assemble, endpoint_map, fragment, skeleton, Existing, Fragment, Policy, SetRef, SlotAllocator,
 };
@@ -223,6 +224,48 @@ pub struct Renderer {
 impl Renderer {
     pub fn new() -> Renderer {
         Renderer::default()
+    }
+
+    /// Whether nothing has been rendered yet (a fresh renderer, as at start).
+    pub fn is_fresh(&self) -> bool {
+        self.families.is_empty()
+    }
+
+    /// Takes over the endpoint-map blocks of `kernel` (kproxy's tables as a previous
+    /// process left them), so that the next full render gives every list still there the
+    /// block it has in the kernel: a restart rewrites nothing that did not change. Only
+    /// for families not rendered yet.
+    pub fn adopt(&mut self, kernel: &Ruleset) {
+        for t in &kernel.tables {
+            if self
+                .families
+                .get(&t.family)
+                .is_some_and(|st| !st.ports.is_empty())
+            {
+                continue;
+            }
+            let blocks = t.chains.values().filter_map(|c| match c.rules.as_slice() {
+                [r] => match r.stmts.as_slice() {
+                    [Stmt::DnatPick { offset, map, .. }] => {
+                        let shard = map.strip_prefix(ENDPOINTS_PREFIX)?.parse().ok()?;
+                        Some((
+                            c.name.clone(),
+                            Range {
+                                shard,
+                                base: *offset,
+                            },
+                        ))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            });
+            self.families
+                .entry(t.family)
+                .or_default()
+                .slots
+                .adopt(blocks);
+        }
     }
 
     /// A renderer whose shared-element bookkeeping keeps only `bits` bits of each key's

@@ -21,6 +21,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use super::names::{chain_base, PREFIX_CLUSTER, PREFIX_LOCAL};
 use crate::model::ServicePortName;
 use crate::nft::PICK_SPACE;
 
@@ -34,6 +35,15 @@ pub enum Policy {
 /// The owner of a block: a service port's endpoint list (the name shared, not copied:
 /// the allocator lives as long as the renderer, one entry per list).
 pub type Owner = (Arc<ServicePortName>, Policy);
+
+/// The chain holding `owner`'s DNAT rule.
+pub fn chain_name(owner: &Owner) -> String {
+    let prefix = match owner.1 {
+        Policy::Cluster => PREFIX_CLUSTER,
+        Policy::Local => PREFIX_LOCAL,
+    };
+    format!("{prefix}{}", chain_base(&owner.0))
+}
 
 /// Endpoint lists (= rules referencing the map) per shard.
 pub const SHARD_OWNERS: u32 = 32;
@@ -88,6 +98,9 @@ pub struct SlotAllocator {
     seen: HashSet<Owner>,
     /// Shards with a free block, lowest first.
     open: BTreeSet<u32>,
+    /// Blocks found in the kernel ([`SlotAllocator::adopt`]), by the chain name of the
+    /// list that held them, reserved until that list asks or the next sweep.
+    reserved: HashMap<String, Range>,
 }
 
 impl SlotAllocator {
@@ -95,12 +108,18 @@ impl SlotAllocator {
         SlotAllocator::default()
     }
 
-    /// The block of `owner`: the one it holds, else the lowest free block of the first
-    /// shard with room.
+    /// The block of `owner`: the one it holds, else the one adopted for its chain, else
+    /// the lowest free block of the first shard with room.
     pub fn range(&mut self, owner: &Owner) -> Range {
         self.seen.insert(owner.clone());
         if let Some(r) = self.owned.get(owner) {
             return *r;
+        }
+        if !self.reserved.is_empty() {
+            if let Some(r) = self.reserved.remove(&chain_name(owner)) {
+                self.owned.insert(owner.clone(), r);
+                return r;
+            }
         }
         let shard = match self.open.first() {
             Some(s) => *s,
@@ -125,6 +144,33 @@ impl SlotAllocator {
         };
         self.owned.insert(owner.clone(), r);
         r
+    }
+
+    /// Takes over blocks a previous kproxy left in the kernel: `(chain, block)` of each
+    /// list's DNAT rule. Each block is reserved for the list of that chain, which gets it
+    /// back when it is rendered, so a restart rewrites no rule and moves no element of a
+    /// list that did not change. Blocks no list claims are freed at the next
+    /// [`SlotAllocator::sweep`]; a block that is out of range or taken is ignored (its
+    /// list gets a new one).
+    pub fn adopt(&mut self, blocks: impl IntoIterator<Item = (String, Range)>) {
+        for (chain, r) in blocks {
+            let index = r.base / PICK_SPACE;
+            if r.base % PICK_SPACE != 0 || index >= SHARD_OWNERS || r.shard > 1 << 20 {
+                continue;
+            }
+            while self.shards.len() <= r.shard as usize {
+                self.open.insert(self.shards.len() as u32);
+                self.shards.push(Shard::default());
+            }
+            let sh = &mut self.shards[r.shard as usize];
+            if self.reserved.contains_key(&chain) || !sh.used.insert(index) {
+                continue;
+            }
+            if sh.used.len() as u32 == SHARD_OWNERS {
+                self.open.remove(&r.shard);
+            }
+            self.reserved.insert(chain, r);
+        }
     }
 
     /// Shards that hold at least one block (their maps must exist), ascending.
@@ -158,6 +204,9 @@ impl SlotAllocator {
             if let Some(r) = self.owned.remove(&o) {
                 self.release(r);
             }
+        }
+        for (_, r) in std::mem::take(&mut self.reserved) {
+            self.release(r);
         }
         self.seen.clear();
     }
@@ -230,6 +279,30 @@ mod tests {
         assert_eq!(a.range(&owner("new")), ranges[5]);
         // A shard whose lists all go away is no longer in use.
         a.release_owner(&owner(&format!("s{}", n * 2)));
+        assert_eq!(a.shards_in_use(), vec![0, 1]);
+    }
+
+    #[test]
+    fn adopted_blocks_go_back_to_their_lists() {
+        let mut a = SlotAllocator::new();
+        let r = |shard, i| Range {
+            shard,
+            base: i * PICK_SPACE,
+        };
+        a.adopt([
+            (chain_name(&owner("b")), r(1, 7)),
+            (chain_name(&owner("gone")), r(0, 0)),
+            (chain_name(&owner("dup")), r(1, 7)), // taken: ignored
+            (chain_name(&owner("bad")), Range { shard: 0, base: 5 }),
+        ]);
+        // A new list does not get a reserved block; "b" gets its own back.
+        assert_eq!(a.range(&owner("a")), r(0, 1));
+        assert_eq!(a.range(&owner("b")), r(1, 7));
+        assert_eq!(a.range(&owner("dup")), r(0, 2));
+        assert_eq!(a.range(&owner("bad")), r(0, 3));
+        // Unclaimed reservations are freed by the sweep.
+        a.sweep();
+        assert_eq!(a.range(&owner("c")), r(0, 0));
         assert_eq!(a.shards_in_use(), vec![0, 1]);
     }
 

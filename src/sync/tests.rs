@@ -417,6 +417,46 @@ fn restart_adopts_what_the_kernel_holds_without_sending_anything() {
 }
 
 #[test]
+fn restart_after_churn_takes_over_the_kernels_blocks() {
+    let svcs = |names: &[&str]| {
+        let services = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| service(n, &format!("10.96.0.{}", i + 1), "TCP"))
+            .collect();
+        let slices = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| slice(n, "TCP", &[(&format!("10.244.1.{}", i + 1), "node-a")]))
+            .collect();
+        objects(services, slices)
+    };
+    let mut f = fixture(svcs(&["a", "b", "c"]));
+    f.syncer.sync(false).unwrap();
+    // Churn: "a" goes, "d" comes and takes a's freed block.
+    f.source.set(svcs(&["b", "c", "d"]));
+    assert!(!f.syncer.sync(false).unwrap().full);
+    let held = f.syncer.backend().state().clone();
+    assert!(
+        held != expected(&f.source),
+        "a fresh render places the blocks differently"
+    );
+    // A new process on the same kernel: nothing to send.
+    let mut g = fixture_with(
+        svcs(&["b", "c", "d"]),
+        FakeBackend::with_state(held.clone()),
+    );
+    let r = g.syncer.sync(false).unwrap();
+    assert!(r.full);
+    assert_eq!(r.operations, 0);
+    assert_eq!(g.syncer.backend().commits(), 0);
+    // And it goes on from there: a new service gets a free block.
+    g.source.set(svcs(&["b", "c", "d", "e"]));
+    assert!(!g.syncer.sync(false).unwrap().full);
+    assert_programmed(&mut g, "10.244.1.4");
+}
+
+#[test]
 fn drift_is_noticed_by_generation_and_repaired_exactly() {
     let mut f = fixture(two_services());
     f.syncer.sync(false).unwrap();
