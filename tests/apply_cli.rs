@@ -182,3 +182,67 @@ fn cleanup_removes_only_kproxy_tables() {
     let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &["cleanup"]);
     assert!(assert_ok(&o).contains("no kproxy tables"));
 }
+
+/// An endpoint of `shop/web` flips to ready: `--dry-run` shows element operations only,
+/// and the kernel, watched with `nft monitor` while the change is applied, announces only
+/// elements (no rule, chain or set), in the endpoint map and nowhere else a rule reads.
+#[test]
+fn an_endpoint_change_reaches_the_kernel_as_elements_only() {
+    if !kernel_tests_enabled("an_endpoint_change_reaches_the_kernel_as_elements_only") {
+        return;
+    }
+    let dir = root().join("rules/scenarios/clusterip");
+    let text = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    let flipped = text.replacen("conditions: {ready: false}", "conditions: {ready: true}", 1);
+    assert_ne!(text, flipped);
+    let ns = Netns::new("elems");
+    assert_ok(&apply_in(&ns, "clusterip", &[]));
+    let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
+    std::fs::write(&file, &flipped).unwrap();
+    let mut args = vec!["apply", "-f", file.to_str().unwrap()];
+    let extra = scenario_args(&dir);
+    args.extend(extra.iter().map(String::as_str));
+    let mut dry = args.clone();
+    dry.push("--dry-run");
+    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &dry);
+    let err = assert_ok(&o);
+    assert!(
+        err.contains("chains +0 ~0 -0, rules 0, sets +0 -0"),
+        "{err}"
+    );
+    let tx = stdout(&o);
+    for line in tx
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
+    {
+        assert!(
+            line.starts_with("add element ip kproxy endpoints-")
+                || line.starts_with("delete element ip kproxy endpoints-"),
+            "not an endpoint-map element operation: {line}\n{tx}"
+        );
+    }
+    // The real thing, with the kernel's own announcements recorded.
+    let mut monitor = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "monitor", "ruleset"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft monitor");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &args);
+    let _ = std::fs::remove_file(&file);
+    assert_ok(&o);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = monitor.kill();
+    let out = monitor.wait_with_output().expect("monitor output");
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events: Vec<&str> = seen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!events.is_empty(), "the monitor saw nothing");
+    for e in &events {
+        assert!(
+            e.starts_with("add element ip kproxy endpoints-")
+                || e.starts_with("delete element ip kproxy endpoints-"),
+            "the kernel announced more than elements: {e}\n{seen}"
+        );
+    }
+    assert!(events.iter().any(|e| e.contains("10.244.2.8")), "{seen}");
+}

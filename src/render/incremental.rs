@@ -26,7 +26,8 @@ use crate::nft::{Element, Family, Ruleset, Stmt, Table, Value};
 use super::names::{ENDPOINTS_PREFIX, HAIRPIN};
 use super::slots::Range;
 use super::{
-    assemble, endpoint_map, fragment, skeleton, Existing, Fragment, Policy, SetRef, SlotAllocator,
+    assemble, endpoint_map, fragment, fragments, skeleton, Existing, Fragment, Policy, SetRef,
+    SlotAllocator,
 };
 
 type ElementKey = (SetRef, Vec<Value>);
@@ -320,8 +321,8 @@ impl Renderer {
                     }
                 };
                 let out = &mut frags[at].1;
-                for sp in &fm.services {
-                    let frag = fragment(&fm.settings, sp, &mut st.slots);
+                let rendered = fragments(&fm.settings, &fm.services, &mut st.slots);
+                for (sp, frag) in fm.services.iter().zip(rendered) {
                     let name = Arc::new(sp.name.clone());
                     st.add_contributions(&name, &frag);
                     st.ports

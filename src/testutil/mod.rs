@@ -20,6 +20,12 @@ pub const NODE: &str = "node-a";
 /// endpoints each, a tenth of them on this node; every 10th service has
 /// externalTrafficPolicy Local and every 50th ClientIP affinity (when `affinity`).
 pub fn synthetic_cluster(services: usize, endpoints: usize, affinity: bool) -> Objects {
+    synthetic_cluster_mix(services, endpoints, if affinity { 50 } else { 0 })
+}
+
+/// [`synthetic_cluster`] where every `affinity_every`-th service (0: none) has ClientIP
+/// affinity (10: a tenth of them, the 50k mix).
+pub fn synthetic_cluster_mix(services: usize, endpoints: usize, affinity_every: usize) -> Objects {
     let mut o = Objects::default();
     o.nodes.push(
         node(NODE)
@@ -40,7 +46,7 @@ pub fn synthetic_cluster(services: usize, endpoints: usize, affinity: bool) -> O
         if i % 10 == 0 {
             s = s.etp_local();
         }
-        if affinity && i % 50 == 0 {
+        if affinity_every > 0 && i % affinity_every == 0 {
             s = s.session_affinity("ClientIP");
         }
         o.services.push(s.build());
