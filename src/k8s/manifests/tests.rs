@@ -1,5 +1,6 @@
 use super::*;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const SVC: &str = "\
@@ -468,4 +469,290 @@ fn split_documents_lines() {
         got,
         vec![("a: 1\n", 1), ("\nb: 2\n", 2), (" c\n", 4), ("d: 4\n", 6)]
     );
+}
+
+/// `text` as `serde_yaml_ng` reads it and as [`yaml::to_json`] reads it (`None` when it
+/// declines).
+fn both_ways(text: &str) -> (Value, Option<Value>) {
+    let careful = serde_yaml_ng::from_str::<Value>(text).unwrap();
+    let fast = yaml::to_json(text).map(|j| serde_json::from_str::<Value>(&j).expect(&j));
+    (careful, fast)
+}
+
+/// Every `*.yaml` below `dir`.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if has_manifest_extension(&path) && !path.to_string_lossy().ends_with(".json") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn yaml_subset_reads_as_serde_yaml_ng_does() {
+    assert!(yaml::to_json(SVC).is_some());
+    for doc in [SVC, SLICE, NODE, CIDR] {
+        if let (careful, Some(fast)) = both_ways(doc) {
+            assert_eq!(fast, careful, "{doc}");
+        }
+    }
+    // Every document of every manifest in the repository, read either way, is the same
+    // value.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    yaml_files(&root.join("rules"), &mut files);
+    yaml_files(&root.join("deploy"), &mut files);
+    let (mut docs, mut fast_docs, mut block_docs) = (0, 0, 0);
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap();
+        for segment in split_documents(&text) {
+            if is_blank(segment.text) || serde_yaml_ng::from_str::<Value>(segment.text).is_err() {
+                continue;
+            }
+            let (careful, fast) = both_ways(segment.text);
+            docs += 1;
+            if let Some(fast) = fast {
+                fast_docs += 1;
+                assert_eq!(fast, careful, "{}:{}", file.display(), segment.line);
+            }
+            // The same document as kubectl would print it (block style throughout).
+            let block = serde_yaml_ng::to_string(&careful).unwrap();
+            let (again, fast) = both_ways(&block);
+            assert_eq!(again, careful, "{block}");
+            if let Some(fast) = fast {
+                block_docs += 1;
+                assert_eq!(fast, careful, "{block}");
+            }
+        }
+    }
+    // Hand-written manifests like flow style (`[a, b]`), which the subset leaves alone;
+    // printed as kubectl prints them, nearly all are in it.
+    assert!(
+        fast_docs > 0,
+        "{fast_docs} of {docs} documents in the subset"
+    );
+    assert!(
+        block_docs * 10 > docs * 9,
+        "{block_docs} of {docs} printed documents in the subset"
+    );
+}
+
+#[test]
+fn yaml_subset_scalars() {
+    let cases = [
+        // (value, read by the subset as)
+        ("a", Some(json!("a"))),
+        ("10.96.0.1", Some(json!("10.96.0.1"))),
+        ("10.0.0.0/8", Some(json!("10.0.0.0/8"))),
+        ("fd00::1", Some(json!("fd00::1"))),
+        ("'1000'", Some(json!("1000"))),
+        ("'it''s'", Some(json!("it's"))),
+        (
+            "\"2026-01-01T00:00:00Z\"",
+            Some(json!("2026-01-01T00:00:00Z")),
+        ),
+        ("8080", Some(json!(8080))),
+        ("-5", Some(json!(-5))),
+        ("0", Some(json!(0))),
+        ("true", Some(json!(true))),
+        ("~", Some(Value::Null)),
+        ("", Some(Value::Null)),
+        ("{}", Some(json!({}))),
+        ("[]", Some(json!([]))),
+        ("http://x:80/p", Some(json!("http://x:80/p"))),
+        ("inf", Some(json!("inf"))),
+        (
+            "00000001-0000-4000-8000-000000000000",
+            Some(json!("00000001-0000-4000-8000-000000000000")),
+        ),
+        ("2026-01-01T00:00:00Z", Some(json!("2026-01-01T00:00:00Z"))),
+        ("1.2.3", Some(json!("1.2.3"))),
+        ("1_000", Some(json!("1_000"))),
+        ("-x", Some(json!("-x"))),
+        ("+.inf", None),
+        (".5", None),
+        ("-1.5e-3", None),
+        ("1.", None),
+        // Left to serde_yaml_ng: floats, odd spellings, escapes, flow, anchors, tags.
+        ("1.5", None),
+        ("1e3", None),
+        ("0x1f", None),
+        ("007", None),
+        ("True", None),
+        ("NULL", None),
+        ("\"a\\tb\"", None),
+        ("[a, b]", None),
+        ("{a: 1}", None),
+        ("&x a", None),
+        ("!!str 1", None),
+        ("|", None),
+        ("a # c", None),
+        ("a\t# c", None),
+    ];
+    for (value, want) in cases {
+        let text = format!("k:{}{value}\n", if value.is_empty() { "" } else { " " });
+        let (careful, fast) = both_ways(&text);
+        assert_eq!(fast.as_ref().map(|f| &f["k"]), want.as_ref(), "{value:?}");
+        if let Some(fast) = fast {
+            assert_eq!(fast, careful, "{value:?}");
+        }
+    }
+}
+
+#[test]
+fn yaml_subset_structure() {
+    let text = "\
+# kubectl's layout: sequences at their key's indentation
+a:
+  b:
+  - x: 1
+    y:
+    - 2
+    -   3
+  - z
+  c: {}
+d:
+    deep:
+        deeper: 'q'
+e:
+";
+    let (careful, fast) = both_ways(text);
+    assert_eq!(fast, Some(careful));
+    let declined = [
+        "a: 1\n  b: 2\n", // continuation line
+        "a: |\n  text\n", // block scalar
+        "- a\n- b\n",     // not a mapping: fine, but a list
+        "a:\n- - 1\n",    // a sequence in a sequence
+        "'q': 1\n",       // quoted key
+        "1: a\n",         // a number as key
+        "a: x\n\tb: y\n", // tab
+        "a: 1 \n",        // trailing space
+        " a: 1\n",        // indented document
+        "a: 1\na: 2\n",   // accepted (serde_json reads the last)
+    ];
+    for text in declined {
+        match (text, yaml::to_json(text)) {
+            ("- a\n- b\n", fast) => assert_eq!(fast.as_deref(), Some("[\"a\",\"b\"]")),
+            ("a: 1\na: 2\n", _) => {
+                // A key given twice: the last one, as serde_yaml_ng reads it.
+                let (careful, fast) = both_ways(text);
+                assert_eq!(
+                    (fast, careful["a"].clone()),
+                    (Some(json!({"a": 2})), json!(2))
+                );
+            }
+            (_, fast) => assert_eq!(fast, None, "{text:?}"),
+        }
+    }
+}
+
+/// Enough documents that they are read on several threads.
+const MANY: usize = 4_000;
+
+#[test]
+fn many_documents_keep_their_order_and_numbers() {
+    let mut text = String::new();
+    for i in 0..MANY {
+        match i {
+            1_000 => text.push_str("apiVersion: v1\nkind: Node\nmetadata: {name: [\n"),
+            2_000 => text.push_str("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"),
+            3_000 => text.push_str("~\n"), // not a document: numbers do not count it
+            _ => text.push_str(&node(&format!("n{i}"))),
+        }
+        text.push_str("# the comments take a document past 64 bytes, the file past 256 KiB\n---\n");
+    }
+    assert!(text.len() > 256 * 1024);
+    let l = load_str("many.yaml", &text);
+    let names: Vec<_> = l
+        .objects
+        .nodes
+        .iter()
+        .map(|n| n.metadata.name.clone().unwrap())
+        .collect();
+    let want: Vec<_> = (0..MANY)
+        .filter(|i| ![1_000, 2_000, 3_000].contains(i))
+        .map(|i| format!("n{i}"))
+        .collect();
+    assert_eq!(names, want);
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].starts_with("many.yaml: document 1001: not valid YAML: "),
+        "{}",
+        l.warnings[0]
+    );
+    assert_eq!(
+        l.warnings[1],
+        "many.yaml: document 2001: ignoring v1 Secret s"
+    );
+    // After the `~`, a document's number is one less than its index.
+    let text = format!("{text}{}", node("last"));
+    let l = load_str("many.yaml", &format!("{text}---\nkind: X\n"));
+    assert_eq!(
+        l.warnings[2],
+        format!(
+            "many.yaml: document {}: ignoring <no apiVersion> X <unnamed>",
+            MANY + 1
+        )
+    );
+}
+
+#[test]
+fn large_json_lists_keep_their_order_and_item_numbers() {
+    let items: Vec<String> = (0..MANY)
+        .map(|i| match i {
+            // A typed list's items carry no kind: the list's name gives it.
+            7 => r#"{"metadata":"nope"}"#.to_string(),
+            8 => r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"}}"#.to_string(),
+            _ => {
+                format!(r#"{{"metadata":{{"name":"n{i}"}},"spec":{{"podCIDRs":["10.0.0.0/24"]}}}}"#)
+            }
+        })
+        .collect();
+    let text = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"NodeList\",\"items\":[\n{}\n]}}\n{}",
+        items.join(",\n"),
+        r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Node","metadata":{"name":"z"}}]}"#
+    );
+    assert!(text.len() > 256 * 1024);
+    let l = load_str("many.json", &text);
+    let names: Vec<_> = l
+        .objects
+        .nodes
+        .iter()
+        .map(|n| n.metadata.name.clone().unwrap())
+        .collect();
+    let mut want: Vec<_> = (0..MANY)
+        .filter(|i| ![7, 8].contains(i))
+        .map(|i| format!("n{i}"))
+        .collect();
+    want.push("z".into());
+    assert_eq!(names, want);
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].starts_with("many.json: document 1 item 8: Node <unnamed>: cannot read: "),
+        "{}",
+        l.warnings[0]
+    );
+    assert_eq!(
+        l.warnings[1],
+        "many.json: document 1 item 9: ignoring v1 Secret s"
+    );
+}
+
+/// The YAML kubectl prints (as the synthetic clusters are written) is read the fast way,
+/// every document of it.
+#[cfg(feature = "test-util")]
+#[test]
+fn kubectl_style_yaml_is_in_the_subset() {
+    let o = crate::testutil::synthetic_cluster(20, 3, true);
+    let text = crate::testutil::manifests::synthetic_yaml(&o);
+    for segment in split_documents(&text).iter().filter(|s| !is_blank(s.text)) {
+        let json = yaml::to_json(segment.text).expect(segment.text);
+        assert!(matches!(fast::json(&json), fast::Json::Object(_)), "{json}");
+        let (careful, fast) = both_ways(segment.text);
+        assert_eq!(fast, Some(careful));
+    }
 }
