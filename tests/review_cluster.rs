@@ -322,6 +322,29 @@ fn write_synthetic_cluster_manifest() {
     println!("wrote {}", out.display());
 }
 
+/// Writes `testutil::synthetic_cluster(10_000, 10)` as the files a user gives `kproxy
+/// render -f` / `apply -f`: multi-document YAML and a JSON List (`$KPROXY_SYNTHETIC_OUT`,
+/// default `target/synthetic-10k`, plus `.yaml` / `.json`). Render them for node-a:
+///
+/// ```text
+/// cargo test --features test-util --test review_cluster -- --ignored write_synthetic_10k
+/// kproxy render -f target/synthetic-10k.yaml --hostname-override node-a \
+///     --cluster-cidr 10.128.0.0/9
+/// ```
+#[test]
+#[ignore = "writes a 15 MB benchmark input"]
+fn write_synthetic_10k_manifests() {
+    let out = std::env::var("KPROXY_SYNTHETIC_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/synthetic-10k"));
+    let o = kproxy::testutil::synthetic_cluster(10_000, 10, false);
+    let m = kproxy::testutil::manifests::synthetic_yaml(&o);
+    std::fs::write(out.with_extension("yaml"), m).unwrap();
+    let m = kproxy::testutil::manifests::synthetic_json(&o);
+    std::fs::write(out.with_extension("json"), m).unwrap();
+    println!("wrote {}.{{yaml,json}}", out.display());
+}
+
 #[test]
 fn no_manifests_and_no_cluster_is_a_usage_error() {
     let home = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod fixtures;
+pub mod manifests;
 mod netns;
 
 pub use netns::{in_netns, netns_path, InNetns, Netns};
