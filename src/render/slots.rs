@@ -21,7 +21,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::model::ServicePortName;
+use super::affinity::{AffinityAllocator, AffinityList};
+use crate::model::{EndpointAddr, ServicePortName};
 use crate::nft::PICK_SPACE;
 
 /// Which endpoint list of a service port.
@@ -56,11 +57,21 @@ struct Shard {
 /// rendered before).
 pub trait Ranges {
     fn range(&mut self, owner: &Owner) -> Range;
+    /// The place of an affinity list (its own shards, constant and endpoint ids: see
+    /// [`super::affinity`]).
+    fn affinity(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList;
 }
 
 impl Ranges for SlotAllocator {
     fn range(&mut self, owner: &Owner) -> Range {
         SlotAllocator::range(self, owner)
+    }
+    fn affinity(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList {
+        // A list that had a block in the endpoint maps (affinity switched on) frees it.
+        if let Some(r) = self.owned.remove(owner) {
+            self.release(r);
+        }
+        self.affinity.get_or_insert_default().list(owner, eps)
     }
 }
 
@@ -77,6 +88,12 @@ impl Ranges for Existing<'_> {
             .copied()
             .unwrap_or(Range { shard: 0, base: 0 })
     }
+    fn affinity(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList {
+        match &self.0.affinity {
+            Some(a) => a.existing(owner, eps),
+            None => AffinityAllocator::default().existing(owner, eps),
+        }
+    }
 }
 
 /// Hands out blocks and remembers them between renders.
@@ -88,6 +105,8 @@ pub struct SlotAllocator {
     seen: HashSet<Owner>,
     /// Shards with a free block, lowest first.
     open: BTreeSet<u32>,
+    /// The affinity lists (a separate instance for their own shards), once there is one.
+    affinity: Option<Box<AffinityAllocator>>,
 }
 
 impl SlotAllocator {
@@ -101,6 +120,10 @@ impl SlotAllocator {
         self.seen.insert(owner.clone());
         if let Some(r) = self.owned.get(owner) {
             return *r;
+        }
+        // A list that had an affinity place (affinity switched off) frees it.
+        if let Some(a) = self.affinity.as_mut().filter(|a| a.holds(owner)) {
+            a.release_owner(owner);
         }
         let shard = match self.open.first() {
             Some(s) => *s,
@@ -144,6 +167,17 @@ impl SlotAllocator {
             self.release(r);
         }
         self.seen.remove(owner);
+        if let Some(a) = &mut self.affinity {
+            a.release_owner(owner);
+        }
+    }
+
+    /// Affinity shards that hold at least one list (their maps must exist), ascending.
+    pub fn affinity_shards_in_use(&self) -> Vec<u32> {
+        self.affinity
+            .as_ref()
+            .map(|a| a.shards_in_use())
+            .unwrap_or_default()
     }
 
     /// Frees the blocks of owners not asked for since the previous sweep.
@@ -160,6 +194,9 @@ impl SlotAllocator {
             }
         }
         self.seen.clear();
+        if let Some(a) = &mut self.affinity {
+            a.sweep();
+        }
     }
 
     fn release(&mut self, r: Range) {

@@ -17,6 +17,7 @@ use crate::nft::{
     PICK_SPACE,
 };
 
+mod affinity;
 mod decode;
 pub use decode::{decode_stmts, ip_from};
 
@@ -484,6 +485,7 @@ fn encode_stmt(
                 set: set.clone(),
                 set_id: sr.id,
                 timeout: 0,
+                sreg_data: None,
                 extra: false,
             });
         }
@@ -492,6 +494,26 @@ fn encode_stmt(
         Stmt::DnatPick { proto, offset, map } => {
             encode_dnat_pick(family, *proto, *offset, map, sets, out)
         }
+        Stmt::DnatAffinity {
+            proto,
+            list,
+            offset,
+            pick,
+            endpoints,
+            step,
+        } => affinity::encode(
+            family,
+            affinity::Rule {
+                proto: *proto,
+                list: *list,
+                offset: *offset,
+                pick,
+                endpoints,
+                step,
+            },
+            sets,
+            out,
+        ),
         Stmt::Masquerade => out.push(Expr::Masq {
             flags: NF_NAT_RANGE_PROTO_RANDOM_FULLY,
             proto_min: None,
