@@ -268,7 +268,11 @@ fn affinity_rules_load_and_read_back(name: &str, full: &Ruleset) {
         .unwrap_or_else(|e| panic!("{name}: apply with affinity failed: {e}"));
     let dumped = with_backend(&ns, |b| b.dump()).expect("dump");
     assert_same_ruleset(&dumped, full, &format!("{name}: dump with affinity"));
-    for t in full.tables.iter().filter(|t| t.sets.contains_key("affinity-0")) {
+    for t in full
+        .tables
+        .iter()
+        .filter(|t| t.sets.contains_key("affinity-0"))
+    {
         let txt = nft_ok(&ns, &["list", "table", t.family.keyword(), &t.name]);
         assert!(txt.contains("@affinity-endpoints-0"), "{name}: {txt}");
     }
