@@ -234,6 +234,52 @@ fn one_endpoint_change_is_elements_only() {
 }
 
 #[test]
+fn one_endpoint_change_in_an_affinity_service_is_elements_only() {
+    // svc-50 has ClientIP affinity (every 50th service does): adding or removing one of
+    // its endpoints changes its picks and its live endpoints only. The affinity rules
+    // never change: rewriting them would rebind the shard's affinity map, which walks
+    // every client entry it holds (docs/measurements/affinity-layouts.md).
+    let mut objects = synthetic_cluster(1_000, 10, true);
+    let mut renderer = Renderer::new();
+    renderer.full(&build(&objects));
+    let mut counter = 0;
+    for (change, added, deleted) in [
+        // 10 ranges replaced by 11, one live endpoint more.
+        (Change::AddEndpoint(50), 12, 10),
+        // Back to 10 ranges, the endpoint's id gone from the live map.
+        (Change::RemoveEndpoint(50), 10, 12),
+    ] {
+        let key = mutate(&mut objects, &change, &mut counter).unwrap();
+        assert_eq!(key.name, "svc-50");
+        let d = renderer
+            .update(&build(&objects), &[key].into())
+            .map(|p| diff(&p.before, &p.after, &DiffOptions::default()))
+            .unwrap();
+        let stats = d.tx.stats();
+        let text = kproxy::nft::text::transaction(&d.tx);
+        assert_eq!(stats.rules, 0, "{change:?}: {text}");
+        assert_eq!(stats.chains_flushed, 0, "{change:?}: {text}");
+        assert_eq!(stats.chains_added + stats.chains_deleted, 0, "{text}");
+        assert_eq!(
+            (stats.elements_added, stats.elements_deleted),
+            (added, deleted),
+            "{text}"
+        );
+        for op in &d.tx.ops {
+            let set = match op {
+                kproxy::nft::tx::Op::AddElements { set, .. }
+                | kproxy::nft::tx::Op::DeleteElements { set, .. } => set,
+                op => panic!("{change:?}: not an element operation: {op:?}"),
+            };
+            assert!(
+                set.starts_with("affinity-pick-") || set.starts_with("affinity-endpoints-"),
+                "{change:?}: {set}"
+            );
+        }
+    }
+}
+
+#[test]
 fn node_level_changes_ask_for_a_full_render() {
     let objects = synthetic_cluster(10, 2, false);
     let mut renderer = Renderer::new();
