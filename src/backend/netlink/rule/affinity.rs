@@ -74,19 +74,7 @@ pub(super) fn encode(
         dreg: list,
         data: ImmData::Value(r.list.to_ne_bytes().to_vec()),
     });
-    out.push(Expr::Numgen {
-        dreg: id,
-        modulus: PICK_SPACE,
-        ty: NFT_NG_RANDOM,
-        offset: r.offset,
-    });
-    out.push(Expr::Byteorder {
-        sreg: id,
-        dreg: id,
-        op: NFT_BYTEORDER_HTON,
-        len: 4,
-        size: 4,
-    });
+    pick(id, r.offset, out);
     out.push(lookup(id, id, r.pick));
     bounce_through_mark(id, addr, out);
     if let Some((map, timeout, forget)) = sticky {
