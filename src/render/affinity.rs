@@ -15,13 +15,15 @@
 //!
 //! Owns: the maps' shapes, the rules, the elements, and the ids ([`AffinityAllocator`]):
 //! a list constant per list and an endpoint id per (list, endpoint), neither reused while
-//! a client entry could hold it. Must not: decide which endpoints a list has (`model`).
+//! a client entry could hold it, and adopted from the kernel's table after a restart.
+//! Must not: decide which endpoints a list has (`model`), or do I/O (the caller reads the
+//! kernel's table).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::names::PREFIX_AFFINITY;
-use super::slots::{Existing, Owner, Ranges, SlotAllocator};
+use super::names::{chain_base, PREFIX_AFFINITY, PREFIX_CLUSTER, PREFIX_LOCAL};
+use super::slots::{Existing, Owner, Policy, Range, Ranges, SlotAllocator};
 use super::SetRef;
 use crate::model::EndpointAddr;
 use crate::nft::*;
@@ -52,49 +54,119 @@ pub struct AffinityList {
 #[derive(Clone, Debug)]
 struct ListIds {
     list: u32,
-    /// The next endpoint id of this list (ids start at 1 and are never reused).
-    next: u32,
     ids: HashMap<EndpointAddr, u32>,
 }
 
 /// Blocks, list constants and endpoint ids of the affinity lists, kept between renders.
 ///
-/// A fresh allocator fed lists in sorted order gives the same numbers every time: list
-/// constants 1, 2, … in the order lists are first seen, endpoint ids 1, 2, … per list in
-/// the list's order. Afterwards a new list gets the next constant of the table, a new
-/// endpoint (or one that comes back) the next id of its list: a client entry holding an
-/// old constant or id can then never reach anything but a dead key, and the rules'
-/// lookups of `list . id` in the live map send it to rule 2, which picks again.
+/// Constants and ids are derived from what they name (a hash of the service port and
+/// policy, of the endpoint's address and port), taking the next free number on the rare
+/// collision: so a fresh render (`kproxy render`, `kproxy apply`, a restarted daemon)
+/// numbers a list and its endpoints as the running daemon does, whatever happened before,
+/// and an endpoint change never renumbers the list's other endpoints. An id only ever
+/// names one endpoint of its list (a client entry holding the id of a removed endpoint
+/// finds nothing live and picks again; an endpoint that comes back under the same address
+/// and port is the same endpoint). Constants are unique in the table while their lists
+/// exist. Blocks are history (first free block): [`AffinityAllocator::adopt`] takes them,
+/// with the constants and ids, from the kernel's table when a daemon restarts.
 #[derive(Clone, Debug, Default)]
 pub struct AffinityAllocator {
     blocks: SlotAllocator,
     lists: HashMap<Owner, ListIds>,
-    next_list: u32,
+    /// The constants of `lists` and of `adopted`.
+    constants: HashSet<u32>,
     seen: HashSet<Owner>,
+    /// Lists the kernel holds, by chain name, until their owner asks ([`Self::adopt`]).
+    adopted: HashMap<String, (Range, ListIds)>,
+}
+
+/// A stable 32-bit number for `bytes` (FNV-1a, folded), never 0.
+fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u32 {
+    let h = bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    ((h >> 32) as u32 ^ h as u32).max(1)
+}
+
+/// `h`, or the next number after it that `used` does not hold (never 0).
+fn free_from(mut h: u32, used: &HashSet<u32>) -> u32 {
+    while used.contains(&h) {
+        h = h.wrapping_add(1).max(1);
+    }
+    h
+}
+
+fn list_hash(owner: &Owner) -> u32 {
+    let n = &owner.0;
+    let key = format!(
+        "{}/{}/{}/{}/{:?}",
+        n.namespace, n.name, n.protocol, n.port, owner.1
+    );
+    stable_hash(key.into_bytes())
+}
+
+fn endpoint_hash(ep: &EndpointAddr) -> u32 {
+    let ip: Vec<u8> = match ep.ip {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    stable_hash(ip.into_iter().chain(ep.port.to_be_bytes()))
+}
+
+/// The block of an adopted list until its owner asks for it: owned by its chain's name.
+fn reservation(chain: &str) -> Owner {
+    let name = crate::model::ServicePortName {
+        namespace: String::new(),
+        name: chain.to_string(),
+        port: String::new(),
+        protocol: Protocol::Tcp,
+    };
+    (Arc::new(name), Policy::Cluster)
+}
+
+/// The name of the chain an affinity list's rules are in.
+fn chain_of(owner: &Owner) -> String {
+    let prefix = match owner.1 {
+        Policy::Cluster => PREFIX_CLUSTER,
+        Policy::Local => PREFIX_LOCAL,
+    };
+    format!("{prefix}{}", chain_base(&owner.0))
 }
 
 impl AffinityAllocator {
     /// The place of `owner`'s list with these endpoints, allocating what is new and
     /// forgetting the ids of endpoints no longer in the list.
     pub fn list(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList {
+        if !self.adopted.is_empty() && !self.lists.contains_key(owner) {
+            if let Some((r, ids)) = self.adopted.remove(&chain_of(owner)) {
+                let held = reservation(&chain_of(owner));
+                self.blocks.release_owner(&held);
+                if self.blocks.claim(owner, r) {
+                    self.lists.insert(owner.clone(), ids);
+                } else {
+                    self.constants.remove(&ids.list);
+                }
+            }
+        }
         let r = self.blocks.range(owner);
         self.seen.insert(owner.clone());
-        let next_list = &mut self.next_list;
-        let l = self.lists.entry(owner.clone()).or_insert_with(|| {
-            *next_list += 1;
-            ListIds {
-                list: *next_list,
-                next: 1,
-                ids: HashMap::new(),
-            }
-        });
-        l.ids.retain(|ep, _| eps.contains(ep));
+        if !self.lists.contains_key(owner) {
+            let list = free_from(list_hash(owner), &self.constants);
+            self.constants.insert(list);
+            let ids = HashMap::new();
+            self.lists.insert(owner.clone(), ListIds { list, ids });
+        }
+        let l = self.lists.get_mut(owner).expect("inserted above");
+        let keep: HashSet<&EndpointAddr> = eps.iter().collect();
+        l.ids.retain(|ep, _| keep.contains(ep));
+        let mut used: HashSet<u32> = l.ids.values().copied().collect();
         let ids = eps
             .iter()
             .map(|ep| {
                 *l.ids.entry(*ep).or_insert_with(|| {
-                    l.next += 1;
-                    l.next - 1
+                    let id = free_from(endpoint_hash(ep), &used);
+                    used.insert(id);
+                    id
                 })
             })
             .collect();
@@ -122,22 +194,100 @@ impl AffinityAllocator {
         }
     }
 
+    /// Adopts the affinity lists `t` (as read from the kernel) holds, so that a restarted
+    /// daemon renders them as they are instead of numbering afresh (which would rewrite
+    /// their chains, a walk of every client entry of the shard, and move clients to
+    /// other endpoints): each chain's block, list constant and endpoint ids (from
+    /// `affinity-endpoints-K`) wait for the list's owner to ask for them (its blocks held
+    /// meanwhile); what no owner asks for by the next sweep is freed. Call it before the
+    /// first render.
+    pub fn adopt(&mut self, t: &Table) {
+        let mut live: HashMap<(u32, u32), HashMap<EndpointAddr, u32>> = HashMap::new();
+        for (name, set) in &t.sets {
+            let Some(shard) = name.strip_prefix(AFFINITY_ENDPOINTS_PREFIX) else {
+                continue;
+            };
+            let Ok(shard) = shard.parse::<u32>() else {
+                continue;
+            };
+            for e in &set.elements {
+                let (key, ElementData::Values(data)) = (e.key.as_slice(), &e.data) else {
+                    continue;
+                };
+                if let ([Value::Int(list), Value::Int(id)], [Value::Addr(ip), Value::Port(port)]) =
+                    (key, data.as_slice())
+                {
+                    let ep = EndpointAddr {
+                        ip: *ip,
+                        port: *port,
+                    };
+                    live.entry((shard, *list)).or_default().insert(ep, *id);
+                }
+            }
+        }
+        for c in t.chains.values() {
+            let Some((list, offset, pick)) =
+                c.rules.iter().flat_map(|r| &r.stmts).find_map(|s| match s {
+                    Stmt::DnatAffinity {
+                        list, offset, pick, ..
+                    } => Some((*list, *offset, pick)),
+                    _ => None,
+                })
+            else {
+                continue;
+            };
+            let Some(Ok(shard)) = pick
+                .strip_prefix(AFFINITY_PICK_PREFIX)
+                .map(str::parse::<u32>)
+            else {
+                continue;
+            };
+            let r = Range {
+                shard,
+                base: offset,
+            };
+            if !self.blocks.claim(&reservation(&c.name), r) {
+                continue;
+            }
+            if !self.constants.insert(list) {
+                self.blocks.release_owner(&reservation(&c.name));
+                continue;
+            }
+            let ids = live.remove(&(shard, list)).unwrap_or_default();
+            self.adopted
+                .insert(c.name.clone(), (r, ListIds { list, ids }));
+        }
+    }
+
     pub fn holds(&self, owner: &Owner) -> bool {
         self.lists.contains_key(owner)
     }
 
-    /// Frees `owner`'s block; its constant is retired.
+    /// Frees `owner`'s block and constant.
     pub fn release_owner(&mut self, owner: &Owner) {
         self.blocks.release_owner(owner);
-        self.lists.remove(owner);
+        if let Some(l) = self.lists.remove(owner) {
+            self.constants.remove(&l.list);
+        }
         self.seen.remove(owner);
     }
 
-    /// Frees the lists not asked for since the previous sweep.
+    /// Frees the lists not asked for since the previous sweep (and what was adopted for
+    /// lists that no longer exist).
     pub fn sweep(&mut self) {
         self.blocks.sweep();
+        for (_, (_, l)) in self.adopted.drain() {
+            self.constants.remove(&l.list);
+        }
         let seen = std::mem::take(&mut self.seen);
-        self.lists.retain(|o, _| seen.contains(o));
+        let constants = &mut self.constants;
+        self.lists.retain(|o, l| {
+            let keep = seen.contains(o);
+            if !keep {
+                constants.remove(&l.list);
+            }
+            keep
+        });
     }
 
     /// Shards that hold at least one list (their maps must exist), ascending.
@@ -231,5 +381,66 @@ pub(super) fn elements(
             SetRef::AffinityEndpoints(a.shard),
             live.with_comment(what.clone()),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServicePortName;
+
+    fn owner(name: &str, policy: Policy) -> Owner {
+        let n = ServicePortName {
+            namespace: "ns".into(),
+            name: name.into(),
+            port: "p".into(),
+            protocol: Protocol::Tcp,
+        };
+        (Arc::new(n), policy)
+    }
+
+    fn ep(s: &str) -> EndpointAddr {
+        EndpointAddr {
+            ip: s.parse().unwrap(),
+            port: 8080,
+        }
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_history_or_on_the_other_endpoints() {
+        let (a, b, c) = (ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3"));
+        let mut running = AffinityAllocator::default();
+        let o = owner("s", Policy::Cluster);
+        let first = running.list(&o, &[a, b, c]);
+        let later = running.list(&o, &[a, c]);
+        assert_eq!(later.ids, [first.ids[0], first.ids[2]]);
+        assert_eq!(later.list, first.list);
+        // A fresh allocator (a restart, `kproxy render`) numbers the same.
+        let fresh = AffinityAllocator::default().list(&o, &[a, c]);
+        assert_eq!((fresh.list, fresh.ids), (later.list, later.ids));
+        // The Local list of the same port has a constant of its own.
+        let local = running.list(&owner("s", Policy::Local), &[a]);
+        assert_ne!(local.list, first.list);
+    }
+
+    #[test]
+    fn collisions_take_the_next_free_number() {
+        let used: HashSet<u32> = [7, 8, u32::MAX].into();
+        assert_eq!(free_from(7, &used), 9);
+        assert_eq!(free_from(u32::MAX, &used), 1);
+        assert_eq!(free_from(5, &used), 5);
+    }
+
+    #[test]
+    fn constants_are_freed_with_their_lists() {
+        let mut a = AffinityAllocator::default();
+        let o = owner("s", Policy::Cluster);
+        let l = a.list(&o, &[ep("10.0.0.1")]).list;
+        a.release_owner(&o);
+        assert!(a.constants.is_empty());
+        assert_eq!(a.list(&o, &[ep("10.0.0.1")]).list, l);
+        a.sweep();
+        a.sweep(); // not asked for since the previous sweep
+        assert!(a.constants.is_empty() && a.lists.is_empty());
     }
 }

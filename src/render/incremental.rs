@@ -235,6 +235,20 @@ impl Renderer {
         }
     }
 
+    /// Adopts what `kernel` (the tables kproxy's kernel holds, read back) says about the
+    /// session-affinity lists: their blocks, list constants and endpoint ids, so that the
+    /// first full render after a restart keeps them (`render::affinity`). Call it before
+    /// that render.
+    pub fn adopt(&mut self, kernel: &Ruleset) {
+        for t in &kernel.tables {
+            self.families
+                .entry(t.family)
+                .or_default()
+                .slots
+                .adopt_affinity(t);
+        }
+    }
+
     /// Renders the whole model, keeping slot ranges of service ports rendered before, and
     /// returns the full ruleset.
     pub fn full(&mut self, model: &Model) -> Ruleset {

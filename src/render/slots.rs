@@ -150,6 +150,35 @@ impl SlotAllocator {
         r
     }
 
+    /// Gives `owner` exactly the block `r` if it is free (adopting what the kernel holds);
+    /// false if it is taken. Not counted as asked for: a claim nobody asks for by the next
+    /// [`SlotAllocator::sweep`] is freed.
+    pub fn claim(&mut self, owner: &Owner, r: Range) -> bool {
+        let index = r.base / PICK_SPACE;
+        if index >= SHARD_OWNERS || r.base % PICK_SPACE != 0 || self.owned.contains_key(owner) {
+            return false;
+        }
+        while self.shards.len() <= r.shard as usize {
+            self.shards.push(Shard::default());
+            self.open.insert(self.shards.len() as u32 - 1);
+        }
+        let sh = &mut self.shards[r.shard as usize];
+        if !sh.used.insert(index) {
+            return false;
+        }
+        if sh.used.len() as u32 == SHARD_OWNERS {
+            self.open.remove(&r.shard);
+        }
+        self.owned.insert(owner.clone(), r);
+        true
+    }
+
+    /// Adopts the affinity lists of a table the kernel holds (see
+    /// [`AffinityAllocator::adopt`]).
+    pub fn adopt_affinity(&mut self, t: &crate::nft::Table) {
+        self.affinity.get_or_insert_default().adopt(t);
+    }
+
     /// Shards that hold at least one block (their maps must exist), ascending.
     pub fn shards_in_use(&self) -> Vec<u32> {
         self.shards

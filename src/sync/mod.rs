@@ -721,6 +721,15 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         let mut udp: BTreeMap<Family, Vec<ServicePort>> = BTreeMap::new();
         let mut warnings = Vec::new();
         let mut renderer = std::mem::take(&mut self.renderer);
+        // The first render of this process adopts the kernel's session-affinity lists
+        // (blocks, list constants, endpoint ids: render::affinity), so a restart keeps
+        // every client's endpoint instead of renumbering; the dump is the commit's base.
+        let mut base = Base::Kernel;
+        if renderer.is_empty() {
+            let kernel = self.backend.dump()?;
+            renderer.adopt(&kernel);
+            base = Base::Given(kernel);
+        }
         let ruleset =
             renderer.full_chunked(self.model_chunks(None, &mut warnings).inspect(|model| {
                 for fm in &model.families {
@@ -734,7 +743,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             }));
         self.renderer = renderer;
         let warnings = self.report_warnings(warnings);
-        let applied = self.commit(Base::Kernel, ruleset, ChainDeletes::AfterDelay)?;
+        let applied = self.commit(base, ruleset, ChainDeletes::AfterDelay)?;
         self.deferred.clear();
         self.deferred_at = None;
         self.last_full = Some(Instant::now());
