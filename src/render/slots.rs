@@ -155,7 +155,10 @@ impl SlotAllocator {
     /// [`SlotAllocator::sweep`] is freed.
     pub fn claim(&mut self, owner: &Owner, r: Range) -> bool {
         let index = r.base / PICK_SPACE;
-        if index >= SHARD_OWNERS || r.base % PICK_SPACE != 0 || self.owned.contains_key(owner) {
+        if index >= SHARD_OWNERS
+            || !r.base.is_multiple_of(PICK_SPACE)
+            || self.owned.contains_key(owner)
+        {
             return false;
         }
         while self.shards.len() <= r.shard as usize {
