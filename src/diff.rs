@@ -215,7 +215,7 @@ fn chain_decl(c: &Chain) -> ChainDecl {
 /// Does this chain have a rule referencing one of these sets or chains?
 fn references(c: &Chain, sets: &BTreeSet<&str>, chains: &BTreeSet<&str>) -> bool {
     c.rules.iter().flat_map(|r| &r.stmts).any(|s| {
-        s.set().is_some_and(|n| sets.contains(n)) || s.target().is_some_and(|n| chains.contains(n))
+        s.sets().any(|n| sets.contains(n)) || s.target().is_some_and(|n| chains.contains(n))
     })
 }
 

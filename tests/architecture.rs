@@ -73,7 +73,10 @@ const IMPURE: &[(&str, &str)] = &[
 /// function returns (data parallelism over independent inputs, as `render::fragments`
 /// does), and asking how many cores there are. No background work, no I/O, and the
 /// output does not depend on scheduling.
-const PURE_PARALLELISM: &[&str] = &["std::thread::scope(", "std::thread::available_parallelism()"];
+const PURE_PARALLELISM: &[&str] = &[
+    "std::thread::scope(",
+    "std::thread::available_parallelism()",
+];
 
 /// A broken rule, said so that the fix is obvious.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use kproxy::model::{EndpointAddr, Objects};
-use kproxy::nft::{Family, Protocol, Ruleset};
+use kproxy::nft::{AffinityStep, Family, Protocol, Ruleset, Stmt};
 use kproxy::testutil::fixtures::{self as fx, EndpointBuilder, ServiceBuilder};
 use kproxy::trace::{trace, Host, Origin, Probe, Trace, TraceVerdict};
 
@@ -498,17 +498,34 @@ fn session_affinity_new_clients_can_reach_every_endpoint() {
             &w.eps(&["A5", "B11"], 8080),
             false,
         );
+        // One shard's three maps, whatever the number of endpoints; the service's timeout
+        // (the default, 10800 s) is in its rules.
         let table = w.rs.table(f).unwrap();
         let affinity: Vec<_> = table
             .sets
             .values()
             .filter(|s| s.name.starts_with("affinity-"))
+            .map(|s| s.name.as_str())
             .collect();
-        assert_eq!(affinity.len(), 2, "one affinity set per endpoint");
-        for s in affinity {
-            assert_eq!(s.timeout, Some(10_800), "default timeout");
-            assert!(s.flags.dynamic && s.flags.timeout);
-        }
+        assert_eq!(
+            affinity,
+            ["affinity-0", "affinity-endpoints-0", "affinity-pick-0"]
+        );
+        let state = &table.sets["affinity-0"];
+        assert!(state.flags.dynamic && state.flags.timeout);
+        let timeouts: Vec<u32> = table
+            .chains
+            .values()
+            .flat_map(|c| c.rules.iter().flat_map(|r| &r.stmts))
+            .filter_map(|s| match s {
+                Stmt::DnatAffinity {
+                    step: AffinityStep::Known { timeout, .. },
+                    ..
+                } => Some(*timeout),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(timeouts, [10_800], "one affinity list, the default timeout");
     });
 }
 

@@ -234,6 +234,115 @@ fn one_endpoint_change_is_elements_only() {
 }
 
 #[test]
+fn one_endpoint_change_in_an_affinity_service_is_elements_only() {
+    // svc-50 has ClientIP affinity (every 50th service does): adding or removing one of
+    // its endpoints changes its picks and its live endpoints only. The affinity rules
+    // never change: rewriting them would rebind the shard's affinity map, which walks
+    // every client entry it holds (docs/measurements/affinity-layouts.md).
+    let mut objects = synthetic_cluster(1_000, 10, true);
+    let mut renderer = Renderer::new();
+    renderer.full(&build(&objects));
+    let mut counter = 0;
+    for (change, added, deleted) in [
+        // 10 ranges replaced by 11, one live endpoint more.
+        (Change::AddEndpoint(50), 12, 10),
+        // Back to 10 ranges, the endpoint's id gone from the live map.
+        (Change::RemoveEndpoint(50), 10, 12),
+    ] {
+        let key = mutate(&mut objects, &change, &mut counter).unwrap();
+        assert_eq!(key.name, "svc-50");
+        let d = renderer
+            .update(&build(&objects), &[key].into())
+            .map(|p| diff(&p.before, &p.after, &DiffOptions::default()))
+            .unwrap();
+        let stats = d.tx.stats();
+        let text = kproxy::nft::text::transaction(&d.tx);
+        assert_eq!(stats.rules, 0, "{change:?}: {text}");
+        assert_eq!(stats.chains_flushed, 0, "{change:?}: {text}");
+        assert_eq!(stats.chains_added + stats.chains_deleted, 0, "{text}");
+        assert_eq!(
+            (stats.elements_added, stats.elements_deleted),
+            (added, deleted),
+            "{text}"
+        );
+        for op in &d.tx.ops {
+            let set = match op {
+                kproxy::nft::tx::Op::AddElements { set, .. }
+                | kproxy::nft::tx::Op::DeleteElements { set, .. } => set,
+                op => panic!("{change:?}: not an element operation: {op:?}"),
+            };
+            assert!(
+                set.starts_with("affinity-pick-") || set.starts_with("affinity-endpoints-"),
+                "{change:?}: {set}"
+            );
+        }
+    }
+}
+
+/// The affinity part of a table: chains with affinity rules, and the pick and live maps.
+fn affinity_part(t: &kproxy::nft::Table) -> (Vec<&kproxy::nft::Chain>, Vec<&kproxy::nft::Set>) {
+    let chains = t
+        .chains
+        .values()
+        .filter(|c| {
+            c.rules
+                .iter()
+                .flat_map(|r| &r.stmts)
+                .any(|s| matches!(s, kproxy::nft::Stmt::DnatAffinity { .. }))
+        })
+        .collect();
+    let sets = t
+        .sets
+        .values()
+        .filter(|s| s.name.starts_with("affinity-"))
+        .collect();
+    (chains, sets)
+}
+
+#[test]
+fn a_restarted_renderer_adopts_the_kernels_affinity_lists() {
+    // A daemon's history: affinity services (every 50th), then churn that a fresh
+    // numbering would not reproduce: endpoints replaced, a service deleted, new ones.
+    let mut objects = synthetic_cluster(400, 10, true);
+    let mut running = Renderer::new();
+    running.full(&build(&objects));
+    let mut counter = 0;
+    for change in [
+        Change::AddEndpoint(50),
+        Change::RemoveEndpoint(100),
+        Change::AddEndpoint(100),
+        Change::DeleteService(150),
+        Change::AddService(0),
+        Change::ToggleAffinity(7),
+    ] {
+        let key = mutate(&mut objects, &change, &mut counter).unwrap();
+        running.update(&build(&objects), &[key].into()).unwrap();
+    }
+    let kernel = running.ruleset();
+    let want = affinity_part(kernel.table(kproxy::nft::Family::V4).unwrap());
+    assert!(want.0.len() >= 8, "affinity lists: {}", want.0.len());
+    // A fresh numbering differs (else this test proves nothing) …
+    let fresh = Renderer::new().full(&build(&objects));
+    assert_ne!(
+        affinity_part(fresh.table(kproxy::nft::Family::V4).unwrap()),
+        want
+    );
+    // … the restarted renderer that adopted the kernel's table renders it as it is.
+    let mut restarted = Renderer::new();
+    restarted.adopt(&kernel);
+    let now = restarted.full(&build(&objects));
+    assert_eq!(
+        affinity_part(now.table(kproxy::nft::Family::V4).unwrap()),
+        want
+    );
+    // And it goes on numbering above what it adopted: a new endpoint gets a fresh id.
+    let key = mutate(&mut objects, &Change::AddEndpoint(50), &mut counter).unwrap();
+    let p = restarted.update(&build(&objects), &[key].into()).unwrap();
+    let d = diff(&p.before, &p.after, &DiffOptions::default());
+    assert_eq!(d.tx.stats().rules, 0);
+}
+
+#[test]
 fn node_level_changes_ask_for_a_full_render() {
     let objects = synthetic_cluster(10, 2, false);
     let mut renderer = Renderer::new();

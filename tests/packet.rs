@@ -258,6 +258,20 @@ fn services() -> Vec<Svc> {
                 ("B3", ready),
             ],
         ),
+        s(
+            "sticky-long",
+            |b| http(b.affinity(Some(600)), 0),
+            None,
+            http_slice,
+            vec![("A1", ready), ("A2", ready), ("B1", ready), ("B2", ready)],
+        ),
+        s(
+            "sticky-local",
+            |b| http(b.type_("NodePort").etp_local().affinity(Some(600)), 30092),
+            None,
+            http_slice,
+            vec![("A1", ready), ("A2", ready), ("B1", ready)],
+        ),
     ]
 }
 
@@ -939,6 +953,85 @@ fn session_affinity_sticks_until_the_timeout() {
             }
             last = now;
             assert!(round < 7, "{f}: the same endpoint after 8 expiries");
+        }
+    });
+}
+
+/// The one endpoint all of `n` probes from `from` reach (affinity), as a pod name.
+fn sticks(t: &Topology, f: Family, from: Client, to: IpAddr, port: u16, n: usize) -> &'static str {
+    let outs = probes(t, from, to, port, Tcp, n);
+    let first = outs[0].server().expect("reached");
+    assert!(
+        outs.iter().all(|o| o.server() == Some(first)),
+        "{f} {from:?}: affinity broken: {outs:?}"
+    );
+    ["A1", "A2", "A3", "B1", "B2", "B3"]
+        .into_iter()
+        .find(|p| pod_ip(f, p) == first)
+        .unwrap_or_else(|| panic!("{first} is no pod"))
+}
+
+#[test]
+fn session_affinity_across_endpoint_changes() {
+    use std::sync::Mutex;
+    let svcs = services();
+    let Some(t) = lab("affinity_changes", false, &svcs, &[]) else {
+        return;
+    };
+    let other = Client::Pod("A3");
+    // Before: each client sticks to one endpoint; outside clients of the eTP Local
+    // NodePort stick to a local one (the Local list has an affinity of its own).
+    let before: Mutex<Vec<(Family, &str, &str)>> = Mutex::new(Vec::new());
+    both(|f| {
+        let long = svc_ip(f, "sticky-long");
+        let (a, b) = (
+            sticks(&t, f, CLIENT, long, 80, 12),
+            sticks(&t, f, other, long, 80, 6),
+        );
+        let local = sticks(&t, f, o5(f), node_ip(f), 30092, 8);
+        assert!(
+            ["A1", "A2"].contains(&local),
+            "{f}: not a local endpoint: {local}"
+        );
+        assert!(["A1", "A2", "B1"].contains(&sticks(
+            &t,
+            f,
+            CLIENT,
+            svc_ip(f, "sticky-local"),
+            80,
+            4
+        )));
+        before.lock().unwrap().push((f, a, b));
+    });
+    let before = before.into_inner().unwrap();
+    // Remove the first client's endpoint (per family: the families' picks differ, so
+    // the removed pods are those of both families' first clients).
+    let removed: BTreeSet<&str> = before.iter().map(|(_, a, _)| *a).collect();
+    let mut next = svcs.clone();
+    let long = next
+        .iter_mut()
+        .find(|s| s.name == "sticky-long")
+        .expect("sticky-long");
+    long.endpoints.retain(|(p, _)| !removed.contains(p));
+    program(&t, &next, &[]);
+    both(|f| {
+        let long = svc_ip(f, "sticky-long");
+        let &(_, _, b) = before.iter().find(|(g, _, _)| *g == f).expect("family");
+        // The first client moves to a live endpoint and sticks there, never to a removed one.
+        let a2 = sticks(&t, f, CLIENT, long, 80, 12);
+        assert!(
+            !removed.contains(a2),
+            "{f}: back to a removed endpoint {a2}"
+        );
+        // The other client keeps its endpoint unless it was removed too.
+        let b2 = sticks(&t, f, other, long, 80, 6);
+        if removed.contains(b) {
+            assert!(
+                !removed.contains(b2),
+                "{f}: back to a removed endpoint {b2}"
+            );
+        } else {
+            assert_eq!(b2, b, "{f}: a client of a live endpoint lost its affinity");
         }
     });
 }

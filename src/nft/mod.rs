@@ -451,6 +451,22 @@ pub enum Stmt {
         offset: u32,
         map: String,
     },
+    /// One rule of a ClientIP session-affinity chain (docs/ruleset.md "Session
+    /// affinity"): the list's pick (`numgen random mod 65536 offset OFFSET` looked up in the
+    /// interval map `pick`, giving an endpoint id), kept per client in the dynamic map of
+    /// [`AffinityStep`], then `list . id` looked up in `endpoints` (live endpoints only)
+    /// and DNATed to. `meta l4proto P` first. Terminal; no match when the id is not live.
+    /// nft 1.0.6 cannot parse this rule (a map lookup as dynset data, nested map lookups):
+    /// it exists over netlink only, and `nft::text` prints an nft-like notation.
+    DnatAffinity {
+        proto: Protocol,
+        /// The list's constant in the affinity map's key (`client . list`).
+        list: u32,
+        offset: u32,
+        pick: String,
+        endpoints: String,
+        step: AffinityStep,
+    },
     /// `masquerade fully-random`. Terminal.
     Masquerade,
     /// `reject` (ICMP port unreachable for IPv4, ICMPv6 port unreachable for IPv6). Terminal.
@@ -490,14 +506,47 @@ impl Stmt {
             _ => None,
         }
     }
-    /// The set or map this statement reads or updates, if any.
+    /// The set or map this statement reads or updates, if any (the pick map of an
+    /// affinity rule: [`Stmt::sets`] gives all of them).
     pub fn set(&self) -> Option<&str> {
         match self {
             Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set),
             Stmt::Vmap { map, .. } | Stmt::DnatPick { map, .. } => Some(map),
+            Stmt::DnatAffinity { pick, .. } => Some(pick),
             _ => None,
         }
     }
+    /// Every set or map this statement reads or updates.
+    pub fn sets(&self) -> impl Iterator<Item = &str> {
+        let (a, b) = match self {
+            Stmt::DnatAffinity {
+                endpoints, step, ..
+            } => (
+                Some(endpoints.as_str()),
+                match step {
+                    AffinityStep::Known { map, .. } | AffinityStep::Repick { map, .. } => {
+                        Some(map.as_str())
+                    }
+                    AffinityStep::Full => None,
+                },
+            ),
+            _ => (None, None),
+        };
+        self.set().into_iter().chain(a).chain(b)
+    }
+}
+
+/// What an affinity rule ([`Stmt::DnatAffinity`]) does with the client's entry in the
+/// shard's dynamic map `map` (key `saddr . list`, data an endpoint id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AffinityStep {
+    /// `update @map { saddr . list timeout T : pick }` (keeps a known client's endpoint and
+    /// refreshes its timer, stores the pick for a new one), then DNAT to the stored id.
+    Known { map: String, timeout: u32 },
+    /// The stored endpoint is gone: `delete @map { saddr . list }`, then as `Known`.
+    Repick { map: String, timeout: u32 },
+    /// The map is full (the update failed): DNAT to the pick, without affinity.
+    Full,
 }
 
 /// The type of one part of a set key or map value.

@@ -350,11 +350,50 @@ pub fn stmt(family: Family, s: &Stmt) -> String {
             family.keyword(),
             numgen(PICK_SPACE, *offset)
         ),
+        Stmt::DnatAffinity {
+            proto,
+            list,
+            offset,
+            pick,
+            endpoints,
+            step,
+        } => affinity(family, *proto, *list, *offset, pick, endpoints, step),
         Stmt::Masquerade => "masquerade fully-random".to_string(),
         Stmt::Reject => "reject".to_string(),
         Stmt::Verdict(v) => verdict(v),
         Stmt::Foreign(d) => format!("# not kproxy's: {d}"),
     }
+}
+
+/// An affinity rule in an nft-like notation. nft 1.0.6 cannot parse it (a map lookup as
+/// the data of `update`, a map lookup inside a concatenation): these rules exist over
+/// netlink only, and a ruleset holding them does not load with `nft -f`.
+/// `LIST . (KEY map @M)` is the endpoints map's key: the list's constant and an endpoint id.
+fn affinity(
+    family: Family,
+    proto: Protocol,
+    list: u32,
+    offset: u32,
+    pick: &str,
+    endpoints: &str,
+    step: &AffinityStep,
+) -> String {
+    let ip = family.keyword();
+    let pick = format!("{} map @{pick}", numgen(PICK_SPACE, offset));
+    let dnat = |id: &str| format!("dnat {ip} addr . port to {list} . ({id}) map @{endpoints}");
+    let client = format!("{ip} saddr . {list}");
+    let rest = match step {
+        AffinityStep::Known { map, timeout } => format!(
+            "update @{map} {{ {client} timeout {timeout}s : {pick} }} {}",
+            dnat(&format!("{client} map @{map}"))
+        ),
+        AffinityStep::Repick { map, timeout } => format!(
+            "delete @{map} {{ {client} }} update @{map} {{ {client} timeout {timeout}s : {pick} }} {}",
+            dnat(&format!("{client} map @{map}"))
+        ),
+        AffinityStep::Full => dnat(&pick),
+    };
+    format!("meta l4proto {proto} {rest}")
 }
 
 fn numgen(modulus: u32, offset: u32) -> String {

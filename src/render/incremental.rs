@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{FamilyModel, FamilySettings, Model, ServiceKey, ServicePort, ServicePortName};
-use crate::nft::{Element, Family, Ruleset, Stmt, Table, Value};
+use crate::nft::{Element, Family, Ruleset, Set, Stmt, Table, Value};
 
 use super::names::{ENDPOINTS_PREFIX, HAIRPIN};
 use super::slots::Range;
@@ -142,7 +142,7 @@ impl FamilyState {
     fn add_contributions(&mut self, name: &PortName, frag: &Fragment) {
         for (set, e) in frag.elements.iter() {
             match *set {
-                SetRef::Endpoints(_) => {}
+                s if s.is_per_list() => {}
                 SetRef::Named(HAIRPIN) => {
                     if let Some(ip) = hairpin_ip(e) {
                         *self.hairpin.entry(ip).or_default() += 1;
@@ -161,7 +161,7 @@ impl FamilyState {
     fn remove_contributions(&mut self, name: &PortName, frag: &Fragment) {
         for (set, e) in frag.elements.iter() {
             match *set {
-                SetRef::Endpoints(_) => {}
+                s if s.is_per_list() => {}
                 SetRef::Named(HAIRPIN) => {
                     if let Some(ip) = hairpin_ip(e) {
                         if let Some(n) = self.hairpin.get_mut(&ip) {
@@ -232,10 +232,13 @@ impl Renderer {
         self.families.is_empty()
     }
 
-    /// Takes over the endpoint-map blocks of `kernel` (kproxy's tables as a previous
-    /// process left them), so that the next full render gives every list still there the
-    /// block it has in the kernel: a restart rewrites nothing that did not change. Only
-    /// for families not rendered yet.
+    /// Takes over what `kernel` (kproxy's tables as a previous process left them, read
+    /// back) says about the endpoint lists: each plain list's block of the endpoint maps,
+    /// and each session-affinity list's block, list constant and endpoint ids
+    /// (`render::affinity`). The next full render gives every list still there what it
+    /// has in the kernel, so a restart rewrites nothing that did not change and keeps
+    /// every client's endpoint. Only for families not rendered yet; call it before that
+    /// render.
     pub fn adopt(&mut self, kernel: &Ruleset) {
         for t in &kernel.tables {
             if self
@@ -261,11 +264,9 @@ impl Renderer {
                 },
                 _ => None,
             });
-            self.families
-                .entry(t.family)
-                .or_default()
-                .slots
-                .adopt(blocks);
+            let slots = &mut self.families.entry(t.family).or_default().slots;
+            slots.adopt(blocks);
+            slots.adopt_affinity(t);
         }
     }
 
@@ -434,7 +435,7 @@ fn update_family(
     changed: &BTreeSet<ServiceKey>,
 ) -> (Table, Table) {
     let (mut prev, mut next) = partial_tables(st.skeleton.as_ref().expect("rendered before"));
-    let shards_before = st.slots.shards_in_use();
+    let shards_before = (st.slots.shards_in_use(), st.slots.affinity_shards_in_use());
     let new_ports = ports_of(fm, changed);
     let names = changed_ports(st, fingerprint, &new_ports, changed);
     let old_frags: BTreeMap<PortName, Fragment> = names
@@ -448,7 +449,12 @@ fn update_family(
     let new_frags = render_new(st, fingerprint, fm, &names, &new_ports);
     let touched = Touched::of(st, &old_frags, &new_frags);
     swap_fragments(st, new_frags, old_frags, &mut prev, &mut next);
-    touched.fill(st, &shards_before, &mut prev, &mut next);
+    touched.fill(
+        st,
+        (&shards_before.0, &shards_before.1),
+        &mut prev,
+        &mut next,
+    );
     (prev, next)
 }
 
@@ -581,7 +587,7 @@ impl Touched {
                 (new.as_ref().map(|(_, f, _)| f), &mut slots_after),
             ] {
                 for (set, e) in f.into_iter().flat_map(|f| &f.elements) {
-                    if let SetRef::Endpoints(_) = set {
+                    if set.is_per_list() {
                         slots.insert((*set, e.key.clone()), e.clone());
                     } else {
                         touched.insert((*set, e.key.clone()));
@@ -607,25 +613,49 @@ impl Touched {
     /// matter: those with touched slots, and those that came into or went out of use.
     /// (Declaring all ~N/64 shards in both tables would cost the diff O(services) per
     /// update.)
-    fn fill(self, st: &FamilyState, shards_before: &[u32], prev: &mut Table, next: &mut Table) {
-        let touched_shards: BTreeSet<u32> = self
-            .slots_before
-            .keys()
-            .chain(self.slots_after.keys())
-            .filter_map(|(set, _)| match set {
-                SetRef::Endpoints(s) => Some(*s),
-                SetRef::Named(_) => None,
-            })
-            .collect();
-        let shards_after = st.slots.shards_in_use();
-        let wanted = |s: &u32, other_side: &[u32]| {
-            touched_shards.contains(s) || other_side.binary_search(s).is_err()
+    fn fill(
+        self,
+        st: &FamilyState,
+        shards_before: (&[u32], &[u32]),
+        prev: &mut Table,
+        next: &mut Table,
+    ) {
+        let touched = |affinity: bool| -> BTreeSet<u32> {
+            self.slots_before
+                .keys()
+                .chain(self.slots_after.keys())
+                .filter_map(|(set, _)| match set {
+                    SetRef::Endpoints(s) if !affinity => Some(*s),
+                    SetRef::AffinityPick(s) | SetRef::AffinityEndpoints(s) if affinity => Some(*s),
+                    _ => None,
+                })
+                .collect()
         };
-        for shard in shards_before.iter().filter(|s| wanted(s, &shards_after)) {
-            prev.add_set(endpoint_map(prev.family, *shard));
-        }
-        for shard in shards_after.iter().filter(|s| wanted(s, shards_before)) {
-            next.add_set(endpoint_map(next.family, *shard));
+        let maps = |family, shard, affinity: bool| -> Vec<Set> {
+            if affinity {
+                super::affinity::maps(family, shard).into()
+            } else {
+                vec![endpoint_map(family, shard)]
+            }
+        };
+        for (affinity, before, after) in [
+            (false, shards_before.0, st.slots.shards_in_use()),
+            (true, shards_before.1, st.slots.affinity_shards_in_use()),
+        ] {
+            let touched_shards = touched(affinity);
+            let wanted = |s: &u32, other_side: &[u32]| {
+                touched_shards.contains(s) || other_side.binary_search(s).is_err()
+            };
+            for shard in before.iter().filter(|s| wanted(s, &after)) {
+                for m in maps(prev.family, *shard, affinity) {
+                    prev.add_set(m);
+                }
+            }
+            for shard in after.iter().filter(|s| wanted(s, before)) {
+                for m in maps(next.family, *shard, affinity) {
+                    next.add_set(m);
+                }
+            }
         }
         for ((set, key), old) in self.before {
             let name = set.name();

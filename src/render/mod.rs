@@ -8,9 +8,9 @@
 //!
 //! Must not: decide which endpoints a service uses (that is `model`), do I/O, or create a
 //! set or map per service (kernel cost grows with the number of sets; see
-//! notes/nftables-netlink.md). The only per-service-port sets are the affinity sets of
-//! services with ClientIP session affinity, one per endpoint, as upstream.
+//! notes/nftables-netlink.md). Session affinity too lives in sharded maps ([`affinity`]).
 
+pub mod affinity;
 pub mod incremental;
 pub mod names;
 pub mod slots;
@@ -24,8 +24,8 @@ use ipnetwork::IpNetwork;
 use crate::model::{EndpointAddr, FamilySettings, LocalDetect, Model, NodePortIps, ServicePort};
 use crate::nft::*;
 pub use incremental::Renderer;
+pub use names::chain_base;
 use names::*;
-pub use names::{chain_base, endpoint_base};
 pub use slots::{Existing, Policy, Ranges, SlotAllocator};
 
 /// Name of kproxy's table in each family.
@@ -178,14 +178,35 @@ pub enum SetRef {
     Named(&'static str),
     /// The endpoint map of a shard.
     Endpoints(u32),
+    /// The dynamic affinity map of an affinity shard (no elements from rendering).
+    Affinity(u32),
+    /// The pick map of an affinity shard.
+    AffinityPick(u32),
+    /// The live endpoint map of an affinity shard.
+    AffinityEndpoints(u32),
 }
 
 impl SetRef {
     pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        use affinity::{AFFINITY_ENDPOINTS_PREFIX, AFFINITY_PICK_PREFIX};
         match self {
             SetRef::Named(n) => std::borrow::Cow::Borrowed(n),
             SetRef::Endpoints(s) => std::borrow::Cow::Owned(format!("{ENDPOINTS_PREFIX}{s}")),
+            SetRef::Affinity(s) => std::borrow::Cow::Owned(format!("{PREFIX_AFFINITY}{s}")),
+            SetRef::AffinityPick(s) => {
+                std::borrow::Cow::Owned(format!("{AFFINITY_PICK_PREFIX}{s}"))
+            }
+            SetRef::AffinityEndpoints(s) => {
+                std::borrow::Cow::Owned(format!("{AFFINITY_ENDPOINTS_PREFIX}{s}"))
+            }
         }
+    }
+
+    /// Whether this map's elements each belong to one endpoint list (their keys lie in
+    /// the list's block or carry its constant), as opposed to the table-wide sets whose
+    /// keys several service ports may share.
+    pub fn is_per_list(&self) -> bool {
+        !matches!(self, SetRef::Named(_))
     }
 }
 
@@ -461,6 +482,11 @@ pub fn assemble(
     for shard in slots.shards_in_use() {
         t.add_set(endpoint_map(t.family, shard));
     }
+    for shard in slots.affinity_shards_in_use() {
+        for m in affinity::maps(t.family, shard) {
+            t.add_set(m);
+        }
+    }
     let mut pending: HashMap<SetRef, Vec<Element>> = HashMap::new();
     for f in frags {
         for c in f.chains {
@@ -509,7 +535,8 @@ pub struct Fragment {
     pub chains: Vec<Chain>,
     pub sets: Vec<Set>,
     pub elements: Vec<(SetRef, Element)>,
-    /// The endpoint lists that hold a block in the `@endpoints-N` maps.
+    /// The endpoint lists that hold a block in the `@endpoints-N` maps or (affinity) in
+    /// the `@affinity-pick-N` maps.
     pub slot_lists: Vec<Policy>,
 }
 
@@ -585,20 +612,23 @@ fn lists_used(sp: &ServicePort) -> (bool, bool) {
     )
 }
 
-/// The endpoint lists of `sp` that own a block of an endpoint map: what [`fragment`] asks
-/// its [`Ranges`] for, so blocks can be handed out before fragments are rendered in
+/// The endpoint lists of `sp` that get a chain, with their endpoints: each owns a block of
+/// an endpoint map, or (ClientIP affinity) a place in the affinity maps. What [`fragment`]
+/// asks its [`Ranges`] for, so both can be handed out before fragments are rendered in
 /// parallel.
-pub fn block_owners(sp: &ServicePort) -> impl Iterator<Item = Policy> {
+fn used_lists(sp: &ServicePort) -> impl Iterator<Item = (Policy, &[EndpointAddr])> {
     let (cluster, local) = lists_used(sp);
-    let plain = sp.affinity_timeout.is_none();
-    [(cluster, Policy::Cluster), (local, Policy::Local)]
-        .into_iter()
-        .filter(move |(used, _)| *used && plain)
-        .map(|(_, p)| p)
+    [
+        (cluster, Policy::Cluster, &sp.cluster_endpoints[..]),
+        (local, Policy::Local, &sp.local_endpoints[..]),
+    ]
+    .into_iter()
+    .filter(|(used, _, _)| *used)
+    .map(|(_, p, eps)| (p, eps))
 }
 
-/// The fragments of `services`, in order: blocks first (in order, from `slots`), then the
-/// fragments on every core (they only read the blocks). A full render of 50k services
+/// The fragments of `services`, in order: blocks and affinity places first (in order,
+/// from `slots`), then the fragments on every core (they only read them). A full render of 50k services
 /// takes half the time on two cores.
 pub fn fragments(
     fm: &FamilySettings,
@@ -607,8 +637,16 @@ pub fn fragments(
 ) -> Vec<Fragment> {
     for sp in services {
         let name = Arc::new(sp.name.clone());
-        for policy in block_owners(sp) {
-            slots.range(&(name.clone(), policy));
+        for (policy, eps) in used_lists(sp) {
+            let owner = (name.clone(), policy);
+            match sp.affinity_timeout {
+                None => {
+                    slots.range(&owner);
+                }
+                Some(_) => {
+                    Ranges::affinity(slots, &owner, eps);
+                }
+            }
         }
     }
     let slots: &SlotAllocator = slots;
@@ -727,7 +765,7 @@ pub fn fragment(fm: &FamilySettings, sp: &ServicePort, slots: &mut dyn Ranges) -
     if plan.uses_external_chain && sp.external_policy_local {
         frag.chains.push(external_chain(fm, sp, &plan));
     }
-    endpoint_chains(fm, sp, &plan, slots, &mut frag);
+    endpoint_chains(sp, &plan, slots, &mut frag);
     frag
 }
 
@@ -860,13 +898,7 @@ fn external_chain(fm: &FamilySettings, sp: &ServicePort, plan: &PortPlan) -> Cha
 /// The Cluster and Local policy chains that exist, with their endpoints: hairpin set
 /// elements, and either the list's ranges in its block of the endpoint map and its DNAT
 /// rule or (ClientIP affinity) the affinity rules.
-fn endpoint_chains(
-    fm: &FamilySettings,
-    sp: &ServicePort,
-    plan: &PortPlan,
-    slots: &mut dyn Ranges,
-    frag: &mut Fragment,
-) {
+fn endpoint_chains(sp: &ServicePort, plan: &PortPlan, slots: &mut dyn Ranges, frag: &mut Fragment) {
     let proto = sp.name.protocol;
     let owner = Arc::new(sp.name.clone());
     let label = &plan.label;
@@ -889,15 +921,15 @@ fn endpoint_chains(
                     Element::key(vec![Value::Addr(e.ip), Value::Addr(e.ip)]),
                 )
             }));
+        frag.slot_lists.push(policy);
+        let what: Arc<str> = match policy {
+            Policy::Cluster => format!("{label} cluster"),
+            Policy::Local => format!("{label} local"),
+        }
+        .into();
         match sp.affinity_timeout {
             None => {
                 let range = slots.range(&(owner.clone(), policy));
-                frag.slot_lists.push(policy);
-                let what: Arc<str> = match policy {
-                    Policy::Cluster => format!("{label} cluster"),
-                    Policy::Local => format!("{label} local"),
-                }
-                .into();
                 let ranges = pick_ranges(range.base, eps.len() as u32);
                 frag.elements.extend(ranges.zip(eps).map(|((lo, hi), ep)| {
                     let e = Element::values(
@@ -912,7 +944,11 @@ fn endpoint_chains(
                     map: SetRef::Endpoints(range.shard).name().into_owned(),
                 }]));
             }
-            Some(timeout) => affinity_rules(fm.family, sp, eps, timeout, &mut chain, frag),
+            Some(timeout) => {
+                let a = slots.affinity(&(owner.clone(), policy), eps);
+                affinity::elements(&a, eps, &what, &mut frag.elements);
+                chain.rules.extend(affinity::rules(proto, &a, timeout));
+            }
         }
         frag.chains.push(chain);
     }
@@ -932,76 +968,4 @@ fn may_hairpin(sp: &ServicePort, ep: &EndpointAddr) -> bool {
         .iter()
         .take_while(|e| e.ip == ep.ip && e.port == ep.port)
         .any(|e| e.local || e.node.is_none())
-}
-
-/// Session affinity (ClientIP), as upstream: one dynamic set and one chain per endpoint.
-/// A known client goes back to its endpoint; a new one picks uniformly with sequential
-/// `numgen random mod k == 0` rules (k = n, n-1, …, 2), which needs no anonymous map.
-fn affinity_rules(
-    family: Family,
-    sp: &ServicePort,
-    eps: &[EndpointAddr],
-    timeout: u32,
-    chain: &mut Chain,
-    frag: &mut Fragment,
-) {
-    let proto = sp.name.protocol;
-    let names: Vec<(String, String)> = eps
-        .iter()
-        .map(|ep| {
-            let b = endpoint_base(&sp.name, ep);
-            (
-                format!("{PREFIX_ENDPOINT}{b}"),
-                format!("{PREFIX_AFFINITY}{b}"),
-            )
-        })
-        .collect();
-    for (ep, (ep_chain, set)) in eps.iter().zip(&names) {
-        chain.push(Rule::new(vec![
-            Stmt::Lookup {
-                key: vec![Field::Saddr],
-                set: set.clone(),
-                negate: false,
-            },
-            Stmt::goto(ep_chain.clone()),
-        ]));
-        if frag.chains.iter().any(|c| &c.name == ep_chain) {
-            continue; // shared by the Cluster and Local lists
-        }
-        let mut s = Set::new(set.clone(), vec![addr_type(family)], SetData::None)
-            .with_comment(format!("{} affinity to {ep}", sp.name));
-        s.flags.dynamic = true;
-        s.flags.timeout = true;
-        s.timeout = Some(timeout);
-        frag.sets.push(s);
-        let mut c = Chain::regular(ep_chain.clone());
-        c.push(Rule::new(vec![Stmt::Update {
-            set: set.clone(),
-            key: vec![Field::Saddr],
-        }]));
-        c.push(Rule::new(vec![Stmt::DnatTo {
-            proto,
-            addr: ep.ip,
-            port: ep.port,
-        }]));
-        frag.chains.push(c);
-    }
-    let n = names.len() as u32;
-    for (i, (ep_chain, _)) in names.iter().enumerate() {
-        let k = n - i as u32;
-        if k > 1 {
-            chain.push(Rule::new(vec![
-                Stmt::cmp(
-                    Field::Numgen {
-                        modulus: k,
-                        offset: 0,
-                    },
-                    Value::Int(0),
-                ),
-                Stmt::goto(ep_chain.clone()),
-            ]));
-        } else {
-            chain.push(Rule::new(vec![Stmt::goto(ep_chain.clone())]));
-        }
-    }
 }

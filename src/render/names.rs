@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{EndpointAddr, ServicePortName};
+use crate::model::ServicePortName;
 use crate::nft::NAME_MAX;
 
 // Chain, set and map names of the fixed skeleton.
@@ -48,7 +48,7 @@ pub const HAIRPIN: &str = "hairpin-endpoints";
 pub const PREFIX_CLUSTER: &str = "service-";
 pub const PREFIX_LOCAL: &str = "local-";
 pub const PREFIX_EXTERNAL: &str = "external-";
-pub const PREFIX_ENDPOINT: &str = "endpoint-";
+/// Affinity shards' dynamic maps: `affinity-0`, … (see `affinity`).
 pub const PREFIX_AFFINITY: &str = "affinity-";
 
 /// `HASH-namespace/name/protocol/port`: upstream's chain-name base, so names are unique,
@@ -57,15 +57,6 @@ pub fn chain_base(name: &ServicePortName) -> String {
     hashed(&format!(
         "{}/{}/{}/{}",
         name.namespace, name.name, name.protocol, name.port
-    ))
-}
-
-/// `HASH-namespace/name/protocol/port__ip/port` (IPv6 colons become dots).
-pub fn endpoint_base(name: &ServicePortName, ep: &EndpointAddr) -> String {
-    let ip = ep.ip.to_string().replace(':', ".");
-    hashed(&format!(
-        "{}/{}/{}/{}__{}/{}",
-        name.namespace, name.name, name.protocol, name.port, ip, ep.port
     ))
 }
 

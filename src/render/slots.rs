@@ -21,8 +21,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use super::affinity::{AffinityAllocator, AffinityList};
 use super::names::{chain_base, PREFIX_CLUSTER, PREFIX_LOCAL};
-use crate::model::ServicePortName;
+use crate::model::{EndpointAddr, ServicePortName};
 use crate::nft::PICK_SPACE;
 
 /// Which endpoint list of a service port.
@@ -66,11 +67,21 @@ struct Shard {
 /// rendered before).
 pub trait Ranges {
     fn range(&mut self, owner: &Owner) -> Range;
+    /// The place of an affinity list (its own shards, constant and endpoint ids: see
+    /// [`super::affinity`]).
+    fn affinity(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList;
 }
 
 impl Ranges for SlotAllocator {
     fn range(&mut self, owner: &Owner) -> Range {
         SlotAllocator::range(self, owner)
+    }
+    fn affinity(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList {
+        // A list that had a block in the endpoint maps (affinity switched on) frees it.
+        if let Some(r) = self.owned.remove(owner) {
+            self.release(r);
+        }
+        self.affinity.get_or_insert_default().list(owner, eps)
     }
 }
 
@@ -87,6 +98,12 @@ impl Ranges for Existing<'_> {
             .copied()
             .unwrap_or(Range { shard: 0, base: 0 })
     }
+    fn affinity(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList {
+        match &self.0.affinity {
+            Some(a) => a.existing(owner, eps),
+            None => AffinityAllocator::default().existing(owner, eps),
+        }
+    }
 }
 
 /// Hands out blocks and remembers them between renders.
@@ -101,6 +118,8 @@ pub struct SlotAllocator {
     /// Blocks found in the kernel ([`SlotAllocator::adopt`]), by the chain name of the
     /// list that held them, reserved until that list asks or the next sweep.
     reserved: HashMap<String, Range>,
+    /// The affinity lists (a separate instance for their own shards), once there is one.
+    affinity: Option<Box<AffinityAllocator>>,
 }
 
 impl SlotAllocator {
@@ -114,6 +133,10 @@ impl SlotAllocator {
         self.seen.insert(owner.clone());
         if let Some(r) = self.owned.get(owner) {
             return *r;
+        }
+        // A list that had an affinity place (affinity switched off) frees it.
+        if let Some(a) = self.affinity.as_mut().filter(|a| a.holds(owner)) {
+            a.release_owner(owner);
         }
         if !self.reserved.is_empty() {
             if let Some(r) = self.reserved.remove(&chain_name(owner)) {
@@ -173,6 +196,38 @@ impl SlotAllocator {
         }
     }
 
+    /// Gives `owner` exactly the block `r` if it is free (adopting what the kernel holds);
+    /// false if it is taken. Not counted as asked for: a claim nobody asks for by the next
+    /// [`SlotAllocator::sweep`] is freed.
+    pub fn claim(&mut self, owner: &Owner, r: Range) -> bool {
+        let index = r.base / PICK_SPACE;
+        if index >= SHARD_OWNERS
+            || !r.base.is_multiple_of(PICK_SPACE)
+            || self.owned.contains_key(owner)
+        {
+            return false;
+        }
+        while self.shards.len() <= r.shard as usize {
+            self.shards.push(Shard::default());
+            self.open.insert(self.shards.len() as u32 - 1);
+        }
+        let sh = &mut self.shards[r.shard as usize];
+        if !sh.used.insert(index) {
+            return false;
+        }
+        if sh.used.len() as u32 == SHARD_OWNERS {
+            self.open.remove(&r.shard);
+        }
+        self.owned.insert(owner.clone(), r);
+        true
+    }
+
+    /// Adopts the affinity lists of a table the kernel holds (see
+    /// [`AffinityAllocator::adopt`]).
+    pub fn adopt_affinity(&mut self, t: &crate::nft::Table) {
+        self.affinity.get_or_insert_default().adopt(t);
+    }
+
     /// Shards that hold at least one block (their maps must exist), ascending.
     pub fn shards_in_use(&self) -> Vec<u32> {
         self.shards
@@ -190,6 +245,17 @@ impl SlotAllocator {
             self.release(r);
         }
         self.seen.remove(owner);
+        if let Some(a) = &mut self.affinity {
+            a.release_owner(owner);
+        }
+    }
+
+    /// Affinity shards that hold at least one list (their maps must exist), ascending.
+    pub fn affinity_shards_in_use(&self) -> Vec<u32> {
+        self.affinity
+            .as_ref()
+            .map(|a| a.shards_in_use())
+            .unwrap_or_default()
     }
 
     /// Frees the blocks of owners not asked for since the previous sweep.
@@ -209,6 +275,9 @@ impl SlotAllocator {
             self.release(r);
         }
         self.seen.clear();
+        if let Some(a) = &mut self.affinity {
+            a.sweep();
+        }
     }
 
     fn release(&mut self, r: Range) {

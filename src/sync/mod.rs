@@ -725,8 +725,10 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         let mut warnings = Vec::new();
         let mut renderer = std::mem::take(&mut self.renderer);
         // At start (or after the renderer was reset) the kernel may hold what a previous
-        // kproxy programmed: read it first and take over its endpoint-map blocks, so that
-        // a restart rewrites nothing that did not change; the diff then uses that read.
+        // kproxy programmed: read it first and take over its endpoint lists (blocks, and
+        // the affinity lists' constants and endpoint ids: render::affinity), so that a
+        // restart rewrites nothing that did not change and keeps every client's
+        // endpoint; the diff then uses that read.
         let base = if renderer.is_fresh() {
             let kernel = match self.backend.dump() {
                 Ok(k) => k,

@@ -416,6 +416,52 @@ fn restart_adopts_what_the_kernel_holds_without_sending_anything() {
     assert_eq!(f.syncer.backend().state(), &held);
 }
 
+/// ClientIP services with two endpoints each (all TCP port 80).
+fn sticky_services(names: &[&str]) -> Objects {
+    let services = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            svc("ns", n)
+                .cluster_ip(&format!("10.96.1.{}", i + 1))
+                .port("p", 80, "TCP")
+                .target_port(8080)
+                .session_affinity("ClientIP")
+                .build()
+        })
+        .collect();
+    let slices = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let a = format!("10.244.3.{}", 2 * i + 1);
+            let b = format!("10.244.4.{}", 2 * i + 1);
+            slice(n, "TCP", &[(&a, "node-a"), (&b, "node-b")])
+        })
+        .collect();
+    objects(services, slices)
+}
+
+#[test]
+fn restart_adopts_the_affinity_lists_the_running_daemon_placed() {
+    // The running daemon places "z" in the block "a" freed; a fresh render would put
+    // it last and move "b" and "c" (their chains rewritten, their clients re-picked).
+    let mut f = fixture(sticky_services(&["a", "b", "c"]));
+    f.syncer.sync(false).unwrap();
+    f.source.set(sticky_services(&["b", "c", "z"]));
+    f.syncer.sync(false).unwrap();
+    let held = f.syncer.backend().state().clone();
+    assert_ne!(held, expected(&f.source), "the test needs a history");
+    let mut restarted = fixture_with(
+        sticky_services(&["b", "c", "z"]),
+        FakeBackend::with_state(held.clone()),
+    );
+    let r = restarted.syncer.sync(false).unwrap();
+    assert!(r.full);
+    assert_eq!(r.operations, 0, "the restart rewrote what the kernel held");
+    assert_eq!(restarted.syncer.backend().state(), &held);
+}
+
 #[test]
 fn restart_after_churn_takes_over_the_kernels_blocks() {
     let svcs = |names: &[&str]| {

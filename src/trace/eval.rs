@@ -27,6 +27,9 @@
 //!   depth here: the kernel refuses to load deeper (or looping) chain graphs, and the cap
 //!   keeps a looping value from hanging the tracer.
 //! - Sets flagged dynamic (affinity) are treated as empty: a new client has no affinity.
+//!   An affinity rule ([`Stmt::DnatAffinity`]) is traced for a new client: it branches
+//!   over the live endpoints its pick reaches, with their shares; a known client returns
+//!   to its (live) endpoint, which the trace says without following it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -34,9 +37,9 @@ use std::net::IpAddr;
 use super::{Host, Origin, Path, Probe, Step, TraceVerdict, MAX_DEPTH};
 use crate::model::EndpointAddr;
 use crate::nft::{
-    text, Chain, ChainType, CmpOp, CtState, CtStatus, DataType, Element, ElementData, Family,
-    FibType, Field, Hook, MarkOp, Protocol, Rule, Ruleset, Set, Stmt, Table, Value, Verdict,
-    PICK_SPACE,
+    text, AffinityStep, Chain, ChainType, CmpOp, CtState, CtStatus, DataType, Element, ElementData,
+    Family, FibType, Field, Hook, MarkOp, Protocol, Rule, Ruleset, Set, Stmt, Table, Value,
+    Verdict, PICK_SPACE,
 };
 
 /// Every path `probe` can take through the tables of `rs` of the probe's destination
@@ -554,7 +557,39 @@ impl<'a> Tracer<'a> {
                 if t.pkt.proto != *proto {
                     return Next::Done(vec![(t, Flow::Next)]);
                 }
-                Next::Done(self.eval_dnat_pick(t, ctx, *offset, map))
+                Next::Done(self.eval_dnat_pick(t, ctx, *offset, map, &slot_target, ""))
+            }
+            Stmt::DnatAffinity {
+                proto,
+                list,
+                offset,
+                pick,
+                endpoints,
+                step,
+            } => {
+                if t.pkt.proto != *proto {
+                    return Next::Done(vec![(t, Flow::Next)]);
+                }
+                // A new client: the pick decides (a known client returns to its endpoint,
+                // which the dynamic map holds and the tracer does not know).
+                let live = ctx.table.set(endpoints);
+                let target = |e: &Element| {
+                    let ElementData::Values(id) = &e.data else {
+                        return None;
+                    };
+                    let [Value::Int(id)] = id.as_slice() else {
+                        return None;
+                    };
+                    live?
+                        .elements
+                        .get(&[Value::Int(*list), Value::Int(*id)])
+                        .and_then(slot_target)
+                };
+                let note = match step {
+                    AffinityStep::Full => "; the affinity map is full: no affinity",
+                    _ => "; a new client (a known client returns to its live endpoint)",
+                };
+                Next::Done(self.eval_dnat_pick(t, ctx, *offset, pick, &target, note))
             }
             Stmt::Masquerade => {
                 t.pkt.masq = true;
@@ -656,6 +691,8 @@ impl<'a> Tracer<'a> {
         ctx: &RuleCtx<'a>,
         offset: u32,
         map: &str,
+        target: &dyn Fn(&Element) -> Option<EndpointAddr>,
+        note: &str,
     ) -> Vec<(Thread, Flow)> {
         let (first, last) = (
             u64::from(offset),
@@ -675,7 +712,7 @@ impl<'a> Tracer<'a> {
             if lo > next {
                 by_target.entry(None).or_default().push((next, lo - 1));
             }
-            by_target.entry(slot_target(e)).or_default().push((lo, hi));
+            by_target.entry(target(e)).or_default().push((lo, hi));
             next = next.max(hi + 1);
         }
         if next <= last {
@@ -700,7 +737,7 @@ impl<'a> Tracer<'a> {
                     self.record(
                         &mut t1,
                         ctx,
-                        Some(format!("{ep} (keys {ranges}, {share:.2}%)")),
+                        Some(format!("{ep} (keys {ranges}, {share:.2}%){note}")),
                     );
                     res.push((t1, Flow::Nat));
                 }
@@ -708,7 +745,7 @@ impl<'a> Tracer<'a> {
                     self.record(
                         &mut t1,
                         ctx,
-                        Some(format!("keys {ranges} not in @{map}: no match")),
+                        Some(format!("keys {ranges} not in @{map}: no match{note}")),
                     );
                     res.push((t1, Flow::Next));
                 }

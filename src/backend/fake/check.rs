@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use super::{fail, inc, Fail, WTable};
 use crate::nft::tx::ChainDecl;
 use crate::nft::{
-    Chain, DataType, Element, ElementData, Family, Field, Set, SetData, Stmt, Table, Value,
-    Verdict, NAME_MAX,
+    AffinityStep, Chain, DataType, Element, ElementData, Family, Field, Set, SetData, Stmt, Table,
+    Value, Verdict, NAME_MAX,
 };
 
 /// Netlink attribute policies cap names at `NFT_NAME_MAXLEN - 1` bytes (`ERANGE`).
@@ -186,6 +186,12 @@ pub(super) fn check_stmt(family: Family, t: &Table, s: &Stmt) -> Result<(), Fail
                 return fail(libc::EINVAL, format!("numgen key does not fit map {map}"));
             }
         }
+        Stmt::DnatAffinity {
+            pick,
+            endpoints,
+            step,
+            ..
+        } => check_affinity(family, t, pick, endpoints, step)?,
         Stmt::DnatTo { addr, .. } => {
             if !family.contains(addr) {
                 return fail(libc::EINVAL, "address of the other family");
@@ -193,6 +199,52 @@ pub(super) fn check_stmt(family: Family, t: &Table, s: &Stmt) -> Result<(), Fail
         }
         Stmt::Verdict(v) => check_verdict(t, v)?,
         Stmt::SetMark(_) | Stmt::Masquerade | Stmt::Reject | Stmt::Foreign(_) => {}
+    }
+    Ok(())
+}
+
+/// The maps of an affinity rule, as the kernel checks them when the rule binds them: the
+/// pick map's data and the affinity map's data fit the endpoint id register, the
+/// endpoints map's key is `list . id` and its data `addr . port`, and only a dynamic map
+/// with timeouts takes the rule's `update` (and its `timeout`).
+fn check_affinity(
+    family: Family,
+    t: &Table,
+    pick: &str,
+    endpoints: &str,
+    step: &AffinityStep,
+) -> Result<(), Fail> {
+    let id = || SetData::Values(vec![DataType::Mark]);
+    let set = |name: &str| match t.sets.get(name) {
+        Some(s) => Ok(s),
+        None => fail(libc::ENOENT, format!("set {name} does not exist")),
+    };
+    let p = set(pick)?;
+    if p.key != [DataType::Pick] || p.data != id() {
+        return fail(libc::EINVAL, format!("{pick} is not a pick → id map"));
+    }
+    let e = set(endpoints)?;
+    let target = SetData::Values(vec![DataType::addr(family), DataType::InetService]);
+    if e.key != [DataType::Mark, DataType::Mark] || e.data != target {
+        return fail(
+            libc::EINVAL,
+            format!("{endpoints} is not a list . id → addr . port map"),
+        );
+    }
+    if let AffinityStep::Known { map, .. } | AffinityStep::Repick { map, .. } = step {
+        let m = set(map)?;
+        if m.key != [DataType::addr(family), DataType::Mark] || m.data != id() {
+            return fail(
+                libc::EINVAL,
+                format!("{map} is not a client . list → id map"),
+            );
+        }
+        if !m.flags.dynamic || !m.flags.timeout {
+            return fail(
+                libc::EOPNOTSUPP,
+                format!("map {map} is not dynamic with timeouts"),
+            );
+        }
     }
     Ok(())
 }

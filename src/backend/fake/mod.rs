@@ -281,7 +281,7 @@ fn count_rule(
         if let Some(c) = s.target() {
             f(chain_use, c);
         }
-        if let Some(set) = s.set() {
+        for set in s.sets() {
             f(set_use, set);
         }
     }

@@ -88,6 +88,7 @@ pub const NFT_CMP_NEQ: u32 = 1;
 pub const NFT_BYTEORDER_HTON: u32 = 1;
 pub const NFT_LOOKUP_F_INV: u32 = 1;
 pub const NFT_DYNSET_OP_UPDATE: u32 = 1;
+pub const NFT_DYNSET_OP_DELETE: u32 = 2;
 pub const NFT_NAT_DNAT: u32 = 1;
 pub const NFT_REJECT_ICMP_UNREACH: u32 = 0;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED` (`linux/netfilter/nf_nat.h`).
@@ -197,7 +198,9 @@ pub enum Expr {
         set_id: Option<u32>,
         /// Explicit timeout in ms (0 or absent: the set's).
         timeout: u64,
-        /// Data register, attached expressions: never kproxy's.
+        /// Data register (dynsets on maps: the affinity maps).
+        sreg_data: Option<u32>,
+        /// Attached expressions: never kproxy's.
         extra: bool,
     },
     Immediate {
@@ -376,9 +379,13 @@ impl Expr {
                 set,
                 set_id,
                 timeout,
+                sreg_data,
                 extra: _,
             } => {
                 w.u32_be(NFTA_DYNSET_SREG_KEY, *sreg_key);
+                if let Some(d) = sreg_data {
+                    w.u32_be(NFTA_DYNSET_SREG_DATA, *d);
+                }
                 w.u32_be(NFTA_DYNSET_OP, *op);
                 w.str(NFTA_DYNSET_SET_NAME, set);
                 if let Some(id) = set_id {
@@ -506,8 +513,8 @@ impl Expr {
                 set: d.str(NFTA_DYNSET_SET_NAME).unwrap_or_default(),
                 set_id: o(NFTA_DYNSET_SET_ID),
                 timeout: d.u64_be(NFTA_DYNSET_TIMEOUT).unwrap_or(0),
-                extra: d.get(NFTA_DYNSET_SREG_DATA).is_some()
-                    || d.get(NFTA_DYNSET_EXPR).is_some()
+                sreg_data: o(NFTA_DYNSET_SREG_DATA),
+                extra: d.get(NFTA_DYNSET_EXPR).is_some()
                     || d.get(NFTA_DYNSET_EXPRESSIONS).is_some(),
             },
             "immediate" => match d.nest(NFTA_IMMEDIATE_DATA).and_then(parse_data) {
@@ -678,11 +685,15 @@ impl Expr {
                 op,
                 set,
                 timeout,
+                sreg_data,
                 extra,
                 ..
             } => write!(
                 f,
-                "[ dynset op {op} reg_key {sreg_key} set {set} timeout {timeout}ms{} ]",
+                "[ dynset op {op} reg_key {sreg_key}{} set {set} timeout {timeout}ms{} ]",
+                sreg_data
+                    .map(|d| format!(" reg_data {d}"))
+                    .unwrap_or_default(),
                 if *extra { " +expr" } else { "" }
             ),
             Expr::Immediate { dreg, data } => match data {

@@ -17,6 +17,7 @@ use crate::nft::{
     PICK_SPACE,
 };
 
+mod affinity;
 mod decode;
 pub use decode::{decode_stmts, ip_from};
 
@@ -484,6 +485,7 @@ fn encode_stmt(
                 set: set.clone(),
                 set_id: sr.id,
                 timeout: 0,
+                sreg_data: None,
                 extra: false,
             });
         }
@@ -492,6 +494,26 @@ fn encode_stmt(
         Stmt::DnatPick { proto, offset, map } => {
             encode_dnat_pick(family, *proto, *offset, map, sets, out)
         }
+        Stmt::DnatAffinity {
+            proto,
+            list,
+            offset,
+            pick,
+            endpoints,
+            step,
+        } => affinity::encode(
+            family,
+            affinity::Rule {
+                proto: *proto,
+                list: *list,
+                offset: *offset,
+                pick,
+                endpoints,
+                step,
+            },
+            sets,
+            out,
+        ),
         Stmt::Masquerade => out.push(Expr::Masq {
             flags: NF_NAT_RANGE_PROTO_RANDOM_FULLY,
             proto_min: None,
@@ -567,6 +589,24 @@ fn encode_dnat_to(
     Ok(())
 }
 
+/// `numgen random mod 65536 offset O` into `reg`, in network byte order (interval maps
+/// compare keys as big-endian bytes; nft emits the same `byteorder`).
+fn pick(reg: u32, offset: u32, out: &mut Vec<Expr>) {
+    out.push(Expr::Numgen {
+        dreg: reg,
+        modulus: PICK_SPACE,
+        ty: NFT_NG_RANDOM,
+        offset,
+    });
+    out.push(Expr::Byteorder {
+        sreg: reg,
+        dreg: reg,
+        op: NFT_BYTEORDER_HTON,
+        len: 4,
+        size: 4,
+    });
+}
+
 /// DNAT to the endpoint in slot `offset + random % modulus` of an endpoint map.
 /// `dnat … to numgen random mod 65536 offset O map @M`: the pick, converted to network
 /// byte order (interval maps compare keys as big-endian bytes; nft emits the same
@@ -582,19 +622,7 @@ fn encode_dnat_pick(
     let r = NFT_REG_1;
     let sr = sets(map);
     l4proto_dep(proto, out);
-    out.push(Expr::Numgen {
-        dreg: r,
-        modulus: PICK_SPACE,
-        ty: NFT_NG_RANDOM,
-        offset,
-    });
-    out.push(Expr::Byteorder {
-        sreg: r,
-        dreg: r,
-        op: NFT_BYTEORDER_HTON,
-        len: 4,
-        size: 4,
-    });
+    pick(r, offset, out);
     out.push(Expr::Lookup {
         sreg: r,
         dreg: Some(r),

@@ -156,6 +156,15 @@ fn set_and_action_rules(family: Family) -> Vec<Rule> {
             offset: 65536,
             map: "endpoints".into(),
         }]),
+        Rule::new(vec![affinity_rule(AffinityStep::Known {
+            map: "aff-state".into(),
+            timeout: 600,
+        })]),
+        Rule::new(vec![affinity_rule(AffinityStep::Repick {
+            map: "aff-state".into(),
+            timeout: 86400,
+        })]),
+        Rule::new(vec![affinity_rule(AffinityStep::Full)]),
         Rule::new(vec![Stmt::SetMark(MarkOp::Or(0x4000))]),
         Rule::new(vec![Stmt::SetMark(MarkOp::Xor(0x4000))]),
         Rule::new(vec![Stmt::Masquerade]),
@@ -166,6 +175,17 @@ fn set_and_action_rules(family: Family) -> Vec<Rule> {
             negate: false,
         }]),
     ]
+}
+
+fn affinity_rule(step: AffinityStep) -> Stmt {
+    Stmt::DnatAffinity {
+        proto: Protocol::Tcp,
+        list: 7,
+        offset: 131072,
+        pick: "aff-pick".into(),
+        endpoints: "aff-live".into(),
+        step,
+    }
 }
 
 fn every_set(family: Family) -> Vec<Set> {
@@ -208,7 +228,29 @@ fn every_set(family: Family) -> Vec<Set> {
     endpoints.flags.interval = true;
     let hairpin = Set::new("hairpin", vec![addr, addr], SetData::None);
     let marks = Set::new("marks", vec![DataType::Mark], SetData::None);
-    vec![fw, allow, cidrs, vm, vm3, aff, endpoints, hairpin, marks]
+    let mut aff_state = Set::new(
+        "aff-state",
+        vec![addr, DataType::Mark],
+        SetData::Values(vec![DataType::Mark]),
+    );
+    aff_state.flags.dynamic = true;
+    aff_state.flags.timeout = true;
+    aff_state.timeout = Some(10800);
+    aff_state.size = Some(1 << 20);
+    let mut aff_pick = Set::new(
+        "aff-pick",
+        vec![DataType::Pick],
+        SetData::Values(vec![DataType::Mark]),
+    );
+    aff_pick.flags.interval = true;
+    let aff_live = Set::new(
+        "aff-live",
+        vec![DataType::Mark, DataType::Mark],
+        SetData::Values(vec![addr, DataType::InetService]),
+    );
+    vec![
+        fw, allow, cidrs, vm, vm3, aff, endpoints, hairpin, marks, aff_state, aff_pick, aff_live,
+    ]
 }
 
 fn every_element(family: Family, set: &Set) -> Vec<Element> {
@@ -283,6 +325,21 @@ fn every_element(family: Family, set: &Set) -> Vec<Element> {
         ],
         "hairpin" => vec![Element::key(vec![Value::Addr(a), Value::Addr(a)])],
         "marks" => vec![Element::key(vec![Value::Int(0x4000)])],
+        "aff-pick" => vec![
+            Element::values(vec![Value::Range(131072, 163839)], vec![Value::Int(1)])
+                .with_comment("ns/svc:http cluster"),
+            Element::values(vec![Value::Range(163840, 196607)], vec![Value::Int(2)]),
+        ],
+        "aff-live" => vec![
+            Element::values(
+                vec![Value::Int(7), Value::Int(1)],
+                vec![Value::Addr(a), Value::Port(8080)],
+            ),
+            Element::values(
+                vec![Value::Int(7), Value::Int(2)],
+                vec![Value::Addr(b), Value::Port(8080)],
+            ),
+        ],
         _ => vec![],
     }
 }

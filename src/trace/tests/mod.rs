@@ -416,5 +416,6 @@ fn add_nodeport_chains(t: &mut Table) {
     ));
 }
 
+mod affinity;
 mod chains;
 mod kube;

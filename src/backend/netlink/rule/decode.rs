@@ -324,7 +324,7 @@ fn fold_dport(out: &mut Vec<Stmt>, key: &mut [Field]) {
 /// NAT flags the kernel sets by itself and reports in dumps: `NF_NAT_RANGE_MAP_IPS` (an
 /// address register) and `NF_NAT_RANGE_PROTO_SPECIFIED` (a port register); it also
 /// reports the max registers equal to the min ones (6.18).
-const NAT_FLAGS_KERNEL_ADDS: u32 = 0x1 | NF_NAT_RANGE_PROTO_SPECIFIED;
+pub(super) const NAT_FLAGS_KERNEL_ADDS: u32 = 0x1 | NF_NAT_RANGE_PROTO_SPECIFIED;
 
 /// Matches `meta l4proto == P` at the start of `e`.
 fn l4proto_eq(e: &[Expr]) -> Option<Protocol> {
@@ -476,7 +476,7 @@ fn decode_dnat(family: Family, proto: Protocol, e: &[Expr]) -> Option<(Stmt, usi
                 6,
             ))
         }
-        _ => None,
+        _ => super::affinity::decode(family, proto, e),
     }
 }
 
@@ -548,6 +548,7 @@ fn decode_one(family: Family, exprs: &[Expr], i: usize, out: &mut Vec<Stmt>) -> 
             op: NFT_DYNSET_OP_UPDATE,
             set,
             timeout: 0,
+            sreg_data: None,
             extra: false,
             ..
         } => {
