@@ -246,3 +246,67 @@ fn an_endpoint_change_reaches_the_kernel_as_elements_only() {
     }
     assert!(events.iter().any(|e| e.contains("10.244.2.8")), "{seen}");
 }
+
+/// A service added in front of the others (its name sorts first): `kproxy apply` reads
+/// the kernel first and keeps every list where the kernel has it, so the new service's
+/// chain, rule and elements are all it sends; no other service's block moves.
+#[test]
+fn apply_keeps_every_list_where_the_kernel_has_it() {
+    if !kernel_tests_enabled("apply_keeps_every_list_where_the_kernel_has_it") {
+        return;
+    }
+    let dir = root().join("rules/scenarios/clusterip");
+    let text = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    let first = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: first, namespace: aaa}
+spec:
+  clusterIP: 10.96.0.99
+  clusterIPs: [10.96.0.99]
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: first-abc
+  namespace: aaa
+  labels: {kubernetes.io/service-name: first}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+endpoints:
+- addresses: [10.244.2.99]
+  nodeName: node-b
+  conditions: {ready: true}
+";
+    let ns = Netns::new("keep");
+    assert_ok(&apply_in(&ns, "clusterip", &[]));
+    let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
+    std::fs::write(&file, format!("{text}{first}")).unwrap();
+    let mut args = vec!["apply", "-f", file.to_str().unwrap(), "--dry-run"];
+    let extra = scenario_args(&dir);
+    args.extend(extra.iter().map(String::as_str));
+    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &args);
+    let _ = std::fs::remove_file(&file);
+    assert_ok(&o);
+    let tx = stdout(&o);
+    for line in tx
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
+    {
+        assert!(
+            !line.starts_with("delete") && !line.starts_with("flush"),
+            "nothing the kernel holds moves: {line}\n{tx}"
+        );
+        if line.starts_with("add rule") || line.starts_with("add chain") {
+            assert!(
+                line.contains("aaa/first"),
+                "only the new service's: {line}\n{tx}"
+            );
+        }
+    }
+    assert!(tx.contains("aaa/first"), "{tx}");
+}

@@ -6,10 +6,11 @@
 
 use clap::Args;
 
-use super::input::{prepare_ruleset, Input};
+use super::input::{prepare_ruleset_over, Input};
 use super::{Failure, EXIT_KERNEL};
 use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
+use crate::backend::Backend;
 use crate::nft::text;
 use crate::nft::tx::TxStats;
 use crate::render;
@@ -46,8 +47,11 @@ fn describe_stats(s: &TxStats) -> String {
 }
 
 pub(crate) fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
-    let (_, ruleset) = prepare_ruleset(&a.input)?;
     let mut backend = NetlinkBackend::new(render::TABLE).map_err(kernel_failure)?;
+    // What the kernel holds is read first: the render keeps every endpoint list where the
+    // kernel has it (a change moves nothing else), and the diff is against that same read.
+    let kernel = backend.dump().map_err(kernel_failure)?;
+    let (_, ruleset) = prepare_ruleset_over(&a.input, Some(&kernel))?;
     let opts = apply::Options {
         chain_deletes: apply::ChainDeletes::for_kernel(
             apply::kernel_needs_deferred_chain_deletes(&apply::kernel_release()),
@@ -55,8 +59,8 @@ pub(crate) fn cmd_apply(a: ApplyArgs) -> Result<(), Failure> {
         ),
         dry_run: a.dry_run,
     };
-    let done =
-        apply::apply(&mut backend, apply::Base::Kernel, ruleset, &opts).map_err(kernel_failure)?;
+    let base = apply::Base::Given(kernel);
+    let done = apply::apply(&mut backend, base, ruleset, &opts).map_err(kernel_failure)?;
     let ms = done.elapsed.as_secs_f64() * 1e3;
     if a.dry_run {
         print!("{}", text::transaction(&done.tx));

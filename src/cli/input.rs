@@ -115,14 +115,28 @@ const BUILD_CHUNK: usize = 2048;
 /// the whole model never exists beside the ruleset (the daemon's full syncs do the same).
 /// The warnings are the ones [`prepare`] prints, in the same order.
 pub(crate) fn prepare_ruleset(input: &Input) -> Result<(Config, Ruleset), Failure> {
+    prepare_ruleset_over(input, None)
+}
+
+/// [`prepare_ruleset`] for a kernel that holds `kernel` (kproxy's tables, read back): its
+/// endpoint lists keep their places ([`render::render_chunked_over`]), so applying a
+/// change moves nothing else.
+pub(crate) fn prepare_ruleset_over(
+    input: &Input,
+    kernel: Option<&Ruleset>,
+) -> Result<(Config, Ruleset), Failure> {
     let config = config(input)?;
     let loaded = load(input, &config)?;
     let mut warnings = Vec::new();
-    let ruleset = render::render_chunked(loaded.objects.into_chunks(BUILD_CHUNK).map(|o| {
-        let (m, w) = model::build(&o, &config.settings);
-        warnings.extend(w);
-        m
-    }));
+    let chunks = loaded.objects.into_chunks(BUILD_CHUNK);
+    let ruleset = render::render_chunked_over(
+        kernel,
+        chunks.map(|o| {
+            let (m, w) = model::build(&o, &config.settings);
+            warnings.extend(w);
+            m
+        }),
+    );
     warnings.sort();
     warnings.dedup();
     for w in &warnings {

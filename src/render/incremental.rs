@@ -21,10 +21,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{FamilyModel, FamilySettings, Model, ServiceKey, ServicePort, ServicePortName};
-use crate::nft::{Element, Family, Ruleset, Set, Stmt, Table, Value};
+use crate::nft::{Element, Family, Ruleset, Set, Table, Value};
 
-use super::names::{ENDPOINTS_PREFIX, HAIRPIN};
-use super::slots::Range;
+use super::names::HAIRPIN;
 use super::{
     assemble, endpoint_map, fragment, fragments, skeleton, Existing, Fragment, Policy, SetRef,
     SlotAllocator,
@@ -248,25 +247,11 @@ impl Renderer {
             {
                 continue;
             }
-            let blocks = t.chains.values().filter_map(|c| match c.rules.as_slice() {
-                [r] => match r.stmts.as_slice() {
-                    [Stmt::DnatPick { offset, map, .. }] => {
-                        let shard = map.strip_prefix(ENDPOINTS_PREFIX)?.parse().ok()?;
-                        Some((
-                            c.name.clone(),
-                            Range {
-                                shard,
-                                base: *offset,
-                            },
-                        ))
-                    }
-                    _ => None,
-                },
-                _ => None,
-            });
-            let slots = &mut self.families.entry(t.family).or_default().slots;
-            slots.adopt(blocks);
-            slots.adopt_affinity(t);
+            self.families
+                .entry(t.family)
+                .or_default()
+                .slots
+                .adopt_table(t);
         }
     }
 

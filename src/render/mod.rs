@@ -59,6 +59,17 @@ pub fn render(model: &Model) -> Ruleset {
 pub fn render_chunked<M: std::borrow::Borrow<Model>>(
     chunks: impl IntoIterator<Item = M>,
 ) -> Ruleset {
+    render_chunked_over(None, chunks)
+}
+
+/// [`render_chunked`] for a kernel that already holds kproxy's tables (`kernel`, read
+/// back): every endpoint list it holds keeps its block (and an affinity list its
+/// constant and ids), so `kproxy apply` of a change moves nothing else, whatever the
+/// order of the lists. New lists take free blocks.
+pub fn render_chunked_over<M: std::borrow::Borrow<Model>>(
+    kernel: Option<&Ruleset>,
+    chunks: impl IntoIterator<Item = M>,
+) -> Ruleset {
     let mut families: Vec<(FamilySettings, SlotAllocator, Vec<Fragment>)> = Vec::new();
     for chunk in chunks {
         for fm in &chunk.borrow().families {
@@ -68,7 +79,11 @@ pub fn render_chunked<M: std::borrow::Borrow<Model>>(
             {
                 Some(at) => at,
                 None => {
-                    families.push((fm.settings.clone(), SlotAllocator::new(), Vec::new()));
+                    let mut slots = SlotAllocator::new();
+                    if let Some(t) = kernel.and_then(|k| k.table(fm.settings.family)) {
+                        slots.adopt_table(t);
+                    }
+                    families.push((fm.settings.clone(), slots, Vec::new()));
                     families.len() - 1
                 }
             };
@@ -78,7 +93,10 @@ pub fn render_chunked<M: std::borrow::Borrow<Model>>(
     }
     let tables = families
         .into_iter()
-        .map(|(settings, slots, frags)| assemble(skeleton(&settings), &slots, frags))
+        .map(|(settings, mut slots, frags)| {
+            slots.sweep();
+            assemble(skeleton(&settings), &slots, frags)
+        })
         .collect();
     Ruleset { tables }
 }

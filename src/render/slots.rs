@@ -22,9 +22,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::affinity::{AffinityAllocator, AffinityList};
-use super::names::{chain_base, PREFIX_CLUSTER, PREFIX_LOCAL};
+use super::names::{chain_base, ENDPOINTS_PREFIX, PREFIX_CLUSTER, PREFIX_LOCAL};
 use crate::model::{EndpointAddr, ServicePortName};
-use crate::nft::PICK_SPACE;
+use crate::nft::{Stmt, Table, PICK_SPACE};
 
 /// Which endpoint list of a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +120,8 @@ pub struct SlotAllocator {
     reserved: HashMap<String, Range>,
     /// The affinity lists (a separate instance for their own shards), once there is one.
     affinity: Option<Box<AffinityAllocator>>,
+    /// Lists per shard when not [`SHARD_OWNERS`] ([`SlotAllocator::with_shard_owners`]).
+    per_shard: Option<u32>,
 }
 
 impl SlotAllocator {
@@ -127,9 +129,23 @@ impl SlotAllocator {
         SlotAllocator::default()
     }
 
+    /// An allocator whose shards hold `n` lists each (the affinity maps' shards).
+    pub fn with_shard_owners(n: u32) -> SlotAllocator {
+        SlotAllocator {
+            per_shard: Some(n.max(1)),
+            ..SlotAllocator::default()
+        }
+    }
+
+    /// Lists per shard.
+    fn cap(&self) -> u32 {
+        self.per_shard.unwrap_or(SHARD_OWNERS)
+    }
+
     /// The block of `owner`: the one it holds, else the one adopted for its chain, else
     /// the lowest free block of the first shard with room.
     pub fn range(&mut self, owner: &Owner) -> Range {
+        let cap = self.cap();
         self.seen.insert(owner.clone());
         if let Some(r) = self.owned.get(owner) {
             return *r;
@@ -154,11 +170,11 @@ impl SlotAllocator {
             }
         };
         let sh = &mut self.shards[shard as usize];
-        let index = (0..SHARD_OWNERS)
+        let index = (0..cap)
             .find(|i| !sh.used.contains(i))
             .expect("an open shard has a free block");
         sh.used.insert(index);
-        if sh.used.len() as u32 == SHARD_OWNERS {
+        if sh.used.len() as u32 == cap {
             self.open.remove(&shard);
         }
         let r = Range {
@@ -176,9 +192,10 @@ impl SlotAllocator {
     /// [`SlotAllocator::sweep`]; a block that is out of range or taken is ignored (its
     /// list gets a new one).
     pub fn adopt(&mut self, blocks: impl IntoIterator<Item = (String, Range)>) {
+        let cap = self.cap();
         for (chain, r) in blocks {
             let index = r.base / PICK_SPACE;
-            if r.base % PICK_SPACE != 0 || index >= SHARD_OWNERS || r.shard > 1 << 20 {
+            if r.base % PICK_SPACE != 0 || index >= cap || r.shard > 1 << 20 {
                 continue;
             }
             while self.shards.len() <= r.shard as usize {
@@ -189,22 +206,39 @@ impl SlotAllocator {
             if self.reserved.contains_key(&chain) || !sh.used.insert(index) {
                 continue;
             }
-            if sh.used.len() as u32 == SHARD_OWNERS {
+            if sh.used.len() as u32 == cap {
                 self.open.remove(&r.shard);
             }
             self.reserved.insert(chain, r);
         }
     }
 
+    /// Takes over the endpoint lists of `t` (kproxy's table of this family as a previous
+    /// process left it): each plain list's block, from its chain's one DNAT rule, and the
+    /// affinity lists ([`SlotAllocator::adopt_affinity`]).
+    pub fn adopt_table(&mut self, t: &Table) {
+        let blocks = t.chains.values().filter_map(|c| match c.rules.as_slice() {
+            [r] => match r.stmts.as_slice() {
+                [Stmt::DnatPick { offset, map, .. }] => {
+                    let shard = map.strip_prefix(ENDPOINTS_PREFIX)?.parse().ok()?;
+                    let base = *offset;
+                    Some((c.name.clone(), Range { shard, base }))
+                }
+                _ => None,
+            },
+            _ => None,
+        });
+        self.adopt(blocks);
+        self.adopt_affinity(t);
+    }
+
     /// Gives `owner` exactly the block `r` if it is free (adopting what the kernel holds);
     /// false if it is taken. Not counted as asked for: a claim nobody asks for by the next
     /// [`SlotAllocator::sweep`] is freed.
     pub fn claim(&mut self, owner: &Owner, r: Range) -> bool {
+        let cap = self.cap();
         let index = r.base / PICK_SPACE;
-        if index >= SHARD_OWNERS
-            || !r.base.is_multiple_of(PICK_SPACE)
-            || self.owned.contains_key(owner)
-        {
+        if index >= cap || !r.base.is_multiple_of(PICK_SPACE) || self.owned.contains_key(owner) {
             return false;
         }
         while self.shards.len() <= r.shard as usize {
@@ -215,7 +249,7 @@ impl SlotAllocator {
         if !sh.used.insert(index) {
             return false;
         }
-        if sh.used.len() as u32 == SHARD_OWNERS {
+        if sh.used.len() as u32 == cap {
             self.open.remove(&r.shard);
         }
         self.owned.insert(owner.clone(), r);
@@ -224,7 +258,7 @@ impl SlotAllocator {
 
     /// Adopts the affinity lists of a table the kernel holds (see
     /// [`AffinityAllocator::adopt`]).
-    pub fn adopt_affinity(&mut self, t: &crate::nft::Table) {
+    pub fn adopt_affinity(&mut self, t: &Table) {
         self.affinity.get_or_insert_default().adopt(t);
     }
 
