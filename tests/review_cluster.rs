@@ -345,6 +345,21 @@ fn write_synthetic_10k_manifests() {
     println!("wrote {}.{{yaml,json}}", out.display());
 }
 
+/// `target/synthetic-affinity-N.yaml`: N services × 10 endpoints, every one ClientIP (the
+/// issue's `kproxy apply` affinity measurements), for N in `KPROXY_AFFINITY_SIZES`
+/// (default 1000,3000,10000).
+#[test]
+#[ignore = "writes measurement inputs; run on demand"]
+fn write_synthetic_affinity_manifests() {
+    let sizes = std::env::var("KPROXY_AFFINITY_SIZES").unwrap_or("1000,3000,10000".into());
+    for n in sizes.split(',').filter_map(|n| n.trim().parse::<usize>().ok()) {
+        let o = kproxy::testutil::synthetic_cluster_mix(n, 10, 1);
+        let path = root().join(format!("target/synthetic-affinity-{n}.yaml"));
+        std::fs::write(&path, kproxy::testutil::manifests::synthetic_yaml(&o)).unwrap();
+        println!("wrote {}", path.display());
+    }
+}
+
 #[test]
 fn no_manifests_and_no_cluster_is_a_usage_error() {
     let home = tempfile::tempdir().unwrap();
