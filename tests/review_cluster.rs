@@ -352,7 +352,10 @@ fn write_synthetic_10k_manifests() {
 #[ignore = "writes measurement inputs; run on demand"]
 fn write_synthetic_affinity_manifests() {
     let sizes = std::env::var("KPROXY_AFFINITY_SIZES").unwrap_or("1000,3000,10000".into());
-    for n in sizes.split(',').filter_map(|n| n.trim().parse::<usize>().ok()) {
+    for n in sizes
+        .split(',')
+        .filter_map(|n| n.trim().parse::<usize>().ok())
+    {
         let o = kproxy::testutil::synthetic_cluster_mix(n, 10, 1);
         let path = root().join(format!("target/synthetic-affinity-{n}.yaml"));
         std::fs::write(&path, kproxy::testutil::manifests::synthetic_yaml(&o)).unwrap();
