@@ -389,7 +389,7 @@ fn affinity(
         ),
         AffinityStep::Repick { map, timeout } => format!(
             "delete @{map} {{ {client} }} update @{map} {{ {client} timeout {timeout}s : {pick} }} {}",
-            dnat(&format!("{client} map @{map}"))
+            dnat("that pick")
         ),
         AffinityStep::Full => dnat(&pick),
     };

@@ -93,8 +93,16 @@ pub(super) fn encode(
         }
         // Keeps a known client's data (and refreshes its timer), stores the pick otherwise.
         out.push(dynset(NFT_DYNSET_OP_UPDATE, u64::from(timeout) * 1000));
-        out.push(lookup(client, id, map));
-        bounce_through_mark(id, addr, out);
+        if !forget {
+            // A known client goes to the id it has stored.
+            out.push(lookup(client, id, map));
+            bounce_through_mark(id, addr, out);
+        }
+        // A client picking again (its entry was just deleted) goes to the pick it has
+        // just stored, still in `id`: one lookup and one map reference fewer per list. If
+        // another CPU stored a pick for the same client in between (two first connections
+        // at once), this connection goes to its own pick and the next to the stored one,
+        // as two simultaneous first connections may with upstream's rules.
     }
     out.push(lookup(list, addr, r.endpoints));
     out.push(Expr::Nat {
