@@ -129,14 +129,26 @@ pub(crate) fn prepare_ruleset_over(
     let loaded = load(input, &config)?;
     let mut warnings = Vec::new();
     let chunks = loaded.objects.into_chunks(BUILD_CHUNK);
-    let ruleset = render::render_chunked_over(
-        kernel,
-        chunks.map(|o| {
-            let (m, w) = model::build(&o, &config.settings);
-            warnings.extend(w);
-            m
-        }),
-    );
+    let settings = &config.settings;
+    // The next chunk's model is built on another core while this one renders (one chunk
+    // ahead at most, so the whole model is never held).
+    let ruleset = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for o in chunks {
+                if tx.send(model::build(&o, settings)).is_err() {
+                    break;
+                }
+            }
+        });
+        render::render_chunked_over(
+            kernel,
+            rx.into_iter().map(|(m, w)| {
+                warnings.extend(w);
+                m
+            }),
+        )
+    });
     warnings.sort();
     warnings.dedup();
     for w in &warnings {
