@@ -22,8 +22,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::names::{chain_base, PREFIX_AFFINITY, PREFIX_CLUSTER, PREFIX_LOCAL};
-use super::slots::{Existing, Owner, Policy, Range, Ranges, SlotAllocator};
+use super::names::PREFIX_AFFINITY;
+use super::slots::{chain_name, Existing, Owner, Range, Ranges, SlotAllocator};
 use super::SetRef;
 use crate::model::EndpointAddr;
 use crate::nft::*;
@@ -84,7 +84,7 @@ pub struct AffinityAllocator {
     constants: HashSet<u32>,
     seen: HashSet<Owner>,
     /// Lists the kernel holds, by chain name, until their owner asks ([`Self::adopt`]).
-    adopted: HashMap<String, (Range, ListIds)>,
+    adopted: HashMap<String, ListIds>,
 }
 
 impl Default for AffinityAllocator {
@@ -132,41 +132,16 @@ fn endpoint_hash(ep: &EndpointAddr) -> u32 {
     stable_hash(ip.into_iter().chain(ep.port.to_be_bytes()))
 }
 
-/// The block of an adopted list until its owner asks for it: owned by its chain's name.
-fn reservation(chain: &str) -> Owner {
-    let name = crate::model::ServicePortName {
-        namespace: String::new(),
-        name: chain.to_string(),
-        port: String::new(),
-        protocol: Protocol::Tcp,
-    };
-    (Arc::new(name), Policy::Cluster)
-}
-
-/// The name of the chain an affinity list's rules are in.
-fn chain_of(owner: &Owner) -> String {
-    let prefix = match owner.1 {
-        Policy::Cluster => PREFIX_CLUSTER,
-        Policy::Local => PREFIX_LOCAL,
-    };
-    format!("{prefix}{}", chain_base(&owner.0))
-}
-
 impl AffinityAllocator {
     /// The place of `owner`'s list with these endpoints, allocating what is new and
     /// forgetting the ids of endpoints no longer in the list.
     pub fn list(&mut self, owner: &Owner, eps: &[EndpointAddr]) -> AffinityList {
         if !self.adopted.is_empty() && !self.lists.contains_key(owner) {
-            if let Some((r, ids)) = self.adopted.remove(&chain_of(owner)) {
-                let held = reservation(&chain_of(owner));
-                self.blocks.release_owner(&held);
-                if self.blocks.claim(owner, r) {
-                    self.lists.insert(owner.clone(), ids);
-                } else {
-                    self.constants.remove(&ids.list);
-                }
+            if let Some(ids) = self.adopted.remove(&chain_name(owner)) {
+                self.lists.insert(owner.clone(), ids);
             }
         }
+        // An adopted list's block is reserved for its chain: `range` gives it back.
         let r = self.blocks.range(owner);
         self.seen.insert(owner.clone());
         if !self.lists.contains_key(owner) {
@@ -265,16 +240,12 @@ impl AffinityAllocator {
                 shard,
                 base: offset,
             };
-            if !self.blocks.claim(&reservation(&c.name), r) {
+            if self.constants.contains(&list) || !self.blocks.reserve(c.name.clone(), r) {
                 continue;
             }
-            if !self.constants.insert(list) {
-                self.blocks.release_owner(&reservation(&c.name));
-                continue;
-            }
+            self.constants.insert(list);
             let ids = live.remove(&(shard, list)).unwrap_or_default();
-            self.adopted
-                .insert(c.name.clone(), (r, ListIds { list, ids }));
+            self.adopted.insert(c.name.clone(), ListIds { list, ids });
         }
     }
 
@@ -295,7 +266,7 @@ impl AffinityAllocator {
     /// lists that no longer exist).
     pub fn sweep(&mut self) {
         self.blocks.sweep();
-        for (_, (_, l)) in self.adopted.drain() {
+        for (_, l) in self.adopted.drain() {
             self.constants.remove(&l.list);
         }
         let seen = std::mem::take(&mut self.seen);
@@ -407,6 +378,7 @@ pub(super) fn elements(
 mod tests {
     use super::*;
     use crate::model::ServicePortName;
+    use crate::render::slots::Policy;
 
     fn owner(name: &str, policy: Policy) -> Owner {
         let n = ServicePortName {

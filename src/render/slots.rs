@@ -194,25 +194,33 @@ impl SlotAllocator {
     /// [`SlotAllocator::sweep`]; a block that is out of range or taken is ignored (its
     /// list gets a new one).
     pub fn adopt(&mut self, blocks: impl IntoIterator<Item = (String, Range)>) {
-        let cap = self.cap();
         for (chain, r) in blocks {
-            let index = r.base / PICK_SPACE;
-            if r.base % PICK_SPACE != 0 || index >= cap || r.shard > 1 << 20 {
-                continue;
-            }
-            while self.shards.len() <= r.shard as usize {
-                self.open.insert(self.shards.len() as u32);
-                self.shards.push(Shard::default());
-            }
-            let sh = &mut self.shards[r.shard as usize];
-            if self.reserved.contains_key(&chain) || !sh.used.insert(index) {
-                continue;
-            }
-            if sh.used.len() as u32 == cap {
-                self.open.remove(&r.shard);
-            }
-            self.reserved.insert(chain, r);
+            self.reserve(chain, r);
         }
+    }
+
+    /// Reserves block `r` for the list whose rules are in `chain` (one block of
+    /// [`SlotAllocator::adopt`]); false when `r` is out of range or taken, or `chain`
+    /// already holds a reservation.
+    pub fn reserve(&mut self, chain: String, r: Range) -> bool {
+        let cap = self.cap();
+        let index = r.base / PICK_SPACE;
+        if !r.base.is_multiple_of(PICK_SPACE) || index >= cap || r.shard > 1 << 20 {
+            return false;
+        }
+        while self.shards.len() <= r.shard as usize {
+            self.open.insert(self.shards.len() as u32);
+            self.shards.push(Shard::default());
+        }
+        let sh = &mut self.shards[r.shard as usize];
+        if self.reserved.contains_key(&chain) || !sh.used.insert(index) {
+            return false;
+        }
+        if sh.used.len() as u32 == cap {
+            self.open.remove(&r.shard);
+        }
+        self.reserved.insert(chain, r);
+        true
     }
 
     /// Takes over the endpoint lists of `t` (kproxy's table of this family as a previous
@@ -232,30 +240,6 @@ impl SlotAllocator {
         });
         self.adopt(blocks);
         self.adopt_affinity(t);
-    }
-
-    /// Gives `owner` exactly the block `r` if it is free (adopting what the kernel holds);
-    /// false if it is taken. Not counted as asked for: a claim nobody asks for by the next
-    /// [`SlotAllocator::sweep`] is freed.
-    pub fn claim(&mut self, owner: &Owner, r: Range) -> bool {
-        let cap = self.cap();
-        let index = r.base / PICK_SPACE;
-        if index >= cap || !r.base.is_multiple_of(PICK_SPACE) || self.owned.contains_key(owner) {
-            return false;
-        }
-        while self.shards.len() <= r.shard as usize {
-            self.shards.push(Shard::default());
-            self.open.insert(self.shards.len() as u32 - 1);
-        }
-        let sh = &mut self.shards[r.shard as usize];
-        if !sh.used.insert(index) {
-            return false;
-        }
-        if sh.used.len() as u32 == cap {
-            self.open.remove(&r.shard);
-        }
-        self.owned.insert(owner.clone(), r);
-        true
     }
 
     /// Adopts the affinity lists of a table the kernel holds (see
