@@ -613,7 +613,6 @@ struct PortPlan {
     /// `namespace/name:port`, the comment of the port's elements.
     label: Arc<str>,
     uses_cluster_chain: bool,
-    uses_local_chain: bool,
     has_internal: bool,
     has_external: bool,
     uses_external_chain: bool,
@@ -715,7 +714,6 @@ impl PortPlan {
             },
             label: sp.name.to_string().into(),
             uses_cluster_chain,
-            uses_local_chain,
             has_internal: has(sp.internal_policy_local),
             has_external: has(sp.external_policy_local),
             uses_external_chain: has_endpoints && sp.externally_accessible(),
@@ -920,18 +918,9 @@ fn endpoint_chains(sp: &ServicePort, plan: &PortPlan, slots: &mut dyn Ranges, fr
     let proto = sp.name.protocol;
     let owner = Arc::new(sp.name.clone());
     let label = &plan.label;
-    let cluster = plan
-        .uses_cluster_chain
-        .then(|| Chain::regular(plan.ch.cluster.clone()));
-    let local = plan
-        .uses_local_chain
-        .then(|| Chain::regular(plan.ch.local.clone()));
-    let lists = [
-        (cluster, &sp.cluster_endpoints, Policy::Cluster),
-        (local, &sp.local_endpoints, Policy::Local),
-    ];
-    for (chain, eps, policy) in lists {
-        let Some(mut chain) = chain else { continue };
+    // The same lists `fragments` hands out places for before rendering in parallel.
+    for (policy, eps) in used_lists(sp) {
+        let mut chain = Chain::regular(plan.policy_chain(policy == Policy::Local).clone());
         frag.elements
             .extend(eps.iter().filter(|e| may_hairpin(sp, e)).map(|e| {
                 (

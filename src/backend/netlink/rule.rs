@@ -607,7 +607,6 @@ fn pick(reg: u32, offset: u32, out: &mut Vec<Expr>) {
     });
 }
 
-/// DNAT to the endpoint in slot `offset + random % modulus` of an endpoint map.
 /// `dnat … to numgen random mod 65536 offset O map @M`: the pick, converted to network
 /// byte order (interval maps compare keys as big-endian bytes; nft emits the same
 /// `byteorder`), looked up in the interval map, whose data `addr . port` feeds the NAT.
