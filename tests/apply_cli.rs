@@ -7,17 +7,48 @@ mod common;
 
 use common::*;
 
-fn apply_in(ns: &Netns, scenario: &str, extra: &[&str]) -> std::process::Output {
-    let dir = root().join("rules/scenarios").join(scenario);
-    let mut args: Vec<String> = vec![
-        "apply".into(),
-        "-f".into(),
-        dir.join("manifests.yaml").display().to_string(),
-    ];
-    args.extend(scenario_args(&dir));
+fn scenario_dir(scenario: &str) -> std::path::PathBuf {
+    root().join("rules/scenarios").join(scenario)
+}
+
+/// `kproxy apply -f FILE` with `scenario`'s flags and `extra`.
+fn apply_file_in(
+    ns: &Netns,
+    scenario: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = vec!["apply".into(), "-f".into(), file.display().to_string()];
+    args.extend(scenario_args(&scenario_dir(scenario)));
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ns.exec(env!("CARGO_BIN_EXE_kproxy"), &refs)
+}
+
+/// `kproxy apply` of `scenario`'s manifests.
+fn apply_in(ns: &Netns, scenario: &str, extra: &[&str]) -> std::process::Output {
+    let file = scenario_dir(scenario).join("manifests.yaml");
+    apply_file_in(ns, scenario, &file, extra)
+}
+
+/// `scenario`'s manifests, as text.
+fn manifests_of(scenario: &str) -> String {
+    std::fs::read_to_string(scenario_dir(scenario).join("manifests.yaml")).unwrap()
+}
+
+/// `kproxy apply` of other manifests (`text`) with `scenario`'s flags.
+fn apply_text_in(ns: &Netns, scenario: &str, text: &str, extra: &[&str]) -> std::process::Output {
+    let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
+    std::fs::write(&file, text).unwrap();
+    let o = apply_file_in(ns, scenario, &file, extra);
+    let _ = std::fs::remove_file(&file);
+    o
+}
+
+/// The commands of an `nft -f` transaction text (comments and element lines left out).
+fn commands(tx: &str) -> impl Iterator<Item = &str> {
+    tx.lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
 }
 
 fn list(ns: &Netns) -> String {
@@ -191,30 +222,19 @@ fn an_endpoint_change_reaches_the_kernel_as_elements_only() {
     if !kernel_tests_enabled("an_endpoint_change_reaches_the_kernel_as_elements_only") {
         return;
     }
-    let dir = root().join("rules/scenarios/clusterip");
-    let text = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    let text = manifests_of("clusterip");
     let flipped = text.replacen("conditions: {ready: false}", "conditions: {ready: true}", 1);
     assert_ne!(text, flipped);
     let ns = Netns::new("elems");
     assert_ok(&apply_in(&ns, "clusterip", &[]));
-    let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
-    std::fs::write(&file, &flipped).unwrap();
-    let mut args = vec!["apply", "-f", file.to_str().unwrap()];
-    let extra = scenario_args(&dir);
-    args.extend(extra.iter().map(String::as_str));
-    let mut dry = args.clone();
-    dry.push("--dry-run");
-    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &dry);
+    let o = apply_text_in(&ns, "clusterip", &flipped, &["--dry-run"]);
     let err = assert_ok(&o);
     assert!(
         err.contains("chains +0 ~0 -0, rules 0, sets +0 -0"),
         "{err}"
     );
     let tx = stdout(&o);
-    for line in tx
-        .lines()
-        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
-    {
+    for line in commands(&tx) {
         assert!(
             line.starts_with("add element ip kproxy endpoints-")
                 || line.starts_with("delete element ip kproxy endpoints-"),
@@ -228,9 +248,7 @@ fn an_endpoint_change_reaches_the_kernel_as_elements_only() {
         .spawn()
         .expect("nft monitor");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &args);
-    let _ = std::fs::remove_file(&file);
-    assert_ok(&o);
+    assert_ok(&apply_text_in(&ns, "clusterip", &flipped, &[]));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let _ = monitor.kill();
     let out = monitor.wait_with_output().expect("monitor output");
@@ -255,8 +273,7 @@ fn apply_keeps_every_list_where_the_kernel_has_it() {
     if !kernel_tests_enabled("apply_keeps_every_list_where_the_kernel_has_it") {
         return;
     }
-    let dir = root().join("rules/scenarios/clusterip");
-    let text = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    let text = manifests_of("clusterip");
     let first = "
 ---
 apiVersion: v1
@@ -284,19 +301,10 @@ endpoints:
 ";
     let ns = Netns::new("keep");
     assert_ok(&apply_in(&ns, "clusterip", &[]));
-    let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
-    std::fs::write(&file, format!("{text}{first}")).unwrap();
-    let mut args = vec!["apply", "-f", file.to_str().unwrap(), "--dry-run"];
-    let extra = scenario_args(&dir);
-    args.extend(extra.iter().map(String::as_str));
-    let o = ns.exec(env!("CARGO_BIN_EXE_kproxy"), &args);
-    let _ = std::fs::remove_file(&file);
+    let o = apply_text_in(&ns, "clusterip", &format!("{text}{first}"), &["--dry-run"]);
     assert_ok(&o);
     let tx = stdout(&o);
-    for line in tx
-        .lines()
-        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
-    {
+    for line in commands(&tx) {
         assert!(
             !line.starts_with("delete") && !line.starts_with("flush"),
             "nothing the kernel holds moves: {line}\n{tx}"
