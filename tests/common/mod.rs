@@ -126,6 +126,7 @@ pub fn pipeline(
     let rs = kproxy::render::render(&model);
     (model, warnings, rs)
 }
+pub mod daemon;
 pub mod topology;
 pub mod udp;
 
