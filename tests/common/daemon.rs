@@ -266,7 +266,7 @@ pub fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let cluster = common::node_objects();
+    let cluster = super::node_objects();
     api.apply(&cluster.nodes[0]);
     api.apply(&cluster.service_cidrs[0]);
     Setup {
