@@ -11,14 +11,13 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::*;
 use common::topology::{node_ip, outside_ip, pod_ip, Client, Outcome};
 use common::udp::{pinned_to, pod_netns, Answer, UdpClient};
 use kproxy::nft::{Family, Protocol};
 use kproxy::testutil::apiserver::Kind;
-use kproxy::testutil::fixtures as fx;
 use serde_json::{json, Value};
 
 #[test]
