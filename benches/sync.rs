@@ -353,10 +353,10 @@ fn memory() {
     let mut config = SyncConfig::new(Duration::ZERO, Duration::from_secs(30));
     config.defer_chain_deletes = false;
     let mut syncer = Syncer::new(
-        cache,
+        cache.clone(),
         NetlinkBackend::new("kproxy").expect("netlink"),
         synthetic_settings(),
-        config,
+        config.clone(),
         metrics,
         health,
         Arc::new(HealthChecks::default()),
@@ -372,6 +372,23 @@ fn memory() {
     let warm = syncer.sync(true).expect("warm full sync");
     assert_eq!(warm.operations, 0, "the kernel already holds it");
     let warm_peak = Counting::peak() - base;
+    // A restart: a fresh syncer (fresh renderer) over the programmed kernel adopts what
+    // it holds and diffs against it.
+    drop(syncer);
+    let mut restarted = Syncer::new(
+        cache,
+        NetlinkBackend::new("kproxy").expect("netlink"),
+        synthetic_settings(),
+        config,
+        Arc::new(Metrics::new()),
+        Arc::new(ProxyHealth::new(Duration::from_secs(60))),
+        Arc::new(HealthChecks::default()),
+    );
+    let base = Counting::live();
+    Counting::reset_peak();
+    let again = restarted.sync(true).expect("restart's full sync");
+    assert_eq!(again.operations, 0, "the kernel already holds it");
+    let restart_peak = Counting::peak() - base;
     println!(
         "sync_path_peak_heap/50000x10: {:.1} MiB (cold full sync: model, ruleset, transaction, encoded batch; the informer cache excluded)",
         mib(peak)
@@ -380,6 +397,10 @@ fn memory() {
         "  retained after it (renderer, per-port facts, set catalog) {:.1} MiB; peak of a full resync over the programmed kernel (dump + render + diff) {:.1} MiB",
         mib(retained),
         mib(warm_peak)
+    );
+    println!(
+        "  peak of a restart's first full sync over the programmed kernel (adoption read, render, diff) {:.1} MiB",
+        mib(restart_peak)
     );
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Owns: the sync step every caller runs, written against the [`Backend`] trait so tests
 //! drive it with the fake. [`apply`] takes a base — what the kernel holds ([`Base::Kernel`]:
-//! read back here, for a full sync, a drift repair and `kproxy apply`) or the renderer's
+//! read back here, for a full sync, a drift repair and `kproxy apply`: declarations,
+//! chains and rules first, each set's elements as the diff reaches that set, so the
+//! kernel's copy is never held whole beside the target) or the renderer's
 //! partial "before" ([`Base::Given`] with [`crate::render::incremental::Partial::before`],
 //! for a partial sync) — and the target, diffs them (dynamic affinity sets keep their
 //! runtime contents), and commits one atomic transaction, or only computes it for a dry
@@ -18,9 +20,9 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{ApplyReport, Backend, BackendError};
-use crate::diff::{diff_owned, DiffOptions};
+use crate::diff::{diff_lazy, diff_owned, DiffOptions};
 use crate::nft::tx::{Op, TableRef, Transaction, TxStats};
-use crate::nft::Ruleset;
+use crate::nft::{Elements, Ruleset};
 
 /// How long to wait before deleting chains whose references were removed (kernels < 6.2),
 /// as upstream kube-proxy does.
@@ -34,6 +36,10 @@ pub enum Base {
     /// A ruleset the caller knows the kernel holds (for the objects it names): the
     /// renderer's partial "before" of an incremental update.
     Given(Ruleset),
+    /// What the kernel holds, already read with [`Backend::dump_declarations`] (the
+    /// daemon's first full sync reads it to adopt endpoint lists before rendering): its
+    /// sets' elements are read as the diff reaches each set, as for [`Base::Kernel`].
+    Declarations(Ruleset),
 }
 
 /// What happens to chains that lose their last reference in this transaction.
@@ -121,18 +127,37 @@ pub fn apply(
     opts: &Options,
 ) -> Result<Applied, BackendError> {
     let start = Instant::now();
-    let base = match base {
-        Base::Kernel => backend.dump()?,
-        Base::Given(r) => r,
+    let diff_opts = DiffOptions {
+        defer_chain_deletes: opts.chain_deletes != ChainDeletes::Inline,
     };
-    let d = diff_owned(
-        &base,
-        target,
-        &DiffOptions {
-            defer_chain_deletes: opts.chain_deletes != ChainDeletes::Inline,
-        },
-    );
-    drop(base);
+    let d = match base {
+        // The kernel's declarations, chains and rules first; each set's elements only as
+        // the diff reaches that set, dropped once compared.
+        Base::Kernel | Base::Declarations(_) => {
+            let base = match base {
+                Base::Declarations(rs) => rs,
+                _ => backend.dump_declarations()?,
+            };
+            let mut failed = None;
+            let d = diff_lazy(&base, target, &diff_opts, &mut |table, set| {
+                if failed.is_some() {
+                    return Some(Elements::default());
+                }
+                match backend.set_elements(table, set) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        failed = Some(e);
+                        Some(Elements::default())
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            d
+        }
+        Base::Given(base) => diff_owned(&base, target, &diff_opts),
+    };
     let stats = d.tx.stats();
     if opts.dry_run {
         return Ok(Applied {

@@ -50,7 +50,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::nft::tx::{ChainDecl, Op, TableRef, Transaction};
-use crate::nft::{Chain, Element, Ruleset, Set, Table, Value};
+use crate::nft::{Chain, Element, Elements, Ruleset, Set, Table, Value};
 
 /// Most elements one `AddElements` / `DeleteElements` operation carries (keeps netlink
 /// messages well below the socket buffer sizes).
@@ -91,6 +91,24 @@ pub fn diff(prev: &Ruleset, next: &Ruleset, opts: &DiffOptions) -> Diff {
 /// [`diff`], consuming `next`: the elements and rules it adds are moved into the
 /// transaction instead of copied (a cold load of 50k services adds ~140 MiB of them).
 pub fn diff_owned(prev: &Ruleset, next: Ruleset, opts: &DiffOptions) -> Diff {
+    diff_lazy(prev, next, opts, &mut |_, _| None)
+}
+
+/// Gives the elements of a `prev` set that was read without them (`None`: take them from
+/// `prev` itself). Called at most once per set, and only for a set whose elements the
+/// diff compares (a set in both rulesets with the same declaration, not dynamic; or a
+/// removed verdict map when chains are re-created).
+pub type PrevElements<'a> = &'a mut dyn FnMut(&TableRef, &Set) -> Option<Elements>;
+
+/// [`diff_owned`] with `prev`'s set elements given one set at a time by `elements`: the
+/// caller reads them from the kernel as the diff reaches each set, so that the kernel's
+/// copy is never held whole beside `next` (the hourly resync and drift repairs).
+pub fn diff_lazy(
+    prev: &Ruleset,
+    next: Ruleset,
+    opts: &DiffOptions,
+    elements: PrevElements<'_>,
+) -> Diff {
     let mut tables: BTreeMap<TableRef, (Option<&Table>, Option<Table>)> = BTreeMap::new();
     for t in &prev.tables {
         tables.entry(table_ref(t)).or_default().0 = Some(t);
@@ -108,7 +126,7 @@ pub fn diff_owned(prev: &Ruleset, next: Ruleset, opts: &DiffOptions) -> Diff {
             (None, Some(n)) => {
                 ph.add_tables.push(add_table(&tref, &n));
                 let empty = Table::new(n.family, n.name.clone());
-                diff_table(&tref, &empty, n, opts, &mut ph);
+                diff_table(&tref, &empty, n, opts, &mut ph, elements);
             }
             (Some(p), Some(n)) if p.comment != n.comment => {
                 ph.recreate_tables.push(Op::DeleteTable {
@@ -116,9 +134,9 @@ pub fn diff_owned(prev: &Ruleset, next: Ruleset, opts: &DiffOptions) -> Diff {
                 });
                 ph.add_tables.push(add_table(&tref, &n));
                 let empty = Table::new(n.family, n.name.clone());
-                diff_table(&tref, &empty, n, opts, &mut ph);
+                diff_table(&tref, &empty, n, opts, &mut ph, elements);
             }
-            (Some(p), Some(n)) => diff_table(&tref, p, n, opts, &mut ph),
+            (Some(p), Some(n)) => diff_table(&tref, p, n, opts, &mut ph, elements),
             (None, None) => unreachable!("every entry has a side"),
         }
     }
@@ -287,7 +305,14 @@ fn fate<T>(p: Option<&T>, n: Option<&T>, same_decl: impl Fn(&T, &T) -> bool) -> 
 
 /// Both sides of one table (the same family and name), into `ph`. `n` is consumed: what
 /// it adds moves into the operations.
-fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: &mut Phases) {
+fn diff_table(
+    tref: &TableRef,
+    p: &Table,
+    mut n: Table,
+    opts: &DiffOptions,
+    ph: &mut Phases,
+    elements: PrevElements<'_>,
+) {
     let set_fates = fates(&p.sets, &n.sets, set_decl_eq);
     let chain_fates = fates(&p.chains, &n.chains, chain_decl_eq);
     let recreated_sets = recreated(&set_fates);
@@ -303,7 +328,7 @@ fn diff_table(tref: &TableRef, p: &Table, mut n: Table, opts: &DiffOptions, ph: 
             .map(|c| c.name.as_str())
             .collect()
     };
-    diff_sets(tref, p, &mut n, &set_fates, &recreated_chains, ph);
+    diff_sets(tref, p, &mut n, &set_fates, &recreated_chains, ph, elements);
     diff_chains(tref, p, &mut n, &chain_fates, &referrers, opts, ph);
 }
 
@@ -337,7 +362,19 @@ fn diff_sets(
     set_fates: &BTreeMap<String, Fate>,
     recreated_chains: &BTreeSet<&str>,
     ph: &mut Phases,
+    elements: PrevElements<'_>,
 ) {
+    // `prev`'s set with its elements: as given, or read now through `elements`.
+    let mut prev_set = |name: &str| -> std::borrow::Cow<'_, Set> {
+        let ps = &p.sets[name];
+        match elements(tref, ps) {
+            Some(e) => std::borrow::Cow::Owned(Set {
+                elements: e,
+                ..ps.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(ps),
+        }
+    };
     for (name, &f) in set_fates {
         let name = name.as_str();
         // All elements of a set being (re-)created, except a dynamic set's runtime ones.
@@ -376,7 +413,7 @@ fn diff_sets(
                 // Elements of a doomed map that enter a chain being re-created must go
                 // before that chain is deleted (the map itself goes only at the end).
                 if !recreated_chains.is_empty() {
-                    let keys: Vec<Vec<Value>> = p.sets[name]
+                    let keys: Vec<Vec<Value>> = prev_set(name)
                         .elements
                         .iter()
                         .filter(|e| e.target().is_some_and(|c| recreated_chains.contains(c)))
@@ -386,13 +423,13 @@ fn diff_sets(
                 }
             }
             Fate::Same => {
-                let ps = &p.sets[name];
-                if ps.flags.dynamic {
+                if p.sets[name].flags.dynamic {
                     continue; // runtime contents: never touched
                 }
+                let ps = prev_set(name);
                 let ns = n.sets.get_mut(name).expect("kept set");
                 let next = std::mem::take(&mut ns.elements).into_vec();
-                let (dels, adds) = element_changes(ps, next, recreated_chains);
+                let (dels, adds) = element_changes(&ps, next, recreated_chains);
                 push_deletes(&mut ph.delete_elements, tref, name, dels);
                 push_adds(&mut ph.add_elements, tref, name, adds);
             }

@@ -10,8 +10,8 @@ pub mod netlink;
 
 use std::fmt;
 
-use crate::nft::tx::Transaction;
-use crate::nft::Ruleset;
+use crate::nft::tx::{TableRef, Transaction};
+use crate::nft::{Elements, Ruleset, Set};
 
 /// What applying a transaction cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,5 +79,31 @@ pub trait Backend {
     /// touched. `None` when the backend cannot tell (drift checks are then skipped).
     fn nft_generation(&mut self) -> Result<Option<u32>, BackendError> {
         Ok(None)
+    }
+    /// [`Backend::dump`] without the sets' elements (every set's declaration, every chain
+    /// and rule): what a diff against the kernel starts from, reading each set's elements
+    /// with [`Backend::set_elements`] only when it compares that set, so that the
+    /// kernel's copy of kproxy's tables is never held whole beside the next ruleset (at
+    /// 50k × 10 the elements are three quarters of a dump's 210 MiB).
+    fn dump_declarations(&mut self) -> Result<Ruleset, BackendError> {
+        let mut rs = self.dump()?;
+        for t in &mut rs.tables {
+            for s in t.sets.values_mut() {
+                s.elements = Elements::default();
+            }
+        }
+        Ok(rs)
+    }
+    /// The elements of `set` (as declared in a [`Backend::dump_declarations`]) in `table`,
+    /// as they are now; none if the set or table is gone.
+    fn set_elements(&mut self, table: &TableRef, set: &Set) -> Result<Elements, BackendError> {
+        let rs = self.dump()?;
+        Ok(rs
+            .tables
+            .into_iter()
+            .find(|t| t.family == table.family && t.name == table.name)
+            .and_then(|mut t| t.sets.remove(&set.name))
+            .map(|s| s.elements)
+            .unwrap_or_default())
     }
 }

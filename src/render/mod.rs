@@ -62,6 +62,14 @@ pub fn render_chunked<M: std::borrow::Borrow<Model>>(
     render_chunked_over(None, chunks)
 }
 
+/// Whether [`incremental::Renderer::adopt`] (and [`render_chunked_over`]) read the
+/// elements of the set `name` when adopting what the kernel holds: only the affinity
+/// lists' live endpoints (`affinity-endpoints-K`); every other adoption fact is in the
+/// rules. Callers reading the kernel for adoption can skip every other set's elements.
+pub fn adoption_reads_elements(name: &str) -> bool {
+    name.starts_with(affinity::AFFINITY_ENDPOINTS_PREFIX)
+}
+
 /// [`render_chunked`] for a kernel that already holds kproxy's tables (`kernel`, read
 /// back): every endpoint list it holds keeps its block (and an affinity list its
 /// constant and ids), so `kproxy apply` of a change moves nothing else, whatever the

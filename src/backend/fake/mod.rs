@@ -39,7 +39,7 @@ mod check;
 
 use super::{ApplyReport, Backend, BackendError, OpFailure};
 use crate::nft::tx::{Op, TableRef, Transaction};
-use crate::nft::{Chain, Element, Rule, Ruleset, Set, Table};
+use crate::nft::{Chain, Element, Elements, Rule, Ruleset, Set, Table};
 use check::{add_chain, add_elements, add_set, check_name, check_stmt, delete_elements};
 
 /// An in-memory, validating, all-or-nothing nftables.
@@ -170,6 +170,17 @@ impl Backend for FakeBackend {
 
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
         Ok(self.state.clone())
+    }
+
+    fn set_elements(&mut self, table: &TableRef, set: &Set) -> Result<Elements, BackendError> {
+        Ok(self
+            .state
+            .tables
+            .iter()
+            .find(|t| t.family == table.family && t.name == table.name)
+            .and_then(|t| t.sets.get(&set.name))
+            .map(|s| s.elements.clone())
+            .unwrap_or_default())
     }
 }
 

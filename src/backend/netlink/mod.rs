@@ -61,7 +61,7 @@ use super::{ApplyReport, Backend, BackendError, OpFailure};
 use crate::netlink::socket::NlSocket;
 use crate::netlink::wire::{self, messages, Writer};
 use crate::nft::tx::{Op, TableRef, Transaction};
-use crate::nft::{Family, Ruleset, Table};
+use crate::nft::{Element, Elements, Family, Ruleset, Set, Table};
 
 /// kproxy's table name unless configured otherwise.
 pub const DEFAULT_TABLE: &str = "kproxy";
@@ -106,8 +106,6 @@ impl From<ReqError> for BackendError {
 struct Reply {
     /// The reply messages (aligned, back to back).
     buf: Vec<u8>,
-    /// NLM_F_DUMP_INTR was set: the ruleset changed during the dump.
-    interrupted: bool,
 }
 
 /// `(major, minor)` of the running kernel.
@@ -255,6 +253,33 @@ impl NetlinkBackend {
         family: u8,
         attrs: impl FnOnce(&mut Writer),
     ) -> Result<Reply, ReqError> {
+        let mut buf = Vec::new();
+        self.request_each(ty, flags, family, attrs, |m| {
+            let len = c::NLMSG_HDRLEN + m.payload.len();
+            let mut w = Writer::new();
+            let s = w.begin_msg(m.ty, m.flags, m.seq, 0, 0);
+            w.buf.truncate(s + c::NLMSG_HDRLEN);
+            w.buf.extend_from_slice(m.payload);
+            w.buf[s..s + 4].copy_from_slice(&(len as u32).to_ne_bytes());
+            while !w.buf.len().is_multiple_of(4) {
+                w.buf.push(0);
+            }
+            buf.extend_from_slice(&w.buf);
+        })?;
+        Ok(Reply { buf })
+    }
+
+    /// Sends one request and hands each reply message to `each` as it is received (a
+    /// dump is decoded a socket read at a time, never held whole). Returns whether the
+    /// kernel flagged the dump as interrupted (NLM_F_DUMP_INTR).
+    fn request_each(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        family: u8,
+        attrs: impl FnOnce(&mut Writer),
+        mut each: impl FnMut(&wire::Msg<'_>),
+    ) -> Result<bool, ReqError> {
         let seq = self.next_seq(1);
         let mut w = Writer::new();
         let m = w.begin_msg(msg_type(ty), flags, seq, family, 0);
@@ -262,10 +287,7 @@ impl NetlinkBackend {
         w.end_msg(m);
         self.sock.send_pages(std::slice::from_ref(&w.buf))?;
         let dump = flags & c::NLM_F_DUMP == c::NLM_F_DUMP;
-        let mut out = Reply {
-            buf: Vec::new(),
-            interrupted: false,
-        };
+        let mut interrupted = false;
         loop {
             let buf = self.sock.recv(false)?.unwrap_or(&[]);
             if buf.is_empty() {
@@ -278,7 +300,7 @@ impl NetlinkBackend {
                     continue; // stale reply to an earlier request
                 }
                 if m.flags & c::NLM_F_DUMP_INTR != 0 {
-                    out.interrupted = true;
+                    interrupted = true;
                 }
                 match m.ty {
                     c::NLMSG_ERROR => {
@@ -286,23 +308,14 @@ impl NetlinkBackend {
                         if errno != 0 {
                             return Err(ReqError::Errno(errno));
                         }
-                        return Ok(out);
+                        return Ok(interrupted);
                     }
-                    c::NLMSG_DONE => return Ok(out),
+                    c::NLMSG_DONE => return Ok(interrupted),
                     c::NLMSG_NOOP => {}
                     _ => {
-                        let len = c::NLMSG_HDRLEN + m.payload.len();
-                        let mut w = Writer::new();
-                        let s = w.begin_msg(m.ty, m.flags, m.seq, 0, 0);
-                        w.buf.truncate(s + c::NLMSG_HDRLEN);
-                        w.buf.extend_from_slice(m.payload);
-                        w.buf[s..s + 4].copy_from_slice(&(len as u32).to_ne_bytes());
-                        while !w.buf.len().is_multiple_of(4) {
-                            w.buf.push(0);
-                        }
-                        out.buf.extend_from_slice(&w.buf);
+                        each(&m);
                         if !dump {
-                            return Ok(out);
+                            return Ok(interrupted);
                         }
                     }
                 }
@@ -419,106 +432,164 @@ impl NetlinkBackend {
         Ok(())
     }
 
-    fn dump_once(&mut self) -> Result<(Ruleset, bool), BackendError> {
+    fn dump_once(&mut self, elements: bool) -> Result<(Ruleset, bool), BackendError> {
         let mut rs = Ruleset::default();
         let mut interrupted = false;
         let mut comments = decode::Comments::default();
-        let name = self.table.clone();
         for family in [Family::V4, Family::V6] {
-            let fam = family_proto(family);
-            let r = match self.request(c::NFT_MSG_GETTABLE, c::NLM_F_REQUEST, fam, |w| {
-                w.str(c::NFTA_TABLE_NAME, &name)
-            }) {
-                Ok(r) => r,
-                Err(ReqError::Errno(libc::ENOENT)) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let mut table = Table::new(family, name.clone());
-            if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
-                table.comment = decode::table(&m).1;
+            if let Some((table, intr)) = self.read_table(family, elements, &mut comments)? {
+                interrupted |= intr;
+                rs.tables.push(table);
             }
-            let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        }
+        Ok((rs, interrupted))
+    }
 
-            let r = self.request(c::NFT_MSG_GETCHAIN, dump, fam, |w| {
-                w.str(c::NFTA_CHAIN_TABLE, &name)
-            })?;
-            interrupted |= r.interrupted;
-            for m in messages(&r.buf) {
+    /// One family's table: its declaration, chains with their rules, and sets (with their
+    /// elements only when `elements`). `None` if the table does not exist. The bool says
+    /// whether a dump was interrupted.
+    fn read_table(
+        &mut self,
+        family: Family,
+        elements: bool,
+        comments: &mut decode::Comments,
+    ) -> Result<Option<(Table, bool)>, BackendError> {
+        let name = self.table.clone();
+        let fam = family_proto(family);
+        let r = match self.request(c::NFT_MSG_GETTABLE, c::NLM_F_REQUEST, fam, |w| {
+            w.str(c::NFTA_TABLE_NAME, &name)
+        }) {
+            Ok(r) => r,
+            Err(ReqError::Errno(libc::ENOENT)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut table = Table::new(family, name.clone());
+        if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
+            table.comment = decode::table(&m).1;
+        }
+        let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        let mut interrupted = self.request_each(
+            c::NFT_MSG_GETCHAIN,
+            dump,
+            fam,
+            |w| w.str(c::NFTA_CHAIN_TABLE, &name),
+            |m| {
                 if m.ty == msg_type(c::NFT_MSG_NEWCHAIN) && m.family() == fam {
-                    let (t, ch) = decode::chain(&m);
+                    let (t, ch) = decode::chain(m);
                     if t == name {
                         table.add_chain(ch);
                     }
                 }
-            }
+            },
+        )?;
 
-            let r = self.request(c::NFT_MSG_GETSET, dump, fam, |w| {
-                w.str(c::NFTA_SET_TABLE, &name)
-            })?;
-            interrupted |= r.interrupted;
-            let mut sets = Vec::new();
-            for m in messages(&r.buf) {
+        let mut sets = Vec::new();
+        interrupted |= self.request_each(
+            c::NFT_MSG_GETSET,
+            dump,
+            fam,
+            |w| w.str(c::NFTA_SET_TABLE, &name),
+            |m| {
                 if m.ty == msg_type(c::NFT_MSG_NEWSET) && m.family() == fam {
-                    match decode::set(&m) {
+                    match decode::set(m) {
                         Ok((t, s)) if t == name => sets.push(s),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "set not read back"),
                     }
                 }
+            },
+        )?;
+        for mut s in sets {
+            if elements {
+                let (els, intr) = self.read_elements(family, &s, comments)?;
+                interrupted |= intr;
+                s.extend(els);
             }
-            for mut s in sets {
-                // A hash set's element dump spans several skbs, each resuming by count;
-                // a background rehash (right after many inserts) between them skips or
-                // repeats elements without any flag or generation change (seen on 6.18:
-                // 88k of 100k). Large sets are therefore read until two reads agree.
-                let mut previous: Option<Vec<Vec<u8>>> = None;
-                let mut raw = Vec::new();
-                for _ in 0..8 {
-                    let r = self.request(c::NFT_MSG_GETSETELEM, dump, fam, |w| {
-                        w.str(c::NFTA_SET_ELEM_LIST_TABLE, &name);
-                        w.str(c::NFTA_SET_ELEM_LIST_SET, &s.name);
-                    })?;
-                    interrupted |= r.interrupted;
-                    raw.clear();
-                    for m in messages(&r.buf) {
-                        if m.ty == msg_type(c::NFT_MSG_NEWSETELEM) {
-                            decode::raw_elements(&m, &mut raw);
-                        }
-                    }
-                    if raw.len() < STABLE_DUMP_MIN || s.flags.dynamic {
-                        break;
-                    }
-                    let mut keys: Vec<Vec<u8>> = raw.iter().map(|e| e.key.clone()).collect();
-                    keys.sort_unstable();
-                    if previous.as_ref() == Some(&keys) {
-                        break;
-                    }
-                    previous = Some(keys);
-                }
-                let elements = decode::fold_elements(&s, raw, &mut comments);
-                s.extend(elements);
-                table.add_set(s);
-            }
+            table.add_set(s);
+        }
 
-            let r = self.request(c::NFT_MSG_GETRULE, dump, fam, |w| {
-                w.str(c::NFTA_RULE_TABLE, &name)
-            })?;
-            interrupted |= r.interrupted;
-            for m in messages(&r.buf) {
+        interrupted |= self.request_each(
+            c::NFT_MSG_GETRULE,
+            dump,
+            fam,
+            |w| w.str(c::NFTA_RULE_TABLE, &name),
+            |m| {
                 if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
                     if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
-                        continue;
+                        return;
                     }
-                    let (chain, rule) = decode::rule(&m, family);
+                    let (chain, rule) = decode::rule(m, family);
                     if let Some(ch) = table.chains.get_mut(&chain) {
                         ch.push(rule);
                     }
                 }
-            }
-            rs.tables.push(table);
+            },
+        )?;
+        for ch in table.chains.values_mut() {
+            ch.rules.shrink_to_fit();
         }
-        Ok((rs, interrupted))
+        Ok(Some((table, interrupted)))
     }
+
+    /// The elements of `set` (declared as the kernel has it) in this family's table, and
+    /// whether the dump was interrupted.
+    ///
+    /// A hash set's element dump spans several skbs, each resuming by count; a
+    /// background rehash (right after many inserts) between them skips or repeats
+    /// elements without any flag or generation change (seen on 6.18: 88k of 100k). Large
+    /// sets are therefore read until two reads agree (on the count and an
+    /// order-independent hash of the keys: no copy of the keys is kept).
+    fn read_elements(
+        &mut self,
+        family: Family,
+        set: &Set,
+        comments: &mut decode::Comments,
+    ) -> Result<(Vec<Element>, bool), BackendError> {
+        let name = self.table.clone();
+        let fam = family_proto(family);
+        let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        let mut previous: Option<(usize, u64)> = None;
+        let mut raw = Vec::new();
+        let mut interrupted = false;
+        for _ in 0..8 {
+            raw.clear();
+            interrupted |= self.request_each(
+                c::NFT_MSG_GETSETELEM,
+                dump,
+                fam,
+                |w| {
+                    w.str(c::NFTA_SET_ELEM_LIST_TABLE, &name);
+                    w.str(c::NFTA_SET_ELEM_LIST_SET, &set.name);
+                },
+                |m| {
+                    if m.ty == msg_type(c::NFT_MSG_NEWSETELEM) {
+                        decode::raw_elements(m, &mut raw);
+                    }
+                },
+            )?;
+            if raw.len() < STABLE_DUMP_MIN || set.flags.dynamic {
+                break;
+            }
+            let keys = (raw.len(), keys_fingerprint(&raw));
+            if previous == Some(keys) {
+                break;
+            }
+            previous = Some(keys);
+        }
+        let mut elements = decode::fold_elements(set, raw, comments);
+        elements.shrink_to_fit();
+        Ok((elements, interrupted))
+    }
+}
+
+/// An order-independent fingerprint of a read's element keys (each key hashed, the
+/// hashes summed): two reads of a set that agree on it and on the count hold the same
+/// keys, short of a 64-bit collision.
+fn keys_fingerprint(raw: &[decode::RawElem]) -> u64 {
+    use std::hash::BuildHasher;
+    let h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    raw.iter()
+        .fold(0u64, |acc, e| acc.wrapping_add(h.hash_one(&e.key)))
 }
 
 impl NetlinkBackend {
@@ -602,9 +673,46 @@ impl Backend for NetlinkBackend {
     }
 
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
+        self.dump_consistent(true)
+    }
+
+    fn dump_declarations(&mut self) -> Result<Ruleset, BackendError> {
+        self.dump_consistent(false)
+    }
+
+    fn set_elements(&mut self, table: &TableRef, set: &Set) -> Result<Elements, BackendError> {
+        if table.name != self.table {
+            return Ok(Elements::default());
+        }
+        let mut comments = decode::Comments::default();
+        for _ in 0..5 {
+            match self.read_elements(table.family, set, &mut comments) {
+                Ok((els, false)) => {
+                    let mut out = Elements::default();
+                    out.extend(els);
+                    return Ok(out);
+                }
+                Ok((_, true)) => continue,
+                Err(BackendError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return Ok(Elements::default())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BackendError::Netlink(format!(
+            "set {} kept changing while it was read",
+            set.name
+        )))
+    }
+}
+
+impl NetlinkBackend {
+    /// A dump of both tables (with or without the sets' elements) during which the
+    /// generation did not move and no dump was interrupted; retried a few times.
+    fn dump_consistent(&mut self, elements: bool) -> Result<Ruleset, BackendError> {
         for _ in 0..5 {
             let g0 = self.generation()?;
-            let (rs, interrupted) = self.dump_once()?;
+            let (rs, interrupted) = self.dump_once(elements)?;
             let g1 = self.generation()?;
             if g0 == g1 && !interrupted {
                 for f in [Family::V4, Family::V6] {
