@@ -198,7 +198,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn parse(line: &str) -> Outcome {
+    pub fn parse(line: &str) -> Outcome {
         match line.trim() {
             "refused" => Outcome::Refused,
             "timeout" => Outcome::Timeout,
@@ -892,6 +892,95 @@ impl Topology {
             out,
             first: Outcome::parse(&line),
             second_at,
+        }
+    }
+}
+
+/// A steady stream of new TCP connections (`kproxy-echo client --interval-ms`), each
+/// outcome stamped when its line arrived. Stopped (killed) by [`Stream::stop`] or on drop.
+pub struct Stream {
+    child: Child,
+    seen: Arc<Mutex<Vec<(Instant, Outcome)>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    /// The outcomes so far.
+    pub fn outcomes(&self) -> Vec<(Instant, Outcome)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops the client and returns every outcome.
+    pub fn stop(mut self) -> Vec<(Instant, Outcome)> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.outcomes()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Topology {
+    /// Starts a new TCP connection from `from` to `to:port` every `every` (each with
+    /// `timeout`), until stopped.
+    pub fn stream(
+        &self,
+        from: Client,
+        to: IpAddr,
+        port: u16,
+        every: Duration,
+        timeout: Duration,
+    ) -> Stream {
+        let target = SocketAddr::new(to, port).to_string();
+        let ms = timeout.as_millis().to_string();
+        let every_ms = every.as_millis().to_string();
+        let mut args = vec![
+            "client",
+            "tcp",
+            &target,
+            "--timeout-ms",
+            &ms,
+            "--interval-ms",
+            &every_ms,
+            "--count",
+            "4000000000",
+        ];
+        let from_s;
+        if let Client::Outside(ip) = from {
+            from_s = ip.to_string();
+            args.extend(["--from", &from_s]);
+        }
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.client_ns(from).name, ECHO])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the connection stream");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let reader = thread::spawn(move || {
+            for l in out.lines() {
+                let Ok(l) = l else { break };
+                sink.lock()
+                    .unwrap()
+                    .push((Instant::now(), Outcome::parse(&l)));
+            }
+        });
+        Stream {
+            child,
+            seen,
+            reader: Some(reader),
         }
     }
 }
