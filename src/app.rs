@@ -26,6 +26,7 @@ use crate::k8s;
 use crate::k8s::events::{EventRecorder, Notice};
 use crate::metrics::Metrics;
 use crate::model::{ServicePort, Warning};
+use crate::nft::tx::TableRef;
 use crate::nft::Family;
 use crate::render;
 use crate::sync::{FlowCleaner, SyncConfig, Syncer, Trigger, WarningSink};
@@ -82,7 +83,8 @@ pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
     init_logging(config.verbosity);
     if mode.cleanup {
         if mode.cleanup_kube_proxy {
-            let r = takeover::cleanup_kube_proxy().map_err(|e| RunError::Kernel(e.to_string()))?;
+            let r = takeover::cleanup_kube_proxy(&mut log_table_removed)
+                .map_err(|e| RunError::Kernel(e.to_string()))?;
             log_takeover(&r);
         }
         let mut backend =
@@ -103,10 +105,11 @@ pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
     runtime.block_on(run_async(config, mode.cleanup_kube_proxy))
 }
 
+fn log_table_removed(t: &TableRef) {
+    tracing::info!(table = %format!("{} {}", t.family, t.name), "removed kube-proxy's nftables table");
+}
+
 fn log_takeover(r: &takeover::TakeoverReport) {
-    for t in &r.nft_tables {
-        tracing::info!(table = %format!("{} {}", t.family, t.name), "removed kube-proxy's nftables table");
-    }
     for (tool, chains) in &r.iptables {
         tracing::info!(tool = %tool, chains, "removed kube-proxy's iptables chains");
     }
@@ -140,7 +143,7 @@ fn after_full_sync(cleanup_kube_proxy: bool) -> Box<dyn FnMut() + Send> {
                 .name("kproxy-takeover".into())
                 .spawn(move || {
                     tracing::info!("first full sync committed: removing kube-proxy's rules");
-                    match takeover::cleanup_kube_proxy() {
+                    match takeover::cleanup_kube_proxy(&mut log_table_removed) {
                         Ok(r) => {
                             log_takeover(&r);
                             shared.store(DONE, Ordering::SeqCst);

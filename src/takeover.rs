@@ -40,8 +40,12 @@ pub struct TakeoverReport {
     pub warnings: Vec<String>,
 }
 
-/// Removes upstream kube-proxy's nftables tables and iptables `KUBE-*` chains.
-pub fn cleanup_kube_proxy() -> Result<TakeoverReport, BackendError> {
+/// Removes upstream kube-proxy's nftables tables and iptables `KUBE-*` chains;
+/// `table_removed` is told of each table as soon as it is gone (before the slower
+/// iptables part).
+pub fn cleanup_kube_proxy(
+    table_removed: &mut dyn FnMut(&TableRef),
+) -> Result<TakeoverReport, BackendError> {
     let mut report = TakeoverReport::default();
     let mut backend = NetlinkBackend::new(UPSTREAM_TABLE)?;
     let tables = [
@@ -50,6 +54,7 @@ pub fn cleanup_kube_proxy() -> Result<TakeoverReport, BackendError> {
     ];
     for table in tables {
         if delete_table(&mut backend, &table)? {
+            table_removed(&table);
             report.nft_tables.push(table);
         }
     }

@@ -399,8 +399,12 @@ fn cleanup_kube_proxy_at_scale() {
     let outside = Client::Outside(outside_ip(Family::V4, "O"));
     let node = node_ip(Family::V4);
     assert_eq!(reached(t, &cip), want, "kube-proxy's ClusterIP");
+    // A generous timeout: kproxy's first full sync keeps this 2-core machine's CPUs busy
+    // and a starved echo server must not count as a gap. A real gap still shows: a
+    // NodePort without rules is refused at once, a ClusterIP answer comes late (the SYN is
+    // retransmitted after 1 s), and the stalls are printed with their time.
     let every = Duration::from_millis(10);
-    let timeout = Duration::from_secs(1);
+    let timeout = Duration::from_secs(3);
     let streams: Vec<(&str, Stream)> = vec![
         (
             "ClusterIP",
@@ -412,57 +416,74 @@ fn cleanup_kube_proxy_at_scale() {
         ),
     ];
     std::thread::sleep(Duration::from_millis(500));
-    let start = Instant::now();
     let d = Daemon::start(t, &s.kubeconfig, &["--cleanup-kube-proxy"]);
-    let (mut kproxy_at, mut gone_at) = (None, None);
-    let mut polls = 0u32;
-    while gone_at.is_none() {
+    // When kproxy logged a line containing `what` (its log's clock is this process's).
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let logged = |what: &str| {
+        d.log().lines().find(|l| l.contains(what)).and_then(|l| {
+            let t = kproxy::k8s::cache::parse_rfc3339(l.split_whitespace().next()?)?;
+            Some(match t.duration_since(wall) {
+                Ok(after) => now + after,
+                Err(e) => now - e.duration(),
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (committed, removed) = loop {
+        if let (Some(c), Some(r)) = (
+            logged("first full sync committed"),
+            logged("removed kube-proxy's nftables table table=ip kube-proxy"),
+        ) {
+            break (c, r);
+        }
         assert!(
-            start.elapsed() < Duration::from_secs(600),
+            Instant::now() < deadline,
             "not swapped in 600 s:\n{}",
             d.log()
         );
-        let kp = has_table(t, "ip", "kproxy");
-        let now = Instant::now();
-        if kp && kproxy_at.is_none() {
-            kproxy_at = Some(now);
-        }
-        if kproxy_at.is_some() && !has_table(t, "ip", "kube-proxy") {
-            gone_at = Some(Instant::now());
-        }
-        polls += 1;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let (kproxy_at, gone_at) = (kproxy_at.unwrap(), gone_at.unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    };
     std::thread::sleep(Duration::from_secs(2));
     println!(
-        "at_scale: kproxy's table appeared {:.2} s after start; kube-proxy's gone {:.0} ms \
-         later: both coexisted ~{:.0} ms (polled `nft list tables` {polls} times)",
-        (kproxy_at - start).as_secs_f64(),
-        (gone_at - kproxy_at).as_secs_f64() * 1e3,
-        (gone_at - kproxy_at).as_secs_f64() * 1e3,
+        "at_scale: kproxy's first full sync committed {:.1} s after start; kube-proxy's ip \
+         table deleted {:.0} ms later (both coexisted that long; kproxy's log)",
+        (committed - now).as_secs_f64(),
+        (removed - committed).as_secs_f64() * 1e3,
     );
     for l in d.log().lines().filter(|l| {
         l.contains("synced full=true") || l.contains("kube-proxy") || l.contains("API server")
     }) {
         println!("  kproxy: {l}");
     }
+    let since = |at: Instant| match at.checked_duration_since(committed) {
+        Some(d) => d.as_secs_f64(),
+        None => -(committed - at).as_secs_f64(),
+    };
     for (what, stream) in streams {
         let outcomes = stream.stop();
         let (longest, failed) = gap(&outcomes, &want);
-        let stall = outcomes
+        let stalls: Vec<String> = outcomes
             .windows(2)
-            .map(|w| w[1].0 - w[0].0)
-            .max()
-            .unwrap_or_default();
+            .filter(|w| w[1].0 - w[0].0 > Duration::from_millis(200))
+            .map(|w| {
+                format!(
+                    "{:.0} ms at {:+.2} s",
+                    (w[1].0 - w[0].0).as_secs_f64() * 1e3,
+                    since(w[0].0)
+                )
+            })
+            .collect();
         println!(
-            "at_scale: {what}: {} new connections every {every:?}, {failed} failed, gap {} ms \
-             (longest time between two answers: {} ms)",
+            "at_scale: {what}: {} new connections every {every:?}, {failed} failed, gap {} ms; \
+             answers more than 200 ms apart (time from the commit): {stalls:?}",
             outcomes.len(),
             longest.as_millis(),
-            stall.as_millis()
         );
-        assert_eq!(failed, 0, "{what}: connections failed during the takeover");
+        let failures: Vec<String> = failures(&outcomes, &want)
+            .iter()
+            .map(|(at, o)| format!("{o:?} at {:+.2} s", since(*at)))
+            .collect();
+        assert_eq!(failed, 0, "{what}: connections failed: {failures:?}");
     }
     assert!(!has_table(t, "ip6", "kube-proxy") && has_table(t, "ip6", "kproxy"));
     d.stop();

@@ -858,18 +858,33 @@ impl Topology {
     /// Opens a TCP connection from `from` to `to:port` that stays open for `hold`, then
     /// asks again on the same connection (see [`Held`]).
     pub fn hold(&self, from: Client, to: IpAddr, port: u16, hold: Duration) -> Held {
-        let target = SocketAddr::new(to, port).to_string();
         let ms = DEFAULT_TIMEOUT.as_millis().to_string();
         let hold_ms = hold.as_millis().to_string();
-        let mut args = vec![
-            "client",
-            "tcp",
-            &target,
-            "--timeout-ms",
-            &ms,
-            "--hold-ms",
-            &hold_ms,
-        ];
+        let (child, mut out) = self.spawn_tcp_client(
+            from,
+            SocketAddr::new(to, port),
+            &["--timeout-ms", &ms, "--hold-ms", &hold_ms],
+        );
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read held client");
+        let second_at = Instant::now() + hold;
+        Held {
+            child,
+            out,
+            first: Outcome::parse(&line),
+            second_at,
+        }
+    }
+
+    /// `kproxy-echo client tcp TARGET ARGS…` started from `from`, its stdout piped.
+    fn spawn_tcp_client(
+        &self,
+        from: Client,
+        target: SocketAddr,
+        args: &[&str],
+    ) -> (Child, BufReader<ChildStdout>) {
+        let target = target.to_string();
+        let mut args: Vec<&str> = [&["client", "tcp", &target], args].concat();
         let from_s;
         if let Client::Outside(ip) = from {
             from_s = ip.to_string();
@@ -882,17 +897,9 @@ impl Topology {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn held client");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read held client");
-        let second_at = Instant::now() + hold;
-        Held {
-            child,
-            out,
-            first: Outcome::parse(&line),
-            second_at,
-        }
+            .unwrap_or_else(|e| panic!("spawn kproxy-echo {args:?}: {e}"));
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        (child, out)
     }
 }
 
@@ -939,34 +946,20 @@ impl Topology {
         every: Duration,
         timeout: Duration,
     ) -> Stream {
-        let target = SocketAddr::new(to, port).to_string();
         let ms = timeout.as_millis().to_string();
         let every_ms = every.as_millis().to_string();
-        let mut args = vec![
-            "client",
-            "tcp",
-            &target,
-            "--timeout-ms",
-            &ms,
-            "--interval-ms",
-            &every_ms,
-            "--count",
-            "4000000000",
-        ];
-        let from_s;
-        if let Client::Outside(ip) = from {
-            from_s = ip.to_string();
-            args.extend(["--from", &from_s]);
-        }
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.client_ns(from).name, ECHO])
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the connection stream");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (child, out) = self.spawn_tcp_client(
+            from,
+            SocketAddr::new(to, port),
+            &[
+                "--timeout-ms",
+                &ms,
+                "--interval-ms",
+                &every_ms,
+                "--count",
+                "4000000000",
+            ],
+        );
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         let reader = thread::spawn(move || {
