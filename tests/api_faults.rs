@@ -6,6 +6,9 @@
 //!   failed-over load balancer or a dropped NAT entry looks like from the node). kproxy
 //!   must notice within seconds (TCP keepalive and `TCP_USER_TIMEOUT`, `k8s::client`), not
 //!   at the watch's 295 s idle timeout, reconnect, and program a change made meanwhile.
+//! - A quiet but healthy watch (no events, no bookmarks) for longer than a dead connection
+//!   is given: kept, and the next change arrives on it (the peer's kernel answers the
+//!   keepalive probes; a read timeout would have cut it).
 //!
 //! Needs root; elsewhere (CI unset) each test prints one line and skips.
 
@@ -101,5 +104,32 @@ fn a_half_open_api_connection_is_noticed_in_seconds_and_the_change_made_meanwhil
             .server()
             == Some(want[0])
     });
+    d.stop();
+}
+
+#[test]
+fn a_quiet_but_healthy_watch_is_kept_however_long_it_is_idle() {
+    let Some(s) = setup_for("api_faults::quiet_watch") else {
+        return;
+    };
+    let (t, api) = (&s.t, &s.api);
+    // No bookmarks: the watches carry nothing at all while nothing changes.
+    api.set_bookmark_interval(Duration::from_secs(3600));
+    let (d, ip) = s.running_web(&["A1"]);
+    let watches = api.watch_count();
+    let bookmarks = api.bookmarks_sent();
+    // Longer than a dead connection is given (30 s): only keepalive probes, answered.
+    std::thread::sleep(Duration::from_secs(45));
+    slices(api, "web", &["B1"]);
+    eventually("the change, on the same watch", &d, || {
+        reached(t, &ip) == pods(Family::V4, &["B1"])
+    });
+    assert_eq!(api.watch_count(), watches, "a watch was restarted");
+    assert_eq!(api.bookmarks_sent(), bookmarks, "bookmarks were sent");
+    let log = d.log();
+    assert!(
+        !log.contains("stopped answering") && !log.contains("watch failed"),
+        "{log}"
+    );
     d.stop();
 }
