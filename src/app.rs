@@ -1,17 +1,18 @@
 //! `kproxy run`: the node daemon, wired from the pieces.
 //!
 //! Owns: the process-level sequence. Validate the configuration (before anything touches
-//! the node); `--cleanup` and `--cleanup-kube-proxy`; conntrack sysctls; the HTTP servers
-//! (`admin`, binding errors are fatal so a misconfigured port is seen at once); the API
-//! client and informer cache (`k8s`); the sync loop (`sync`) on a thread of its own over
-//! the netlink backend with conntrack cleanup and Events attached; and the shutdown on
+//! the node); `--cleanup`; conntrack sysctls; the HTTP servers (`admin`, binding errors
+//! are fatal so a misconfigured port is seen at once); the API client and informer cache
+//! (`k8s`); the sync loop (`sync`) on a thread of its own over the netlink backend with
+//! conntrack cleanup and Events attached; `--cleanup-kube-proxy` once the first full sync
+//! is committed (docs/daemon.md, "Taking over from kube-proxy"); and the shutdown on
 //! SIGTERM/SIGINT, which stops the loop between syncs and leaves the rules in place (a
 //! restarted kproxy adopts them without disturbing a connection).
 //!
 //! Must not: decide anything the modules it wires own.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::k8s;
 use crate::k8s::events::{EventRecorder, Notice};
 use crate::metrics::Metrics;
 use crate::model::{ServicePort, Warning};
+use crate::nft::tx::TableRef;
 use crate::nft::Family;
 use crate::render;
 use crate::sync::{FlowCleaner, SyncConfig, Syncer, Trigger, WarningSink};
@@ -37,7 +39,8 @@ pub struct RunMode {
     /// and exit.
     pub cleanup: bool,
     /// `--cleanup-kube-proxy`: remove upstream kube-proxy's nftables tables and iptables
-    /// `KUBE-*` chains first (taking a node over).
+    /// `KUBE-*` chains (taking a node over): once kproxy's first full sync is committed,
+    /// or, with `cleanup`, at once.
     pub cleanup_kube_proxy: bool,
 }
 
@@ -78,19 +81,12 @@ pub fn init_logging(verbosity: u8) {
 /// Runs the daemon until SIGTERM/SIGINT (or only the cleanup, per `mode`).
 pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
     init_logging(config.verbosity);
-    if mode.cleanup_kube_proxy {
-        let r = takeover::cleanup_kube_proxy().map_err(|e| RunError::Kernel(e.to_string()))?;
-        for t in &r.nft_tables {
-            tracing::info!(table = %format!("{} {}", t.family, t.name), "removed kube-proxy's nftables table");
-        }
-        for (tool, chains) in &r.iptables {
-            tracing::info!(tool = %tool, chains, "removed kube-proxy's iptables chains");
-        }
-        for w in &r.warnings {
-            tracing::warn!("{w}");
-        }
-    }
     if mode.cleanup {
+        if mode.cleanup_kube_proxy {
+            let r = takeover::cleanup_kube_proxy(&mut log_table_removed)
+                .map_err(|e| RunError::Kernel(e.to_string()))?;
+            log_takeover(&r);
+        }
         let mut backend =
             NetlinkBackend::new(render::TABLE).map_err(|e| RunError::Kernel(e.to_string()))?;
         let removed = apply::cleanup(&mut backend, &render::own_tables())
@@ -106,10 +102,68 @@ pub fn run(config: Config, mode: RunMode) -> Result<(), RunError> {
         .thread_name("kproxy-io")
         .build()
         .map_err(|e| RunError::Runtime(e.to_string()))?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, mode.cleanup_kube_proxy))
 }
 
-async fn run_async(config: Config) -> Result<(), RunError> {
+fn log_table_removed(t: &TableRef) {
+    tracing::info!(table = %format!("{} {}", t.family, t.name), "removed kube-proxy's nftables table");
+}
+
+fn log_takeover(r: &takeover::TakeoverReport) {
+    for (tool, chains) in &r.iptables {
+        tracing::info!(tool = %tool, chains, "removed kube-proxy's iptables chains");
+    }
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// What runs on the sync thread after every full sync: with `--cleanup-kube-proxy`, the
+/// first one that committed starts the removal of kube-proxy's rules (on a thread of its
+/// own: iptables-save/restore of a big ruleset takes seconds, and syncs must not wait),
+/// so the node is never without a table that serves Services; a removal that fails is
+/// tried again after the next full sync. Then the allocator returns the sync's freed
+/// peak to the OS.
+fn after_full_sync(cleanup_kube_proxy: bool) -> Box<dyn FnMut() + Send> {
+    const DONE: u8 = 0;
+    const PENDING: u8 = 1;
+    const RUNNING: u8 = 2;
+    let state = Arc::new(AtomicU8::new(if cleanup_kube_proxy {
+        PENDING
+    } else {
+        DONE
+    }));
+    Box::new(move || {
+        if state
+            .compare_exchange(PENDING, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let shared = state.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kproxy-takeover".into())
+                .spawn(move || {
+                    tracing::info!("first full sync committed: removing kube-proxy's rules");
+                    match takeover::cleanup_kube_proxy(&mut log_table_removed) {
+                        Ok(r) => {
+                            log_takeover(&r);
+                            shared.store(DONE, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "removing kube-proxy's rules failed; trying again after the next full sync");
+                            shared.store(PENDING, Ordering::SeqCst);
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start removing kube-proxy's rules; trying again after the next full sync");
+                state.store(PENDING, Ordering::SeqCst);
+            }
+        }
+        release_free_memory();
+    })
+}
+
+async fn run_async(config: Config, cleanup_kube_proxy: bool) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(config.sync_period * 2));
     // The sync loop says where each family's health checks listen; Events for the ports
@@ -155,7 +209,7 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     )
     .with_warnings(Box::new(SharedEvents(events)))
     .with_local_addresses(Box::new(local_addresses))
-    .with_after_full_sync(Box::new(release_free_memory));
+    .with_after_full_sync(after_full_sync(cleanup_kube_proxy));
     match Conntrack::open() {
         Ok(ct) => syncer = syncer.with_cleaner(Box::new(ct)),
         Err(e) => tracing::warn!(error = %e, "conntrack cleanup disabled: cannot open ctnetlink"),

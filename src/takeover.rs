@@ -1,8 +1,8 @@
 //! Taking a node over from upstream kube-proxy: removing what it left in the kernel.
 //!
 //! Owns: `--cleanup-kube-proxy`. Upstream's nftables mode keeps its rules in the tables
-//! `ip kube-proxy` and `ip6 kube-proxy`: those go over netlink like kproxy's own
-//! ([`crate::apply::cleanup`]). Its iptables mode leaves `KUBE-*` chains in the `filter`,
+//! `ip kube-proxy` and `ip6 kube-proxy`: each is deleted over netlink in a transaction of
+//! its own (a missing one is skipped), without reading it back first. Its iptables mode leaves `KUBE-*` chains in the `filter`,
 //! `nat` and `mangle` tables plus jumps to them from the built-in chains; those are
 //! removed the way upstream removes them itself, through `iptables-save` /
 //! `iptables-restore --noflush` (both the nft and the legacy variant, each family), because
@@ -11,6 +11,10 @@
 //! the save output: only jumps to `KUBE-*` chains and the `KUBE-*` chains themselves are
 //! touched, never anyone else's rules.
 //!
+//! When: `kproxy run` calls [`cleanup_kube_proxy`] once its first full sync is committed
+//! (so both rule sets coexist for a moment and a Service is never without one; why that is
+//! harmless: docs/daemon.md, "Taking over from kube-proxy"), `kproxy run --cleanup` at once.
+//!
 //! A use case like [`crate::apply`], not a backend: it drives the netlink backend and runs
 //! external tools. Must not: touch kproxy's own tables or any table or chain that is not
 //! kube-proxy's.
@@ -18,10 +22,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::apply;
 use crate::backend::netlink::NetlinkBackend;
-use crate::backend::BackendError;
-use crate::nft::tx::TableRef;
+use crate::backend::{Backend, BackendError};
+use crate::nft::tx::{Op, TableRef, Transaction};
 use crate::nft::Family;
 
 /// Upstream kube-proxy's nftables table name.
@@ -37,15 +40,24 @@ pub struct TakeoverReport {
     pub warnings: Vec<String>,
 }
 
-/// Removes upstream kube-proxy's nftables tables and iptables `KUBE-*` chains.
-pub fn cleanup_kube_proxy() -> Result<TakeoverReport, BackendError> {
+/// Removes upstream kube-proxy's nftables tables and iptables `KUBE-*` chains;
+/// `table_removed` is told of each table as soon as it is gone (before the slower
+/// iptables part).
+pub fn cleanup_kube_proxy(
+    table_removed: &mut dyn FnMut(&TableRef),
+) -> Result<TakeoverReport, BackendError> {
     let mut report = TakeoverReport::default();
     let mut backend = NetlinkBackend::new(UPSTREAM_TABLE)?;
     let tables = [
         TableRef::new(Family::V4, UPSTREAM_TABLE.to_string()),
         TableRef::new(Family::V6, UPSTREAM_TABLE.to_string()),
     ];
-    report.nft_tables = apply::cleanup(&mut backend, &tables)?;
+    for table in tables {
+        if delete_table(&mut backend, &table)? {
+            table_removed(&table);
+            report.nft_tables.push(table);
+        }
+    }
     for (save, restore) in [
         ("iptables-nft-save", "iptables-nft-restore"),
         ("ip6tables-nft-save", "ip6tables-nft-restore"),
@@ -61,6 +73,26 @@ pub fn cleanup_kube_proxy() -> Result<TakeoverReport, BackendError> {
         }
     }
     Ok(report)
+}
+
+/// Deletes `table` in a transaction of its own; false when there was no such table. No
+/// dump first (`apply::cleanup`'s way): at 50k services kube-proxy's table is hundreds of
+/// MiB to read back, and this runs right after kproxy's own first full sync, its memory
+/// peak.
+fn delete_table(backend: &mut NetlinkBackend, table: &TableRef) -> Result<bool, BackendError> {
+    let mut tx = Transaction::new();
+    tx.push(Op::DeleteTable {
+        table: table.clone(),
+    });
+    match backend.apply(&tx) {
+        Ok(_) => Ok(true),
+        Err(BackendError::Rejected { failures })
+            if failures.iter().all(|f| f.errno == libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// One iptables variant: save, plan, restore. A tool that is not installed is skipped.

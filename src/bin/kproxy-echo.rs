@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! kproxy-echo serve [--tcp PORT[,PORT…]] [--udp PORT[,PORT…]]
-//! kproxy-echo client tcp|udp ADDR:PORT [--timeout-ms N] [--hold-ms N] [--from ADDR] [--count N]
+//! kproxy-echo client tcp|udp ADDR:PORT [--timeout-ms N] [--hold-ms N] [--from ADDR] [--count N] [--interval-ms N]
 //! kproxy-echo sctp-listen [--port P] [--count N] [--timeout-ms N]
 //! kproxy-echo sctp-init ADDR:PORT [--from-port P] [--from ADDR]
 //! ```
@@ -24,7 +24,9 @@
 //!   `timeout` or `unreachable`; it exits 0 in all those cases. `--hold-ms` keeps the TCP
 //!   connection open that long, then sends a second request on it and prints a second line
 //!   (the answer, or `timeout`, `reset`, `closed`). `--count` repeats the whole attempt
-//!   with a new socket (a new connection) each time, one output line per attempt.
+//!   with a new socket (a new connection) each time, one output line per attempt;
+//!   `--interval-ms` starts an attempt at most every N ms (a steady stream of new
+//!   connections; an attempt that takes longer delays the next one).
 //! - `sctp-listen` reads SCTP packets with raw sockets (this works without kernel SCTP
 //!   support) and prints `<src-ip> <dst-ip> <dst-port>` for each INIT chunk to port `P`
 //!   (any port without `--port`), until `--count` INITs or `--timeout-ms` have passed.
@@ -63,7 +65,7 @@ fn main() {
             eprintln!("kproxy-echo: {msg}");
             eprintln!(
                 "usage: kproxy-echo serve [--tcp PORTS] [--udp PORTS]\n       \
-                 kproxy-echo client tcp|udp ADDR:PORT [--timeout-ms N] [--hold-ms N] [--from ADDR] [--count N]\n       \
+                 kproxy-echo client tcp|udp ADDR:PORT [--timeout-ms N] [--hold-ms N] [--from ADDR] [--count N] [--interval-ms N]\n       \
                  kproxy-echo sctp-listen [--port P] [--count N] [--timeout-ms N]\n       \
                  kproxy-echo sctp-init ADDR:PORT [--from-port P] [--from ADDR]"
             );
@@ -311,7 +313,10 @@ fn udp_loop(sock: UdpSocket) {
 // client
 
 fn client(raw: &[String]) -> Result<(), Error> {
-    let args = Args::parse(raw, &["timeout-ms", "hold-ms", "from", "count"])?;
+    let args = Args::parse(
+        raw,
+        &["timeout-ms", "hold-ms", "from", "count", "interval-ms"],
+    )?;
     let [proto, target] = args.positional.as_slice() else {
         return Err(Error::Usage("client: expected tcp|udp ADDR:PORT".into()));
     };
@@ -320,11 +325,17 @@ fn client(raw: &[String]) -> Result<(), Error> {
     let hold = args.num::<u64>("hold-ms")?.map(Duration::from_millis);
     let from = args.ip("from")?;
     let count: u32 = args.num("count")?.unwrap_or(1);
+    let interval = Duration::from_millis(args.num("interval-ms")?.unwrap_or(0));
     if timeout.is_zero() {
         return Err(Error::Usage("--timeout-ms must be positive".into()));
     }
     let out = io::stdout();
+    let mut next = Instant::now();
     for _ in 0..count {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        next = Instant::now() + interval;
         let lines = match proto.as_str() {
             "tcp" => tcp_attempt(target, from, timeout, hold)?,
             "udp" => {

@@ -80,8 +80,9 @@ struct RunArgs {
     /// Remove kproxy's tables and exit (with --cleanup-kube-proxy: upstream's too).
     #[arg(long)]
     cleanup: bool,
-    /// Before starting, remove upstream kube-proxy's rules (nftables tables `ip/ip6
-    /// kube-proxy`, iptables `KUBE-*` chains): for taking a node over from kube-proxy.
+    /// Remove upstream kube-proxy's rules (nftables tables `ip/ip6 kube-proxy`, iptables
+    /// `KUBE-*` chains) once kproxy's first full sync is committed, so Services never go
+    /// unserved: for taking a node over from kube-proxy. With --cleanup: at once.
     #[arg(long)]
     cleanup_kube_proxy: bool,
 }

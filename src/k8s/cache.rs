@@ -26,6 +26,7 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
+use super::client::{is_dead_connection, DEAD_AFTER};
 use super::compact::{
     address_family, prune_node, prune_service_cidr, Interner, ServiceLite, SliceLite,
 };
@@ -846,11 +847,22 @@ async fn watch<K>(
                     cache.apply(wrap(ev));
                 }
                 Some(Err(e)) => {
+                    let dead = is_dead_connection(&e);
+                    let kind = if dead { "ConnectionLost" } else { "Error" };
                     cache
                         .metrics
                         .api_events
-                        .with_label_values(&[resource, "Error"])
+                        .with_label_values(&[resource, kind])
                         .inc();
+                    if dead {
+                        tracing::warn!(
+                            resource,
+                            error = %e,
+                            "the connection to the API server stopped answering (no reply for {} s); reconnecting",
+                            DEAD_AFTER.as_secs()
+                        );
+                        continue;
+                    }
                     let code = api_code(&e);
                     if optional && matches!(code, Some(404) | Some(403)) {
                         tracing::info!(

@@ -198,7 +198,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn parse(line: &str) -> Outcome {
+    pub fn parse(line: &str) -> Outcome {
         match line.trim() {
             "refused" => Outcome::Refused,
             "timeout" => Outcome::Timeout,
@@ -858,18 +858,33 @@ impl Topology {
     /// Opens a TCP connection from `from` to `to:port` that stays open for `hold`, then
     /// asks again on the same connection (see [`Held`]).
     pub fn hold(&self, from: Client, to: IpAddr, port: u16, hold: Duration) -> Held {
-        let target = SocketAddr::new(to, port).to_string();
         let ms = DEFAULT_TIMEOUT.as_millis().to_string();
         let hold_ms = hold.as_millis().to_string();
-        let mut args = vec![
-            "client",
-            "tcp",
-            &target,
-            "--timeout-ms",
-            &ms,
-            "--hold-ms",
-            &hold_ms,
-        ];
+        let (child, mut out) = self.spawn_tcp_client(
+            from,
+            SocketAddr::new(to, port),
+            &["--timeout-ms", &ms, "--hold-ms", &hold_ms],
+        );
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read held client");
+        let second_at = Instant::now() + hold;
+        Held {
+            child,
+            out,
+            first: Outcome::parse(&line),
+            second_at,
+        }
+    }
+
+    /// `kproxy-echo client tcp TARGET ARGS…` started from `from`, its stdout piped.
+    fn spawn_tcp_client(
+        &self,
+        from: Client,
+        target: SocketAddr,
+        args: &[&str],
+    ) -> (Child, BufReader<ChildStdout>) {
+        let target = target.to_string();
+        let mut args: Vec<&str> = [&["client", "tcp", &target], args].concat();
         let from_s;
         if let Client::Outside(ip) = from {
             from_s = ip.to_string();
@@ -882,16 +897,83 @@ impl Topology {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn held client");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read held client");
-        let second_at = Instant::now() + hold;
-        Held {
+            .unwrap_or_else(|e| panic!("spawn kproxy-echo {args:?}: {e}"));
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        (child, out)
+    }
+}
+
+/// A steady stream of new TCP connections (`kproxy-echo client --interval-ms`), each
+/// outcome stamped when its line arrived. Stopped (killed) by [`Stream::stop`] or on drop.
+pub struct Stream {
+    child: Child,
+    seen: Arc<Mutex<Vec<(Instant, Outcome)>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    /// The outcomes so far.
+    pub fn outcomes(&self) -> Vec<(Instant, Outcome)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops the client and returns every outcome.
+    pub fn stop(mut self) -> Vec<(Instant, Outcome)> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.outcomes()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Topology {
+    /// Starts a new TCP connection from `from` to `to:port` every `every` (each with
+    /// `timeout`), until stopped.
+    pub fn stream(
+        &self,
+        from: Client,
+        to: IpAddr,
+        port: u16,
+        every: Duration,
+        timeout: Duration,
+    ) -> Stream {
+        let ms = timeout.as_millis().to_string();
+        let every_ms = every.as_millis().to_string();
+        let (child, out) = self.spawn_tcp_client(
+            from,
+            SocketAddr::new(to, port),
+            &[
+                "--timeout-ms",
+                &ms,
+                "--interval-ms",
+                &every_ms,
+                "--count",
+                "4000000000",
+            ],
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let reader = thread::spawn(move || {
+            for l in out.lines() {
+                let Ok(l) = l else { break };
+                sink.lock()
+                    .unwrap()
+                    .push((Instant::now(), Outcome::parse(&l)));
+            }
+        });
+        Stream {
             child,
-            out,
-            first: Outcome::parse(&line),
-            second_at,
+            seen,
+            reader: Some(reader),
         }
     }
 }
