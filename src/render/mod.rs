@@ -256,12 +256,12 @@ fn local_match(fm: &FamilySettings, negate: bool) -> Option<Vec<Stmt>> {
         LocalDetect::Interface(i) => Some(vec![Stmt::Cmp {
             field: Field::Iifname,
             op,
-            value: Value::Iface(i.clone()),
+            value: Value::Iface(i.as_str().into()),
         }]),
         LocalDetect::InterfacePrefix(p) => Some(vec![Stmt::Cmp {
             field: Field::Iifname,
             op,
-            value: Value::Iface(format!("{p}*")),
+            value: Value::Iface(format!("{p}*").into()),
         }]),
     }
 }

@@ -882,7 +882,7 @@ fn matches(v: &Pv, lit: &Value) -> bool {
         (Pv::Num(n), Value::Proto(p)) => *n == u64::from(p.number()),
         (Pv::Str(s), Value::Iface(pat)) => match pat.strip_suffix('*') {
             Some(prefix) => s.starts_with(prefix),
-            None => s == pat,
+            None => s.as_str() == &**pat,
         },
         (Pv::FibLocal(local), Value::FibType(FibType::Local)) => *local,
         (Pv::CtNew, Value::CtState(CtState::New)) => true,

@@ -142,7 +142,7 @@ impl PodNetwork {
                     field: Field::Iifname,
                     op: CmpOp::Ne,
                     value: Value::Iface(i),
-                } => out.ifaces.push(i.clone()),
+                } => out.ifaces.push(i.to_string()),
                 Stmt::Lookup {
                     key, set, negate, ..
                 } if *negate && key.as_slice() == [Field::Saddr] => {

@@ -262,9 +262,9 @@ fn decode_cmp(family: Family, l: &Load, op: u32, data: &[u8]) -> Option<Stmt> {
                 if data[end..].iter().any(|b| *b != 0) {
                     return None;
                 }
-                Value::Iface(String::from_utf8(data[..end].to_vec()).ok()?)
+                Value::Iface(String::from_utf8(data[..end].to_vec()).ok()?.into())
             } else if !data.is_empty() && data.len() < 16 && !data.contains(&0) {
-                Value::Iface(format!("{}*", String::from_utf8(data.to_vec()).ok()?))
+                Value::Iface(format!("{}*", String::from_utf8(data.to_vec()).ok()?).into())
             } else {
                 return None;
             }
