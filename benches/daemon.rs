@@ -8,7 +8,7 @@
 //!   on ClientIP affinity, the change in one of them.
 //! - printed once: the steady-state RSS of `kproxy run` (a real process, against the
 //!   API server stand-in holding 50k services × 10 endpoints) after its first full sync.
-//!   Target: under 300 MiB.
+//!   Targets (issue 13): steady under 200 MiB, peak (VmHWM) under 400 MiB.
 //!
 //! Only under `cargo bench --bench daemon` (release build, minutes); `cargo test --benches`
 //! runs this binary without `--bench` and it returns at once.
