@@ -167,8 +167,13 @@ fn cluster_ips(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Option<Vec<
     Some(cluster_ips)
 }
 
-/// The usable `spec.ports[]` entries (bad or duplicate ones are warned of and skipped).
+/// The usable `spec.ports[]` entries (bad or duplicate ones are warned of and skipped). A
+/// Service without ports (the API requires one unless it is headless) gets no rules: its
+/// ClusterIP is then dropped as unallocated, which a warning explains.
 fn service_ports(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Vec<SvcPort> {
+    if spec.ports.as_deref().is_none_or(<[_]>::is_empty) {
+        warn("spec.ports is empty: no rules for this Service".to_string());
+    }
     let mut ports: Vec<SvcPort> = Vec::new();
     for (i, p) in spec.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
         let port_name = p.name.clone().unwrap_or_default();

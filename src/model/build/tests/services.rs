@@ -320,6 +320,27 @@ fn bad_service_fields_warn_and_skip_only_that_piece() {
     assert_eq!(tcp4(&model, "ns/bad-bits:badnp").node_port, 0);
 }
 
+/// Regression (tests/bad_input.rs): a Service without ports was skipped without a word.
+#[test]
+fn service_without_ports_is_warned_of() {
+    let services = vec![
+        svc("ns", "none").cluster_ip("10.96.0.20").build(),
+        svc("ns", "empty")
+            .cluster_ip("10.96.0.21")
+            .with(|s| s.spec.as_mut().unwrap().ports = Some(Vec::new()))
+            .build(),
+    ];
+    let (model, warnings) = build(&objects(services, vec![]), &settings());
+    for obj in ["Service ns/none", "Service ns/empty"] {
+        assert_warning(
+            &warnings,
+            obj,
+            "spec.ports is empty: no rules for this Service",
+        );
+    }
+    assert!(family(&model, Family::V4).services.is_empty());
+}
+
 #[test]
 fn duplicate_objects_are_reported_and_resolved_deterministically() {
     let a = simple_service("web", "10.96.0.10");
