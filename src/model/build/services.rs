@@ -17,8 +17,8 @@ use super::node::NodeFacts;
 use super::select::categorize_endpoints;
 use super::slices::AllEndpoints;
 use super::{
-    for_other_proxy, namespace_of, net_family, parse_cidr, parse_ip, sorted_dedup, unique_by_name,
-    valid_port, Settings, Warnings,
+    dns1123_label, for_other_proxy, namespace_of, net_family, parse_cidr, parse_ip, sorted_dedup,
+    unique_by_name, valid_port, Settings, Warnings,
 };
 use crate::model::{
     Endpoint, Family, Protocol, ServiceKey, ServicePort, ServicePortName, DEFAULT_AFFINITY_TIMEOUT,
@@ -177,6 +177,13 @@ fn service_ports(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Vec<SvcPo
     let mut ports: Vec<SvcPort> = Vec::new();
     for (i, p) in spec.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
         let port_name = p.name.clone().unwrap_or_default();
+        if !port_name.is_empty() && !dns1123_label(&port_name) {
+            warn(format!(
+                "spec.ports[{i}].name {port_name:?} is not a valid port name (a DNS-1123 \
+                 label: at most 63 of a-z, 0-9 and '-'); port ignored"
+            ));
+            continue;
+        }
         let protocol_text = p.protocol.as_deref().unwrap_or("TCP");
         let Some(protocol) = Protocol::parse(protocol_text) else {
             warn(format!(

@@ -341,6 +341,56 @@ fn service_without_ports_is_warned_of() {
     assert!(family(&model, Family::V4).services.is_empty());
 }
 
+/// Regression (tests/bad_input.rs): names the API server refuses (manifests only) went
+/// into chain names as they were: `nft -f` of the render failed on them, and a NUL byte
+/// cut the name the kernel kept.
+#[test]
+fn invalid_names_are_warned_of_and_skipped() {
+    let named = |ns: &str, name: &str, ip: &str| {
+        svc(ns, name).cluster_ip(ip).port("http", 80, "TCP").build()
+    };
+    let services = vec![
+        named("ns", "UPPER", "10.96.0.30"),
+        named("ns", "1digit", "10.96.0.31"),
+        named("ns", &"a".repeat(64), "10.96.0.32"),
+        named("ns", "nul\u{0}byte", "10.96.0.33"),
+        named("ünï", "web", "10.96.0.34"),
+        named("ns", "ok", "10.96.0.35"),
+        svc("ns", "port")
+            .cluster_ip("10.96.0.36")
+            .port("Bad Port", 80, "TCP")
+            .port("fine", 81, "TCP")
+            .build(),
+    ];
+    let slices = vec![slice("ns", "Bad_Slice", "ok")
+        .port("http", 8080, "TCP")
+        .endpoint(ready("10.244.1.5", "node-a"))
+        .build()];
+    let (model, warnings) = build(&objects(services, slices), &settings());
+    for obj in ["UPPER", "1digit", &"a".repeat(64), "nul\u{0}byte"] {
+        assert_warning(
+            &warnings,
+            &format!("Service ns/{obj}"),
+            "is not a valid Service name",
+        );
+    }
+    assert_warning(&warnings, "Service ünï/web", "is not a valid namespace");
+    assert_warning(
+        &warnings,
+        "EndpointSlice ns/Bad_Slice",
+        "is not a valid EndpointSlice name",
+    );
+    assert_warning(
+        &warnings,
+        "Service ns/port",
+        "spec.ports[0].name \"Bad Port\" is not a valid port name",
+    );
+    assert_eq!(
+        names(&model, Family::V4),
+        vec!["ns/ok:http/tcp", "ns/port:fine/tcp"]
+    );
+}
+
 #[test]
 fn duplicate_objects_are_reported_and_resolved_deterministically() {
     let a = simple_service("web", "10.96.0.10");
