@@ -269,8 +269,16 @@ fn load_balancer_ips(svc: &Service, warn: &mut impl FnMut(String)) -> Vec<IpAddr
             continue; // hostname-only ingress
         };
         // Only VIP-style load balancers get rules (ipMode unset means VIP).
-        if ing.ip_mode.as_deref().is_some_and(|mode| mode != "VIP") {
-            continue;
+        match ing.ip_mode.as_deref() {
+            None | Some("VIP") => {}
+            Some("Proxy") => continue,
+            Some(other) => {
+                warn(format!(
+                    "status.loadBalancer.ingress[{i}].ipMode {other:?} is not VIP or Proxy; \
+                     ignored"
+                ));
+                continue;
+            }
         }
         match parse_ip(raw) {
             Some(ip) => load_balancer_ips.push(ip),
@@ -307,6 +315,12 @@ fn source_ranges(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Vec<IpNet
 
 /// Session affinity ClientIP → its timeout (default or out of range: 3 hours).
 fn affinity_timeout(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Option<u32> {
+    match spec.session_affinity.as_deref() {
+        None | Some("" | "None" | "ClientIP") => {}
+        Some(other) => warn(format!(
+            "spec.sessionAffinity {other:?} is not ClientIP or None; no affinity"
+        )),
+    }
     if spec.session_affinity.as_deref() == Some("ClientIP") {
         let timeout = spec
             .session_affinity_config
@@ -341,9 +355,25 @@ fn traffic_policies(
     let raw_external = spec.external_ips.as_deref().unwrap_or(&[]);
     let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
         || (type_ == "ClusterIP" && !raw_external.is_empty());
-    let external_policy_local =
-        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let mut local = |field: &str, value: Option<&str>| match value {
+        None | Some("" | "Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            warn(format!(
+                "spec.{field} {other:?} is not Cluster or Local; using Cluster"
+            ));
+            false
+        }
+    };
+    let external_local = local(
+        "externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+    );
+    let internal_policy_local = local(
+        "internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+    );
+    let external_policy_local = externally_accessible && external_local;
     let health_check_node_port = if type_ == "LoadBalancer" && external_policy_local {
         match spec.health_check_node_port.unwrap_or(0) {
             0 => 0,

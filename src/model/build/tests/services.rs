@@ -391,6 +391,50 @@ fn invalid_names_are_warned_of_and_skipped() {
     );
 }
 
+/// Regression (tests/bad_input.rs): values the API server would refuse in enum-like
+/// fields were read as the default without a word.
+#[test]
+fn unknown_enum_values_are_warned_of() {
+    let services = vec![svc("ns", "odd")
+        .type_("LoadBalancer")
+        .cluster_ip("10.96.0.40")
+        .port("http", 80, "TCP")
+        .session_affinity("Sticky")
+        .etp("Global")
+        .itp("local")
+        .lb_ingress_with(lb_ingress(Some("203.0.113.40"), Some("Bogus"), None))
+        .lb_ingress_with(lb_ingress(Some("203.0.113.41"), Some("Proxy"), None))
+        .lb_ingress_with(lb_ingress(Some("203.0.113.42"), Some("VIP"), None))
+        .build()];
+    let (model, warnings) = build(&objects(services, vec![]), &settings());
+    let obj = "Service ns/odd";
+    assert_warning(
+        &warnings,
+        obj,
+        "spec.sessionAffinity \"Sticky\" is not ClientIP or None",
+    );
+    assert_warning(
+        &warnings,
+        obj,
+        "spec.externalTrafficPolicy \"Global\" is not Cluster or Local",
+    );
+    assert_warning(
+        &warnings,
+        obj,
+        "spec.internalTrafficPolicy \"local\" is not Cluster or Local",
+    );
+    assert_warning(
+        &warnings,
+        obj,
+        "ingress[0].ipMode \"Bogus\" is not VIP or Proxy",
+    );
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
+    let sp = tcp4(&model, "ns/odd:http");
+    assert_eq!(sp.affinity_timeout, None);
+    assert!(!sp.external_policy_local && !sp.internal_policy_local);
+    assert_eq!(sp.load_balancer_ips, vec![ip("203.0.113.42")]);
+}
+
 #[test]
 fn duplicate_objects_are_reported_and_resolved_deterministically() {
     let a = simple_service("web", "10.96.0.10");
