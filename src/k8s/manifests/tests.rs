@@ -756,3 +756,23 @@ fn kubectl_style_yaml_is_in_the_subset() {
         assert_eq!(fast, Some(careful));
     }
 }
+
+/// Regression (tests/bad_input.rs): a name of the wrong type made the warning say
+/// `<unnamed>` (and drop the namespace), naming no object.
+#[test]
+fn unreadable_objects_are_named_even_by_a_name_of_the_wrong_type() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: 42, namespace: ns}\nspec: 7\n\
+                ---\napiVersion: v1\nkind: Service\nmetadata: {namespace: ns}\nspec: 7\n";
+    let l = load_str("odd.yaml", text);
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].starts_with("odd.yaml: document 1: Service ns/42: cannot read: "),
+        "{}",
+        l.warnings[0]
+    );
+    assert!(
+        l.warnings[1].starts_with("odd.yaml: document 2: Service ns/<unnamed>: cannot read: "),
+        "{}",
+        l.warnings[1]
+    );
+}
