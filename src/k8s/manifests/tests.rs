@@ -776,3 +776,33 @@ fn unreadable_objects_are_named_even_by_a_name_of_the_wrong_type() {
         l.warnings[1]
     );
 }
+
+/// Regression: the fast YAML reading recursed once per level of nesting without a limit,
+/// so a document nested 30k levels deep overflowed the main thread's stack (`kproxy render
+/// -f` aborted). Deeper than the YAML parser's own limit, it now declines, and the
+/// parser's warning names the document.
+#[test]
+fn deeply_nested_yaml_is_a_warning_not_a_stack_overflow() {
+    const DEPTH: usize = 3000;
+    let mut text = String::from("apiVersion: v1\nkind: Service\nmetadata:\n");
+    for i in 0..DEPTH {
+        text.push_str(&" ".repeat(i + 1));
+        text.push_str("a:\n");
+    }
+    text.push_str(&" ".repeat(DEPTH + 1));
+    text.push_str("x: 1\n");
+    // A thread with a small stack: the recursion of the old code overflowed it.
+    let l = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || load_str("deep.yaml", &text))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(counts(&l), (0, 0, 0, 0));
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].starts_with("deep.yaml: document 1: not valid YAML: recursion limit"),
+        "{}",
+        l.warnings[0]
+    );
+}

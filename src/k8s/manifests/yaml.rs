@@ -9,11 +9,16 @@
 //!
 //! Must not: guess. Anything outside the subset (anchors, tags, block scalars, flow
 //! collections, multi-line scalars, escapes, comments after values, a scalar that might be
-//! a float or an unusual spelling of a boolean or null) gives `None`, and the document
-//! is read by `serde_yaml_ng`. When it gives JSON, that JSON is the value `serde_yaml_ng`
+//! a float or an unusual spelling of a boolean or null, nesting deeper than
+//! [`MAX_DEPTH`]) gives `None`, and the document is read by `serde_yaml_ng`. When it gives JSON, that JSON is the value `serde_yaml_ng`
 //! reads from the document (tests/ compare the two on every manifest in the repository).
 
 use std::fmt::Write;
+
+/// Deepest nesting of collections read here: `serde_yaml_ng` refuses deeper documents
+/// (its recursion limit), and the recursive reading here must not run out of stack on
+/// them.
+pub(super) const MAX_DEPTH: usize = 128;
 
 /// The document as JSON text, or `None` when it is not in the subset.
 pub(super) fn to_json(text: &str) -> Option<String> {
@@ -37,6 +42,7 @@ pub(super) fn to_json(text: &str) -> Option<String> {
     let mut p = Parser {
         lines,
         pos: 0,
+        depth: 0,
         out: String::with_capacity(text.len()),
     };
     p.node(0)?;
@@ -51,6 +57,8 @@ struct Line<'a> {
 struct Parser<'a> {
     lines: Vec<Line<'a>>,
     pos: usize,
+    /// Collections open around the current one.
+    depth: usize,
     out: String,
 }
 
@@ -69,7 +77,26 @@ impl Parser<'_> {
         }
     }
 
+    /// `read` of one more level of nesting, `None` beyond [`MAX_DEPTH`].
+    fn nested(&mut self, read: impl FnOnce(&mut Self) -> Option<()>) -> Option<()> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.depth += 1;
+        let r = read(self);
+        self.depth -= 1;
+        r
+    }
+
     fn mapping(&mut self, indent: usize) -> Option<()> {
+        self.nested(|p| p.mapping_at(indent))
+    }
+
+    fn sequence(&mut self, indent: usize) -> Option<()> {
+        self.nested(|p| p.sequence_at(indent))
+    }
+
+    fn mapping_at(&mut self, indent: usize) -> Option<()> {
         self.out.push('{');
         let mut first = true;
         while let Some(line) = self.lines.get(self.pos) {
@@ -103,7 +130,7 @@ impl Parser<'_> {
         Some(())
     }
 
-    fn sequence(&mut self, indent: usize) -> Option<()> {
+    fn sequence_at(&mut self, indent: usize) -> Option<()> {
         self.out.push('[');
         let mut first = true;
         while let Some(line) = self.lines.get(self.pos) {
