@@ -240,6 +240,13 @@ fn read_segment(segment: &Segment<'_>, json_file: bool) -> Vec<Loaded> {
         read_json(&json, &Location::default(), None, &mut doc);
         return vec![doc];
     }
+    if yaml::flow_depth(segment.text) > yaml::MAX_DEPTH {
+        doc.warnings.push(format!(
+            ": not valid YAML: flow collections nest deeper than {} levels",
+            yaml::MAX_DEPTH
+        ));
+        return vec![doc];
+    }
     match serde_yaml_ng::from_str::<Value>(segment.text) {
         Ok(Value::Null) => return Vec::new(), // e.g. a document holding only `~`
         Ok(value) => take_document(value, &Location::default(), &mut doc),

@@ -806,3 +806,25 @@ fn deeply_nested_yaml_is_a_warning_not_a_stack_overflow() {
         l.warnings[0]
     );
 }
+
+/// Regression: deep flow nesting (`a: [[[[…`) cost the YAML parser's scanner time
+/// quadratic in the depth (16k levels: 6.6 s, 100k: minutes), only for the parser to refuse
+/// the document at its recursion limit. It is now refused before the parser runs; quotes
+/// and comments holding brackets do not count.
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing() {
+    let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let l = load_str("flow.yaml", &deep);
+    assert_eq!(
+        l.warnings,
+        vec!["flow.yaml: document 1: not valid YAML: flow collections nest deeper than 128 levels"]
+    );
+    // Brackets that are not flow collections.
+    let text = format!(
+        "{SVC}  annotations:\n    a: '{0}'\n    b: \"{0}\\\"{0}\"\n    c: it's {0}\n    # {0}\n",
+        "[".repeat(500)
+    );
+    assert_eq!(super::yaml::flow_depth(&text), 0);
+    let deep_json_in_yaml = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(super::yaml::flow_depth(&deep_json_in_yaml), 200);
+}

@@ -290,3 +290,57 @@ fn string(out: &mut String, s: &str) {
     }
     out.push('"');
 }
+
+/// The deepest nesting of flow collections (`[`, `{`) in a YAML document, as a YAML
+/// scanner reads it closely enough to bound it: brackets in quoted scalars and comments do
+/// not count, and a bracket or a quote opens a collection or a quoted scalar only where a
+/// node can start (not in `it's` or `x[1]`). Checked before the YAML parser runs: its scanner re-walks every open flow
+/// level for each token (libyaml's simple keys), so a document nested 16k deep took
+/// seconds and 100k deep minutes, only to be refused at its recursion limit (128).
+pub(super) fn flow_depth(text: &str) -> usize {
+    let b = text.as_bytes();
+    let (mut depth, mut max) = (0usize, 0usize);
+    // The last byte on this line that was not a space (`\n` at the start of a line).
+    let mut prev = b'\n';
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\n' => prev = b'\n',
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if i == 0 || b[i - 1].is_ascii_whitespace() => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if matches!(prev, b'\n' | b':' | b'-' | b',' | b'[' | b'{' | b'?') => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if c == b'"' => i += 1,
+                        b'\'' if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == c => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                prev = c;
+            }
+            b'[' | b'{' if matches!(prev, b'\n' | b':' | b'-' | b',' | b'[' | b'{' | b'?') => {
+                depth += 1;
+                max = max.max(depth);
+                prev = c;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                prev = c;
+            }
+            // Inside a plain scalar (`x[[`): no bracket after it opens anything.
+            b'[' | b'{' => prev = b'x',
+            _ => prev = c,
+        }
+        i += 1;
+    }
+    max
+}
