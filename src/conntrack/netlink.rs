@@ -115,10 +115,11 @@ fn nfproto(family: Family) -> u8 {
 }
 
 /// The errno of an NLMSG_ERROR (0 for an ACK) or of NLMSG_DONE (the dump's result).
+/// (Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.)
 fn msg_errno(m: &Msg<'_>) -> i32 {
     m.payload
         .get(..4)
-        .map(|b| -i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")).wrapping_neg())
         .unwrap_or(0)
 }
 
@@ -572,6 +573,19 @@ mod tests {
             p.get(ct::CTA_PROTO_DST_PORT),
             Some(&53u16.to_be_bytes()[..])
         );
+    }
+
+    /// Regression (tests/decode_fuzz.rs): an error code of i32::MIN made `-errno` panic
+    /// ("attempt to negate with overflow").
+    #[test]
+    fn an_errno_of_i32_min_does_not_panic() {
+        let mut w = Writer::new();
+        let m = w.begin_msg(c::NLMSG_DONE, c::NLM_F_MULTI, 1, 0, 0);
+        w.buf.truncate(m + c::NLMSG_HDRLEN);
+        w.buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+        w.end_msg(m);
+        let msg = messages(&w.buf).next().unwrap();
+        assert_eq!(msg_errno(&msg), i32::MIN);
     }
 
     #[test]

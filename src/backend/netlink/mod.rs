@@ -141,7 +141,8 @@ fn parse_error(m: &wire::Msg<'_>) -> (i32, Option<u32>) {
                 .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
         }
     }
-    (-err, offs)
+    // Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.
+    (err.wrapping_neg(), offs)
 }
 
 /// What a failing operation was about, for error messages: the operation's description
