@@ -274,6 +274,14 @@ impl NetlinkBackend {
                     "netlink socket closed".into(),
                 )));
             }
+            if let Some(at) = wire::framing_error(buf) {
+                // Whatever follows cannot be read (the end of the dump may be in it):
+                // an error, not a wait for replies that will not come.
+                return Err(ReqError::Backend(BackendError::Netlink(format!(
+                    "malformed netlink reply at byte {at} of {}",
+                    buf.len()
+                ))));
+            }
             for m in messages(buf) {
                 if m.seq != seq {
                     continue; // stale reply to an earlier request
