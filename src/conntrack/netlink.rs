@@ -183,6 +183,33 @@ fn read_dump_buffer(
     Ok(None)
 }
 
+/// What [`decode_dump`] read.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedDump {
+    /// The UDP flows of the family, in order.
+    pub flows: Vec<Flow>,
+    /// How the dump ended: `Ok` (NLMSG_DONE, not interrupted), an errno (EINTR for an
+    /// interrupted dump), or `None` when the replies did not end it.
+    pub end: Option<Result<(), i32>>,
+}
+
+/// The replies of a dump request `seq` (received buffers back to back): the UDP flows of
+/// `family` they hold and how the dump ended, or the error a broken reply is. The stable
+/// entry point of the decoder tests (`tests/decode_fuzz.rs`).
+#[cfg(any(test, feature = "test-util"))]
+pub fn decode_dump(buf: &[u8], seq: u32, family: Family) -> Result<DecodedDump, CtError> {
+    let mut flows = Vec::new();
+    let mut interrupted = false;
+    let end = read_dump_buffer(buf, seq, family, &mut interrupted, &mut |f| flows.push(*f))?;
+    let end = end.map(|e| match e {
+        DumpEnd::Done => Ok(()),
+        DumpEnd::Retry => Err(libc::EINTR),
+        DumpEnd::Refused(e) => Err(e),
+    });
+    Ok(DecodedDump { flows, end })
+}
+
 /// The dump request: every entry of `family`, only UDP with `filter`.
 pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Vec<u8> {
     let mut w = Writer::with_capacity(64);
@@ -645,8 +672,17 @@ mod tests {
         let mut n = 0;
         let r = read_dump_buffer(&buf, 1, Family::V4, &mut false, &mut |_| n += 1);
         assert!(matches!(r, Ok(None)) && n == 1, "{r:?}");
-        let r = read_dump_buffer(&buf[..buf.len() - 8], 1, Family::V4, &mut false, &mut |_| {});
-        assert!(matches!(r, Err(CtError::Malformed { offset: 0, .. })), "{r:?}");
+        let r = read_dump_buffer(
+            &buf[..buf.len() - 8],
+            1,
+            Family::V4,
+            &mut false,
+            &mut |_| {},
+        );
+        assert!(
+            matches!(r, Err(CtError::Malformed { offset: 0, .. })),
+            "{r:?}"
+        );
     }
 
     #[test]
