@@ -83,7 +83,14 @@ pub fn build(objects: &Objects, settings: &Settings) -> (Model, Vec<Warning>) {
         .iter()
         .map(|&family| FamilyModel {
             settings: family_settings(family, settings, &node, &service_cidrs),
-            services: family_services(family, &services, &endpoints, settings, &node),
+            services: family_services(
+                family,
+                &services,
+                &endpoints,
+                settings,
+                &node,
+                &mut warnings,
+            ),
         })
         .collect();
 

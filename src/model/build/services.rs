@@ -23,6 +23,7 @@ use super::{
 use crate::model::{
     Endpoint, Family, Protocol, ServiceKey, ServicePort, ServicePortName, DEFAULT_AFFINITY_TIMEOUT,
 };
+use crate::nft::PICK_SPACE;
 
 /// Largest `sessionAffinityConfig.clientIP.timeoutSeconds` the API accepts (one day).
 const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
@@ -398,12 +399,41 @@ fn traffic_policies(
 // Service ports of one family
 // ---------------------------------------------------------------------------------------
 
+/// Most endpoints one list (a port's Cluster or Local endpoints) can use: the rules pick
+/// among [`PICK_SPACE`] slots, one endpoint at least per slot.
+const MAX_LIST_ENDPOINTS: usize = PICK_SPACE as usize;
+
+/// Keeps the first [`MAX_LIST_ENDPOINTS`] endpoints of a longer list (the rest could get
+/// no traffic), with a warning naming the Service.
+fn cap_lists(sp: &mut ServicePort, warnings: &mut Warnings) {
+    let object = format!("Service {}/{}", sp.name.namespace, sp.name.name);
+    let port = sp.name.clone();
+    for (list, policy) in [
+        (&mut sp.cluster_endpoints, "Cluster"),
+        (&mut sp.local_endpoints, "Local"),
+    ] {
+        if list.len() > MAX_LIST_ENDPOINTS {
+            warnings.push(
+                &object,
+                format!(
+                    "{port} has {} {policy}-policy endpoints, more than the \
+                     {MAX_LIST_ENDPOINTS} one port can use; the first {MAX_LIST_ENDPOINTS} \
+                     are used",
+                    list.len()
+                ),
+            );
+            list.truncate(MAX_LIST_ENDPOINTS);
+        }
+    }
+}
+
 pub(super) fn family_services(
     family: Family,
     services: &Services,
     endpoints: &AllEndpoints,
     settings: &Settings,
     node: &NodeFacts,
+    warnings: &mut Warnings,
 ) -> Vec<ServicePort> {
     let mut out = Vec::new();
     for (key, svc) in &services.proxied {
@@ -465,6 +495,7 @@ pub(super) fn family_services(
                 has_endpoints: false,
             };
             categorize_endpoints(&mut sp, &settings.hostname, &node.zone);
+            cap_lists(&mut sp, warnings);
             out.push(sp);
         }
     }

@@ -435,6 +435,31 @@ fn unknown_enum_values_are_warned_of() {
     assert_eq!(sp.load_balancer_ips, vec![ip("203.0.113.42")]);
 }
 
+/// Regression (tests/bad_input.rs, absurd counts): a list of more endpoints than the
+/// rules' 65536 picks silently lost the rest in `render`; the model now keeps the first
+/// 65536 and says so.
+#[test]
+fn more_endpoints_than_a_list_can_use_are_warned_of() {
+    const N: usize = 65_536 + 10;
+    let eps: Vec<EndpointBuilder> = (0..N)
+        .map(|i| {
+            ready(
+                &format!("10.{}.{}.{}", 100 + i / 65_536, i / 256 % 256, i % 256),
+                "node-b",
+            )
+        })
+        .collect();
+    let (model, warnings) = build(&web(eps), &settings());
+    assert_warning(
+        &warnings,
+        "Service ns/web",
+        "ns/web has 65546 Cluster-policy endpoints, more than the 65536 one port can use",
+    );
+    let sp = tcp4(&model, "ns/web");
+    assert_eq!(sp.cluster_endpoints.len(), 65_536);
+    assert_eq!(sp.endpoints.len(), N);
+}
+
 #[test]
 fn duplicate_objects_are_reported_and_resolved_deterministically() {
     let a = simple_service("web", "10.96.0.10");
