@@ -539,14 +539,14 @@ fn nft_corpus() -> &'static [Vec<u8>] {
     })
 }
 
-/// Rough size of what a decode produced (objects and the bytes they carry).
-fn decode_checked(buf: &[u8]) -> Result<Ruleset, DecodeError> {
+/// `decode(buf)`, checking that the most memory it held at once stays within
+/// `factor` × the input + `slack` bytes: no allocation the input does not pay for.
+fn bounded<T>(buf: &[u8], factor: isize, slack: isize, decode: impl FnOnce(&[u8]) -> T) -> T {
     let before = Counting::thread_live();
     Counting::reset_thread_peak();
-    let out = decode_dump(buf);
+    let out = decode(buf);
     let held = Counting::thread_peak() - before;
-    // Bounded by the input: a constant factor and a constant.
-    let bound = 64 * buf.len() as isize + (1 << 20);
+    let bound = factor * buf.len() as isize + slack;
     assert!(
         held <= bound,
         "decoding {} bytes held {held} bytes at its peak (bound {bound})",
@@ -555,7 +555,12 @@ fn decode_checked(buf: &[u8]) -> Result<Ruleset, DecodeError> {
     out
 }
 
-/// Tables equal except the chain or set `name` (in any table of that family).
+/// [`decode_dump`], [`bounded`].
+fn decode_checked(buf: &[u8]) -> Result<Ruleset, DecodeError> {
+    bounded(buf, 64, 1 << 20, decode_dump)
+}
+
+/// Tables equal except the chains and sets named in `except`.
 fn equal_except(a: &Ruleset, b: &Ruleset, except: &[String]) -> Result<(), String> {
     let key = |t: &Table| (t.family, t.name.clone());
     let mut ka: Vec<_> = a.tables.iter().map(key).collect();
@@ -773,18 +778,9 @@ fn gen_flow() -> impl Strategy<Value = GenFlow> {
         })
 }
 
+/// The ctnetlink `decode_dump`, [`bounded`].
 fn ct_decode(buf: &[u8], family: Family) -> Result<DecodedDump, CtError> {
-    let before = Counting::thread_live();
-    Counting::reset_thread_peak();
-    let out = ct_decode_dump(buf, CT_SEQ, family);
-    let held = Counting::thread_peak() - before;
-    let bound = 16 * buf.len() as isize + (1 << 16);
-    assert!(
-        held <= bound,
-        "ct decode of {} bytes held {held}",
-        buf.len()
-    );
-    out
+    bounded(buf, 16, 1 << 16, |b| ct_decode_dump(b, CT_SEQ, family))
 }
 
 fn check_ct(
