@@ -89,11 +89,17 @@ fn apply_edit(root: &mut Value, edit: &Edit) {
     let parts: Vec<&str> = path.split('|').collect();
     let (last, parents) = parts.split_last().expect("non-empty path");
     let mut at = root;
-    for p in parents {
+    for (n, p) in parents.iter().enumerate() {
+        // What a missing step is made of: a list where the next step is an index.
+        let next = parts[n + 1];
+        let empty = || match next.parse::<usize>() {
+            Ok(_) => json!([]),
+            Err(_) => json!({}),
+        };
         at = match (at, p.parse::<usize>()) {
             (Value::Array(a), Ok(i)) => {
                 if a.len() <= i {
-                    a.resize(i + 1, json!({}));
+                    a.resize(i + 1, empty());
                 }
                 &mut a[i]
             }
@@ -104,7 +110,7 @@ fn apply_edit(root: &mut Value, edit: &Edit) {
                 v.as_object_mut()
                     .unwrap()
                     .entry(p.to_string())
-                    .or_insert(json!({}))
+                    .or_insert_with(empty)
             }
         };
     }
@@ -1551,12 +1557,20 @@ fn load_and_build(file: &str, text: &str) -> (Model, Vec<Warning>, Vec<String>) 
 }
 
 /// Whether some warning names `kind key`.
+/// Whether some warning names `kind key` (the loader calls a nameless object
+/// `<unnamed>`, the build leaves the name empty).
 fn named(kind: Kind, key: &str, model_warnings: &[Warning], loader: &[String]) -> bool {
     let object = format!("{} {key}", kind.name());
+    let loader_object = match key.strip_suffix('/') {
+        Some(ns) => format!("{} {ns}/<unnamed>", kind.name()),
+        None if key.is_empty() => format!("{} <unnamed>", kind.name()),
+        None => object.clone(),
+    };
     model_warnings.iter().any(|w| w.object == object)
-        || loader
-            .iter()
-            .any(|w| w.contains(&format!(": {object}: ")) || w.ends_with(&format!(": {object}")))
+        || loader.iter().any(|w| {
+            w.contains(&format!(": {loader_object}: "))
+                || w.ends_with(&format!(": {loader_object}"))
+        })
 }
 
 fn check_cluster(g: &Generated) -> Result<(), TestCaseError> {
