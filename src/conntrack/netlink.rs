@@ -29,7 +29,7 @@ use std::io;
 use super::{Flow, StaleFilter, Tuple};
 use crate::model::Family;
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{c, messages, Attrs, Msg, Writer};
+use crate::netlink::wire::{c, framing_error, messages, Attrs, Msg, Writer};
 
 /// Constants from `linux/netfilter/nfnetlink.h`, `nfnetlink_conntrack.h` and the kernel's
 /// `nf_internals.h` (the filter flag is ABI, but not in a uapi header).
@@ -78,6 +78,9 @@ pub enum CtError {
     Kernel { op: &'static str, errno: i32 },
     #[error("conntrack dump interrupted {DUMP_ATTEMPTS} times in a row")]
     Interrupted,
+    /// A reply whose netlink framing is broken: what follows cannot be read.
+    #[error("malformed ctnetlink reply at byte {offset} of {len}")]
+    Malformed { offset: usize, len: usize },
 }
 
 /// What one [`Conntrack::clean_stale`] did.
@@ -115,11 +118,96 @@ fn nfproto(family: Family) -> u8 {
 }
 
 /// The errno of an NLMSG_ERROR (0 for an ACK) or of NLMSG_DONE (the dump's result).
+/// (Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.)
 fn msg_errno(m: &Msg<'_>) -> i32 {
     m.payload
         .get(..4)
-        .map(|b| -i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")).wrapping_neg())
         .unwrap_or(0)
+}
+
+/// A broken reply as an error.
+fn check_framing(buf: &[u8]) -> Result<(), CtError> {
+    match framing_error(buf) {
+        None => Ok(()),
+        Some(offset) => Err(CtError::Malformed {
+            offset,
+            len: buf.len(),
+        }),
+    }
+}
+
+/// One received buffer of the dump answering request `seq`: each UDP flow of `family` in
+/// it goes to `visit`; `Some` when the dump ended in it.
+fn read_dump_buffer(
+    buf: &[u8],
+    seq: u32,
+    family: Family,
+    interrupted: &mut bool,
+    visit: &mut dyn FnMut(&Flow),
+) -> Result<Option<DumpEnd>, CtError> {
+    check_framing(buf)?;
+    let want = nfproto(family);
+    for m in messages(buf) {
+        if m.seq != seq {
+            continue; // a late reply to an earlier request
+        }
+        if m.flags & c::NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match m.ty {
+            c::NLMSG_DONE => {
+                let e = msg_errno(&m);
+                return Ok(Some(match e {
+                    0 if !*interrupted => DumpEnd::Done,
+                    0 | libc::EINTR | libc::EAGAIN => DumpEnd::Retry,
+                    e => DumpEnd::Refused(e),
+                }));
+            }
+            c::NLMSG_ERROR => match msg_errno(&m) {
+                0 => {}
+                libc::EINTR | libc::EAGAIN => return Ok(Some(DumpEnd::Retry)),
+                e => return Ok(Some(DumpEnd::Refused(e))),
+            },
+            ty if ty == msg_type(ct::IPCTNL_MSG_CT_NEW) => {
+                if m.family() != want {
+                    continue;
+                }
+                if let Some(f) = parse_flow(m.attrs()) {
+                    visit(&f);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// What [`decode_dump`] read.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedDump {
+    /// The UDP flows of the family, in order.
+    pub flows: Vec<Flow>,
+    /// How the dump ended: `Ok` (NLMSG_DONE, not interrupted), an errno (EINTR for an
+    /// interrupted dump), or `None` when the replies did not end it.
+    pub end: Option<Result<(), i32>>,
+}
+
+/// The replies of a dump request `seq` (received buffers back to back): the UDP flows of
+/// `family` they hold and how the dump ended, or the error a broken reply is. The stable
+/// entry point of the decoder tests (`tests/decode_fuzz.rs`).
+#[cfg(any(test, feature = "test-util"))]
+pub fn decode_dump(buf: &[u8], seq: u32, family: Family) -> Result<DecodedDump, CtError> {
+    let mut flows = Vec::new();
+    let mut interrupted = false;
+    let end = read_dump_buffer(buf, seq, family, &mut interrupted, &mut |f| flows.push(*f))?;
+    let end = end.map(|e| match e {
+        DumpEnd::Done => Ok(()),
+        DumpEnd::Retry => Err(libc::EINTR),
+        DumpEnd::Refused(e) => Err(e),
+    });
+    Ok(DecodedDump { flows, end })
 }
 
 /// The dump request: every entry of `family`, only UDP with `filter`.
@@ -293,6 +381,7 @@ pub(crate) fn parse_flow(attrs: Attrs<'_>) -> Option<Flow> {
 }
 
 /// How one dump attempt ended.
+#[derive(Debug)]
 enum DumpEnd {
     Done,
     /// Interrupted: start again.
@@ -354,44 +443,14 @@ impl Conntrack {
         let seq = self.next_seq();
         let req = encode_dump(seq, family, filter);
         self.sock.send_pages(std::slice::from_ref(&req))?;
-        let want = nfproto(family);
         let mut interrupted = false;
         loop {
             let buf = self
                 .sock
                 .recv(false)?
                 .expect("a blocking recv returns data");
-            for m in messages(buf) {
-                if m.seq != seq {
-                    continue; // a late reply to an earlier request
-                }
-                if m.flags & c::NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match m.ty {
-                    c::NLMSG_DONE => {
-                        let e = msg_errno(&m);
-                        return Ok(match e {
-                            0 if !interrupted => DumpEnd::Done,
-                            0 | libc::EINTR | libc::EAGAIN => DumpEnd::Retry,
-                            e => DumpEnd::Refused(e),
-                        });
-                    }
-                    c::NLMSG_ERROR => match msg_errno(&m) {
-                        0 => {}
-                        libc::EINTR | libc::EAGAIN => return Ok(DumpEnd::Retry),
-                        e => return Ok(DumpEnd::Refused(e)),
-                    },
-                    ty if ty == msg_type(ct::IPCTNL_MSG_CT_NEW) => {
-                        if m.family() != want {
-                            continue;
-                        }
-                        if let Some(f) = parse_flow(m.attrs()) {
-                            visit(&f);
-                        }
-                    }
-                    _ => {}
-                }
+            if let Some(end) = read_dump_buffer(buf, seq, family, &mut interrupted, visit)? {
+                return Ok(end);
             }
         }
     }
@@ -413,6 +472,7 @@ impl Conntrack {
             let (mut gone, mut failed) = (0usize, 0usize);
             // Handled inside sendmsg(): every failure reply is queued by now.
             while let Some(buf) = self.sock.recv(true)? {
+                check_framing(buf)?;
                 for m in messages(buf) {
                     if m.ty != c::NLMSG_ERROR || m.seq.wrapping_sub(first) >= chunk.len() as u32 {
                         continue;
@@ -571,6 +631,57 @@ mod tests {
         assert_eq!(
             p.get(ct::CTA_PROTO_DST_PORT),
             Some(&53u16.to_be_bytes()[..])
+        );
+    }
+
+    /// Regression (tests/decode_fuzz.rs): an error code of i32::MIN made `-errno` panic
+    /// ("attempt to negate with overflow").
+    #[test]
+    fn an_errno_of_i32_min_does_not_panic() {
+        let mut w = Writer::new();
+        let m = w.begin_msg(c::NLMSG_DONE, c::NLM_F_MULTI, 1, 0, 0);
+        w.buf.truncate(m + c::NLMSG_HDRLEN);
+        w.buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+        w.end_msg(m);
+        let msg = messages(&w.buf).next().unwrap();
+        assert_eq!(msg_errno(&msg), i32::MIN);
+    }
+
+    /// A reply cut short is an error: before, the rest of the buffer was skipped without
+    /// a word, and a dump whose NLMSG_DONE was in it waited for replies that never came.
+    #[test]
+    fn a_broken_reply_is_an_error() {
+        let flow = Flow {
+            orig: Tuple {
+                src: ip("10.0.0.1"),
+                dst: ip("10.96.0.10"),
+                sport: 1000,
+                dport: 53,
+            },
+            reply: Tuple {
+                src: ip("10.244.0.5"),
+                dst: ip("10.0.0.1"),
+                sport: 53,
+                dport: 1000,
+            },
+            zone: None,
+            orig_zone: None,
+            id: Some(7),
+        };
+        let buf = kernel_msg(&flow, 17);
+        let mut n = 0;
+        let r = read_dump_buffer(&buf, 1, Family::V4, &mut false, &mut |_| n += 1);
+        assert!(matches!(r, Ok(None)) && n == 1, "{r:?}");
+        let r = read_dump_buffer(
+            &buf[..buf.len() - 8],
+            1,
+            Family::V4,
+            &mut false,
+            &mut |_| {},
+        );
+        assert!(
+            matches!(r, Err(CtError::Malformed { offset: 0, .. })),
+            "{r:?}"
         );
     }
 

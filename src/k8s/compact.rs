@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeSpec,
-    NodeStatus, Service, ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig, Taint,
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Node, NodeSpec, NodeStatus, Service,
+    ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig, Taint,
 };
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
@@ -475,7 +475,8 @@ impl SliceLite {
 // ---------------------------------------------------------------------------------------
 
 /// Keeps the Node's name, uid, deletion timestamp, zone label, pod CIDRs, the
-/// cluster-autoscaler deletion taint and its InternalIP/ExternalIP addresses. Heartbeats,
+/// cluster-autoscaler deletion taint and its addresses (all of them, in order: a warning
+/// about `status.addresses[i]` must count the entries the object has). Heartbeats,
 /// conditions, images and capacity are dropped, so status churn is not a change.
 pub fn prune_node(node: Node) -> Node {
     let Node {
@@ -502,15 +503,7 @@ pub fn prune_node(node: Node) -> Node {
         ..NodeSpec::default()
     });
     let status = status.map(|s| NodeStatus {
-        addresses: s.addresses.map(|a| {
-            a.into_iter()
-                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-                .map(|a| NodeAddress {
-                    address: a.address,
-                    type_: a.type_,
-                })
-                .collect()
-        }),
+        addresses: s.addresses,
         ..NodeStatus::default()
     });
     Node {
@@ -685,8 +678,28 @@ mod tests {
             .pod_cidrs(&["10.244.1.0/24"])
             .taint("ToBeDeletedByClusterAutoscaler", None, "NoSchedule")
             .internal_ip("192.168.0.1")
+            .address("Hostname", "n1")
             .build();
         assert_eq!(a, expected);
+    }
+
+    /// Regression (tests/bad_input.rs): pruning dropped the non-IP addresses, so a warning
+    /// about a bad address named the wrong index of the object.
+    #[test]
+    fn node_pruning_keeps_address_indexes() {
+        let n = node("n1")
+            .address("Hostname", "n1")
+            .internal_ip("192.168.0.1")
+            .address("InternalIP", "not-an-ip")
+            .build();
+        let raw = crate::model::NodeFacts::read(std::slice::from_ref(&n), "n1");
+        let pruned = crate::model::NodeFacts::read(&[prune_node(n)], "n1");
+        assert_eq!(pruned, raw);
+        assert!(
+            raw.1[0].reason.contains("status.addresses[2]"),
+            "{:?}",
+            raw.1
+        );
     }
 
     #[test]

@@ -169,6 +169,27 @@ pub fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
     })
 }
 
+/// The offset of the first malformed message header in `buf` (a length shorter than a
+/// header or running past the end, or bytes after the last message that do not make a
+/// header), `None` when `buf` is whole messages back to back. [`messages`] stops at that
+/// offset without a word; a reader that must not miss a message checks this first.
+pub fn framing_error(buf: &[u8]) -> Option<usize> {
+    let mut off = 0usize;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        if rest.len() < c::NLMSG_HDRLEN {
+            return Some(off);
+        }
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len < c::NLMSG_HDRLEN || rest.len() < len {
+            return Some(off);
+        }
+        // The last message's padding may be left out.
+        off = off.saturating_add(align4(len)).min(buf.len());
+    }
+    None
+}
+
 /// Iterator over the attributes of a message or nest: `(type without flags, payload)`.
 #[derive(Clone)]
 pub struct Attrs<'a> {
@@ -251,5 +272,47 @@ mod tests {
         let n = a.nest(4).unwrap();
         assert_eq!(n.u32_be(1), Some(3));
         assert_eq!(n.get(2), Some(&[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn framing_errors_are_found() {
+        let mut w = Writer::new();
+        for seq in 0..3 {
+            let m = w.begin_msg(0x0a00, 0, seq, 2, 0);
+            w.str(1, "abc");
+            w.end_msg(m);
+        }
+        let buf = w.buf;
+        assert_eq!(framing_error(&buf), None);
+        assert_eq!(framing_error(&[]), None);
+        // Cut anywhere but at a message boundary.
+        let one = buf.len() / 3;
+        for cut in 1..buf.len() {
+            let want = (cut % one != 0).then_some(cut / one * one);
+            assert_eq!(framing_error(&buf[..cut]), want, "cut at {cut}");
+        }
+        let mut bad = buf.clone();
+        bad[one..one + 4].copy_from_slice(&15u32.to_ne_bytes());
+        assert_eq!(framing_error(&bad), Some(one));
+        bad[one..one + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(framing_error(&bad), Some(one));
+    }
+
+    proptest::proptest! {
+        /// Any bytes: the message and attribute iterators end without a panic, and where
+        /// the framing is whole they account for every byte.
+        #[test]
+        fn arbitrary_bytes_iterate_safely(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut seen = 0usize;
+            for m in messages(&buf) {
+                seen += align4(c::NLMSG_HDRLEN + m.payload.len());
+                for (_, d) in m.attrs() {
+                    for _ in Attrs::new(d) {}
+                }
+            }
+            if framing_error(&buf).is_none() {
+                proptest::prop_assert!(seen >= buf.len() && seen < buf.len() + 4);
+            }
+        }
     }
 }

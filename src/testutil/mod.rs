@@ -95,6 +95,7 @@ static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::ne
 
 thread_local! {
     static THREAD_LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static THREAD_PEAK: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
 }
 
 impl Counting {
@@ -115,6 +116,15 @@ impl Counting {
     pub fn thread_live() -> isize {
         THREAD_LIVE.with(std::cell::Cell::get)
     }
+    /// The highest [`Counting::thread_live`] of the calling thread since its last
+    /// [`Counting::reset_thread_peak`]: what one computation on this thread held at once.
+    pub fn thread_peak() -> isize {
+        THREAD_PEAK.with(std::cell::Cell::get)
+    }
+    /// Starts a new [`Counting::thread_peak`] measurement from the thread's live bytes.
+    pub fn reset_thread_peak() {
+        THREAD_PEAK.with(|p| p.set(Counting::thread_live()));
+    }
 }
 
 // SAFETY: every call is forwarded to mimalloc with the caller's layout; the counters are
@@ -128,7 +138,11 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
             let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
             PEAK.fetch_max(now, Relaxed);
             // `try_with`: the thread-local may already be gone while a thread exits.
-            let _ = THREAD_LIVE.try_with(|c| c.set(c.get() + l.size() as isize));
+            let _ = THREAD_LIVE.try_with(|c| {
+                let now = c.get() + l.size() as isize;
+                c.set(now);
+                let _ = THREAD_PEAK.try_with(|p| p.set(p.get().max(now)));
+            });
         }
         p
     }

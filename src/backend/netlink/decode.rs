@@ -473,6 +473,117 @@ fn addr_u128(a: &IpAddr) -> u128 {
     }
 }
 
+/// Why a buffer of nf_tables messages could not be decoded.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A message header that is not one (a length shorter than a header or past the end
+    /// of the buffer, or bytes after the last message): nothing after it can be read.
+    #[error("malformed netlink message at byte {offset} of {len}")]
+    Framing { offset: usize, len: usize },
+}
+
+/// The `ip`/`ip6` tables that nf_tables messages describe: the replies of a table's dumps
+/// (NEWTABLE, NEWCHAIN, NEWSET, NEWSETELEM, NEWRULE, in any order and any number of
+/// buffers' worth back to back) or an encoded batch. Each message is read by the same
+/// decoders as [`super::NetlinkBackend`]'s dump; what they cannot read is left out as
+/// there (a set declaration kproxy cannot express is skipped with a warning naming it,
+/// elements that cannot be typed are dropped, a rule kproxy cannot read becomes a foreign
+/// statement, a rule of a chain not declared is dropped). Messages of other families or
+/// types are ignored. Broken framing is an error.
+///
+/// A stable entry point for the decoder tests (`tests/decode_fuzz.rs`): whatever
+/// implements the decoding, buffer → ruleset or error.
+#[cfg(any(test, feature = "test-util"))]
+pub fn decode_dump(buf: &[u8]) -> Result<crate::nft::Ruleset, DecodeError> {
+    use std::collections::BTreeMap;
+
+    use crate::netlink::wire::{framing_error, messages};
+
+    if let Some(offset) = framing_error(buf) {
+        return Err(DecodeError::Framing {
+            offset,
+            len: buf.len(),
+        });
+    }
+    let ty = |t: u16| (c::NFNL_SUBSYS_NFTABLES << 8) | t;
+    let family_of = |m: &Msg<'_>| match m.family() {
+        crate::netlink::wire::c::NFPROTO_IPV4 => Some(Family::V4),
+        crate::netlink::wire::c::NFPROTO_IPV6 => Some(Family::V6),
+        _ => None,
+    };
+    type Key = (Family, String);
+    let mut tables: BTreeMap<Key, crate::nft::Table> = BTreeMap::new();
+    let mut sets: BTreeMap<Key, Vec<Set>> = BTreeMap::new();
+    let mut raw: BTreeMap<(Key, String), Vec<RawElem>> = BTreeMap::new();
+    let mut rules: Vec<(Key, String, Rule)> = Vec::new();
+    let table = |tables: &mut BTreeMap<Key, crate::nft::Table>, k: &Key| {
+        tables
+            .entry(k.clone())
+            .or_insert_with(|| crate::nft::Table::new(k.0, k.1.clone()));
+    };
+    for m in messages(buf) {
+        let Some(family) = family_of(&m) else {
+            continue;
+        };
+        let a = m.attrs();
+        match m.ty {
+            t if t == ty(c::NFT_MSG_NEWTABLE) => {
+                let (name, comment) = self::table(&m);
+                let k = (family, name);
+                table(&mut tables, &k);
+                tables.get_mut(&k).expect("just added").comment = comment;
+            }
+            t if t == ty(c::NFT_MSG_NEWCHAIN) => {
+                let (name, ch) = chain(&m);
+                let k = (family, name);
+                table(&mut tables, &k);
+                tables.get_mut(&k).expect("just added").add_chain(ch);
+            }
+            t if t == ty(c::NFT_MSG_NEWSET) => match set(&m) {
+                Ok((name, s)) => {
+                    let k = (family, name);
+                    table(&mut tables, &k);
+                    sets.entry(k).or_default().push(s);
+                }
+                Err(e) => tracing::warn!(error = %e, "set not read back"),
+            },
+            t if t == ty(c::NFT_MSG_NEWSETELEM) => {
+                let k = (
+                    family,
+                    a.str(c::NFTA_SET_ELEM_LIST_TABLE).unwrap_or_default(),
+                );
+                let set = a.str(c::NFTA_SET_ELEM_LIST_SET).unwrap_or_default();
+                raw_elements(&m, raw.entry((k, set)).or_default());
+            }
+            t if t == ty(c::NFT_MSG_NEWRULE) => {
+                let k = (family, a.str(c::NFTA_RULE_TABLE).unwrap_or_default());
+                let (chain, r) = rule(&m, family);
+                rules.push((k, chain, r));
+            }
+            _ => {}
+        }
+    }
+    let mut comments = Comments::default();
+    for (k, declared) in sets {
+        let t = tables.get_mut(&k).expect("added with the set");
+        for mut s in declared {
+            let elements = raw.remove(&(k.clone(), s.name.clone())).unwrap_or_default();
+            let folded = fold_elements(&s, elements, &mut comments);
+            s.extend(folded);
+            t.add_set(s);
+        }
+    }
+    for (k, chain, r) in rules {
+        if let Some(ch) = tables.get_mut(&k).and_then(|t| t.chains.get_mut(&chain)) {
+            ch.push(r);
+        }
+    }
+    Ok(crate::nft::Ruleset {
+        tables: tables.into_values().collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

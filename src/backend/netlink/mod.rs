@@ -50,6 +50,8 @@ mod rule;
 
 use std::io;
 
+#[cfg(any(test, feature = "test-util"))]
+pub use decode::{decode_dump, DecodeError};
 pub use encode::{
     encode, encode_shedding, encode_with, Batch, EncodeError, MsgInfo, MsgKind, SetCatalog,
     SetShape, PAGE_SIZE,
@@ -139,7 +141,8 @@ fn parse_error(m: &wire::Msg<'_>) -> (i32, Option<u32>) {
                 .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
         }
     }
-    (-err, offs)
+    // Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.
+    (err.wrapping_neg(), offs)
 }
 
 /// What a failing operation was about, for error messages: the operation's description
@@ -295,6 +298,14 @@ impl NetlinkBackend {
                     "netlink socket closed".into(),
                 )));
             }
+            if let Some(at) = wire::framing_error(buf) {
+                // Whatever follows cannot be read (the end of the dump may be in it):
+                // an error, not a wait for replies that will not come.
+                return Err(ReqError::Backend(BackendError::Netlink(format!(
+                    "malformed netlink reply at byte {at} of {}",
+                    buf.len()
+                ))));
+            }
             for m in messages(buf) {
                 if m.seq != seq {
                     continue; // stale reply to an earlier request
@@ -430,6 +441,50 @@ impl NetlinkBackend {
             ));
         }
         Ok(())
+    }
+
+    /// The raw replies of the requests a dump makes (the table, its chains, sets, each
+    /// set's elements and its rules, both families), back to back: real kernel input
+    /// for the decoder tests ([`decode_dump`] reads it).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn dump_raw(&mut self) -> Result<Vec<u8>, BackendError> {
+        let mut out = Vec::new();
+        let name = self.table.clone();
+        let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        for family in [Family::V4, Family::V6] {
+            let fam = family_proto(family);
+            match self.request(c::NFT_MSG_GETTABLE, c::NLM_F_REQUEST, fam, |w| {
+                w.str(c::NFTA_TABLE_NAME, &name)
+            }) {
+                Ok(r) => out.extend_from_slice(&r.buf),
+                Err(ReqError::Errno(libc::ENOENT)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let r = self.request(c::NFT_MSG_GETCHAIN, dump, fam, |w| {
+                w.str(c::NFTA_CHAIN_TABLE, &name)
+            })?;
+            out.extend_from_slice(&r.buf);
+            let r = self.request(c::NFT_MSG_GETSET, dump, fam, |w| {
+                w.str(c::NFTA_SET_TABLE, &name)
+            })?;
+            out.extend_from_slice(&r.buf);
+            let sets: Vec<String> = messages(&r.buf)
+                .filter_map(|m| decode::set(&m).ok())
+                .map(|(_, s)| s.name)
+                .collect();
+            for set in sets {
+                let r = self.request(c::NFT_MSG_GETSETELEM, dump, fam, |w| {
+                    w.str(c::NFTA_SET_ELEM_LIST_TABLE, &name);
+                    w.str(c::NFTA_SET_ELEM_LIST_SET, &set);
+                })?;
+                out.extend_from_slice(&r.buf);
+            }
+            let r = self.request(c::NFT_MSG_GETRULE, dump, fam, |w| {
+                w.str(c::NFTA_RULE_TABLE, &name)
+            })?;
+            out.extend_from_slice(&r.buf);
+        }
+        Ok(out)
     }
 
     fn dump_once(&mut self, elements: bool) -> Result<(Ruleset, bool), BackendError> {

@@ -618,3 +618,16 @@ fn empty_transaction_is_just_the_batch_frame() {
     assert_eq!(b.messages(), 2);
     let _ = decode::rule_exprs;
 }
+
+/// Regression (tests/decode_fuzz.rs): an NLMSG_ERROR whose code is i32::MIN made `-err`
+/// panic ("attempt to negate with overflow").
+#[test]
+fn an_error_code_of_i32_min_does_not_panic() {
+    let mut w = crate::netlink::wire::Writer::new();
+    let m = w.begin_msg(crate::netlink::wire::c::NLMSG_ERROR, 0, 1, 0, 0);
+    w.buf.truncate(m + crate::netlink::wire::c::NLMSG_HDRLEN);
+    w.buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+    w.end_msg(m);
+    let msg = messages(&w.buf).next().unwrap();
+    assert_eq!(super::parse_error(&msg), (i32::MIN, None));
+}

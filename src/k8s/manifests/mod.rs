@@ -240,6 +240,13 @@ fn read_segment(segment: &Segment<'_>, json_file: bool) -> Vec<Loaded> {
         read_json(&json, &Location::default(), None, &mut doc);
         return vec![doc];
     }
+    if yaml::flow_depth(segment.text) > yaml::MAX_DEPTH {
+        doc.warnings.push(format!(
+            ": not valid YAML: flow collections nest deeper than {} levels",
+            yaml::MAX_DEPTH
+        ));
+        return vec![doc];
+    }
     match serde_yaml_ng::from_str::<Value>(segment.text) {
         Ok(Value::Null) => return Vec::new(), // e.g. a document holding only `~`
         Ok(value) => take_document(value, &Location::default(), &mut doc),
@@ -514,14 +521,20 @@ fn push<T: DeserializeOwned>(
     }
 }
 
-/// `namespace/name`, `name`, or `<unnamed>`, read leniently from `metadata`.
+/// `namespace/name` or `name`, read leniently from `metadata`: a name or namespace that is
+/// not a string is shown as its JSON text (the warning is about that object), a missing
+/// name as `<unnamed>`.
 fn object_name(value: &Value) -> String {
     let meta = value.get("metadata");
-    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-    match (get("namespace"), get("name")) {
-        (Some(ns), Some(name)) if !ns.is_empty() => format!("{ns}/{name}"),
-        (_, Some(name)) => name.to_string(),
-        (_, None) => "<unnamed>".to_string(),
+    let get = |k: &str| match meta.and_then(|m| m.get(k)) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    let name = get("name").unwrap_or_else(|| "<unnamed>".to_string());
+    match get("namespace") {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name,
     }
 }
 

@@ -756,3 +756,75 @@ fn kubectl_style_yaml_is_in_the_subset() {
         assert_eq!(fast, Some(careful));
     }
 }
+
+/// Regression (tests/bad_input.rs): a name of the wrong type made the warning say
+/// `<unnamed>` (and drop the namespace), naming no object.
+#[test]
+fn unreadable_objects_are_named_even_by_a_name_of_the_wrong_type() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: 42, namespace: ns}\nspec: 7\n\
+                ---\napiVersion: v1\nkind: Service\nmetadata: {namespace: ns}\nspec: 7\n";
+    let l = load_str("odd.yaml", text);
+    assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].starts_with("odd.yaml: document 1: Service ns/42: cannot read: "),
+        "{}",
+        l.warnings[0]
+    );
+    assert!(
+        l.warnings[1].starts_with("odd.yaml: document 2: Service ns/<unnamed>: cannot read: "),
+        "{}",
+        l.warnings[1]
+    );
+}
+
+/// Regression: the fast YAML reading recursed once per level of nesting without a limit,
+/// so a document nested 30k levels deep overflowed the main thread's stack (`kproxy render
+/// -f` aborted). Deeper than the YAML parser's own limit, it now declines, and the
+/// parser's warning names the document.
+#[test]
+fn deeply_nested_yaml_is_a_warning_not_a_stack_overflow() {
+    const DEPTH: usize = 3000;
+    let mut text = String::from("apiVersion: v1\nkind: Service\nmetadata:\n");
+    for i in 0..DEPTH {
+        text.push_str(&" ".repeat(i + 1));
+        text.push_str("a:\n");
+    }
+    text.push_str(&" ".repeat(DEPTH + 1));
+    text.push_str("x: 1\n");
+    // A thread with a small stack: the recursion of the old code overflowed it.
+    let l = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || load_str("deep.yaml", &text))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(counts(&l), (0, 0, 0, 0));
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].starts_with("deep.yaml: document 1: not valid YAML: recursion limit"),
+        "{}",
+        l.warnings[0]
+    );
+}
+
+/// Regression: deep flow nesting (`a: [[[[…`) cost the YAML parser's scanner time
+/// quadratic in the depth (16k levels: 6.6 s, 100k: minutes), only for the parser to refuse
+/// the document at its recursion limit. It is now refused before the parser runs; quotes
+/// and comments holding brackets do not count.
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing() {
+    let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let l = load_str("flow.yaml", &deep);
+    assert_eq!(
+        l.warnings,
+        vec!["flow.yaml: document 1: not valid YAML: flow collections nest deeper than 128 levels"]
+    );
+    // Brackets that are not flow collections.
+    let text = format!(
+        "{SVC}  annotations:\n    a: '{0}'\n    b: \"{0}\\\"{0}\"\n    c: it's {0}\n    # {0}\n",
+        "[".repeat(500)
+    );
+    assert_eq!(super::yaml::flow_depth(&text), 0);
+    let deep_json_in_yaml = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(super::yaml::flow_depth(&deep_json_in_yaml), 200);
+}

@@ -9,11 +9,16 @@
 //!
 //! Must not: guess. Anything outside the subset (anchors, tags, block scalars, flow
 //! collections, multi-line scalars, escapes, comments after values, a scalar that might be
-//! a float or an unusual spelling of a boolean or null) gives `None`, and the document
-//! is read by `serde_yaml_ng`. When it gives JSON, that JSON is the value `serde_yaml_ng`
+//! a float or an unusual spelling of a boolean or null, nesting deeper than
+//! [`MAX_DEPTH`]) gives `None`, and the document is read by `serde_yaml_ng`. When it gives JSON, that JSON is the value `serde_yaml_ng`
 //! reads from the document (tests/ compare the two on every manifest in the repository).
 
 use std::fmt::Write;
+
+/// Deepest nesting of collections read here: `serde_yaml_ng` refuses deeper documents
+/// (its recursion limit), and the recursive reading here must not run out of stack on
+/// them.
+pub(super) const MAX_DEPTH: usize = 128;
 
 /// The document as JSON text, or `None` when it is not in the subset.
 pub(super) fn to_json(text: &str) -> Option<String> {
@@ -37,6 +42,7 @@ pub(super) fn to_json(text: &str) -> Option<String> {
     let mut p = Parser {
         lines,
         pos: 0,
+        depth: 0,
         out: String::with_capacity(text.len()),
     };
     p.node(0)?;
@@ -51,6 +57,8 @@ struct Line<'a> {
 struct Parser<'a> {
     lines: Vec<Line<'a>>,
     pos: usize,
+    /// Collections open around the current one.
+    depth: usize,
     out: String,
 }
 
@@ -69,7 +77,26 @@ impl Parser<'_> {
         }
     }
 
+    /// `read` of one more level of nesting, `None` beyond [`MAX_DEPTH`].
+    fn nested(&mut self, read: impl FnOnce(&mut Self) -> Option<()>) -> Option<()> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.depth += 1;
+        let r = read(self);
+        self.depth -= 1;
+        r
+    }
+
     fn mapping(&mut self, indent: usize) -> Option<()> {
+        self.nested(|p| p.mapping_at(indent))
+    }
+
+    fn sequence(&mut self, indent: usize) -> Option<()> {
+        self.nested(|p| p.sequence_at(indent))
+    }
+
+    fn mapping_at(&mut self, indent: usize) -> Option<()> {
         self.out.push('{');
         let mut first = true;
         while let Some(line) = self.lines.get(self.pos) {
@@ -103,7 +130,7 @@ impl Parser<'_> {
         Some(())
     }
 
-    fn sequence(&mut self, indent: usize) -> Option<()> {
+    fn sequence_at(&mut self, indent: usize) -> Option<()> {
         self.out.push('[');
         let mut first = true;
         while let Some(line) = self.lines.get(self.pos) {
@@ -262,4 +289,58 @@ fn string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// The deepest nesting of flow collections (`[`, `{`) in a YAML document, as a YAML
+/// scanner reads it closely enough to bound it: brackets in quoted scalars and comments do
+/// not count, and a bracket or a quote opens a collection or a quoted scalar only where a
+/// node can start (not in `it's` or `x[1]`). Checked before the YAML parser runs: its scanner re-walks every open flow
+/// level for each token (libyaml's simple keys), so a document nested 16k deep took
+/// seconds and 100k deep minutes, only to be refused at its recursion limit (128).
+pub(super) fn flow_depth(text: &str) -> usize {
+    let b = text.as_bytes();
+    let (mut depth, mut max) = (0usize, 0usize);
+    // The last byte on this line that was not a space (`\n` at the start of a line).
+    let mut prev = b'\n';
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\n' => prev = b'\n',
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if i == 0 || b[i - 1].is_ascii_whitespace() => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if matches!(prev, b'\n' | b':' | b'-' | b',' | b'[' | b'{' | b'?') => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if c == b'"' => i += 1,
+                        b'\'' if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == c => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                prev = c;
+            }
+            b'[' | b'{' if matches!(prev, b'\n' | b':' | b'-' | b',' | b'[' | b'{' | b'?') => {
+                depth += 1;
+                max = max.max(depth);
+                prev = c;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                prev = c;
+            }
+            // Inside a plain scalar (`x[[`): no bracket after it opens anything.
+            b'[' | b'{' => prev = b'x',
+            _ => prev = c,
+        }
+        i += 1;
+    }
+    max
 }

@@ -38,6 +38,9 @@
 //!
 //! Bad input never stops the build: the offending piece is skipped and a [`Warning`] names
 //! the object and the reason. The result does not depend on the order of the objects.
+//! Names are checked as the API server checks them (namespaces and port names DNS-1123
+//! labels, Service names DNS-1035 labels, EndpointSlice names DNS-1123 subdomains), since
+//! manifests never went through it and names end up in chain names and comments.
 
 mod input;
 mod node;
@@ -80,7 +83,14 @@ pub fn build(objects: &Objects, settings: &Settings) -> (Model, Vec<Warning>) {
         .iter()
         .map(|&family| FamilyModel {
             settings: family_settings(family, settings, &node, &service_cidrs),
-            services: family_services(family, &services, &endpoints, settings, &node),
+            services: family_services(
+                family,
+                &services,
+                &endpoints,
+                settings,
+                &node,
+                &mut warnings,
+            ),
         })
         .collect();
 
@@ -166,9 +176,56 @@ fn for_other_proxy(meta: &ObjectMeta, settings: &Settings) -> bool {
     }
 }
 
+/// A DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters): what the
+/// API server requires of namespaces and port names.
+fn dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+    let end = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.iter().all(inner)
+        && b.first().is_some_and(end)
+        && b.last().is_some_and(end)
+}
+
+/// A DNS-1035 label (a DNS-1123 label starting with a letter): what the API server
+/// requires of Service names.
+fn dns1035_label(s: &str) -> bool {
+    dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// A DNS-1123 subdomain (dot-separated DNS-1123 labels, at most 253 characters): what the
+/// API server requires of most object names, EndpointSlices' among them.
+fn dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(dns1123_label)
+}
+
+/// Why a namespaced object's name or namespace cannot be used (the API server would have
+/// refused the object; names go into nftables chain names and comments), or `None`.
+fn invalid_name(kind: &str, namespace: &str, name: &str) -> Option<String> {
+    if !dns1123_label(namespace) {
+        return Some(format!(
+            "metadata.namespace {namespace:?} is not a valid namespace (a DNS-1123 label: at \
+             most 63 of a-z, 0-9 and '-'); ignored"
+        ));
+    }
+    let (valid, what) = match kind {
+        "Service" => (
+            dns1035_label(name),
+            "a DNS-1035 label: at most 63 of a-z, 0-9 and '-', starting with a letter",
+        ),
+        _ => (
+            dns1123_subdomain(name),
+            "a DNS-1123 subdomain: at most 253 of a-z, 0-9, '-' and '.'",
+        ),
+    };
+    (!valid).then(|| format!("metadata.name {name:?} is not a valid {kind} name ({what}); ignored"))
+}
+
 /// Namespaced objects of one kind (`Service`, `EndpointSlice`) with their key
-/// (`namespace/name`), in key order, one per key: an object without a name, and each key
-/// held by several objects, is warned of.
+/// (`namespace/name`), in key order, one per key: an object without a name or with a name
+/// or namespace the API server would refuse, and each key held by several objects, is
+/// warned of.
 fn unique_by_name<'a, T: serde::Serialize>(
     kind: &str,
     objects: &'a [T],
@@ -179,7 +236,10 @@ fn unique_by_name<'a, T: serde::Serialize>(
     for object in objects {
         let namespace = namespace_of(meta(object));
         match meta(object).name.as_deref() {
-            Some(name) if !name.is_empty() => named.push((format!("{namespace}/{name}"), object)),
+            Some(name) if !name.is_empty() => match invalid_name(kind, namespace, name) {
+                None => named.push((format!("{namespace}/{name}"), object)),
+                Some(reason) => warnings.push(&format!("{kind} {namespace}/{name}"), reason),
+            },
             _ => warnings.push(
                 &format!("{kind} {namespace}/"),
                 "metadata.name is missing; ignored",

@@ -17,12 +17,13 @@ use super::node::NodeFacts;
 use super::select::categorize_endpoints;
 use super::slices::AllEndpoints;
 use super::{
-    for_other_proxy, namespace_of, net_family, parse_cidr, parse_ip, sorted_dedup, unique_by_name,
-    valid_port, Settings, Warnings,
+    dns1123_label, for_other_proxy, namespace_of, net_family, parse_cidr, parse_ip, sorted_dedup,
+    unique_by_name, valid_port, Settings, Warnings,
 };
 use crate::model::{
     Endpoint, Family, Protocol, ServiceKey, ServicePort, ServicePortName, DEFAULT_AFFINITY_TIMEOUT,
 };
+use crate::nft::PICK_SPACE;
 
 /// Largest `sessionAffinityConfig.clientIP.timeoutSeconds` the API accepts (one day).
 const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
@@ -167,11 +168,23 @@ fn cluster_ips(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Option<Vec<
     Some(cluster_ips)
 }
 
-/// The usable `spec.ports[]` entries (bad or duplicate ones are warned of and skipped).
+/// The usable `spec.ports[]` entries (bad or duplicate ones are warned of and skipped). A
+/// Service without ports (the API requires one unless it is headless) gets no rules: its
+/// ClusterIP is then dropped as unallocated, which a warning explains.
 fn service_ports(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Vec<SvcPort> {
+    if spec.ports.as_deref().is_none_or(<[_]>::is_empty) {
+        warn("spec.ports is empty: no rules for this Service".to_string());
+    }
     let mut ports: Vec<SvcPort> = Vec::new();
     for (i, p) in spec.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
         let port_name = p.name.clone().unwrap_or_default();
+        if !port_name.is_empty() && !dns1123_label(&port_name) {
+            warn(format!(
+                "spec.ports[{i}].name {port_name:?} is not a valid port name (a DNS-1123 \
+                 label: at most 63 of a-z, 0-9 and '-'); port ignored"
+            ));
+            continue;
+        }
         let protocol_text = p.protocol.as_deref().unwrap_or("TCP");
         let Some(protocol) = Protocol::parse(protocol_text) else {
             warn(format!(
@@ -257,8 +270,16 @@ fn load_balancer_ips(svc: &Service, warn: &mut impl FnMut(String)) -> Vec<IpAddr
             continue; // hostname-only ingress
         };
         // Only VIP-style load balancers get rules (ipMode unset means VIP).
-        if ing.ip_mode.as_deref().is_some_and(|mode| mode != "VIP") {
-            continue;
+        match ing.ip_mode.as_deref() {
+            None | Some("VIP") => {}
+            Some("Proxy") => continue,
+            Some(other) => {
+                warn(format!(
+                    "status.loadBalancer.ingress[{i}].ipMode {other:?} is not VIP or Proxy; \
+                     ignored"
+                ));
+                continue;
+            }
         }
         match parse_ip(raw) {
             Some(ip) => load_balancer_ips.push(ip),
@@ -295,6 +316,12 @@ fn source_ranges(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Vec<IpNet
 
 /// Session affinity ClientIP → its timeout (default or out of range: 3 hours).
 fn affinity_timeout(spec: &ServiceSpec, warn: &mut impl FnMut(String)) -> Option<u32> {
+    match spec.session_affinity.as_deref() {
+        None | Some("" | "None" | "ClientIP") => {}
+        Some(other) => warn(format!(
+            "spec.sessionAffinity {other:?} is not ClientIP or None; no affinity"
+        )),
+    }
     if spec.session_affinity.as_deref() == Some("ClientIP") {
         let timeout = spec
             .session_affinity_config
@@ -329,9 +356,25 @@ fn traffic_policies(
     let raw_external = spec.external_ips.as_deref().unwrap_or(&[]);
     let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
         || (type_ == "ClusterIP" && !raw_external.is_empty());
-    let external_policy_local =
-        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let mut local = |field: &str, value: Option<&str>| match value {
+        None | Some("" | "Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            warn(format!(
+                "spec.{field} {other:?} is not Cluster or Local; using Cluster"
+            ));
+            false
+        }
+    };
+    let external_local = local(
+        "externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+    );
+    let internal_policy_local = local(
+        "internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+    );
+    let external_policy_local = externally_accessible && external_local;
     let health_check_node_port = if type_ == "LoadBalancer" && external_policy_local {
         match spec.health_check_node_port.unwrap_or(0) {
             0 => 0,
@@ -356,12 +399,41 @@ fn traffic_policies(
 // Service ports of one family
 // ---------------------------------------------------------------------------------------
 
+/// Most endpoints one list (a port's Cluster or Local endpoints) can use: the rules pick
+/// among [`PICK_SPACE`] slots, one endpoint at least per slot.
+const MAX_LIST_ENDPOINTS: usize = PICK_SPACE as usize;
+
+/// Keeps the first [`MAX_LIST_ENDPOINTS`] endpoints of a longer list (the rest could get
+/// no traffic), with a warning naming the Service.
+fn cap_lists(sp: &mut ServicePort, warnings: &mut Warnings) {
+    let object = format!("Service {}/{}", sp.name.namespace, sp.name.name);
+    let port = sp.name.clone();
+    for (list, policy) in [
+        (&mut sp.cluster_endpoints, "Cluster"),
+        (&mut sp.local_endpoints, "Local"),
+    ] {
+        if list.len() > MAX_LIST_ENDPOINTS {
+            warnings.push(
+                &object,
+                format!(
+                    "{port} has {} {policy}-policy endpoints, more than the \
+                     {MAX_LIST_ENDPOINTS} one port can use; the first {MAX_LIST_ENDPOINTS} \
+                     are used",
+                    list.len()
+                ),
+            );
+            list.truncate(MAX_LIST_ENDPOINTS);
+        }
+    }
+}
+
 pub(super) fn family_services(
     family: Family,
     services: &Services,
     endpoints: &AllEndpoints,
     settings: &Settings,
     node: &NodeFacts,
+    warnings: &mut Warnings,
 ) -> Vec<ServicePort> {
     let mut out = Vec::new();
     for (key, svc) in &services.proxied {
@@ -423,6 +495,7 @@ pub(super) fn family_services(
                 has_endpoints: false,
             };
             categorize_endpoints(&mut sp, &settings.hostname, &node.zone);
+            cap_lists(&mut sp, warnings);
             out.push(sp);
         }
     }

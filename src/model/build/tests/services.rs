@@ -320,6 +320,146 @@ fn bad_service_fields_warn_and_skip_only_that_piece() {
     assert_eq!(tcp4(&model, "ns/bad-bits:badnp").node_port, 0);
 }
 
+/// Regression (tests/bad_input.rs): a Service without ports was skipped without a word.
+#[test]
+fn service_without_ports_is_warned_of() {
+    let services = vec![
+        svc("ns", "none").cluster_ip("10.96.0.20").build(),
+        svc("ns", "empty")
+            .cluster_ip("10.96.0.21")
+            .with(|s| s.spec.as_mut().unwrap().ports = Some(Vec::new()))
+            .build(),
+    ];
+    let (model, warnings) = build(&objects(services, vec![]), &settings());
+    for obj in ["Service ns/none", "Service ns/empty"] {
+        assert_warning(
+            &warnings,
+            obj,
+            "spec.ports is empty: no rules for this Service",
+        );
+    }
+    assert!(family(&model, Family::V4).services.is_empty());
+}
+
+/// Regression (tests/bad_input.rs): names the API server refuses (manifests only) went
+/// into chain names as they were: `nft -f` of the render failed on them, and a NUL byte
+/// cut the name the kernel kept.
+#[test]
+fn invalid_names_are_warned_of_and_skipped() {
+    let named = |ns: &str, name: &str, ip: &str| {
+        svc(ns, name).cluster_ip(ip).port("http", 80, "TCP").build()
+    };
+    let services = vec![
+        named("ns", "UPPER", "10.96.0.30"),
+        named("ns", "1digit", "10.96.0.31"),
+        named("ns", &"a".repeat(64), "10.96.0.32"),
+        named("ns", "nul\u{0}byte", "10.96.0.33"),
+        named("ünï", "web", "10.96.0.34"),
+        named("ns", "ok", "10.96.0.35"),
+        svc("ns", "port")
+            .cluster_ip("10.96.0.36")
+            .port("Bad Port", 80, "TCP")
+            .port("fine", 81, "TCP")
+            .build(),
+    ];
+    let slices = vec![slice("ns", "Bad_Slice", "ok")
+        .port("http", 8080, "TCP")
+        .endpoint(ready("10.244.1.5", "node-a"))
+        .build()];
+    let (model, warnings) = build(&objects(services, slices), &settings());
+    for obj in ["UPPER", "1digit", &"a".repeat(64), "nul\u{0}byte"] {
+        assert_warning(
+            &warnings,
+            &format!("Service ns/{obj}"),
+            "is not a valid Service name",
+        );
+    }
+    assert_warning(&warnings, "Service ünï/web", "is not a valid namespace");
+    assert_warning(
+        &warnings,
+        "EndpointSlice ns/Bad_Slice",
+        "is not a valid EndpointSlice name",
+    );
+    assert_warning(
+        &warnings,
+        "Service ns/port",
+        "spec.ports[0].name \"Bad Port\" is not a valid port name",
+    );
+    assert_eq!(
+        names(&model, Family::V4),
+        vec!["ns/ok:http/tcp", "ns/port:fine/tcp"]
+    );
+}
+
+/// Regression (tests/bad_input.rs): values the API server would refuse in enum-like
+/// fields were read as the default without a word.
+#[test]
+fn unknown_enum_values_are_warned_of() {
+    let services = vec![svc("ns", "odd")
+        .type_("LoadBalancer")
+        .cluster_ip("10.96.0.40")
+        .port("http", 80, "TCP")
+        .session_affinity("Sticky")
+        .etp("Global")
+        .itp("local")
+        .lb_ingress_with(lb_ingress(Some("203.0.113.40"), Some("Bogus"), None))
+        .lb_ingress_with(lb_ingress(Some("203.0.113.41"), Some("Proxy"), None))
+        .lb_ingress_with(lb_ingress(Some("203.0.113.42"), Some("VIP"), None))
+        .build()];
+    let (model, warnings) = build(&objects(services, vec![]), &settings());
+    let obj = "Service ns/odd";
+    assert_warning(
+        &warnings,
+        obj,
+        "spec.sessionAffinity \"Sticky\" is not ClientIP or None",
+    );
+    assert_warning(
+        &warnings,
+        obj,
+        "spec.externalTrafficPolicy \"Global\" is not Cluster or Local",
+    );
+    assert_warning(
+        &warnings,
+        obj,
+        "spec.internalTrafficPolicy \"local\" is not Cluster or Local",
+    );
+    assert_warning(
+        &warnings,
+        obj,
+        "ingress[0].ipMode \"Bogus\" is not VIP or Proxy",
+    );
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
+    let sp = tcp4(&model, "ns/odd:http");
+    assert_eq!(sp.affinity_timeout, None);
+    assert!(!sp.external_policy_local && !sp.internal_policy_local);
+    assert_eq!(sp.load_balancer_ips, vec![ip("203.0.113.42")]);
+}
+
+/// Regression (tests/bad_input.rs, absurd counts): a list of more endpoints than the
+/// rules' 65536 picks silently lost the rest in `render`; the model now keeps the first
+/// 65536 and says so.
+#[test]
+fn more_endpoints_than_a_list_can_use_are_warned_of() {
+    const N: usize = 65_536 + 10;
+    let eps: Vec<EndpointBuilder> = (0..N)
+        .map(|i| {
+            ready(
+                &format!("10.{}.{}.{}", 100 + i / 65_536, i / 256 % 256, i % 256),
+                "node-b",
+            )
+        })
+        .collect();
+    let (model, warnings) = build(&web(eps), &settings());
+    assert_warning(
+        &warnings,
+        "Service ns/web",
+        "ns/web has 65546 Cluster-policy endpoints, more than the 65536 one port can use",
+    );
+    let sp = tcp4(&model, "ns/web");
+    assert_eq!(sp.cluster_endpoints.len(), 65_536);
+    assert_eq!(sp.endpoints.len(), N);
+}
+
 #[test]
 fn duplicate_objects_are_reported_and_resolved_deterministically() {
     let a = simple_service("web", "10.96.0.10");
