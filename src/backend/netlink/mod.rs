@@ -601,12 +601,18 @@ impl Backend for NetlinkBackend {
         self.generation().map(Some)
     }
 
+    /// A consistent read of kproxy's tables. Any commit in the namespace moves the
+    /// generation and marks a dump in progress interrupted, also a neighbour's commit to
+    /// its own table, which leaves ours as they were: two reads in a row that agree are
+    /// then as good as an undisturbed one. (Requiring an undisturbed read made every full
+    /// sync fail while a neighbour committed more often than a dump takes: tests/soak.rs.)
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
+        let mut previous: Option<Ruleset> = None;
         for _ in 0..5 {
             let g0 = self.generation()?;
             let (rs, interrupted) = self.dump_once()?;
             let g1 = self.generation()?;
-            if g0 == g1 && !interrupted {
+            if (g0 == g1 && !interrupted) || previous.take().is_some_and(|p| p == rs) {
                 for f in [Family::V4, Family::V6] {
                     self.catalog
                         .remove_table(&TableRef::new(f, self.table.clone()));
@@ -619,6 +625,7 @@ impl Backend for NetlinkBackend {
                 }
                 return Ok(rs);
             }
+            previous = Some(rs);
         }
         Err(BackendError::Netlink(
             "the ruleset kept changing while it was read".into(),
