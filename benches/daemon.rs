@@ -133,15 +133,6 @@ fn event_to_commit(c: &mut Criterion, affinity_every: usize, suffix: &str) {
     g.finish();
 }
 
-/// A `/proc/PID/status` field in KiB: `VmRSS` (resident now), `VmHWM` (the peak).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 /// Runs `kproxy run` against the stand-in with the synthetic cluster and prints its RSS
 /// once the first full sync is done and the process is idle.
 fn steady_state_rss() {
@@ -200,7 +191,7 @@ fn steady_state_rss() {
             .find(|l| l.starts_with("kproxy_programmed_service_ports{ip_family=\"IPv4\"}"))
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             .unwrap_or(0.0);
-        let rss = status_kib(pid, "VmRSS").unwrap_or(0);
+        let rss = kproxy::testutil::proc_status_kib(pid, "VmRSS").unwrap_or(0);
         peak = peak.max(rss);
         trail.push(format!(
             "{:.1}s:{}MiB",
@@ -228,7 +219,7 @@ fn steady_state_rss() {
             println!("  kproxy: {l}");
         }
     }
-    let hwm = status_kib(pid, "VmHWM").unwrap_or(0);
+    let hwm = kproxy::testutil::proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
     println!("  RSS over time: {}", trail.join(" "));

@@ -473,6 +473,70 @@ fn hand_edits_read_back_as_differences() {
         .any(|s| matches!(s, Stmt::Foreign(d) if d.contains("policy"))));
 }
 
+#[test]
+fn a_dump_comes_back_while_a_neighbour_commits_to_its_own_table() {
+    if !kernel_tests_enabled("a_dump_comes_back_while_a_neighbour_commits_to_its_own_table") {
+        return;
+    }
+    // kproxy's tables for 300 services, whose dump takes longer than a neighbour's commit.
+    let (model, _) = kproxy::model::build(
+        &kproxy::testutil::synthetic_cluster(300, 10, false),
+        &kproxy::testutil::synthetic_settings(),
+    );
+    let rs = kproxy::render::render(&model);
+    let ns = Netns::new("nl-neighbour");
+    let tx = full_load(&rs);
+    with_backend(&ns, move |b| b.apply(&tx)).expect("load");
+
+    // The neighbour: the clusterip scenario as table `neighbour`, one of its chains
+    // flushed and refilled, commit after commit, as fast as the kernel takes them.
+    let dir = scenarios()
+        .into_iter()
+        .find(|d| d.ends_with("clusterip"))
+        .unwrap();
+    let mut full = render_scenario(&dir);
+    for t in &mut full.tables {
+        t.name = "neighbour".into();
+    }
+    let mut bare = full.clone();
+    bare.tables[0]
+        .chains
+        .values_mut()
+        .find(|c| !c.rules.is_empty())
+        .expect("a chain with rules")
+        .rules
+        .clear();
+    let opts = kproxy::diff::DiffOptions::default();
+    let (down, up) = (
+        kproxy::diff::diff(&full, &bare, &opts).tx,
+        kproxy::diff::diff(&bare, &full, &opts).tx,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = full_load(&full);
+    let path = kproxy::testutil::netns_path(&ns.name);
+    let neighbour = std::thread::spawn(move || {
+        kproxy::netlink::enter_netns(&path).expect("enter netns");
+        let mut b = NetlinkBackend::new("neighbour").expect("netlink socket");
+        b.apply(&load).expect("neighbour's table");
+        let mut commits = 0u32;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            b.apply(&down).expect("neighbour's commit");
+            b.apply(&up).expect("neighbour's commit");
+            commits += 2;
+        }
+        commits
+    });
+    let dumps = with_backend(&ns, |b| (0..3).map(|_| b.dump()).collect::<Vec<_>>());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let commits = neighbour.join().expect("neighbour");
+    assert!(commits > 10, "the neighbour committed only {commits} times");
+    for d in dumps {
+        let d = d.expect("a dump comes back although the neighbour commits meanwhile");
+        assert_same_ruleset(&comparable(&d), &comparable(&rs), "dump beside a neighbour");
+    }
+}
+
 /// The same operations with every element operation moved after the rules.
 fn rules_before_elements(tx: &Transaction) -> Transaction {
     let (elems, rest): (Vec<Op>, Vec<Op>) = tx

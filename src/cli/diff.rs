@@ -170,13 +170,20 @@ fn change_diff(a: &DiffArgs, config: &Config) -> Result<(bool, String), Failure>
 
 fn node_diff(src: &Source, a: &DiffArgs, config: &Config) -> Result<(bool, String), Failure> {
     let objects = load("node", src, &a.input, config)?;
-    let (_, meant) = build("node", &objects, config);
     let trouble = |e: crate::backend::BackendError| Failure {
         code: EXIT_TROUBLE,
         message: format!("cannot read this node's kproxy tables: {e}"),
     };
     let mut backend = NetlinkBackend::new(render::TABLE).map_err(trouble)?;
     let kernel = backend.dump().map_err(trouble)?;
+    // Rendered over what the kernel holds, as the daemon and `kproxy apply` render: an
+    // endpoint list's block is renderer state, and where lists came and went it differs
+    // from a fresh render's without anything being wrong.
+    let (model, warnings) = model::build(&objects, &config.settings);
+    for w in &warnings {
+        eprintln!("warning: node: {w}");
+    }
+    let meant = render::render_chunked_over(Some(&kernel), std::iter::once(&model));
     let tx = diff(&kernel, &meant, &DiffOptions::default()).tx;
     let changed = !tx.is_empty();
     let nft = report::nft(&tx, &kernel);

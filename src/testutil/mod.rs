@@ -174,6 +174,16 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A `/proc/PID/status` field in KiB: `VmRSS` (resident now), `VmHWM` (the peak); `None`
+/// once the process is gone. For memory measurements of a `kproxy run` child.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Whether this process runs as root (kernel tests and benchmarks need network namespaces).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -727,6 +727,11 @@ impl Backend for NetlinkBackend {
         self.generation().map(Some)
     }
 
+    /// A consistent read of kproxy's tables. Any commit in the namespace moves the
+    /// generation and marks a dump in progress interrupted, also a neighbour's commit to
+    /// its own table, which leaves ours as they were: two reads in a row that agree are
+    /// then as good as an undisturbed one. (Requiring an undisturbed read made every full
+    /// sync fail while a neighbour committed more often than a dump takes: tests/soak.rs.)
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
         self.dump_consistent(true)
     }
@@ -740,14 +745,18 @@ impl Backend for NetlinkBackend {
             return Ok(Elements::default());
         }
         let mut comments = decode::Comments::default();
+        // As for `dump`: an interrupted read that agrees with the one before it stands.
+        let mut previous: Option<Vec<Element>> = None;
         for _ in 0..5 {
             match self.read_elements(table.family, set, &mut comments) {
-                Ok((els, false)) => {
+                Ok((els, interrupted))
+                    if !interrupted || previous.take().is_some_and(|p| p == els) =>
+                {
                     let mut out = Elements::default();
                     out.extend(els);
                     return Ok(out);
                 }
-                Ok((_, true)) => continue,
+                Ok((els, _)) => previous = Some(els),
                 Err(BackendError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
                     return Ok(Elements::default())
                 }
@@ -763,13 +772,15 @@ impl Backend for NetlinkBackend {
 
 impl NetlinkBackend {
     /// A dump of both tables (with or without the sets' elements) during which the
-    /// generation did not move and no dump was interrupted; retried a few times.
+    /// generation did not move and no dump was interrupted, or two in a row that agree
+    /// (see `dump`); retried a few times.
     fn dump_consistent(&mut self, elements: bool) -> Result<Ruleset, BackendError> {
+        let mut previous: Option<Ruleset> = None;
         for _ in 0..5 {
             let g0 = self.generation()?;
             let (rs, interrupted) = self.dump_once(elements)?;
             let g1 = self.generation()?;
-            if g0 == g1 && !interrupted {
+            if (g0 == g1 && !interrupted) || previous.take().is_some_and(|p| p == rs) {
                 for f in [Family::V4, Family::V6] {
                     self.catalog
                         .remove_table(&TableRef::new(f, self.table.clone()));
@@ -782,6 +793,7 @@ impl NetlinkBackend {
                 }
                 return Ok(rs);
             }
+            previous = Some(rs);
         }
         Err(BackendError::Netlink(
             "the ruleset kept changing while it was read".into(),
