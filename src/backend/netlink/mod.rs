@@ -45,6 +45,7 @@
 mod decode;
 mod encode;
 mod expr;
+mod monitor;
 mod nf_tables;
 mod rule;
 
@@ -56,8 +57,9 @@ pub use encode::{
 };
 
 use self::encode::family_proto;
+use self::monitor::Monitor;
 use self::nf_tables::c;
-use super::{ApplyReport, Backend, BackendError, OpFailure};
+use super::{ApplyReport, Backend, BackendError, OpFailure, Touched, Waker, Watched};
 use crate::netlink::socket::NlSocket;
 use crate::netlink::wire::{self, messages, Writer};
 use crate::nft::tx::{Op, TableRef, Transaction};
@@ -81,6 +83,8 @@ pub struct NetlinkBackend {
     catalog: SetCatalog,
     /// Kernel >= 6.10 acknowledges BATCH_END; older ones never do.
     ack_batch_end: bool,
+    /// The drift watch, once [`Backend::watch`] started it.
+    monitor: Option<Monitor>,
 }
 
 enum ReqError {
@@ -220,6 +224,7 @@ impl NetlinkBackend {
             seq,
             catalog: SetCatalog::default(),
             ack_batch_end: (major, minor) >= (6, 10),
+            monitor: None,
         })
     }
 
@@ -419,6 +424,103 @@ impl NetlinkBackend {
         Ok(())
     }
 
+    /// kproxy's table of `family` (name and comment, nothing in it), or `None` when the
+    /// kernel has none.
+    fn read_table(&mut self, family: Family) -> Result<Option<Table>, BackendError> {
+        let name = self.table.clone();
+        let r = match self.request(
+            c::NFT_MSG_GETTABLE,
+            c::NLM_F_REQUEST,
+            family_proto(family),
+            |w| w.str(c::NFTA_TABLE_NAME, &name),
+        ) {
+            Ok(r) => r,
+            Err(ReqError::Errno(libc::ENOENT)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut table = Table::new(family, name);
+        if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
+            table.comment = decode::table(&m).1;
+        }
+        Ok(Some(table))
+    }
+
+    /// Reads the rules of `table`'s chains (of `only` that chain), appending them to the
+    /// chains `table` holds; rules of other chains are dropped. True when the dump was
+    /// interrupted.
+    fn read_rules(&mut self, table: &mut Table, only: Option<&str>) -> Result<bool, BackendError> {
+        let fam = family_proto(table.family);
+        let name = table.name.clone();
+        let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        let r = self.request(c::NFT_MSG_GETRULE, dump, fam, |w| {
+            w.str(c::NFTA_RULE_TABLE, &name);
+            if let Some(chain) = only {
+                w.str(c::NFTA_RULE_CHAIN, chain);
+            }
+        })?;
+        for m in messages(&r.buf) {
+            if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
+                // Older kernels ignore the filters: applied here.
+                if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
+                    continue;
+                }
+                let (chain, rule) = decode::rule(&m, table.family);
+                if only.is_some_and(|o| o != chain) {
+                    continue;
+                }
+                if let Some(ch) = table.chains.get_mut(&chain) {
+                    ch.push(rule);
+                }
+            }
+        }
+        Ok(r.interrupted)
+    }
+
+    /// Reads the elements of `set` (declared, without elements) of kproxy's table of
+    /// `family` into it. True when a dump was interrupted.
+    fn read_elements(
+        &mut self,
+        family: Family,
+        set: &mut crate::nft::Set,
+        comments: &mut decode::Comments,
+    ) -> Result<bool, BackendError> {
+        let fam = family_proto(family);
+        let name = self.table.clone();
+        let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        let mut interrupted = false;
+        // A hash set's element dump spans several skbs, each resuming by count; a
+        // background rehash (right after many inserts) between them skips or repeats
+        // elements without any flag or generation change (seen on 6.18: 88k of 100k).
+        // Large sets are therefore read until two reads agree.
+        let mut previous: Option<Vec<Vec<u8>>> = None;
+        let mut raw = Vec::new();
+        for _ in 0..8 {
+            let r = self.request(c::NFT_MSG_GETSETELEM, dump, fam, |w| {
+                w.str(c::NFTA_SET_ELEM_LIST_TABLE, &name);
+                w.str(c::NFTA_SET_ELEM_LIST_SET, &set.name);
+            })?;
+            interrupted |= r.interrupted;
+            raw.clear();
+            for m in messages(&r.buf) {
+                if m.ty == msg_type(c::NFT_MSG_NEWSETELEM) {
+                    decode::raw_elements(&m, &mut raw);
+                }
+            }
+            if raw.len() < STABLE_DUMP_MIN || set.flags.dynamic {
+                break;
+            }
+            let mut keys: Vec<Vec<u8>> = raw.iter().map(|e| e.key.clone()).collect();
+            keys.sort_unstable();
+            if previous.as_ref() == Some(&keys) {
+                break;
+            }
+            previous = Some(keys);
+        }
+        let elements = decode::fold_elements(set, raw, comments);
+        set.extend(elements);
+        Ok(interrupted)
+    }
+
     fn dump_once(&mut self) -> Result<(Ruleset, bool), BackendError> {
         let mut rs = Ruleset::default();
         let mut interrupted = false;
@@ -426,17 +528,9 @@ impl NetlinkBackend {
         let name = self.table.clone();
         for family in [Family::V4, Family::V6] {
             let fam = family_proto(family);
-            let r = match self.request(c::NFT_MSG_GETTABLE, c::NLM_F_REQUEST, fam, |w| {
-                w.str(c::NFTA_TABLE_NAME, &name)
-            }) {
-                Ok(r) => r,
-                Err(ReqError::Errno(libc::ENOENT)) => continue,
-                Err(e) => return Err(e.into()),
+            let Some(mut table) = self.read_table(family)? else {
+                continue;
             };
-            let mut table = Table::new(family, name.clone());
-            if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
-                table.comment = decode::table(&m).1;
-            }
             let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
 
             let r = self.request(c::NFT_MSG_GETCHAIN, dump, fam, |w| {
@@ -467,57 +561,90 @@ impl NetlinkBackend {
                 }
             }
             for mut s in sets {
-                // A hash set's element dump spans several skbs, each resuming by count;
-                // a background rehash (right after many inserts) between them skips or
-                // repeats elements without any flag or generation change (seen on 6.18:
-                // 88k of 100k). Large sets are therefore read until two reads agree.
-                let mut previous: Option<Vec<Vec<u8>>> = None;
-                let mut raw = Vec::new();
-                for _ in 0..8 {
-                    let r = self.request(c::NFT_MSG_GETSETELEM, dump, fam, |w| {
-                        w.str(c::NFTA_SET_ELEM_LIST_TABLE, &name);
-                        w.str(c::NFTA_SET_ELEM_LIST_SET, &s.name);
-                    })?;
-                    interrupted |= r.interrupted;
-                    raw.clear();
-                    for m in messages(&r.buf) {
-                        if m.ty == msg_type(c::NFT_MSG_NEWSETELEM) {
-                            decode::raw_elements(&m, &mut raw);
-                        }
-                    }
-                    if raw.len() < STABLE_DUMP_MIN || s.flags.dynamic {
-                        break;
-                    }
-                    let mut keys: Vec<Vec<u8>> = raw.iter().map(|e| e.key.clone()).collect();
-                    keys.sort_unstable();
-                    if previous.as_ref() == Some(&keys) {
-                        break;
-                    }
-                    previous = Some(keys);
-                }
-                let elements = decode::fold_elements(&s, raw, &mut comments);
-                s.extend(elements);
+                interrupted |= self.read_elements(family, &mut s, &mut comments)?;
                 table.add_set(s);
             }
+            interrupted |= self.read_rules(&mut table, None)?;
+            rs.tables.push(table);
+        }
+        Ok((rs, interrupted))
+    }
 
-            let r = self.request(c::NFT_MSG_GETRULE, dump, fam, |w| {
-                w.str(c::NFTA_RULE_TABLE, &name)
-            })?;
-            interrupted |= r.interrupted;
-            for m in messages(&r.buf) {
-                if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
-                    if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
-                        continue;
+    /// One read of the chains and sets `objects` names ([`Backend::dump_objects`]): a
+    /// chain with GETCHAIN and a GETRULE dump of it alone, a set with GETSET and a
+    /// GETSETELEM dump of it. True when a dump was interrupted.
+    fn objects_once(&mut self, objects: &Touched) -> Result<(Ruleset, bool), BackendError> {
+        let mut rs = Ruleset::default();
+        let mut interrupted = false;
+        let mut comments = decode::Comments::default();
+        let name = self.table.clone();
+        for family in objects.families() {
+            let fam = family_proto(family);
+            let Some(mut table) = self.read_table(family)? else {
+                continue;
+            };
+            for chain in objects.names(family, true) {
+                let r = self.request(c::NFT_MSG_GETCHAIN, c::NLM_F_REQUEST, fam, |w| {
+                    w.str(c::NFTA_CHAIN_TABLE, &name);
+                    w.str(c::NFTA_CHAIN_NAME, &chain);
+                });
+                let r = match r {
+                    Ok(r) => r,
+                    Err(ReqError::Errno(libc::ENOENT)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let decl = messages(&r.buf)
+                    .find(|m| m.ty == msg_type(c::NFT_MSG_NEWCHAIN))
+                    .map(|m| decode::chain(&m).1);
+                if let Some(ch) = decl {
+                    table.add_chain(ch);
+                    interrupted |= self.read_rules(&mut table, Some(&chain))?;
+                }
+            }
+            for set in objects.names(family, false) {
+                let r = self.request(c::NFT_MSG_GETSET, c::NLM_F_REQUEST, fam, |w| {
+                    w.str(c::NFTA_SET_TABLE, &name);
+                    w.str(c::NFTA_SET_NAME, &set);
+                });
+                let r = match r {
+                    Ok(r) => r,
+                    Err(ReqError::Errno(libc::ENOENT)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let decl = messages(&r.buf)
+                    .find(|m| m.ty == msg_type(c::NFT_MSG_NEWSET))
+                    .map(|m| decode::set(&m));
+                match decl {
+                    Some(Ok((_, mut s))) => {
+                        interrupted |= self.read_elements(family, &mut s, &mut comments)?;
+                        table.add_set(s);
                     }
-                    let (chain, rule) = decode::rule(&m, family);
-                    if let Some(ch) = table.chains.get_mut(&chain) {
-                        ch.push(rule);
-                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "set not read back"),
+                    None => {}
                 }
             }
             rs.tables.push(table);
         }
         Ok((rs, interrupted))
+    }
+
+    /// Runs `read` until the generation id is the same before and after it and no dump
+    /// was interrupted (a commit in between would make it a mix of two rulesets).
+    fn read_consistently<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<(T, bool), BackendError>,
+    ) -> Result<T, BackendError> {
+        for _ in 0..5 {
+            let g0 = self.generation()?;
+            let (v, interrupted) = read(self)?;
+            let g1 = self.generation()?;
+            if g0 == g1 && !interrupted {
+                return Ok(v);
+            }
+        }
+        Err(BackendError::Netlink(
+            "the ruleset kept changing while it was read".into(),
+        ))
     }
 }
 
@@ -567,7 +694,24 @@ impl NetlinkBackend {
             }],
         })?;
         self.next_seq(batch.messages());
-        self.send(&batch, tx)?;
+        // The kernel's NEWGEN names the sequence number of the batch's first message
+        // after BATCH_BEGIN: how the watch tells kproxy's commits from others'.
+        let pause = match &self.monitor {
+            Some(m) => {
+                m.sending(batch.first_seq().wrapping_add(1));
+                batch.len_bytes() > monitor::PAUSE_ABOVE_BYTES && m.pause().is_ok()
+            }
+            None => false,
+        };
+        let sent = self.send(&batch, tx);
+        if pause {
+            if let Some(m) = &self.monitor {
+                if let Err(e) = m.resume(sent.is_ok()) {
+                    tracing::warn!(error = %e, "listening to nftables changes again failed");
+                }
+            }
+        }
+        sent?;
         self.catalog.apply(tx);
         Ok(ApplyReport {
             messages: batch.messages(),
@@ -602,27 +746,47 @@ impl Backend for NetlinkBackend {
     }
 
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
-        for _ in 0..5 {
-            let g0 = self.generation()?;
-            let (rs, interrupted) = self.dump_once()?;
-            let g1 = self.generation()?;
-            if g0 == g1 && !interrupted {
-                for f in [Family::V4, Family::V6] {
-                    self.catalog
-                        .remove_table(&TableRef::new(f, self.table.clone()));
-                }
-                for t in &rs.tables {
-                    let tr = TableRef::new(t.family, t.name.clone());
-                    for s in t.sets.values() {
-                        self.catalog.insert(&tr, &s.name, SetShape::of(s));
-                    }
-                }
-                return Ok(rs);
+        let rs = self.read_consistently(|b| b.dump_once())?;
+        for f in [Family::V4, Family::V6] {
+            self.catalog
+                .remove_table(&TableRef::new(f, self.table.clone()));
+        }
+        for t in &rs.tables {
+            let tr = TableRef::new(t.family, t.name.clone());
+            for s in t.sets.values() {
+                self.catalog.insert(&tr, &s.name, SetShape::of(s));
             }
         }
-        Err(BackendError::Netlink(
-            "the ruleset kept changing while it was read".into(),
-        ))
+        Ok(rs)
+    }
+
+    fn dump_objects(&mut self, objects: &Touched) -> Result<Ruleset, BackendError> {
+        let rs = self.read_consistently(|b| b.objects_once(objects))?;
+        for (family, set) in &objects.sets {
+            let tr = TableRef::new(*family, self.table.clone());
+            match rs
+                .tables
+                .iter()
+                .find(|t| t.family == *family)
+                .and_then(|t| t.sets.get(set))
+            {
+                Some(s) => self.catalog.insert(&tr, set, SetShape::of(s)),
+                None => self.catalog.remove(&tr, set),
+            }
+        }
+        Ok(rs)
+    }
+
+    fn watch(&mut self, wake: Waker) -> Result<bool, BackendError> {
+        if self.monitor.is_none() {
+            let port = self.sock.port_id()?;
+            self.monitor = Some(Monitor::start(&self.table, port, wake)?);
+        }
+        Ok(true)
+    }
+
+    fn drift(&mut self) -> Option<Watched> {
+        self.monitor.as_ref().map(Monitor::take)
     }
 }
 
