@@ -23,10 +23,13 @@ use std::sync::Arc;
 use crate::model::{FamilyModel, FamilySettings, Model, ServiceKey, ServicePort, ServicePortName};
 use crate::nft::{Element, Family, Ruleset, Set, Table, Value};
 
-use super::names::HAIRPIN;
+use super::names::{
+    chain_base, ENDPOINTS_PREFIX, HAIRPIN, PREFIX_AFFINITY, PREFIX_CLUSTER, PREFIX_EXTERNAL,
+    PREFIX_LOCAL,
+};
 use super::{
-    assemble, endpoint_map, fragment, fragments, skeleton, Existing, Fragment, Policy, SetRef,
-    SlotAllocator,
+    assemble, endpoint_map, existing_fragments, fragment, fragments, skeleton, Existing, Fragment,
+    Policy, SetRef, SlotAllocator,
 };
 
 type ElementKey = (SetRef, Vec<Value>);
@@ -374,6 +377,61 @@ impl Renderer {
             })
             .collect();
         Ruleset { tables }
+    }
+
+    /// The chains and sets named, as [`Renderer::ruleset`] holds them (those it does not
+    /// hold are absent), in a table of `family` with the table's own attributes: what a
+    /// drift repair compares the kernel's read-back of the same objects with. Renders only
+    /// the service ports that own a named chain or add elements to a named set: all of
+    /// them for a table-wide set (`service-ips`, …), the owners of a shard for its
+    /// endpoint map, those with session affinity for an affinity map, none for skeleton
+    /// chains. `None` when `family` is not rendered.
+    pub fn objects(
+        &self,
+        family: Family,
+        chains: &BTreeSet<String>,
+        sets: &BTreeSet<String>,
+    ) -> Option<Table> {
+        let st = self.families.get(&family)?;
+        let skel = st.skeleton.as_ref()?;
+        let settings = st.settings.as_ref()?;
+        let table_wide = sets.iter().any(|s| skel.sets.contains_key(s));
+        let shards: BTreeSet<u32> = sets
+            .iter()
+            .filter_map(|s| s.strip_prefix(ENDPOINTS_PREFIX)?.parse().ok())
+            .collect();
+        let affinity = sets.iter().any(|s| s.starts_with(PREFIX_AFFINITY));
+        let port_prefixes = [PREFIX_CLUSTER, PREFIX_LOCAL, PREFIX_EXTERNAL];
+        let port_chains = chains
+            .iter()
+            .any(|c| port_prefixes.iter().any(|p| c.starts_with(p)));
+        let wanted = |name: &PortName, sp: &ServicePort| {
+            table_wide
+                || (affinity && sp.affinity_timeout.is_some())
+                || (!shards.is_empty()
+                    && [Policy::Cluster, Policy::Local].into_iter().any(|p| {
+                        st.slots
+                            .block_of(&(name.clone(), p))
+                            .is_some_and(|r| shards.contains(&r.shard))
+                    }))
+                || (port_chains && {
+                    let base = chain_base(name);
+                    port_prefixes
+                        .iter()
+                        .any(|p| chains.contains(&format!("{p}{base}")))
+                })
+        };
+        let ports: Vec<&ServicePort> = st
+            .ports
+            .iter()
+            .filter(|(name, (_, sp))| wanted(name, sp))
+            .map(|(_, (_, sp))| sp.as_ref())
+            .collect();
+        let frags = existing_fragments(settings, &ports, &st.slots);
+        let mut t = assemble(skel.clone(), &st.slots, frags);
+        t.chains.retain(|n, _| chains.contains(n));
+        t.sets.retain(|n, _| sets.contains(n));
+        Some(t)
     }
 
     /// Number of service ports held (all families).

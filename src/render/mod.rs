@@ -666,13 +666,22 @@ pub fn fragments(
             }
         }
     }
-    let slots: &SlotAllocator = slots;
+    existing_fragments(fm, services, slots)
+}
+
+/// The fragments of `services` whose blocks and affinity places `slots` already holds,
+/// in order, rendered on every core (they only read `slots`).
+pub fn existing_fragments<S: std::borrow::Borrow<ServicePort> + Sync>(
+    fm: &FamilySettings,
+    services: &[S],
+    slots: &SlotAllocator,
+) -> Vec<Fragment> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let per = services.len().div_ceil(workers).max(256);
     if services.len() <= per {
         return services
             .iter()
-            .map(|sp| fragment(fm, sp, &mut Existing(slots)))
+            .map(|sp| fragment(fm, sp.borrow(), &mut Existing(slots)))
             .collect();
     }
     std::thread::scope(|scope| {
@@ -681,7 +690,7 @@ pub fn fragments(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|sp| fragment(fm, sp, &mut Existing(slots)))
+                        .map(|sp| fragment(fm, sp.borrow(), &mut Existing(slots)))
                         .collect::<Vec<_>>()
                 })
             })
