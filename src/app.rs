@@ -156,6 +156,15 @@ async fn run_async(config: Config) -> Result<(), RunError> {
     .with_warnings(Box::new(SharedEvents(events)))
     .with_local_addresses(Box::new(local_addresses))
     .with_after_full_sync(Box::new(release_free_memory));
+    // Drift: other programs' commits are watched as the kernel announces them; without
+    // the watch the loop falls back to comparing generation ids every second.
+    match syncer.watch_kernel(&trigger) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("not watching nftables changes; drift is found by polling"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch nftables changes; drift is found by polling")
+        }
+    }
     match Conntrack::open() {
         Ok(ct) => syncer = syncer.with_cleaner(Box::new(ct)),
         Err(e) => tracing::warn!(error = %e, "conntrack cleanup disabled: cannot open ctnetlink"),
