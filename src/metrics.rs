@@ -334,8 +334,9 @@ impl Metrics {
         m
     }
 
-    /// Pre-creates the two failure counters at 0 for both families. Upstream's labelled
-    /// series appear on first use only; these two are kproxy's deliberate difference
+    /// Pre-creates the two failure counters at 0 for both families, and kproxy's own drift
+    /// series. Upstream's labelled series appear on first use only; the two are kproxy's
+    /// deliberate difference
     /// (docs/daemon.md): a failure counter at 0 reads the same to `rate`/`increase`, and
     /// an alert on `increase(...) > 0` then fires on the first failure too. Every other
     /// labelled series appears when upstream's would.

@@ -49,6 +49,9 @@ use crate::nft::tx::{Op, TableRef, Transaction};
 use crate::nft::{Chain, Element, Rule, Ruleset, Set, Table};
 use check::{add_chain, add_elements, add_set, check_name, check_stmt, delete_elements};
 
+/// A change another program makes ([`FakeBackend::after_next_commit`]).
+type Edit = Box<dyn FnOnce(&mut Ruleset) + Send>;
+
 /// An in-memory, validating, all-or-nothing nftables.
 #[derive(Default)]
 pub struct FakeBackend {
@@ -67,7 +70,7 @@ pub struct FakeBackend {
     watched: Option<Watched>,
     wake: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
     /// A neighbour's commit that lands right after kproxy's next commit.
-    after_commit: Option<Box<dyn FnOnce(&mut Ruleset) + Send>>,
+    after_commit: Option<Edit>,
     dumps: usize,
     object_dumps: usize,
 }

@@ -2,7 +2,9 @@
 //!
 //! Owns: encoding a [`Transaction`] into one nfnetlink batch ([`encode`], pure), sending it
 //! atomically over a `NETLINK_NETFILTER` socket, mapping kernel errors back to operations,
-//! and reading kproxy's tables (`ip NAME`, `ip6 NAME`) back into a typed [`Ruleset`].
+//! reading kproxy's tables (`ip NAME`, `ip6 NAME`) back into a typed [`Ruleset`] (whole, or
+//! only named chains and sets), and watching the kernel's change notifications for what
+//! other programs do to them (`monitor`).
 //! Must not: decide what the rules are, or touch any table but its own two.
 //!
 //! The encoding is nft 1.0.6's, message for message (checked with `nft --debug=netlink`
@@ -629,7 +631,10 @@ impl NetlinkBackend {
     }
 
     /// Runs `read` until the generation id is the same before and after it and no dump
-    /// was interrupted (a commit in between would make it a mix of two rulesets).
+    /// was interrupted (a commit in between could make it a mix of two rulesets), or,
+    /// watching, until the commits in between all touched other programs' tables only
+    /// (a neighbour committing every 100 ms would otherwise fail every read of a large
+    /// table).
     fn read_consistently<T>(
         &mut self,
         mut read: impl FnMut(&mut Self) -> Result<(T, bool), BackendError>,
@@ -640,6 +645,11 @@ impl NetlinkBackend {
             let g1 = self.generation()?;
             if g0 == g1 && !interrupted {
                 return Ok(v);
+            }
+            if let Some(m) = &self.monitor {
+                if m.only_others_between(g0, g1) {
+                    return Ok(v);
+                }
             }
         }
         Err(BackendError::Netlink(

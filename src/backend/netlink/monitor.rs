@@ -36,8 +36,9 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::decode::{self, Notice, Touch};
 use super::msg_type;
@@ -63,6 +64,13 @@ const OWN_SEQS: usize = 64;
 /// How long the drain thread blocks before looking at its stop flag.
 const POLL_MS: i32 = 200;
 
+/// Recent commits remembered for [`Monitor::only_others_between`]: a neighbour committing
+/// every millisecond during a 4 s read of kproxy's tables.
+const RECENT: usize = 4096;
+
+/// How long [`Monitor::only_others_between`] waits for the drain thread to catch up.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
 /// Where the watch stands; shared by the drain thread and the backend.
 #[derive(Debug, Default)]
 struct State {
@@ -86,6 +94,9 @@ struct State {
     lost: Option<String>,
     kproxy_tables: u64,
     other_tables: u64,
+    /// The latest commits, in order: generation, and whether it touched only other
+    /// programs' tables.
+    recent: VecDeque<(u32, bool)>,
 }
 
 /// How many generations lie strictly between `from` and `to` (`to` after `from`), or
@@ -137,6 +148,32 @@ impl State {
         self.accounted = Some(to);
     }
 
+    fn remember(&mut self, generation: u32, others_only: bool) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((generation, others_only));
+    }
+
+    /// Whether every commit after generation `from` up to `to` was seen and touched only
+    /// other programs' tables; `None` while the stream has not reached `to` yet.
+    fn only_others_between(&self, from: u32, to: u32) -> Option<bool> {
+        let &(last, _) = self.recent.back()?;
+        if between(last, to).is_some() {
+            return None;
+        }
+        let Some(n) = between(from, to) else {
+            return Some(from == to);
+        };
+        let want = n as usize + 1;
+        let window: Vec<&(u32, bool)> = self
+            .recent
+            .iter()
+            .filter(|(g, _)| between(from, *g).is_some() && between(*g, to).is_some() || *g == to)
+            .collect();
+        Some(window.len() == want && window.iter().all(|(_, others)| *others))
+    }
+
     /// The next marker's sequence number, now awaited.
     fn new_marker(&mut self) -> u32 {
         self.next_marker = self.next_marker.wrapping_add(1).max(1);
@@ -147,6 +184,8 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Signalled whenever the drain thread has processed a commit.
+    progress: Condvar,
     stop: AtomicBool,
 }
 
@@ -187,6 +226,7 @@ impl Monitor {
                 monitor_port: sock.port_id()?,
                 ..State::default()
             }),
+            progress: Condvar::new(),
             stop: AtomicBool::new(false),
         });
         let seq = shared.lock().new_marker();
@@ -246,6 +286,28 @@ impl Monitor {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether the commits after generation `from` up to `to` all touched only other
+    /// programs' tables, once the drain thread has caught up with `to` (waiting up to
+    /// [`CATCH_UP`]): a read of kproxy's tables spanning them is consistent. False when
+    /// one touched kproxy's tables, went unseen or is kproxy's own.
+    pub fn only_others_between(&self, from: u32, to: u32) -> bool {
+        let deadline = Instant::now() + CATCH_UP;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(answer) = st.only_others_between(from, to) {
+                return answer;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = match self.shared.progress.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
     }
 
     /// What was seen since the last call.
@@ -394,10 +456,14 @@ impl Drain {
         let before = st.lost.is_some();
         st.account(generation, false);
         let newly_lost = st.lost.is_some() && !before;
-        if port == st.own_port && st.own_seqs.contains(&seq) {
+        let ours = port == st.own_port && st.own_seqs.contains(&seq);
+        let others_only = !ours && pending.is_empty() && unnamed.is_none();
+        st.remember(generation, others_only);
+        self.shared.progress.notify_all();
+        if ours {
             return newly_lost;
         }
-        if pending.is_empty() && unnamed.is_none() {
+        if others_only {
             st.other_tables += 1;
             return newly_lost;
         }
@@ -472,5 +538,28 @@ mod tests {
         st.account(10, false);
         assert_eq!(st.accounted, Some(11));
         assert!(st.lost.is_none());
+    }
+
+    #[test]
+    fn a_read_spanning_only_others_commits_is_consistent() {
+        let mut st = State::default();
+        assert_eq!(st.only_others_between(3, 5), None);
+        for (g, others) in [(4, true), (5, true), (6, false), (8, true)] {
+            st.remember(g, others);
+        }
+        assert_eq!(st.only_others_between(3, 5), Some(true));
+        assert_eq!(st.only_others_between(5, 5), Some(true));
+        assert_eq!(
+            st.only_others_between(3, 6),
+            Some(false),
+            "6 touched kproxy's"
+        );
+        assert_eq!(st.only_others_between(6, 8), Some(false), "7 went unseen");
+        assert_eq!(st.only_others_between(8, 9), None, "not there yet");
+        assert_eq!(
+            st.only_others_between(1, 4),
+            Some(false),
+            "2 and 3 forgotten"
+        );
     }
 }
