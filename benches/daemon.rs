@@ -252,17 +252,19 @@ impl Running {
 
     /// Runs `nft ARGS` in the namespace.
     fn nft(&self, args: &[&str]) -> String {
-        let o = Command::new("ip")
-            .args(["netns", "exec", self.ns.name(), "nft"])
-            .args(args)
-            .output()
-            .expect("nft");
-        assert!(
-            o.status.success(),
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        kproxy::testutil::nft_in(self.ns.name(), args)
+    }
+
+    /// A neighbour's commit: one element added to its own set.
+    fn neighbour_adds(&self, ip: &str) {
+        self.nft(&[
+            "add",
+            "element",
+            "inet",
+            "neighbour",
+            "blocked",
+            &format!("{{ {ip} }}"),
+        ]);
     }
 
     fn stop(mut self) {
@@ -339,16 +341,8 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
-/// Polls `check` every 10 ms; how long until it held (`None` after 30 s).
-fn time_until(mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+fn time_until(check: impl FnMut() -> bool) -> Option<Duration> {
+    kproxy::testutil::time_until(Duration::from_secs(30), check)
 }
 
 /// `kproxy run` at 50k × 10 beside a neighbour (issue 13): the CPU kproxy spends while a
@@ -387,14 +381,7 @@ fn neighbours(mode: &str) {
         if let Some(wait) = at.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
-        r.nft(&[
-            "add",
-            "element",
-            "inet",
-            "neighbour",
-            "blocked",
-            &format!("{{ 192.0.2.{} }}", i + 1),
-        ]);
+        r.neighbour_adds(&format!("192.0.2.{}", i + 1));
     }
     std::thread::sleep(Duration::from_secs(20).saturating_sub(start.elapsed()));
     let busy = r.cpu() - cpu0;
@@ -439,14 +426,7 @@ fn neighbours(mode: &str) {
     repair("", &chains[1]);
     // Right after a burst of neighbour commits.
     for i in 0..74u32 {
-        r.nft(&[
-            "add",
-            "element",
-            "inet",
-            "neighbour",
-            "blocked",
-            &format!("{{ 198.51.100.{} }}", i + 1),
-        ]);
+        r.neighbour_adds(&format!("198.51.100.{}", i + 1));
     }
     repair("_after_a_burst", &chains[2]);
 

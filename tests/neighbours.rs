@@ -39,19 +39,24 @@ fn rendered(services: usize) -> Ruleset {
     kproxy::render::render(&model)
 }
 
-/// Runs `nft ARGS` in namespace `ns` (by name); panics when it fails.
-fn nft(ns: &str, args: &[&str]) -> String {
-    let o = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nft"])
-        .args(args)
-        .output()
-        .expect("nft");
-    assert!(
-        o.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+use kproxy::testutil::nft_in as nft;
+
+/// Runs `f` with a watching backend created inside a throwaway namespace (`tag`), and
+/// the namespace's name; `None` when kernel tests are off.
+fn in_watching_backend(
+    test: &str,
+    f: impl FnOnce(&mut NetlinkBackend, &str) + Send + 'static,
+) -> Option<()> {
+    if !kernel_tests_enabled(test) {
+        return None;
+    }
+    let ns = Netns::new("nb");
+    let name = ns.name.clone();
+    ns.run_in(move || {
+        let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+        f(&mut b, &name)
+    });
+    Some(())
 }
 
 /// Adds what `w` saw to `all`.
@@ -86,14 +91,9 @@ fn first_service_chain(rs: &Ruleset) -> String {
 
 #[test]
 fn the_watch_tells_kproxys_commits_from_others_and_names_what_they_touched() {
-    if !kernel_tests_enabled("neighbours::the_watch_names_what_others_touched") {
-        return;
-    }
-    let ns = Netns::new("nb-watch");
-    let name = ns.name.clone();
-    ns.run_in(move || {
-        let nft = |args: &[&str]| nft(&name, args);
-        let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    let test = "neighbours::the_watch_names_what_others_touched";
+    in_watching_backend(test, |b, name| {
+        let nft = |args: &[&str]| nft(name, args);
         let wakes = Arc::new(AtomicUsize::new(0));
         let w = wakes.clone();
         let wake = move || {
@@ -101,10 +101,10 @@ fn the_watch_tells_kproxys_commits_from_others_and_names_what_they_touched() {
         };
         assert!(b.watch(Box::new(wake)).expect("watch"));
         let rs = rendered(20);
-        apply::apply(&mut b, Base::Kernel, rs.clone(), &Options::default()).expect("load");
+        apply::apply(b, Base::Kernel, rs.clone(), &Options::default()).expect("load");
 
         // kproxy's own commit: nothing to report, nobody woken.
-        let w = watched(&mut b, Duration::from_millis(500), |_| false);
+        let w = watched(b, Duration::from_millis(500), |_| false);
         assert_eq!(w, Watched::default());
         assert_eq!(wakes.load(Ordering::SeqCst), 0);
 
@@ -112,7 +112,7 @@ fn the_watch_tells_kproxys_commits_from_others_and_names_what_they_touched() {
         nft(&["add", "table", "inet", "neighbour"]);
         nft(&["add set inet neighbour blocked { type ipv4_addr; }"]);
         nft(&["add element inet neighbour blocked { 192.0.2.1, 192.0.2.2 }"]);
-        let w = watched(&mut b, Duration::from_secs(5), |w| w.other_tables >= 3);
+        let w = watched(b, Duration::from_secs(5), |w| w.other_tables >= 3);
         assert_eq!((w.other_tables, w.kproxy_tables), (3, 0), "{w:?}");
         assert!(w.touched.is_empty() && w.lost.is_none(), "{w:?}");
         assert_eq!(wakes.load(Ordering::SeqCst), 0, "a neighbour woke kproxy");
@@ -136,7 +136,7 @@ fn the_watch_tells_kproxys_commits_from_others_and_names_what_they_touched() {
             "cluster-ips",
             &format!("{{ {cluster_ip} }}"),
         ]);
-        let w = watched(&mut b, Duration::from_secs(5), |w| w.kproxy_tables >= 2);
+        let w = watched(b, Duration::from_secs(5), |w| w.kproxy_tables >= 2);
         assert_eq!(w.kproxy_tables, 2, "{w:?}");
         assert_eq!(
             w.touched.chains,
@@ -168,9 +168,7 @@ fn the_watch_tells_kproxys_commits_from_others_and_names_what_they_touched() {
 
         // kproxy's table deleted: only a full comparison covers that.
         nft(&["delete", "table", "ip", "kproxy"]);
-        let w = watched(&mut b, Duration::from_secs(5), |w| {
-            w.touched.whole.is_some()
-        });
+        let w = watched(b, Duration::from_secs(5), |w| w.touched.whole.is_some());
         let whole = w.touched.whole.expect("the table named");
         assert!(whole.contains("table ip kproxy"), "{whole}");
     });
@@ -178,20 +176,14 @@ fn the_watch_tells_kproxys_commits_from_others_and_names_what_they_touched() {
 
 #[test]
 fn a_neighbours_commit_while_kproxy_commits_unheard_is_never_lost_silently() {
-    if !kernel_tests_enabled("neighbours::commits_while_unheard") {
-        return;
-    }
-    let ns = Netns::new("nb-pause");
-    let name = ns.name.clone();
-    ns.run_in(move || {
-        let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    in_watching_backend("neighbours::commits_while_unheard", |b, name| {
         assert!(b.watch(Box::new(|| {})).expect("watch"));
         std::thread::sleep(Duration::from_millis(200));
         // A large commit (over a mebibyte: made while not listening) with nobody else
         // committing: nothing to report.
         let big = rendered(10_000);
-        apply::apply(&mut b, Base::Kernel, big.clone(), &Options::default()).expect("load");
-        let w = watched(&mut b, Duration::from_millis(800), |_| false);
+        apply::apply(b, Base::Kernel, big.clone(), &Options::default()).expect("load");
+        let w = watched(b, Duration::from_millis(800), |_| false);
         assert_eq!(
             w,
             Watched::default(),
@@ -199,17 +191,17 @@ fn a_neighbours_commit_while_kproxy_commits_unheard_is_never_lost_silently() {
         );
 
         // The same while a neighbour commits in a tight loop.
-        let neighbour = Neighbour::start(&name);
+        let neighbour = Neighbour::start(name);
         // Three large loads (each after a cleanup) while it does.
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(200));
-            apply::cleanup(&mut b, &kproxy::render::own_tables()).expect("cleanup");
-            apply::apply(&mut b, Base::Kernel, big.clone(), &Options::default()).expect("load");
+            apply::cleanup(b, &kproxy::render::own_tables()).expect("cleanup");
+            apply::apply(b, Base::Kernel, big.clone(), &Options::default()).expect("load");
         }
         std::thread::sleep(Duration::from_millis(200));
         // Its table and set, and its elements.
         let n = neighbour.stop() as u64 + 2;
-        let w = watched(&mut b, Duration::from_secs(5), |w| {
+        let w = watched(b, Duration::from_secs(5), |w| {
             w.other_tables + w.lost.is_some() as u64 >= n
         });
         println!(
@@ -286,20 +278,14 @@ impl Neighbour {
 
 #[test]
 fn kproxys_tables_are_read_whole_while_a_neighbour_commits_in_a_tight_loop() {
-    if !kernel_tests_enabled("neighbours::read_while_a_neighbour_commits") {
-        return;
-    }
-    let ns = Netns::new("nb-read");
-    let name = ns.name.clone();
-    ns.run_in(move || {
-        let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+    in_watching_backend("neighbours::read_while_a_neighbour_commits", |b, name| {
         assert!(b.watch(Box::new(|| {})).expect("watch"));
         let rs = rendered(5_000);
-        apply::apply(&mut b, Base::Kernel, rs.clone(), &Options::default()).expect("load");
+        apply::apply(b, Base::Kernel, rs.clone(), &Options::default()).expect("load");
         let quiet = b.dump().expect("dump");
         // Every read spans neighbour commits (the generation moves, dumps are flagged
         // interrupted); none of them touches kproxy's tables, so the reads stand.
-        let neighbour = Neighbour::start(&name);
+        let neighbour = Neighbour::start(name);
         for _ in 0..3 {
             let start = Instant::now();
             let busy = b.dump().expect("a read while the neighbour commits");
@@ -327,16 +313,8 @@ fn node_nft(t: &common::topology::Topology, args: &[&str]) -> String {
     nft(&t.node.name, args)
 }
 
-/// Polls `check` every 10 ms until it holds; the time it took, or `None` after 10 s.
-fn time_until(mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+fn time_until(check: impl FnMut() -> bool) -> Option<Duration> {
+    kproxy::testutil::time_until(Duration::from_secs(10), check)
 }
 
 #[test]

@@ -317,21 +317,28 @@ impl NetlinkBackend {
         }
     }
 
+    /// [`NetlinkBackend::request`] of one object: `None` when the kernel has none.
+    fn request_one(
+        &mut self,
+        ty: u16,
+        family: u8,
+        attrs: impl FnOnce(&mut Writer),
+    ) -> Result<Option<Reply>, BackendError> {
+        match self.request(ty, c::NLM_F_REQUEST, family, attrs) {
+            Ok(r) => Ok(Some(r)),
+            Err(ReqError::Errno(libc::ENOENT)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The declaration of one set as the kernel has it (`None` if it does not exist).
     fn fetch_set(&mut self, t: &TableRef, set: &str) -> Result<Option<SetShape>, BackendError> {
-        let r = self.request(
-            c::NFT_MSG_GETSET,
-            c::NLM_F_REQUEST,
-            family_proto(t.family),
-            |w| {
-                w.str(c::NFTA_SET_TABLE, &t.name);
-                w.str(c::NFTA_SET_NAME, set);
-            },
-        );
-        let r = match r {
-            Ok(r) => r,
-            Err(ReqError::Errno(libc::ENOENT)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(r) = self.request_one(c::NFT_MSG_GETSET, family_proto(t.family), |w| {
+            w.str(c::NFTA_SET_TABLE, &t.name);
+            w.str(c::NFTA_SET_NAME, set);
+        })?
+        else {
+            return Ok(None);
         };
         let shape = messages(&r.buf)
             .find(|m| m.ty == msg_type(c::NFT_MSG_NEWSET))
@@ -430,15 +437,11 @@ impl NetlinkBackend {
     /// kernel has none.
     fn read_table(&mut self, family: Family) -> Result<Option<Table>, BackendError> {
         let name = self.table.clone();
-        let r = match self.request(
-            c::NFT_MSG_GETTABLE,
-            c::NLM_F_REQUEST,
-            family_proto(family),
-            |w| w.str(c::NFTA_TABLE_NAME, &name),
-        ) {
-            Ok(r) => r,
-            Err(ReqError::Errno(libc::ENOENT)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(r) = self.request_one(c::NFT_MSG_GETTABLE, family_proto(family), |w| {
+            w.str(c::NFTA_TABLE_NAME, &name)
+        })?
+        else {
+            return Ok(None);
         };
         let mut table = Table::new(family, name);
         if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
@@ -586,14 +589,12 @@ impl NetlinkBackend {
                 continue;
             };
             for chain in objects.names(family, true) {
-                let r = self.request(c::NFT_MSG_GETCHAIN, c::NLM_F_REQUEST, fam, |w| {
+                let Some(r) = self.request_one(c::NFT_MSG_GETCHAIN, fam, |w| {
                     w.str(c::NFTA_CHAIN_TABLE, &name);
                     w.str(c::NFTA_CHAIN_NAME, &chain);
-                });
-                let r = match r {
-                    Ok(r) => r,
-                    Err(ReqError::Errno(libc::ENOENT)) => continue,
-                    Err(e) => return Err(e.into()),
+                })?
+                else {
+                    continue;
                 };
                 let decl = messages(&r.buf)
                     .find(|m| m.ty == msg_type(c::NFT_MSG_NEWCHAIN))
@@ -604,14 +605,12 @@ impl NetlinkBackend {
                 }
             }
             for set in objects.names(family, false) {
-                let r = self.request(c::NFT_MSG_GETSET, c::NLM_F_REQUEST, fam, |w| {
+                let Some(r) = self.request_one(c::NFT_MSG_GETSET, fam, |w| {
                     w.str(c::NFTA_SET_TABLE, &name);
                     w.str(c::NFTA_SET_NAME, &set);
-                });
-                let r = match r {
-                    Ok(r) => r,
-                    Err(ReqError::Errno(libc::ENOENT)) => continue,
-                    Err(e) => return Err(e.into()),
+                })?
+                else {
+                    continue;
                 };
                 let decl = messages(&r.buf)
                     .find(|m| m.ty == msg_type(c::NFT_MSG_NEWSET))
