@@ -407,51 +407,82 @@ fn neighbours(mode: &str) {
         .take(3)
         .map(str::to_string)
         .collect();
-    let repair = |what: &str, chain: &str| {
-        r.nft(&["flush", "chain", "ip", "kproxy", chain]);
-        let took = time_until(|| {
-            r.nft(&["list", "chain", "ip", "kproxy", chain])
-                .contains("dnat")
-        });
-        println!(
-            "kproxy_neighbour/{mode}/flush_chain_to_repair{what}/{SERVICES}x10: {} ms; load {}",
-            took.map_or("not repaired in 30 s".into(), |d| format!(
-                "{:.0}",
-                d.as_secs_f64() * 1e3
-            )),
-            load()
-        );
+    // The drift itself and the timing over netlink: `nft` spends seconds reading the
+    // 50k-service ruleset before each command, which would hide the repair's latency.
+    // From the neighbour's commit to kproxy's next commit (the generation moving again;
+    // nothing else commits meanwhile), then the object read back to check it.
+    use kproxy::backend::{Backend, Touched};
+    use kproxy::nft::tx::{Op, TableRef, Transaction};
+    use kproxy::nft::{Family, Protocol, Value};
+    let mut nb = NetlinkBackend::new("kproxy").expect("netlink");
+    let table = TableRef::new(Family::V4, "kproxy");
+    let mut drift =
+        |what: &str, op: Op, object: Touched, repaired: &dyn Fn(&kproxy::nft::Ruleset) -> bool| {
+            let tx = Transaction { ops: vec![op] };
+            nb.apply(&tx).expect("the neighbour's commit");
+            let g = nb.generation().expect("generation");
+            let took = time_until(|| nb.generation().is_ok_and(|now| now != g));
+            let ok = repaired(&nb.dump_objects(&object).expect("read back"));
+            println!(
+                "kproxy_neighbour/{mode}/{what}_to_repair/{SERVICES}x10: {} ({}); load {}",
+                took.map_or("no commit in 30 s".into(), |d| format!(
+                    "{:.0} ms",
+                    d.as_secs_f64() * 1e3
+                )),
+                if ok { "repaired" } else { "NOT repaired" },
+                load()
+            );
+        };
+    let flush = |chain: &str| Op::FlushChain {
+        table: table.clone(),
+        chain: chain.to_string(),
     };
-    repair("", &chains[0]);
-    repair("", &chains[1]);
+    let chain_object = |chain: &str| Touched {
+        chains: [(Family::V4, chain.to_string())].into(),
+        ..Touched::default()
+    };
+    for (what, chain) in [("flush_chain", &chains[0]), ("flush_chain", &chains[1])] {
+        let c = chain.clone();
+        drift(what, flush(chain), chain_object(chain), &move |rs| {
+            !rs.tables[0].chains[&c].rules.is_empty()
+        });
+    }
     // Right after a burst of neighbour commits.
     for i in 0..74u32 {
         r.neighbour_adds(&format!("198.51.100.{}", i + 1));
     }
-    repair("_after_a_burst", &chains[2]);
-
-    // One element of the table-wide dispatch map (50k elements): the map is read back
-    // and rendered whole.
-    let key = "172.16.0.1 . tcp . 80";
-    r.nft(&[
-        "delete",
-        "element",
-        "ip",
-        "kproxy",
-        "service-ips",
-        &format!("{{ {key} }}"),
-    ]);
-    let took = time_until(|| {
-        r.nft(&["list", "map", "ip", "kproxy", "service-ips"])
-            .contains(key)
-    });
-    println!(
-        "kproxy_neighbour/{mode}/delete_service_ips_element_to_repair/{SERVICES}x10: {} ms; load {}",
-        took.map_or("not repaired in 30 s".into(), |d| format!(
-            "{:.0}",
-            d.as_secs_f64() * 1e3
-        )),
-        load()
+    let c = chains[2].clone();
+    drift(
+        "flush_chain_after_a_burst",
+        flush(&chains[2]),
+        chain_object(&chains[2]),
+        &move |rs| !rs.tables[0].chains[&c].rules.is_empty(),
+    );
+    // One element of the table-wide dispatch map (50k elements): every port's
+    // table-wide elements are rendered, the map read back whole.
+    let key = vec![
+        Value::Addr("172.16.0.1".parse().expect("ip")),
+        Value::Proto(Protocol::Tcp),
+        Value::Port(80),
+    ];
+    let k = key.clone();
+    drift(
+        "delete_service_ips_element",
+        Op::DeleteElements {
+            table: table.clone(),
+            set: "service-ips".into(),
+            keys: vec![key],
+        },
+        Touched {
+            sets: [(Family::V4, "service-ips".to_string())].into(),
+            ..Touched::default()
+        },
+        &move |rs| {
+            rs.tables[0].sets["service-ips"]
+                .elements
+                .keys()
+                .any(|e| *e == k)
+        },
     );
     for l in r
         .log()

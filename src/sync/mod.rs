@@ -1052,6 +1052,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 None => return self.full_check("a table kproxy does not render was touched", by),
             }
         }
+        let rendered = start.elapsed();
         let mut kernel = match self.backend.dump_objects(&touched) {
             Ok(k) => k,
             Err(e) => {
@@ -1059,6 +1060,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 return self.full_check("reading back the touched objects failed", by);
             }
         };
+        let read = start.elapsed() - rendered;
         for t in &target.tables {
             match kernel.tables.iter_mut().find(|k| k.family == t.family) {
                 // The table's own attributes are not compared here: a change to them is
@@ -1067,15 +1069,15 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 None => return self.full_check("kproxy's table is gone", by),
             }
         }
-        let objects = touched.chains.len() + touched.sets.len();
+        let why = format!(
+            "{} chain(s), {} set(s) touched (render {:.0} ms, read back {:.0} ms)",
+            touched.chains.len(),
+            touched.sets.len(),
+            rendered.as_secs_f64() * 1e3,
+            read.as_secs_f64() * 1e3
+        );
         match self.commit(Base::Given(kernel), target, ChainDeletes::AfterDelay) {
-            Ok(applied) => self.log_repair(
-                &applied,
-                start,
-                "objects",
-                &format!("{objects} objects touched"),
-                by,
-            ),
+            Ok(applied) => self.log_repair(&applied, start, "objects", &why, by),
             Err(e) => {
                 tracing::warn!(error = %e, "repairing the objects others touched failed");
                 self.full_check("the targeted repair failed", by);

@@ -1108,5 +1108,10 @@ fn the_renderer_hands_out_each_object_as_the_full_ruleset_holds_it() {
         }
         let absent = one(&[&"nope".to_string()], &[&"none".to_string()]);
         assert!(absent.chains.is_empty() && absent.sets.is_empty());
+        let all = one(
+            &t.chains.keys().collect::<Vec<_>>(),
+            &t.sets.keys().collect::<Vec<_>>(),
+        );
+        assert!(&all == t, "every object at once differs from the table");
     }
 }
