@@ -9,6 +9,13 @@
 //! - printed once: the steady-state RSS of `kproxy run` (a real process, against the
 //!   API server stand-in holding 50k services × 10 endpoints) after its first full sync.
 //!   Targets (issue 13): steady under 200 MiB, peak (VmHWM) under 400 MiB.
+//! - `nft_listener_cost/{nobody,another_listener,kproxy_watch}/{10000,50000}x10`: the
+//!   kernel's time for kproxy's cold load with nobody listening to nftables notifications,
+//!   with another program listening, and with kproxy's own watch (docs/daemon.md, "Drift").
+//! - `kproxy_neighbour/{watch,poll}/…` (`kproxy run` at 50k × 10, with its watch of
+//!   nftables notifications and without, as before): CPU while a neighbour commits 74
+//!   times in 20 s to its own table (target: nothing measurable), and the time from
+//!   `nft flush chain` of a service chain to its repair (target: 1 s).
 //!
 //! Only under `cargo bench --bench daemon` (release build, minutes); `cargo test --benches`
 //! runs this binary without `--bench` and it returns at once.
@@ -133,76 +140,155 @@ fn event_to_commit(c: &mut Criterion, affinity_every: usize, suffix: &str) {
     g.finish();
 }
 
+/// `kproxy run` in a throwaway namespace against the stand-in holding the synthetic
+/// cluster (50k services × 10 endpoints), its log in a file.
+struct Running {
+    ns: InNetns,
+    _api: kproxy::testutil::apiserver::ApiServer,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    pid: u32,
+    started: Instant,
+}
+
+impl Running {
+    /// Loads the stand-in and starts kproxy. This thread lives in the namespace: the
+    /// stand-in, kproxy and the metrics scrape.
+    fn start(tag: &str, env: &[(&str, &str)]) -> Running {
+        use kproxy::testutil::apiserver::ApiServer;
+        let ns = InNetns::enter(tag);
+        let api = ApiServer::start_in_netns(ns.name()).expect("api server");
+        let objects = synthetic_cluster(SERVICES, 10, false);
+        let load = Instant::now();
+        api.apply_all(&objects.nodes);
+        api.apply_all(&objects.services);
+        api.apply_all(&objects.slices);
+        drop(objects);
+        println!(
+            "stand-in loaded with {SERVICES} services in {:.1} s",
+            load.elapsed().as_secs_f64()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                env!("CARGO_BIN_EXE_kproxy"),
+                "run",
+            ])
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "--hostname-override=node-a",
+                "--cluster-cidr=10.128.0.0/9",
+                "--healthz-bind-address=127.0.0.1:10256",
+                "--metrics-bind-address=127.0.0.1:10249",
+                "--conntrack-max-per-core=0",
+            ])
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stderr(std::fs::File::create(dir.path().join("kproxy.log")).expect("log file"))
+            .spawn()
+            .expect("kproxy run");
+        // The child of `ip netns exec` is kproxy itself (exec), so its pid is the child's.
+        let pid = child.id();
+        Running {
+            ns,
+            _api: api,
+            dir,
+            child,
+            pid,
+            started: Instant::now(),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        kproxy::testutil::http_get("127.0.0.1:10249", "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// The value of the series `name{labels}` exactly as printed.
+    fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Whether every service is programmed.
+    fn synced(&self) -> bool {
+        self.metric("kproxy_programmed_service_ports{ip_family=\"IPv4\"}")
+            .is_some_and(|n| n as usize >= SERVICES)
+    }
+
+    /// CPU time (user + system) the process used so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is field 3.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime are fields 14 and 15: indexes 11 and 12 after the name.
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kproxy.log")).unwrap_or_default()
+    }
+
+    /// Runs `nft ARGS` in the namespace.
+    fn nft(&self, args: &[&str]) -> String {
+        kproxy::testutil::nft_in(self.ns.name(), args)
+    }
+
+    /// A neighbour's commit: one element added to its own set.
+    fn neighbour_adds(&self, ip: &str) {
+        self.nft(&[
+            "add",
+            "element",
+            "inet",
+            "neighbour",
+            "blocked",
+            &format!("{{ {ip} }}"),
+        ]);
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `kproxy run` against the stand-in with the synthetic cluster and prints its RSS
 /// once the first full sync is done and the process is idle.
 fn steady_state_rss() {
-    use kproxy::testutil::apiserver::ApiServer;
-    // This thread lives in the namespace: the stand-in, kproxy and the metrics scrape.
-    let ns = InNetns::enter("rss");
-    let api = ApiServer::start_in_netns(ns.name()).expect("api server");
-    let objects = synthetic_cluster(SERVICES, 10, false);
-    let load = Instant::now();
-    api.apply_all(&objects.nodes);
-    api.apply_all(&objects.services);
-    api.apply_all(&objects.slices);
-    drop(objects);
-    println!(
-        "stand-in loaded with {SERVICES} services in {:.1} s",
-        load.elapsed().as_secs_f64()
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            env!("CARGO_BIN_EXE_kproxy"),
-            "run",
-        ])
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args([
-            "--hostname-override=node-a",
-            "--cluster-cidr=10.128.0.0/9",
-            "--healthz-bind-address=127.0.0.1:10256",
-            "--metrics-bind-address=127.0.0.1:10249",
-            "--conntrack-max-per-core=0",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(dir.path().join("kproxy.log")).expect("log file"))
-        .spawn()
-        .expect("kproxy run");
-    // The child of `ip netns exec` is kproxy itself (exec), so its pid is the child's.
-    let pid = child.id();
-    let started = Instant::now();
+    let mut r = Running::start("rss", &[]);
+    let pid = r.pid;
     let mut synced_at = None;
     let mut peak = 0u64;
     // RSS samples once synced: steady state is their median over the last 10 s of 30.
     let mut steady: Vec<u64> = Vec::new();
     let mut trail: Vec<String> = Vec::new();
-    while started.elapsed() < Duration::from_secs(300) {
+    while r.started.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(500));
-        let metrics = kproxy::testutil::http_get("127.0.0.1:10249", "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        let programmed = metrics
-            .lines()
-            .find(|l| l.starts_with("kproxy_programmed_service_ports{ip_family=\"IPv4\"}"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let programmed = r.synced();
         let rss = kproxy::testutil::proc_status_kib(pid, "VmRSS").unwrap_or(0);
         peak = peak.max(rss);
         trail.push(format!(
             "{:.1}s:{}MiB",
-            started.elapsed().as_secs_f64(),
+            r.started.elapsed().as_secs_f64(),
             rss / 1024
         ));
-        if programmed as usize >= SERVICES && synced_at.is_none() {
-            synced_at = Some(started.elapsed());
+        if programmed && synced_at.is_none() {
+            synced_at = Some(r.started.elapsed());
         }
         if let Some(at) = synced_at {
-            let since = started.elapsed() - at;
+            let since = r.started.elapsed() - at;
             if since > Duration::from_secs(20) {
                 steady.push(rss);
             }
@@ -211,17 +297,16 @@ fn steady_state_rss() {
             }
         }
     }
-    if let Ok(log) = std::fs::read_to_string(dir.path().join("kproxy.log")) {
-        for l in log
-            .lines()
-            .filter(|l| l.contains("synced") || l.contains("repaired"))
-        {
-            println!("  kproxy: {l}");
-        }
+    for l in r
+        .log()
+        .lines()
+        .filter(|l| l.contains("synced") || l.contains("repaired"))
+    {
+        println!("  kproxy: {l}");
     }
     let hwm = kproxy::testutil::proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let _ = Command::new("kill").arg(pid.to_string()).status();
-    let _ = child.wait();
+    let _ = r.child.wait();
     println!("  RSS over time: {}", trail.join(" "));
     steady.sort_unstable();
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -239,6 +324,233 @@ fn steady_state_rss() {
     }
 }
 
+/// The machine's load average over the last minute (the machine is shared).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn time_until(check: impl FnMut() -> bool) -> Option<Duration> {
+    kproxy::testutil::time_until(Duration::from_secs(30), check)
+}
+
+/// `kproxy run` at 50k × 10 beside a neighbour (issue 13): the CPU kproxy spends while a
+/// neighbour adds one element to its own table 74 times in 20 s (against 20 s of
+/// nothing), and the time from `nft flush chain` of one service chain (and from deleting
+/// one element of the 50k-element `service-ips` map) to its repair, also right after a
+/// burst of neighbour commits. `kproxy_neighbour/{watch,poll}/…` lines: `poll` is kproxy
+/// without its watch (`KPROXY_NFT_WATCH=0`), as it was before.
+fn neighbours(mode: &str) {
+    let env: &[(&str, &str)] = match mode {
+        "poll" => &[("KPROXY_NFT_WATCH", "0")],
+        _ => &[],
+    };
+    let r = Running::start("neighbour", env);
+    let synced = time_until(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        r.synced()
+    });
+    let Some(synced) = synced else {
+        println!("kproxy_neighbour: kproxy did not finish its first sync");
+        return r.stop();
+    };
+    println!("  synced {:.1} s after start", synced.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(10));
+
+    let idle0 = r.cpu();
+    std::thread::sleep(Duration::from_secs(20));
+    let idle = r.cpu() - idle0;
+
+    r.nft(&["add table inet neighbour"]);
+    r.nft(&["add set inet neighbour blocked { type ipv4_addr; }"]);
+    let cpu0 = r.cpu();
+    let start = Instant::now();
+    for i in 0..74u32 {
+        let at = Duration::from_secs(20) * i / 74;
+        if let Some(wait) = at.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        r.neighbour_adds(&format!("192.0.2.{}", i + 1));
+    }
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(start.elapsed()));
+    let busy = r.cpu() - cpu0;
+    println!(
+        "kproxy_neighbour/{mode}/cpu_74_commits_in_20s/{SERVICES}x10: {:.2} s of CPU (idle 20 s: {:.2} s); load {}",
+        busy.as_secs_f64(),
+        idle.as_secs_f64(),
+        load()
+    );
+    println!(
+        "  full drift checks {:?}, object checks {:?}, repairs {:?}, neighbour commits seen {:?}",
+        r.metric("kproxy_drift_checks_total{scope=\"full\"}"),
+        r.metric("kproxy_drift_checks_total{scope=\"objects\"}"),
+        r.metric("kproxy_drift_repairs_total"),
+        r.metric("kproxy_foreign_nftables_commits_total{tables=\"other\"}"),
+    );
+
+    let chains: Vec<String> = r
+        .nft(&["list", "chains", "ip"])
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("chain ")?.strip_suffix(" {"))
+        .filter(|c| c.starts_with("service-"))
+        .take(3)
+        .map(str::to_string)
+        .collect();
+    // The drift itself and the timing over netlink: `nft` spends seconds reading the
+    // 50k-service ruleset before each command, which would hide the repair's latency.
+    // From the neighbour's commit to kproxy's next commit (the generation moving again;
+    // nothing else commits meanwhile), then the object read back to check it.
+    use kproxy::backend::{Backend, Touched};
+    use kproxy::nft::tx::{Op, TableRef, Transaction};
+    use kproxy::nft::{Family, Protocol, Value};
+    let mut nb = NetlinkBackend::new("kproxy").expect("netlink");
+    let table = TableRef::new(Family::V4, "kproxy");
+    let mut drift =
+        |what: &str, op: Op, object: Touched, repaired: &dyn Fn(&kproxy::nft::Ruleset) -> bool| {
+            let tx = Transaction { ops: vec![op] };
+            nb.apply(&tx).expect("the neighbour's commit");
+            let g = nb.generation().expect("generation");
+            let took = time_until(|| nb.generation().is_ok_and(|now| now != g));
+            let ok = repaired(&nb.dump_objects(&object).expect("read back"));
+            println!(
+                "kproxy_neighbour/{mode}/{what}_to_repair/{SERVICES}x10: {} ({}); load {}",
+                took.map_or("no commit in 30 s".into(), |d| format!(
+                    "{:.0} ms",
+                    d.as_secs_f64() * 1e3
+                )),
+                if ok { "repaired" } else { "NOT repaired" },
+                load()
+            );
+        };
+    let flush = |chain: &str| Op::FlushChain {
+        table: table.clone(),
+        chain: chain.to_string(),
+    };
+    let chain_object = |chain: &str| Touched {
+        chains: [(Family::V4, chain.to_string())].into(),
+        ..Touched::default()
+    };
+    for (what, chain) in [("flush_chain", &chains[0]), ("flush_chain", &chains[1])] {
+        let c = chain.clone();
+        drift(what, flush(chain), chain_object(chain), &move |rs| {
+            !rs.tables[0].chains[&c].rules.is_empty()
+        });
+    }
+    // Right after a burst of neighbour commits.
+    for i in 0..74u32 {
+        r.neighbour_adds(&format!("198.51.100.{}", i + 1));
+    }
+    let c = chains[2].clone();
+    drift(
+        "flush_chain_after_a_burst",
+        flush(&chains[2]),
+        chain_object(&chains[2]),
+        &move |rs| !rs.tables[0].chains[&c].rules.is_empty(),
+    );
+    // One element of the table-wide dispatch map (50k elements): every port's
+    // table-wide elements are rendered, the map read back whole.
+    let key = vec![
+        Value::Addr("172.16.0.1".parse().expect("ip")),
+        Value::Proto(Protocol::Tcp),
+        Value::Port(80),
+    ];
+    let k = key.clone();
+    drift(
+        "delete_service_ips_element",
+        Op::DeleteElements {
+            table: table.clone(),
+            set: "service-ips".into(),
+            keys: vec![key],
+        },
+        Touched {
+            sets: [(Family::V4, "service-ips".to_string())].into(),
+            ..Touched::default()
+        },
+        &move |rs| {
+            rs.tables[0].sets["service-ips"]
+                .elements
+                .keys()
+                .any(|e| *e == k)
+        },
+    );
+    for l in r
+        .log()
+        .lines()
+        .filter(|l| l.contains("repaired") || l.contains("lost"))
+    {
+        println!("  kproxy: {l}");
+    }
+    r.stop();
+}
+
+/// What listening to nftables notifications costs kproxy's own large commits: the
+/// kernel's commit time (send to acknowledgement) of a cold load of the synthetic
+/// cluster (10k and 50k services × 10 endpoints) with nobody listening, with another
+/// program listening (the kernel then builds a message per object and element), and with
+/// kproxy's own watch (which does not listen during its large commits).
+/// `nft_listener_cost/…` lines, the median of 3 loads each.
+fn listener_cost() {
+    use kproxy::apply::{self, Base, Options};
+    use kproxy::backend::Backend;
+    let _ns = InNetns::enter("listener");
+    for services in [10_000, 50_000] {
+        let objects = synthetic_cluster(services, 10, false);
+        let (model, _) = kproxy::model::build(&objects, &synthetic_settings());
+        drop(objects);
+        let rs = kproxy::render::render(&model);
+        drop(model);
+        for mode in ["nobody", "another_listener", "kproxy_watch"] {
+            let mut b = NetlinkBackend::new("kproxy").expect("netlink");
+            let mut other = NetlinkBackend::new("other").expect("netlink");
+            match mode {
+                "another_listener" => {
+                    other.watch(Box::new(|| {})).expect("watch");
+                }
+                "kproxy_watch" => {
+                    b.watch(Box::new(|| {})).expect("watch");
+                }
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                apply::cleanup(&mut b, &kproxy::render::own_tables()).expect("cleanup");
+                let a = apply::apply(
+                    &mut b,
+                    Base::Given(Default::default()),
+                    rs.clone(),
+                    &Options::default(),
+                )
+                .expect("load");
+                times.push(a.commit_elapsed);
+            }
+            times.sort();
+            println!(
+                "nft_listener_cost/{mode}/{services}x10: commit {:.2} s (runs {:?}); load {}",
+                times[1].as_secs_f64(),
+                times
+                    .iter()
+                    .map(|t| format!("{:.2}", t.as_secs_f64()))
+                    .collect::<Vec<_>>(),
+                load()
+            );
+            if let Some(w) = b.drift().or_else(|| other.drift()) {
+                println!(
+                    "  watch saw: lost {:?}, other tables {}, kproxy's {}",
+                    w.lost, w.other_tables, w.kproxy_tables
+                );
+            }
+        }
+        apply::cleanup(
+            &mut NetlinkBackend::new("kproxy").expect("netlink"),
+            &kproxy::render::own_tables(),
+        )
+        .expect("cleanup");
+    }
+}
+
 fn main() {
     let Some(filter) = root_bench_filter("daemon") else {
         return;
@@ -246,6 +558,14 @@ fn main() {
     let wants = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     if wants("kproxy_run_steady_state_rss") {
         steady_state_rss();
+    }
+    if wants("nft_listener_cost") {
+        listener_cost();
+    }
+    for mode in ["watch", "poll"] {
+        if wants(&format!("kproxy_neighbour/{mode}")) {
+            neighbours(mode);
+        }
     }
     if wants("event_to_commit") {
         let mut c = Criterion::default().configure_from_args();

@@ -210,6 +210,24 @@ async fn run_async(config: Config, cleanup_kube_proxy: bool) -> Result<(), RunEr
     .with_warnings(Box::new(SharedEvents(events)))
     .with_local_addresses(Box::new(local_addresses))
     .with_after_full_sync(after_full_sync(cleanup_kube_proxy));
+    // Drift: other programs' commits are watched as the kernel announces them; without
+    // the watch (or with KPROXY_NFT_WATCH=0, the escape hatch docs/daemon.md names) the
+    // loop falls back to comparing generation ids every second.
+    if std::env::var_os("KPROXY_NFT_WATCH").is_some_and(|v| v == "0") {
+        tracing::warn!(
+            "KPROXY_NFT_WATCH=0: not watching nftables changes; drift is found by polling"
+        );
+    } else {
+        match syncer.watch_kernel(&trigger) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("not watching nftables changes; drift is found by polling")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch nftables changes; drift is found by polling")
+            }
+        }
+    }
     match Conntrack::open() {
         Ok(ct) => syncer = syncer.with_cleaner(Box::new(ct)),
         Err(e) => tracing::warn!(error = %e, "conntrack cleanup disabled: cannot open ctnetlink"),

@@ -19,8 +19,9 @@
 //!                        minimal, ordered so the kernel accepts every step
 //!                                      ▼
 //!  backend               Backend trait: netlink (the only code touching the kernel's
-//!                        nftables: one atomic batch per transaction, read-back) and
-//!                        fake (validating, all-or-nothing test double)
+//!                        nftables: one atomic batch per transaction, read-back, the
+//!                        watch of nftables change notifications) and fake (validating,
+//!                        all-or-nothing test double)
 //!  apply                 the one sync step: base (kernel dump, or Renderer::update's
 //!                        "before") → diff → commit; `kproxy apply`, `cleanup`
 //!  takeover              `--cleanup-kube-proxy`: kube-proxy's tables and iptables chains
@@ -28,7 +29,8 @@
 //!  report                Model → the reviewer's summary / JSON
 //!  sync                  the daemon's loop: readiness gate, coalescing, minSyncPeriod,
 //!                        partial (Renderer::update) or full (Renderer::full) syncs,
-//!                        both committed by apply; retries, drift repair; feeds
+//!                        both committed by apply; retries, drift repair (only what
+//!                        others touched, from the backend's watch); feeds
 //!                        conntrack, k8s::events, health, metrics
 //!  netlink               the socket and message layer shared by backend and conntrack
 //!  conntrack             stale UDP flows deleted over ctnetlink after endpoint changes

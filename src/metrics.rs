@@ -50,6 +50,12 @@ pub struct Metrics {
     pub transaction_operations: HistogramVec,
     pub kernel_commit_duration: HistogramVec,
     pub drift_repairs: IntCounter,
+    /// Comparisons of kproxy's tables with what they should hold, by `scope`: `full` (both
+    /// tables read back) or `objects` (only the chains and sets others touched).
+    pub drift_checks: IntCounterVec,
+    /// Other programs' nftables commits the watch saw, by whether they touched kproxy's
+    /// tables (`tables="kproxy"` or `"other"`).
+    pub foreign_commits: IntCounterVec,
     pub invalid_objects: IntCounterVec,
     pub programmed_service_ports: IntGaugeVec,
     pub api_events: CounterVec,
@@ -183,6 +189,14 @@ const DRIFT_REPAIRS: Desc = own(
     "kproxy_drift_repairs_total",
     "Times kproxy found its tables changed by someone else and repaired them",
 );
+const DRIFT_CHECKS: Desc = own(
+    "kproxy_drift_checks_total",
+    "Comparisons of kproxy's tables with what they should hold after someone else's change, by scope: full (both tables read back) or objects (only the chains and sets touched)",
+);
+const FOREIGN_COMMITS: Desc = own(
+    "kproxy_foreign_nftables_commits_total",
+    "nftables commits by other programs seen in this network namespace, by whether they touched kproxy's tables",
+);
 const INVALID_OBJECTS: Desc = own(
     "kproxy_invalid_objects_total",
     "Objects (or parts of them) skipped because they are invalid, by kind",
@@ -308,6 +322,8 @@ impl Metrics {
                 fam,
             ),
             drift_repairs: r.int_counter(DRIFT_REPAIRS),
+            drift_checks: r.int_counter_vec(DRIFT_CHECKS, &["scope"]),
+            foreign_commits: r.int_counter_vec(FOREIGN_COMMITS, &["tables"]),
             invalid_objects: r.int_counter_vec(INVALID_OBJECTS, &["kind"]),
             programmed_service_ports: r.int_gauge_vec(PROGRAMMED_SERVICE_PORTS, fam),
             api_events: r.counter_vec(API_EVENTS, &["resource", "type"]),
@@ -318,8 +334,9 @@ impl Metrics {
         m
     }
 
-    /// Pre-creates the two failure counters at 0 for both families. Upstream's labelled
-    /// series appear on first use only; these two are kproxy's deliberate difference
+    /// Pre-creates the two failure counters at 0 for both families, and kproxy's own drift
+    /// series. Upstream's labelled series appear on first use only; the two are kproxy's
+    /// deliberate difference
     /// (docs/daemon.md): a failure counter at 0 reads the same to `rate`/`increase`, and
     /// an alert on `increase(...) > 0` then fires on the first failure too. Every other
     /// labelled series appears when upstream's would.
@@ -328,6 +345,13 @@ impl Metrics {
             let l = family_label(family);
             self.sync_failures.with_label_values(&[l]);
             self.cleanup_failures.with_label_values(&[l]);
+        }
+        // kproxy's own drift series, so that a rate reads 0 from the start.
+        for scope in ["full", "objects"] {
+            self.drift_checks.with_label_values(&[scope]);
+        }
+        for tables in ["kproxy", "other"] {
+            self.foreign_commits.with_label_values(&[tables]);
         }
     }
 
@@ -368,6 +392,8 @@ mod tests {
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
             "# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_total counter",
             "kproxy_drift_repairs_total 0",
+            "kproxy_drift_checks_total{scope=\"full\"} 0",
+            "kproxy_foreign_nftables_commits_total{tables=\"other\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

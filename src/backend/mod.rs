@@ -3,15 +3,22 @@
 //! Owns: the [`Backend`] seam. `netlink` is the only code that touches the kernel's
 //! nftables; `fake` is the in-memory, validating, all-or-nothing test double. `sync` and
 //! `kproxy apply` are written against the trait and never know which one they drive.
+//!
+//! Also the drift watch's vocabulary: a backend that can [`Backend::watch`] the kernel's
+//! change notifications reports what other programs' commits touched in kproxy's tables
+//! ([`Watched`], [`Touched`]) and reads back just those objects
+//! ([`Backend::dump_objects`]); one that cannot leaves the sync loop comparing generation
+//! ids ([`Backend::nft_generation`]).
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod netlink;
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::nft::tx::{TableRef, Transaction};
-use crate::nft::{Elements, Ruleset, Set};
+use crate::nft::{Elements, Family, Ruleset, Set};
 
 /// What applying a transaction cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +64,85 @@ pub enum BackendError {
     #[error("netlink I/O: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Objects of kproxy's tables that commits by other programs touched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Chains created, deleted, or whose rules were added or deleted.
+    pub chains: BTreeSet<(Family, String)>,
+    /// Sets and maps declared, deleted, or whose elements were added or deleted.
+    pub sets: BTreeSet<(Family, String)>,
+    /// Why only a full comparison covers what happened (the table itself was created,
+    /// deleted or changed; an object kproxy does not read back was touched), if so.
+    pub whole: Option<String>,
+    /// Who committed, as the kernel names them: `nft (pid 4242)`.
+    pub by: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.sets.is_empty() && self.whole.is_none()
+    }
+
+    /// Adds what `other` touched.
+    pub fn merge(&mut self, other: Touched) {
+        self.chains.extend(other.chains);
+        self.sets.extend(other.sets);
+        if self.whole.is_none() {
+            self.whole = other.whole;
+        }
+        self.by.extend(other.by);
+    }
+
+    /// The families with a touched chain or set.
+    pub fn families(&self) -> BTreeSet<Family> {
+        self.chains
+            .iter()
+            .chain(&self.sets)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+
+    /// The touched chains (`chains`) or sets of `family`, by name.
+    pub fn names(&self, family: Family, chains: bool) -> BTreeSet<String> {
+        let of = if chains { &self.chains } else { &self.sets };
+        of.iter()
+            .filter(|(f, _)| *f == family)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// `ruleset` cut down to the touched chains and sets (tables of other families
+    /// dropped), as [`Backend::dump_objects`] answers.
+    pub fn select(&self, mut ruleset: Ruleset) -> Ruleset {
+        let families = self.families();
+        ruleset.tables.retain(|t| families.contains(&t.family));
+        for t in &mut ruleset.tables {
+            let (chains, sets) = (self.names(t.family, true), self.names(t.family, false));
+            t.chains.retain(|n, _| chains.contains(n));
+            t.sets.retain(|n, _| sets.contains(n));
+        }
+        ruleset
+    }
+}
+
+/// What a watching backend saw since the last [`Backend::drift`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// What other programs' commits touched in kproxy's tables.
+    pub touched: Touched,
+    /// Notifications were lost (the receive buffer overran) or a commit went unseen:
+    /// only a full comparison is safe. The reason.
+    pub lost: Option<String>,
+    /// Commits by other programs that touched kproxy's tables.
+    pub kproxy_tables: u64,
+    /// Commits by other programs that touched no table of kproxy's (ignored).
+    pub other_tables: u64,
+}
+
+/// Called by a watching backend, from its own thread, when it has something for
+/// [`Backend::drift`]: a change to kproxy's tables, or lost notifications.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
 
 /// Applies transactions and reads state back.
 pub trait Backend {
@@ -105,5 +191,24 @@ pub trait Backend {
             .and_then(|mut t| t.sets.remove(&set.name))
             .map(|s| s.elements)
             .unwrap_or_default())
+    }
+    /// Starts watching the kernel's change notifications, so that [`Backend::drift`]
+    /// can say what other programs changed in kproxy's tables; `wake` is called when
+    /// there is something to say. `Ok(false)`: this backend cannot watch (the sync loop
+    /// then compares [`Backend::nft_generation`]s).
+    fn watch(&mut self, wake: Waker) -> Result<bool, BackendError> {
+        let _ = wake;
+        Ok(false)
+    }
+    /// What was seen since the last call; `None` when not watching.
+    fn drift(&mut self) -> Option<Watched> {
+        None
+    }
+    /// The chains and sets `objects` names, from kproxy's tables as they are now: one
+    /// table per family named, holding those of them that exist (a missing table is
+    /// absent). The table's own attributes are read too; elements of dynamic sets are the
+    /// runtime contents.
+    fn dump_objects(&mut self, objects: &Touched) -> Result<Ruleset, BackendError> {
+        Ok(objects.select(self.dump()?))
     }
 }

@@ -1,8 +1,12 @@
 //! The netlink socket: a `NETLINK_NETFILTER` socket over raw `libc` calls (open, socket
 //! options, one-`sendmsg` batches, `recv`, `poll`), and entering a network namespace.
 //!
-//! Owns: the file descriptor and its receive buffer. Every `unsafe` block has its
-//! `// SAFETY:` reason; where else kproxy has `unsafe`, and why, is in [`crate::netlink`].
+//! Owns: the file descriptor and its receive buffer, the socket's port id, and multicast
+//! group membership (the nftables change notifications are group `NFNLGRP_NFTABLES`). A
+//! socket can be shared by two threads through [`NlSocket::try_clone`] (one receives, the
+//! other sends requests and changes memberships; the kernel serialises both). Every
+//! `unsafe` block has its `// SAFETY:` reason; where else kproxy has `unsafe`, and why, is
+//! in [`crate::netlink`].
 //!
 //! Must not: build or parse messages (that is [`super::wire`]).
 
@@ -13,6 +17,8 @@ const NETLINK_NETFILTER: i32 = 12;
 const SOL_NETLINK: i32 = 270;
 const NETLINK_EXT_ACK: i32 = 11;
 const NETLINK_CAP_ACK: i32 = 10;
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+const NETLINK_DROP_MEMBERSHIP: i32 = 2;
 
 /// Receive buffer for one `recv()`: a dump skb is at most 32 KiB (more with a large
 /// `max_recvmsg_len`); 1 MiB never truncates.
@@ -27,7 +33,8 @@ pub struct NlSocket {
 impl NlSocket {
     /// Opens a `NETLINK_NETFILTER` socket in the calling thread's network namespace, with
     /// `NETLINK_CAP_ACK` (errors do not echo the whole request) and `NETLINK_EXT_ACK`
-    /// (errors carry the offset of the offending attribute).
+    /// (errors carry the offset of the offending attribute), bound at once so that it has
+    /// its port id ([`NlSocket::port_id`]) before it sends anything.
     pub fn open() -> io::Result<NlSocket> {
         // SAFETY: plain socket(2) call with constant arguments; the result is checked.
         let fd = unsafe {
@@ -50,7 +57,77 @@ impl NlSocket {
         s.setsockopt_i32(SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
         // Extended ACKs are optional (kernel >= 4.12).
         let _ = s.setsockopt_i32(SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        s.bind()?;
         Ok(s)
+    }
+
+    /// Binds to port id 0: the kernel picks a free one (the process id for the process's
+    /// first netlink socket).
+    fn bind(&self) -> io::Result<()> {
+        // SAFETY: an all-zero sockaddr_nl is valid (port 0 = "choose", no groups).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: passes a pointer to a live sockaddr_nl and its exact size; the kernel only
+        // reads it.
+        let r = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The port id the kernel gave this socket: the `nlmsg_pid` of every message it sends,
+    /// which is how nftables' change notifications name the socket that committed.
+    pub fn port_id(&self) -> io::Result<u32> {
+        // SAFETY: an all-zero sockaddr_nl is valid; getsockname fills it.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` are live and `len` is `addr`'s size; the kernel writes at
+        // most `len` bytes.
+        let r = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                &mut addr as *mut libc::sockaddr_nl as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(addr.nl_pid)
+    }
+
+    /// A second handle on the same socket (a duplicated descriptor), with its own receive
+    /// buffer: one thread receives on one handle while another sends on the other.
+    pub fn try_clone(&self) -> io::Result<NlSocket> {
+        Ok(NlSocket {
+            fd: self.fd.try_clone()?,
+            buf: vec![0; RECV_BUF],
+            sndbuf: self.sndbuf,
+        })
+    }
+
+    /// Joins (`true`) or leaves multicast group `group`. Messages already queued stay.
+    pub fn membership(&self, group: u32, join: bool) -> io::Result<()> {
+        let opt = if join {
+            NETLINK_ADD_MEMBERSHIP
+        } else {
+            NETLINK_DROP_MEMBERSHIP
+        };
+        self.setsockopt_i32(SOL_NETLINK, opt, group as i32)
+    }
+
+    /// Raises the receive buffer to `bytes` (`SO_RCVBUFFORCE` as root, else capped by
+    /// `rmem_max`). Memory is only used while messages wait in it.
+    pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<()> {
+        self.raise(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes)
     }
 
     fn setsockopt_i32(&self, level: i32, opt: i32, v: i32) -> io::Result<()> {

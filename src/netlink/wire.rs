@@ -36,6 +36,9 @@ pub mod c {
     pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
     pub const NFNL_MSG_BATCH_END: u16 = 0x11;
 
+    /// The nfnetlink multicast group of nftables' change notifications.
+    pub const NFNLGRP_NFTABLES: u32 = 7;
+
     pub const NFPROTO_IPV4: u8 = 2;
     pub const NFPROTO_IPV6: u8 = 10;
 }
@@ -130,6 +133,9 @@ pub struct Msg<'a> {
     pub ty: u16,
     pub flags: u16,
     pub seq: u32,
+    /// `nlmsg_pid`: in a message from the kernel, the port id of the socket whose request
+    /// caused it (a notification names the socket that committed).
+    pub port: u32,
     /// Everything after the netlink header.
     pub payload: &'a [u8],
 }
@@ -158,10 +164,12 @@ pub fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
         let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().ok()?);
         let flags = u16::from_ne_bytes(buf[off + 6..off + 8].try_into().ok()?);
         let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().ok()?);
+        let port = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().ok()?);
         let m = Msg {
             ty,
             flags,
             seq,
+            port,
             payload: &buf[off + c::NLMSG_HDRLEN..off + len],
         };
         off += align4(len);

@@ -23,10 +23,13 @@ use std::sync::Arc;
 use crate::model::{FamilyModel, FamilySettings, Model, ServiceKey, ServicePort, ServicePortName};
 use crate::nft::{Element, Family, Ruleset, Set, Table, Value};
 
-use super::names::HAIRPIN;
+use super::names::{
+    chain_base, ENDPOINTS_PREFIX, HAIRPIN, PREFIX_AFFINITY, PREFIX_CLUSTER, PREFIX_EXTERNAL,
+    PREFIX_LOCAL,
+};
 use super::{
-    assemble, endpoint_map, fragment, fragments, skeleton, Existing, Fragment, Policy, SetRef,
-    SlotAllocator,
+    assemble, endpoint_map, existing_fragments, fragment, fragments, on_every_core, skeleton,
+    table_wide_elements, Existing, Fragment, Policy, SetRef, SlotAllocator,
 };
 
 type ElementKey = (SetRef, Vec<Value>);
@@ -126,6 +129,57 @@ impl FamilyState {
                 .find(|(set, e)| *set == key.0 && e.key == key.1)
                 .map(|(_, e)| e)
         })
+    }
+
+    /// The ports owning these chains (`service-`, `local-`, `external-` + the port's
+    /// [`chain_base`]): read from the name where it is whole, else found by computing
+    /// every port's base (a name cut to nft's length limit).
+    fn ports_of_chains(&self, chains: &BTreeSet<String>) -> BTreeSet<PortName> {
+        let prefixes = [PREFIX_CLUSTER, PREFIX_LOCAL, PREFIX_EXTERNAL];
+        let mut out = BTreeSet::new();
+        let mut unresolved: BTreeSet<&str> = BTreeSet::new();
+        for chain in chains {
+            let Some(base) = prefixes.iter().find_map(|p| chain.strip_prefix(p)) else {
+                continue;
+            };
+            match self.port_of_base(base) {
+                Some(name) => {
+                    out.insert(name);
+                }
+                None => {
+                    unresolved.insert(base);
+                }
+            }
+        }
+        if !unresolved.is_empty() {
+            out.extend(
+                self.ports
+                    .keys()
+                    .filter(|n| unresolved.contains(chain_base(n).as_str()))
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    /// The port whose [`chain_base`] is `base` (`HASH-namespace/name/protocol/port`),
+    /// when the name is whole.
+    fn port_of_base(&self, base: &str) -> Option<PortName> {
+        let (_, rest) = base.split_once('-')?;
+        let mut parts = rest.split('/');
+        let (namespace, name, protocol, port) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let key = ServicePortName {
+            namespace: namespace.into(),
+            name: name.into(),
+            port: port.into(),
+            protocol: crate::nft::Protocol::parse(protocol)?,
+        };
+        let (found, _) = self.ports.get_key_value(&key)?;
+        (chain_base(found) == base).then(|| found.clone())
     }
 
     fn key_hash(&self, set: &SetRef, key: &[Value]) -> u64 {
@@ -376,7 +430,71 @@ impl Renderer {
         Ruleset { tables }
     }
 
-    /// Number of service ports held (all families).
+    /// The chains and sets named, as [`Renderer::ruleset`] holds them (those it does not
+    /// hold are absent), in a table of `family` with the table's own attributes: what a
+    /// drift repair compares the kernel's read-back of the same objects with. Renders only
+    /// what the named objects need: a port's chain its one fragment (found by name), an
+    /// endpoint map the fragments of its shard's lists, an affinity map those of the
+    /// affinity ports, a table-wide set (`service-ips`, …) every port's table-wide elements
+    /// alone ([`table_wide_elements`]), a skeleton chain nothing. `None` when `family` is
+    /// not rendered.
+    pub fn objects(
+        &self,
+        family: Family,
+        chains: &BTreeSet<String>,
+        sets: &BTreeSet<String>,
+    ) -> Option<Table> {
+        let st = self.families.get(&family)?;
+        let skel = st.skeleton.as_ref()?;
+        let settings = st.settings.as_ref()?;
+        let shards: BTreeSet<u32> = sets
+            .iter()
+            .filter_map(|s| s.strip_prefix(ENDPOINTS_PREFIX)?.parse().ok())
+            .collect();
+        let affinity = sets.iter().any(|s| s.starts_with(PREFIX_AFFINITY));
+        let by_chain = st.ports_of_chains(chains);
+        let whole: Vec<&ServicePort> = st
+            .ports
+            .iter()
+            .filter(|(name, (_, sp))| {
+                by_chain.contains(*name)
+                    || (affinity && sp.affinity_timeout.is_some())
+                    || (!shards.is_empty()
+                        && [Policy::Cluster, Policy::Local].into_iter().any(|p| {
+                            st.slots
+                                .block_of(&((*name).clone(), p))
+                                .is_some_and(|r| shards.contains(&r.shard))
+                        }))
+            })
+            .map(|(_, (_, sp))| sp.as_ref())
+            .collect();
+        let frags = existing_fragments(settings, &whole, &st.slots);
+        let mut t = assemble(skel.clone(), &st.slots, frags);
+        let table_wide: Vec<&String> = sets.iter().filter(|s| skel.sets.contains_key(*s)).collect();
+        if !table_wide.is_empty() {
+            let ports: Vec<&ServicePort> = st.ports.values().map(|(_, sp)| sp.as_ref()).collect();
+            let mut pending: HashMap<&str, Vec<Element>> = HashMap::new();
+            for elements in on_every_core(&ports, |sp| table_wide_elements(settings, sp)) {
+                for (set, e) in elements {
+                    if let SetRef::Named(n) = set {
+                        if sets.contains(n) {
+                            pending.entry(n).or_default().push(e);
+                        }
+                    }
+                }
+            }
+            for name in table_wide {
+                let mut s = skel.sets[name].clone();
+                s.extend(pending.remove(name.as_str()).unwrap_or_default());
+                t.add_set(s);
+            }
+        }
+        t.chains.retain(|n, _| chains.contains(n));
+        t.sets.retain(|n, _| sets.contains(n));
+        Some(t)
+    }
+
+    /// Number of service ports held (all families).    /// Number of service ports held (all families).
     pub fn len(&self) -> usize {
         self.families.values().map(|f| f.ports.len()).sum()
     }

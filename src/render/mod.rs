@@ -674,30 +674,67 @@ pub fn fragments(
             }
         }
     }
-    let slots: &SlotAllocator = slots;
+    existing_fragments(fm, services, slots)
+}
+
+/// The fragments of `services` whose blocks and affinity places `slots` already holds,
+/// in order, rendered on every core (they only read `slots`).
+pub fn existing_fragments<S: std::borrow::Borrow<ServicePort> + Sync>(
+    fm: &FamilySettings,
+    services: &[S],
+    slots: &SlotAllocator,
+) -> Vec<Fragment> {
+    on_every_core(services, |sp| fragment(fm, sp, &mut Existing(slots)))
+}
+
+/// `f` of each service port, in order, computed on every core.
+pub fn on_every_core<S: std::borrow::Borrow<ServicePort> + Sync, T: Send>(
+    services: &[S],
+    f: impl Fn(&ServicePort) -> T + Sync,
+) -> Vec<T> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let per = services.len().div_ceil(workers).max(256);
     if services.len() <= per {
-        return services
-            .iter()
-            .map(|sp| fragment(fm, sp, &mut Existing(slots)))
-            .collect();
+        return services.iter().map(|sp| f(sp.borrow())).collect();
     }
+    let f = &f;
     std::thread::scope(|scope| {
         let parts: Vec<_> = services
             .chunks(per)
             .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|sp| fragment(fm, sp, &mut Existing(slots)))
-                        .collect::<Vec<_>>()
-                })
+                scope.spawn(move || part.iter().map(|sp| f(sp.borrow())).collect::<Vec<_>>())
             })
             .collect();
         parts
             .into_iter()
             .flat_map(|h| h.join().expect("a render worker panicked"))
             .collect()
+    })
+}
+
+/// The elements one service port adds to the table-wide sets and maps (those of its
+/// [`Fragment`] under [`SetRef::Named`], in the same order), without rendering the rest
+/// of the fragment: what a drift repair of one table-wide set needs of every port.
+pub fn table_wide_elements(fm: &FamilySettings, sp: &ServicePort) -> Vec<(SetRef, Element)> {
+    let plan = PortPlan::new(sp);
+    let mut out = Vec::new();
+    dispatch_elements(fm, sp, &plan, &mut out);
+    for (_, eps) in used_lists(sp) {
+        out.extend(hairpin_elements(sp, eps));
+    }
+    out
+}
+
+/// The hairpin pairs of an endpoint list's endpoints that may hairpin.
+fn hairpin_elements<'a>(
+    sp: &'a ServicePort,
+    eps: &'a [EndpointAddr],
+) -> impl Iterator<Item = (SetRef, Element)> + 'a {
+    eps.iter().filter(|e| may_hairpin(sp, e)).map(|e| {
+        (
+            SetRef::Named(HAIRPIN),
+            Element::key(vec![Value::Addr(e.ip), Value::Addr(e.ip)]),
+        )
     })
 }
 
@@ -929,13 +966,7 @@ fn endpoint_chains(sp: &ServicePort, plan: &PortPlan, slots: &mut dyn Ranges, fr
     // The same lists `fragments` hands out places for before rendering in parallel.
     for (policy, eps) in used_lists(sp) {
         let mut chain = Chain::regular(plan.policy_chain(policy == Policy::Local).clone());
-        frag.elements
-            .extend(eps.iter().filter(|e| may_hairpin(sp, e)).map(|e| {
-                (
-                    SetRef::Named(HAIRPIN),
-                    Element::key(vec![Value::Addr(e.ip), Value::Addr(e.ip)]),
-                )
-            }));
+        frag.elements.extend(hairpin_elements(sp, eps));
         frag.slot_lists.push(policy);
         let what: Arc<str> = match policy {
             Policy::Cluster => format!("{label} cluster"),

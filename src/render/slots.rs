@@ -258,6 +258,11 @@ impl SlotAllocator {
             .collect()
     }
 
+    /// The block `owner` holds, if any.
+    pub fn block_of(&self, owner: &Owner) -> Option<Range> {
+        self.owned.get(owner).copied()
+    }
+
     /// Frees the block of `owner`, if it holds one (incremental updates: a list that
     /// disappeared, or a service port that was deleted).
     pub fn release_owner(&mut self, owner: &Owner) {

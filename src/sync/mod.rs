@@ -4,13 +4,19 @@
 //! Owns: when to sync and how much. Nothing is programmed before the source has its first
 //! complete list; changes coalesce; at least `min_sync_period` separates syncs; a sync is
 //! partial (only changed services re-rendered, [`Renderer::update`]) unless node-level
-//! inputs changed, the hourly full resync is due, the previous sync failed, or the
-//! kernel's nftables generation moved under us (drift). Every sync then takes the same
-//! step, [`apply::apply`]: diff a base against the target and commit. A partial sync's
-//! base is the renderer's "before" of the touched objects; a full sync (and a drift
-//! repair) diffs against what the kernel really holds, so the first one adopts existing
-//! rules without a flush. A failed transaction is counted and retried as a full sync with
+//! inputs changed, the hourly full resync is due, or the previous sync failed. Every sync
+//! then takes the same step, [`apply::apply`]: diff a base against the target and commit.
+//! A partial sync's base is the renderer's "before" of the touched objects; a full sync
+//! diffs against what the kernel really holds, so the first one adopts existing rules
+//! without a flush. A failed transaction is counted and retried as a full sync with
 //! backoff, always within `sync_period`.
+//!
+//! Drift (others changing kproxy's tables): with a backend that watches the kernel's
+//! change notifications ([`Syncer::watch_kernel`]), commits to other tables cost nothing,
+//! and the chains and sets others touched are read back and repaired alone
+//! ([`Renderer::objects`], [`Backend::dump_objects`]); a change to the table itself,
+//! lost notifications, or a backend that cannot watch (the generation id moved) compare
+//! both tables whole. The hourly full resync stays the safety net.
 //!
 //! Metrics and health are recorded per family as upstream's two proxiers would: a sync
 //! covers both families when full, its changes' [`Families`] when partial, and records
@@ -28,7 +34,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::apply::{self, Applied, Base, ChainDeletes, STALE_CHAIN_DELAY};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Touched};
 use crate::health::{HealthCheckBind, HealthChecks, ProxyHealth};
 use crate::metrics::{family_label, Metrics};
 use crate::model::build::{Objects, Settings};
@@ -116,6 +122,8 @@ pub trait WarningSink: Send + Sync {
 /// Wakes the sync loop: the source calls [`Trigger::notify`] on every change.
 pub struct Trigger {
     pending: Mutex<bool>,
+    /// The backend's watch saw others change kproxy's tables (or lost track).
+    kernel: AtomicBool,
     cv: Condvar,
     health: Arc<ProxyHealth>,
     metrics: Arc<Metrics>,
@@ -125,6 +133,7 @@ impl Trigger {
     pub fn new(health: Arc<ProxyHealth>, metrics: Arc<Metrics>) -> Arc<Trigger> {
         Arc::new(Trigger {
             pending: Mutex::new(false),
+            kernel: AtomicBool::new(false),
             cv: Condvar::new(),
             health,
             metrics,
@@ -147,8 +156,20 @@ impl Trigger {
         self.cv.notify_all();
     }
 
+    /// The backend's watch has news of kproxy's tables: wakes the loop for a drift check
+    /// (called from the watch's thread).
+    pub fn kernel_changed(&self) {
+        let _g = self.pending.lock().expect("trigger lock");
+        self.kernel.store(true, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+
     fn take(&self) -> bool {
         std::mem::take(&mut *self.pending.lock().expect("trigger lock"))
+    }
+
+    fn take_kernel(&self) -> bool {
+        self.kernel.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn is_pending(&self) -> bool {
@@ -157,7 +178,7 @@ impl Trigger {
 
     fn wait(&self, timeout: Duration) {
         let g = self.pending.lock().expect("trigger lock");
-        if !*g {
+        if !*g && !self.kernel.load(Ordering::SeqCst) {
             let _ = self.cv.wait_timeout(g, timeout).expect("trigger lock");
         }
     }
@@ -329,6 +350,9 @@ pub struct Syncer<S: Source + ?Sized, B: Backend> {
     retry_at: Option<Instant>,
     backoff: Duration,
     generation: Option<u32>,
+    /// The backend watches the kernel's change notifications ([`Syncer::watch_kernel`]):
+    /// drift checks look only at what others touched, and no generation is polled.
+    watching: bool,
     deferred: Vec<(TableRef, String)>,
     deferred_at: Option<Instant>,
     node_addresses: Vec<IpAddr>,
@@ -400,6 +424,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             retry_at: None,
             backoff,
             generation: None,
+            watching: false,
             deferred: Vec::new(),
             deferred_at: None,
             node_addresses: Vec::new(),
@@ -431,6 +456,16 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         &mut self.backend
     }
 
+    /// Has the backend watch the kernel's nftables change notifications, waking the loop
+    /// through `trigger` when other programs touch kproxy's tables. `Ok(false)`: the
+    /// backend cannot watch, and drift is found by comparing generation ids every
+    /// `drift_check_period` instead.
+    pub fn watch_kernel(&mut self, trigger: &Arc<Trigger>) -> Result<bool, BackendError> {
+        let t = trigger.clone();
+        self.watching = self.backend.watch(Box::new(move || t.kernel_changed()))?;
+        Ok(self.watching)
+    }
+
     /// Runs until `stop` is set: waits for changes, respects the periods, syncs, checks
     /// for drift. Blocking; the daemon gives it a thread of its own.
     pub fn run(&mut self, trigger: &Trigger, stop: &AtomicBool) {
@@ -460,7 +495,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                     self.delete_deferred();
                 }
             }
-            if now >= next_drift {
+            if trigger.take_kernel() || now >= next_drift {
                 self.check_drift();
                 next_drift = now + self.config.drift_check_period;
             }
@@ -893,7 +928,9 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             self.deferred.append(&mut applied.deferred);
             self.deferred_at = Some(Instant::now() + STALE_CHAIN_DELAY);
         }
-        self.generation = self.backend_generation();
+        if !self.watching {
+            self.generation = self.backend_generation();
+        }
         Ok(applied)
     }
 
@@ -940,16 +977,53 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             inc_per_family(&self.metrics.cleanup_failures, failed);
             self.needs_full = true;
         }
-        self.generation = self.backend_generation();
+        if !self.watching {
+            self.generation = self.backend_generation();
+        }
     }
 
     fn backend_generation(&mut self) -> Option<u32> {
         self.backend.nft_generation().ok().flatten()
     }
 
-    /// Compares the kernel's nftables generation with the one after our last commit; if
-    /// it moved, diffs kproxy's tables against what they should be and repairs them.
+    /// Looks for changes others made to kproxy's tables and repairs them. Watching
+    /// ([`Syncer::watch_kernel`]): what the backend saw since the last check; commits to
+    /// other tables cost nothing, chains and sets others touched are read back and
+    /// repaired alone ([`Syncer::repair_objects`]), and only a change to the table itself,
+    /// to something kproxy does not read back, or lost notifications compare everything
+    /// ([`Syncer::full_check`]). Not watching: the generation id after kproxy's last commit
+    /// against the kernel's, and everything compared when it moved.
     fn check_drift(&mut self) {
+        let Some(seen) = self.backend.drift() else {
+            return self.check_generation();
+        };
+        for (tables, n) in [("kproxy", seen.kproxy_tables), ("other", seen.other_tables)] {
+            self.metrics
+                .foreign_commits
+                .with_label_values(&[tables])
+                .inc_by(n);
+        }
+        if self.last_full.is_none() {
+            // The first full sync reads what the kernel holds anyway.
+            return;
+        }
+        let by = seen
+            .touched
+            .by
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(why) = seen.lost.as_deref().or(seen.touched.whole.as_deref()) {
+            self.full_check(why, &by);
+        } else if !seen.touched.is_empty() {
+            self.repair_objects(seen.touched, &by);
+        }
+    }
+
+    /// The drift check without a watch: compares the kernel's nftables generation with
+    /// the one after kproxy's last commit, and everything when it moved.
+    fn check_generation(&mut self) {
         let Some(ours) = self.generation else {
             return;
         };
@@ -959,23 +1033,98 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
         if now == ours || self.last_full.is_none() {
             return;
         }
-        let ruleset = self.renderer.ruleset();
+        self.full_check("the nftables generation moved", "");
+    }
+
+    /// Diffs both of kproxy's tables, read back whole, against the renderer's ruleset and
+    /// repairs the difference: the check when nothing says what changed (a dump and a
+    /// render of everything: ~5 s at 50k services).
+    fn full_check(&mut self, why: &str, by: &str) {
+        self.metrics.drift_checks.with_label_values(&["full"]).inc();
         let start = Instant::now();
+        let ruleset = self.renderer.ruleset();
         match self.commit(Base::Kernel, ruleset, ChainDeletes::AfterDelay) {
-            Ok(applied) => {
-                if applied.stats.ops > 0 {
-                    self.metrics.drift_repairs.inc();
-                    tracing::warn!(
-                        operations = applied.stats.ops,
-                        elapsed_ms = start.elapsed().as_secs_f64() * 1e3,
-                        "kproxy's tables were changed by someone else; repaired"
-                    );
-                }
-            }
+            Ok(applied) => self.log_repair(&applied, start, "full", why, by),
             Err(e) => {
                 tracing::error!(error = %e, "repairing kproxy's tables failed; retrying as a full sync");
                 self.needs_full = true;
             }
+        }
+    }
+
+    /// Reads back only the chains and sets others touched, diffs them against the
+    /// renderer's version of only those objects, and commits the difference: work in
+    /// proportion to what drifted. Anything it cannot settle (kproxy's table gone, a
+    /// family not rendered, a read or a commit that fails) falls back to
+    /// [`Syncer::full_check`].
+    fn repair_objects(&mut self, touched: Touched, by: &str) {
+        self.metrics
+            .drift_checks
+            .with_label_values(&["objects"])
+            .inc();
+        let start = Instant::now();
+        let mut target = Ruleset::default();
+        for family in touched.families() {
+            let (chains, sets) = (touched.names(family, true), touched.names(family, false));
+            match self.renderer.objects(family, &chains, &sets) {
+                Some(t) => target.tables.push(t),
+                None => return self.full_check("a table kproxy does not render was touched", by),
+            }
+        }
+        let rendered = start.elapsed();
+        let mut kernel = match self.backend.dump_objects(&touched) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading back the objects others touched failed");
+                return self.full_check("reading back the touched objects failed", by);
+            }
+        };
+        let read = start.elapsed() - rendered;
+        for t in &target.tables {
+            match kernel.tables.iter_mut().find(|k| k.family == t.family) {
+                // The table's own attributes are not compared here: a change to them is
+                // notified as the table's and compared in full.
+                Some(k) => k.comment = t.comment.clone(),
+                None => return self.full_check("kproxy's table is gone", by),
+            }
+        }
+        let why = format!(
+            "{} chain(s), {} set(s) touched (render {:.0} ms, read back {:.0} ms)",
+            touched.chains.len(),
+            touched.sets.len(),
+            rendered.as_secs_f64() * 1e3,
+            read.as_secs_f64() * 1e3
+        );
+        match self.commit(Base::Given(kernel), target, ChainDeletes::AfterDelay) {
+            Ok(applied) => self.log_repair(&applied, start, "objects", &why, by),
+            Err(e) => {
+                tracing::warn!(error = %e, "repairing the objects others touched failed");
+                self.full_check("the targeted repair failed", by);
+            }
+        }
+    }
+
+    /// Counts and logs a drift repair that changed something.
+    fn log_repair(&self, applied: &Applied, start: Instant, scope: &str, why: &str, by: &str) {
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
+        if applied.stats.ops > 0 {
+            self.metrics.drift_repairs.inc();
+            tracing::warn!(
+                operations = applied.stats.ops,
+                elapsed_ms,
+                scope,
+                reason = why,
+                by,
+                "kproxy's tables were changed by someone else; repaired"
+            );
+        } else {
+            tracing::debug!(
+                elapsed_ms,
+                scope,
+                reason = why,
+                by,
+                "drift check: nothing to repair"
+            );
         }
     }
 }

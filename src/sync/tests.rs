@@ -882,3 +882,236 @@ fn full_syncs_built_in_chunks_equal_one_build() {
         );
     }
 }
+
+/// A fixture whose fake owns only `kproxy` tables (others are a neighbour's), watching
+/// the fake's notifications, after its first full sync.
+fn watching(objects: Objects) -> Fixture {
+    let mut f = fixture_with(objects, FakeBackend::new().with_own_table("kproxy"));
+    let trigger = Trigger::new(f.health.clone(), f.metrics.clone());
+    assert!(f.syncer.watch_kernel(&trigger).unwrap());
+    f.syncer.sync(false).unwrap();
+    f
+}
+
+fn neighbour_table(elements: &[&str]) -> crate::nft::Table {
+    use crate::nft::{DataType, Element, Set, SetData, Table, Value};
+    let mut t = Table::new(Family::V4, "neighbour");
+    let mut s = Set::new("blocked", vec![DataType::Ipv4Addr], SetData::None);
+    for e in elements {
+        s.insert(Element::key(vec![Value::Addr(e.parse().unwrap())]));
+    }
+    t.add_set(s);
+    t
+}
+
+fn checks(f: &Fixture, scope: &str) -> u64 {
+    f.metrics.drift_checks.with_label_values(&[scope]).get()
+}
+
+/// The name of the first `service-…` chain of the IPv4 table.
+fn a_service_chain(f: &mut Fixture) -> String {
+    f.syncer.backend().state().tables[0]
+        .chains
+        .keys()
+        .find(|n| n.starts_with("service-"))
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_neighbours_commits_to_its_own_table_cost_nothing() {
+    let mut f = watching(two_services());
+    let dumps = f.syncer.backend().dumps();
+    for i in 0..20 {
+        let ips: Vec<String> = (0..=i).map(|n| format!("192.0.2.{n}")).collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        f.syncer.backend().commit_as_neighbour(|rs| {
+            rs.tables.retain(|t| t.name != "neighbour");
+            rs.tables.push(neighbour_table(&ips));
+        });
+        f.syncer.check_drift();
+        // kproxy syncs a change in between, as it would from the API server.
+        if i == 10 {
+            f.source.set(two_services_with(&[("10.244.1.9", "node-a")]));
+            assert!(!f.syncer.sync(false).unwrap().full);
+        }
+    }
+    let b = f.syncer.backend();
+    assert_eq!(
+        b.dumps(),
+        dumps,
+        "kproxy read its tables because of the neighbour"
+    );
+    assert_eq!(b.object_dumps(), 0);
+    assert_eq!(f.metrics.drift_repairs.get(), 0);
+    assert_eq!((checks(&f, "full"), checks(&f, "objects")), (0, 0));
+    let other = f
+        .metrics
+        .foreign_commits
+        .with_label_values(&["other"])
+        .get();
+    assert_eq!(other, 20);
+    // The neighbour's table is as it wrote it, also after a full sync of kproxy's.
+    f.syncer.sync(true).unwrap();
+    let held = f.syncer.backend().state().clone();
+    let n = held.tables.iter().find(|t| t.name == "neighbour").unwrap();
+    assert_eq!(n.sets["blocked"].elements.len(), 20);
+    assert_programmed_own(&mut f);
+}
+
+/// kproxy's tables in the fake equal the renderer's ruleset (a neighbour's aside).
+fn assert_programmed_own(f: &mut Fixture) {
+    let want = f.syncer.renderer.ruleset();
+    let mut state = f.syncer.backend().state().clone();
+    state.tables.retain(|t| t.name == "kproxy");
+    assert!(state == want, "kproxy's tables differ from the renderer's");
+}
+
+#[test]
+fn a_flushed_chain_is_read_back_and_repaired_alone() {
+    let mut f = watching(two_services());
+    let chain = a_service_chain(&mut f);
+    let dumps = f.syncer.backend().dumps();
+    f.syncer.backend().commit_as_neighbour(|rs| {
+        rs.tables[0].chains.get_mut(&chain).unwrap().rules.clear();
+    });
+    f.syncer.check_drift();
+    assert_programmed_own(&mut f);
+    let b = f.syncer.backend();
+    assert_eq!(
+        b.dumps(),
+        dumps,
+        "a flushed chain made kproxy read everything"
+    );
+    assert_eq!(b.object_dumps(), 1);
+    let tx = b.last_transaction().unwrap().clone();
+    assert!(
+        tx.ops.iter().all(|op| op.describe().contains(&chain)),
+        "the repair touched more than the chain: {tx:?}"
+    );
+    assert_eq!(f.metrics.drift_repairs.get(), 1);
+    assert_eq!((checks(&f, "full"), checks(&f, "objects")), (0, 1));
+    // Nothing more to see: nothing more is read.
+    f.syncer.check_drift();
+    assert_eq!(f.syncer.backend().object_dumps(), 1);
+}
+
+#[test]
+fn elements_deleted_from_table_wide_and_endpoint_maps_come_back() {
+    let mut f = watching(two_services());
+    let before = f.syncer.backend().state().clone();
+    f.syncer.backend().commit_as_neighbour(|rs| {
+        let t = &mut rs.tables[0];
+        for name in ["service-ips", "endpoints-0"] {
+            let s = t.sets.get_mut(name).unwrap();
+            let first = s.elements.iter().next().unwrap().clone();
+            s.elements.remove(&first.key);
+        }
+    });
+    f.syncer.check_drift();
+    assert_eq!(f.syncer.backend().state(), &before);
+    assert_eq!(f.metrics.drift_repairs.get(), 1);
+    assert_eq!(checks(&f, "objects"), 1);
+}
+
+#[test]
+fn objects_added_to_kproxys_table_by_others_are_removed() {
+    let mut f = watching(two_services());
+    let before = f.syncer.backend().state().clone();
+    f.syncer.backend().commit_as_neighbour(|rs| {
+        let t = &mut rs.tables[0];
+        t.add_chain(crate::nft::Chain::regular("intruder"));
+        let mut s = neighbour_table(&["192.0.2.1"]).sets["blocked"].clone();
+        s.name = "intruders".into();
+        t.add_set(s);
+    });
+    f.syncer.check_drift();
+    assert_eq!(f.syncer.backend().state(), &before);
+    assert_eq!(checks(&f, "objects"), 1);
+}
+
+#[test]
+fn a_change_between_kproxys_commit_and_its_check_is_repaired() {
+    let mut f = watching(two_services());
+    let chain = a_service_chain(&mut f);
+    // The neighbour flushes the chain right after kproxy's next commit.
+    let c = chain.clone();
+    f.syncer.backend().after_next_commit(move |rs| {
+        rs.tables[0].chains.get_mut(&c).unwrap().rules.clear();
+    });
+    f.source.set(two_services_with(&[("10.244.1.9", "node-a")]));
+    assert!(!f.syncer.sync(false).unwrap().full);
+    f.syncer.check_drift();
+    assert_programmed_own(&mut f);
+    assert_eq!(f.metrics.drift_repairs.get(), 1);
+    assert_eq!(checks(&f, "objects"), 1);
+}
+
+#[test]
+fn what_notifications_cannot_attribute_is_compared_in_full() {
+    // The table itself deleted.
+    let mut f = watching(two_services());
+    let before = f.syncer.backend().state().clone();
+    f.syncer
+        .backend()
+        .commit_as_neighbour(|rs| rs.tables.retain(|t| t.family != Family::V4));
+    f.syncer.check_drift();
+    assert_eq!(f.syncer.backend().state(), &before);
+    assert_eq!((checks(&f, "full"), checks(&f, "objects")), (1, 0));
+    // Lost notifications (an overrun) with nothing wrong: one full comparison, no repair.
+    f.syncer.backend().lose_notifications();
+    f.syncer.check_drift();
+    assert_eq!(checks(&f, "full"), 2);
+    assert_eq!(f.metrics.drift_repairs.get(), 1);
+    // A change no notification reported.
+    let chain = a_service_chain(&mut f);
+    f.syncer.backend().state_mut().tables[0]
+        .chains
+        .get_mut(&chain)
+        .unwrap()
+        .rules
+        .clear();
+    f.syncer.check_drift();
+    assert_eq!(f.syncer.backend().state(), &before);
+    assert_eq!((checks(&f, "full"), f.metrics.drift_repairs.get()), (3, 2));
+}
+
+#[test]
+fn the_renderer_hands_out_each_object_as_the_full_ruleset_holds_it() {
+    // Plain and affinity services, over several shards, after churn.
+    let mut o = sticky_services(&["s1", "s2", "s3"]);
+    let plain = two_services();
+    o.services.extend(plain.services);
+    o.slices.extend(plain.slices);
+    let mut f = fixture(o.clone());
+    f.syncer.sync(false).unwrap();
+    o.slices.pop();
+    f.source.set(o);
+    f.syncer.sync(false).unwrap();
+    let full = f.syncer.renderer.ruleset();
+    for t in &full.tables {
+        let one = |chains: &[&String], sets: &[&String]| {
+            let c: BTreeSet<String> = chains.iter().map(|s| s.to_string()).collect();
+            let s: BTreeSet<String> = sets.iter().map(|s| s.to_string()).collect();
+            f.syncer.renderer.objects(t.family, &c, &s).unwrap()
+        };
+        for (name, chain) in &t.chains {
+            let got = one(&[name], &[]);
+            assert_eq!(got.chains.len(), 1, "{name}");
+            assert_eq!(&got.chains[name], chain, "{name}");
+            assert!(got.sets.is_empty());
+            assert_eq!(got.comment, t.comment);
+        }
+        for (name, set) in &t.sets {
+            let got = one(&[], &[name]);
+            assert_eq!(&got.sets[name], set, "{name}");
+        }
+        let absent = one(&[&"nope".to_string()], &[&"none".to_string()]);
+        assert!(absent.chains.is_empty() && absent.sets.is_empty());
+        let all = one(
+            &t.chains.keys().collect::<Vec<_>>(),
+            &t.sets.keys().collect::<Vec<_>>(),
+        );
+        assert!(&all == t, "every object at once differs from the table");
+    }
+}

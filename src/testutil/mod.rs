@@ -9,7 +9,7 @@ pub mod fixtures;
 pub mod manifests;
 mod netns;
 
-pub use netns::{in_netns, netns_path, InNetns, Netns};
+pub use netns::{in_netns, netns_path, nft_in, InNetns, Netns};
 
 use crate::model::build::{Objects, Settings};
 use fixtures::{ep, node, slice, svc};
@@ -81,6 +81,22 @@ pub fn synthetic_settings() -> Settings {
         cluster_cidrs: vec!["10.128.0.0/9".parse().expect("cidr")],
         ..Settings::default()
     }
+}
+
+/// Polls `check` every 10 ms until it holds: how long that took, or `None` once `limit`
+/// has passed (latency measurements in kernel tests and benchmarks).
+pub fn time_until(
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 /// A global allocator for tests and benchmarks that counts heap bytes on top of mimalloc

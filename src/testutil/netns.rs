@@ -18,6 +18,22 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new("/var/run/netns").join(name)
 }
 
+/// Runs `nft ARGS` inside the named network namespace (the test oracle, and the neighbour
+/// of the neighbour tests); panics when it fails. Its standard output.
+pub fn nft_in(name: &str, args: &[&str]) -> String {
+    let o = Command::new("ip")
+        .args(["netns", "exec", name, "nft"])
+        .args(args)
+        .output()
+        .expect("ip netns exec nft");
+    assert!(
+        o.status.success(),
+        "nft {args:?} in {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Runs `f` on a fresh thread inside the named network namespace (sockets opened there
 /// stay in it, whatever thread uses them later).
 pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {

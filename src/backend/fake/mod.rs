@@ -31,19 +31,29 @@
 //! Not modelled: jump loops (`ELOOP`), hook restrictions of statements (`reject` outside
 //! input/forward/output), netlink message sizes. [`ApplyReport::bytes`] is always 0.
 //!
+//! Neighbours and the drift watch: [`FakeBackend::with_own_table`] makes tables of other
+//! names someone else's (not dumped, as the netlink backend dumps only its own);
+//! [`FakeBackend::commit_as_neighbour`] is another program's commit, notified to a
+//! watching sync loop ([`Backend::watch`]) with the chains and sets it touched in kproxy's
+//! tables, as the kernel's notifications name them; [`FakeBackend::state_mut`] is a change
+//! no notification reports (a watching loop sees it as lost notifications).
+//!
 //! Must not: be used outside tests and dry runs; touch the kernel.
 
 use std::collections::{HashMap, HashSet};
 
 mod check;
 
-use super::{ApplyReport, Backend, BackendError, OpFailure};
+use super::{ApplyReport, Backend, BackendError, OpFailure, Touched, Waker, Watched};
 use crate::nft::tx::{Op, TableRef, Transaction};
 use crate::nft::{Chain, Element, Elements, Rule, Ruleset, Set, Table};
 use check::{add_chain, add_elements, add_set, check_name, check_stmt, delete_elements};
 
+/// A change another program makes ([`FakeBackend::after_next_commit`]).
+type Edit = Box<dyn FnOnce(&mut Ruleset) + Send>;
+
 /// An in-memory, validating, all-or-nothing nftables.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct FakeBackend {
     state: Ruleset,
     pre_6_2: bool,
@@ -51,8 +61,100 @@ pub struct FakeBackend {
     applies: usize,
     commits: usize,
     inject: Option<i32>,
-    /// Times [`FakeBackend::state_mut`] was called: edits by "someone else".
+    /// Times [`FakeBackend::state_mut`] or [`FakeBackend::commit_as_neighbour`] was
+    /// called: edits by "someone else".
     outside_edits: u32,
+    /// Only tables of this name are kproxy's (dumped, watched); `None`: every table.
+    own_table: Option<String>,
+    /// Watching ([`Backend::watch`]): what was seen since the last [`Backend::drift`].
+    watched: Option<Watched>,
+    wake: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+    /// A neighbour's commit that lands right after kproxy's next commit.
+    after_commit: Option<Edit>,
+    dumps: usize,
+    object_dumps: usize,
+}
+
+impl std::fmt::Debug for FakeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeBackend")
+            .field("state", &self.state)
+            .field("commits", &self.commits)
+            .field("outside_edits", &self.outside_edits)
+            .field("watched", &self.watched)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for FakeBackend {
+    /// A copy of the kernel's state and counters; not watching, no pending neighbour.
+    fn clone(&self) -> Self {
+        FakeBackend {
+            state: self.state.clone(),
+            pre_6_2: self.pre_6_2,
+            last: self.last.clone(),
+            applies: self.applies,
+            commits: self.commits,
+            inject: self.inject,
+            outside_edits: self.outside_edits,
+            own_table: self.own_table.clone(),
+            watched: None,
+            wake: None,
+            after_commit: None,
+            dumps: self.dumps,
+            object_dumps: self.object_dumps,
+        }
+    }
+}
+
+/// What changed in tables named `own` (all tables when `None`) from `before` to
+/// `after`, as the kernel's notifications would name it; and whether anything changed in
+/// other tables.
+fn touched_between(before: &Ruleset, after: &Ruleset, own: Option<&str>) -> (Touched, bool) {
+    let mut t = Touched::default();
+    let mut others = false;
+    let keys = |rs: &Ruleset| -> Vec<(crate::nft::Family, String)> {
+        rs.tables
+            .iter()
+            .map(|t| (t.family, t.name.clone()))
+            .collect()
+    };
+    let mut tables = keys(before);
+    tables.extend(keys(after));
+    tables.sort();
+    tables.dedup();
+    let find = |rs: &Ruleset, f, n: &str| {
+        rs.tables
+            .iter()
+            .find(|t| t.family == f && t.name == n)
+            .cloned()
+    };
+    for (family, name) in tables {
+        let (b, a) = (find(before, family, &name), find(after, family, &name));
+        if b == a {
+            continue;
+        }
+        if own.is_some_and(|o| o != name) {
+            others = true;
+            continue;
+        }
+        match (b, a) {
+            (Some(b), Some(a)) if b.comment == a.comment => {
+                for c in b.chains.keys().chain(a.chains.keys()) {
+                    if b.chains.get(c) != a.chains.get(c) {
+                        t.chains.insert((family, c.clone()));
+                    }
+                }
+                for s in b.sets.keys().chain(a.sets.keys()) {
+                    if b.sets.get(s) != a.sets.get(s) {
+                        t.sets.insert((family, s.clone()));
+                    }
+                }
+            }
+            _ => t.whole = Some(format!("table {family} {name} itself was changed")),
+        }
+    }
+    (t, others)
 }
 
 impl FakeBackend {
@@ -86,10 +188,75 @@ impl FakeBackend {
     }
 
     /// Changes the state behind kproxy's back (runtime affinity entries, drift, another
-    /// program's edits).
+    /// program's edits), unseen by the drift watch: a watching loop hears that
+    /// notifications were lost.
     pub fn state_mut(&mut self) -> &mut Ruleset {
         self.outside_edits += 1;
+        if let Some(w) = &mut self.watched {
+            w.lost
+                .get_or_insert_with(|| "a commit went unseen (fake)".into());
+        }
+        self.notify();
         &mut self.state
+    }
+
+    /// Only tables named `name` are kproxy's: [`Backend::dump`] returns those, and the
+    /// drift watch reports changes to others as other programs' business.
+    pub fn with_own_table(mut self, name: &str) -> FakeBackend {
+        self.own_table = Some(name.to_string());
+        self
+    }
+
+    /// Another program commits `edit` (not validated): the generation moves, and a
+    /// watching loop is told what it touched in kproxy's tables (or that it touched only
+    /// other tables), as the kernel's notifications would tell it.
+    pub fn commit_as_neighbour(&mut self, edit: impl FnOnce(&mut Ruleset)) {
+        let before = self.state.clone();
+        edit(&mut self.state);
+        self.state = normalized(std::mem::take(&mut self.state));
+        self.outside_edits += 1;
+        let (mut touched, others) =
+            touched_between(&before, &self.state, self.own_table.as_deref());
+        if let Some(w) = &mut self.watched {
+            if touched.is_empty() {
+                w.other_tables += others as u64;
+            } else {
+                w.kproxy_tables += 1;
+                touched.by.insert("neighbour (pid 4242)".into());
+                w.touched.merge(touched);
+            }
+        }
+        self.notify();
+    }
+
+    /// `edit` is committed by another program right after kproxy's next commit, before
+    /// kproxy can look at anything (between its commit and its check).
+    pub fn after_next_commit(&mut self, edit: impl FnOnce(&mut Ruleset) + Send + 'static) {
+        self.after_commit = Some(Box::new(edit));
+    }
+
+    /// The watch's buffer overruns: notifications are lost.
+    pub fn lose_notifications(&mut self) {
+        if let Some(w) = &mut self.watched {
+            w.lost = Some("the notification buffer overran (fake)".into());
+        }
+        self.notify();
+    }
+
+    /// Full reads of kproxy's tables ([`Backend::dump`]) so far.
+    pub fn dumps(&self) -> usize {
+        self.dumps
+    }
+
+    /// Reads of single objects ([`Backend::dump_objects`]) so far.
+    pub fn object_dumps(&self) -> usize {
+        self.object_dumps
+    }
+
+    fn notify(&self) {
+        if let Some(wake) = &self.wake {
+            wake();
+        }
     }
 
     /// The transaction most recently passed to [`Backend::apply`], whether it was
@@ -162,6 +329,9 @@ impl Backend for FakeBackend {
         }
         self.state = self.simulate(tx)?;
         self.commits += 1;
+        if let Some(edit) = self.after_commit.take() {
+            self.commit_as_neighbour(edit);
+        }
         Ok(ApplyReport {
             messages: tx.len(),
             bytes: 0,
@@ -169,7 +339,31 @@ impl Backend for FakeBackend {
     }
 
     fn dump(&mut self) -> Result<Ruleset, BackendError> {
-        Ok(self.state.clone())
+        self.dumps += 1;
+        let mut rs = self.state.clone();
+        if let Some(own) = &self.own_table {
+            rs.tables.retain(|t| &t.name == own);
+        }
+        Ok(rs)
+    }
+
+    fn watch(&mut self, wake: Waker) -> Result<bool, BackendError> {
+        self.watched.get_or_insert_with(Watched::default);
+        self.wake = Some(std::sync::Arc::from(wake));
+        Ok(true)
+    }
+
+    fn drift(&mut self) -> Option<Watched> {
+        self.watched.as_mut().map(std::mem::take)
+    }
+
+    fn dump_objects(&mut self, objects: &Touched) -> Result<Ruleset, BackendError> {
+        self.object_dumps += 1;
+        let mut rs = self.state.clone();
+        if let Some(own) = &self.own_table {
+            rs.tables.retain(|t| &t.name == own);
+        }
+        Ok(objects.select(rs))
     }
 
     fn set_elements(&mut self, table: &TableRef, set: &Set) -> Result<Elements, BackendError> {

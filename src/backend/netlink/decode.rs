@@ -1,6 +1,8 @@
 //! Kernel dump messages → kproxy's typed ruleset: tables, chains, sets and their elements
 //! (decoded with the set's declared types; interval elements folded back into prefixes),
-//! rules (via [`super::rule::decode_stmts`]).
+//! rules (via [`super::rule::decode_stmts`]); and change notifications ([`notice`]) →
+//! which commit, and which object of which table, for the drift watch
+//! ([`super::monitor`]).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -582,6 +584,109 @@ pub fn decode_dump(buf: &[u8]) -> Result<crate::nft::Ruleset, DecodeError> {
     Ok(crate::nft::Ruleset {
         tables: tables.into_values().collect(),
     })
+}
+
+/// What one nftables change notification (group `NFNLGRP_NFTABLES`) says, as far as the
+/// drift watch needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// `NFT_MSG_NEWGEN`, the last message of a commit: the socket that committed (its
+    /// port id), the sequence number of the commit's first message, the generation the
+    /// commit made, and the committing process as the kernel names it.
+    Commit {
+        port: u32,
+        seq: u32,
+        generation: u32,
+        pid: Option<u32>,
+        process: Option<String>,
+    },
+    /// An object of table `table` in family `family` (nfproto number) was created,
+    /// changed or deleted.
+    Object {
+        family: u8,
+        table: String,
+        object: Touch,
+    },
+    /// A change notification that names no table (cannot be attributed).
+    Unnamed { ty: u16 },
+    /// Not an nf_tables notification (acks, errors, other subsystems).
+    Other,
+}
+
+/// Which object a notification is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Touch {
+    /// The table itself (created, deleted, flags changed).
+    Table,
+    /// A chain: created, deleted, or a rule of it added or deleted.
+    Chain(String),
+    /// A set or map: declared, deleted, or elements added or deleted.
+    Set(String),
+    /// Something kproxy does not read back (stateful objects, flowtables, message types
+    /// this code does not know): only a full comparison covers it.
+    Other(&'static str),
+}
+
+/// Decodes one message received on a socket subscribed to `NFNLGRP_NFTABLES`.
+pub fn notice(m: &Msg<'_>) -> Notice {
+    if m.ty >> 8 != c::NFNL_SUBSYS_NFTABLES {
+        return Notice::Other;
+    }
+    let ty = m.ty & 0xff;
+    let a = m.attrs();
+    if ty == c::NFT_MSG_NEWGEN {
+        return match a.u32_be(c::NFTA_GEN_ID) {
+            Some(generation) => Notice::Commit {
+                port: m.port,
+                seq: m.seq,
+                generation,
+                pid: a.u32_be(c::NFTA_GEN_PROC_PID),
+                process: a.str(c::NFTA_GEN_PROC_NAME),
+            },
+            None => Notice::Unnamed { ty },
+        };
+    }
+    let (table_attr, object) = match ty {
+        c::NFT_MSG_NEWTABLE | c::NFT_MSG_DELTABLE | c::NFT_MSG_DESTROYTABLE => {
+            (c::NFTA_TABLE_NAME, Some(Touch::Table))
+        }
+        c::NFT_MSG_NEWCHAIN | c::NFT_MSG_DELCHAIN | c::NFT_MSG_DESTROYCHAIN => (
+            c::NFTA_CHAIN_TABLE,
+            a.str(c::NFTA_CHAIN_NAME).map(Touch::Chain),
+        ),
+        c::NFT_MSG_NEWRULE | c::NFT_MSG_DELRULE | c::NFT_MSG_DESTROYRULE => (
+            c::NFTA_RULE_TABLE,
+            a.str(c::NFTA_RULE_CHAIN).map(Touch::Chain),
+        ),
+        c::NFT_MSG_NEWSET | c::NFT_MSG_DELSET | c::NFT_MSG_DESTROYSET => {
+            (c::NFTA_SET_TABLE, a.str(c::NFTA_SET_NAME).map(Touch::Set))
+        }
+        c::NFT_MSG_NEWSETELEM | c::NFT_MSG_DELSETELEM | c::NFT_MSG_DESTROYSETELEM => (
+            c::NFTA_SET_ELEM_LIST_TABLE,
+            a.str(c::NFTA_SET_ELEM_LIST_SET).map(Touch::Set),
+        ),
+        c::NFT_MSG_NEWOBJ | c::NFT_MSG_DELOBJ => {
+            (c::NFTA_OBJ_TABLE, Some(Touch::Other("stateful object")))
+        }
+        c::NFT_MSG_NEWFLOWTABLE | c::NFT_MSG_DELFLOWTABLE => {
+            (c::NFTA_FLOWTABLE_TABLE, Some(Touch::Other("flowtable")))
+        }
+        // Every table-scoped message type names its table in attribute 1.
+        _ => (1, Some(Touch::Other("a message type kproxy does not know"))),
+    };
+    match (a.str(table_attr), object) {
+        (Some(table), Some(object)) => Notice::Object {
+            family: m.family(),
+            table,
+            object,
+        },
+        (Some(table), None) => Notice::Object {
+            family: m.family(),
+            table,
+            object: Touch::Other("an object without a name"),
+        },
+        (None, _) => Notice::Unnamed { ty },
+    }
 }
 
 #[cfg(test)]

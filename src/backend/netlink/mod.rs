@@ -2,7 +2,10 @@
 //!
 //! Owns: encoding a [`Transaction`] into one nfnetlink batch ([`encode`], pure), sending it
 //! atomically over a `NETLINK_NETFILTER` socket, mapping kernel errors back to operations,
-//! and reading kproxy's tables (`ip NAME`, `ip6 NAME`) back into a typed [`Ruleset`].
+//! reading kproxy's tables (`ip NAME`, `ip6 NAME`) back into a typed [`Ruleset`] (whole,
+//! declarations only with each set's elements on request, or only named chains and sets),
+//! and watching the kernel's change notifications for what other programs do to them
+//! (`monitor`).
 //! Must not: decide what the rules are, or touch any table but its own two.
 //!
 //! The encoding is nft 1.0.6's, message for message (checked with `nft --debug=netlink`
@@ -45,6 +48,7 @@
 mod decode;
 mod encode;
 mod expr;
+mod monitor;
 mod nf_tables;
 mod rule;
 
@@ -58,8 +62,9 @@ pub use encode::{
 };
 
 use self::encode::family_proto;
+use self::monitor::Monitor;
 use self::nf_tables::c;
-use super::{ApplyReport, Backend, BackendError, OpFailure};
+use super::{ApplyReport, Backend, BackendError, OpFailure, Touched, Waker, Watched};
 use crate::netlink::socket::NlSocket;
 use crate::netlink::wire::{self, messages, Writer};
 use crate::nft::tx::{Op, TableRef, Transaction};
@@ -83,6 +88,8 @@ pub struct NetlinkBackend {
     catalog: SetCatalog,
     /// Kernel >= 6.10 acknowledges BATCH_END; older ones never do.
     ack_batch_end: bool,
+    /// The drift watch, once [`Backend::watch`] started it.
+    monitor: Option<Monitor>,
 }
 
 enum ReqError {
@@ -221,6 +228,7 @@ impl NetlinkBackend {
             seq,
             catalog: SetCatalog::default(),
             ack_batch_end: (major, minor) >= (6, 10),
+            monitor: None,
         })
     }
 
@@ -331,6 +339,20 @@ impl NetlinkBackend {
                     }
                 }
             }
+        }
+    }
+
+    /// [`NetlinkBackend::request`] of one object: `None` when the kernel has none.
+    fn request_one(
+        &mut self,
+        ty: u16,
+        family: u8,
+        attrs: impl FnOnce(&mut Writer),
+    ) -> Result<Option<Reply>, BackendError> {
+        match self.request(ty, c::NLM_F_REQUEST, family, attrs) {
+            Ok(r) => Ok(Some(r)),
+            Err(ReqError::Errno(libc::ENOENT)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -487,6 +509,151 @@ impl NetlinkBackend {
         Ok(out)
     }
 
+    /// kproxy's table of `family` (name and comment, nothing in it), or `None` when the
+    /// kernel has none.
+    fn read_table_header(&mut self, family: Family) -> Result<Option<Table>, BackendError> {
+        let name = self.table.clone();
+        let Some(r) = self.request_one(c::NFT_MSG_GETTABLE, family_proto(family), |w| {
+            w.str(c::NFTA_TABLE_NAME, &name)
+        })?
+        else {
+            return Ok(None);
+        };
+        let mut table = Table::new(family, name);
+        if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
+            table.comment = decode::table(&m).1;
+        }
+        Ok(Some(table))
+    }
+
+    /// Reads the rules of `table`'s chains (of `only` that chain), appending them to the
+    /// chains `table` holds, decoding each socket read as it arrives; rules of other
+    /// chains are dropped. True when the dump was interrupted.
+    fn read_rules(&mut self, table: &mut Table, only: Option<&str>) -> Result<bool, BackendError> {
+        let fam = family_proto(table.family);
+        let family = table.family;
+        let name = table.name.clone();
+        let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
+        let interrupted = self.request_each(
+            c::NFT_MSG_GETRULE,
+            dump,
+            fam,
+            |w| {
+                w.str(c::NFTA_RULE_TABLE, &name);
+                if let Some(chain) = only {
+                    w.str(c::NFTA_RULE_CHAIN, chain);
+                }
+            },
+            |m| {
+                if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
+                    // Older kernels ignore the filters: applied here.
+                    if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
+                        return;
+                    }
+                    let (chain, rule) = decode::rule(m, family);
+                    if only.is_some_and(|o| o != chain) {
+                        return;
+                    }
+                    if let Some(ch) = table.chains.get_mut(&chain) {
+                        ch.push(rule);
+                    }
+                }
+            },
+        )?;
+        for ch in table.chains.values_mut() {
+            ch.rules.shrink_to_fit();
+        }
+        Ok(interrupted)
+    }
+
+    /// One read of the chains and sets `objects` names ([`Backend::dump_objects`]): a
+    /// chain with GETCHAIN and a GETRULE dump of it alone, a set with GETSET and a
+    /// GETSETELEM dump of it. True when a dump was interrupted.
+    fn objects_once(&mut self, objects: &Touched) -> Result<(Ruleset, bool), BackendError> {
+        let mut rs = Ruleset::default();
+        let mut interrupted = false;
+        let mut comments = decode::Comments::default();
+        let name = self.table.clone();
+        for family in objects.families() {
+            let fam = family_proto(family);
+            let Some(mut table) = self.read_table_header(family)? else {
+                continue;
+            };
+            for chain in objects.names(family, true) {
+                let Some(r) = self.request_one(c::NFT_MSG_GETCHAIN, fam, |w| {
+                    w.str(c::NFTA_CHAIN_TABLE, &name);
+                    w.str(c::NFTA_CHAIN_NAME, &chain);
+                })?
+                else {
+                    continue;
+                };
+                let decl = messages(&r.buf)
+                    .find(|m| m.ty == msg_type(c::NFT_MSG_NEWCHAIN))
+                    .map(|m| decode::chain(&m).1);
+                if let Some(ch) = decl {
+                    table.add_chain(ch);
+                    interrupted |= self.read_rules(&mut table, Some(&chain))?;
+                }
+            }
+            for set in objects.names(family, false) {
+                let Some(r) = self.request_one(c::NFT_MSG_GETSET, fam, |w| {
+                    w.str(c::NFTA_SET_TABLE, &name);
+                    w.str(c::NFTA_SET_NAME, &set);
+                })?
+                else {
+                    continue;
+                };
+                let decl = messages(&r.buf)
+                    .find(|m| m.ty == msg_type(c::NFT_MSG_NEWSET))
+                    .map(|m| decode::set(&m));
+                match decl {
+                    Some(Ok((_, mut s))) => {
+                        let (els, intr) = self.read_elements(family, &s, &mut comments)?;
+                        interrupted |= intr;
+                        s.extend(els);
+                        table.add_set(s);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "set not read back"),
+                    None => {}
+                }
+            }
+            rs.tables.push(table);
+        }
+        Ok((rs, interrupted))
+    }
+
+    /// Runs `read` until the generation id is the same before and after it and no dump
+    /// was interrupted (a commit in between could make it a mix of two rulesets), or,
+    /// watching, until the commits in between all touched other programs' tables only,
+    /// or until two reads in a row agree (a neighbour committing every 100 ms would
+    /// otherwise fail every read of a large table: tests/soak.rs).
+    fn read_consistently<T: PartialEq>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<(T, bool), BackendError>,
+    ) -> Result<T, BackendError> {
+        let mut previous: Option<T> = None;
+        for _ in 0..5 {
+            let g0 = self.generation()?;
+            let (v, interrupted) = read(self)?;
+            let g1 = self.generation()?;
+            if g0 == g1 && !interrupted {
+                return Ok(v);
+            }
+            if let Some(m) = &self.monitor {
+                if m.only_others_between(g0, g1) {
+                    return Ok(v);
+                }
+            }
+            if previous.take().is_some_and(|p| p == v) {
+                return Ok(v);
+            }
+            previous = Some(v);
+        }
+        Err(BackendError::Netlink(
+            "the ruleset kept changing while it was read".into(),
+        ))
+    }
+
     fn dump_once(&mut self, elements: bool) -> Result<(Ruleset, bool), BackendError> {
         let mut rs = Ruleset::default();
         let mut interrupted = false;
@@ -511,17 +678,9 @@ impl NetlinkBackend {
     ) -> Result<Option<(Table, bool)>, BackendError> {
         let name = self.table.clone();
         let fam = family_proto(family);
-        let r = match self.request(c::NFT_MSG_GETTABLE, c::NLM_F_REQUEST, fam, |w| {
-            w.str(c::NFTA_TABLE_NAME, &name)
-        }) {
-            Ok(r) => r,
-            Err(ReqError::Errno(libc::ENOENT)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(mut table) = self.read_table_header(family)? else {
+            return Ok(None);
         };
-        let mut table = Table::new(family, name.clone());
-        if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
-            table.comment = decode::table(&m).1;
-        }
         let dump = c::NLM_F_REQUEST | c::NLM_F_DUMP;
         let mut interrupted = self.request_each(
             c::NFT_MSG_GETCHAIN,
@@ -563,26 +722,7 @@ impl NetlinkBackend {
             table.add_set(s);
         }
 
-        interrupted |= self.request_each(
-            c::NFT_MSG_GETRULE,
-            dump,
-            fam,
-            |w| w.str(c::NFTA_RULE_TABLE, &name),
-            |m| {
-                if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
-                    if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
-                        return;
-                    }
-                    let (chain, rule) = decode::rule(m, family);
-                    if let Some(ch) = table.chains.get_mut(&chain) {
-                        ch.push(rule);
-                    }
-                }
-            },
-        )?;
-        for ch in table.chains.values_mut() {
-            ch.rules.shrink_to_fit();
-        }
+        interrupted |= self.read_rules(&mut table, None)?;
         Ok(Some((table, interrupted)))
     }
 
@@ -693,7 +833,24 @@ impl NetlinkBackend {
             }],
         })?;
         self.next_seq(batch.messages());
-        self.send(&batch, tx)?;
+        // The kernel's NEWGEN names the sequence number of the batch's first message
+        // after BATCH_BEGIN: how the watch tells kproxy's commits from others'.
+        let pause = match &self.monitor {
+            Some(m) => {
+                m.sending(batch.first_seq().wrapping_add(1));
+                batch.len_bytes() > monitor::PAUSE_ABOVE_BYTES && m.pause().is_ok()
+            }
+            None => false,
+        };
+        let sent = self.send(&batch, tx);
+        if pause {
+            if let Some(m) = &self.monitor {
+                if let Err(e) = m.resume(sent.is_ok()) {
+                    tracing::warn!(error = %e, "listening to nftables changes again failed");
+                }
+            }
+        }
+        sent?;
         self.catalog.apply(tx);
         Ok(ApplyReport {
             messages: batch.messages(),
@@ -768,6 +925,35 @@ impl Backend for NetlinkBackend {
             set.name
         )))
     }
+
+    fn dump_objects(&mut self, objects: &Touched) -> Result<Ruleset, BackendError> {
+        let rs = self.read_consistently(|b| b.objects_once(objects))?;
+        for (family, set) in &objects.sets {
+            let tr = TableRef::new(*family, self.table.clone());
+            match rs
+                .tables
+                .iter()
+                .find(|t| t.family == *family)
+                .and_then(|t| t.sets.get(set))
+            {
+                Some(s) => self.catalog.insert(&tr, set, SetShape::of(s)),
+                None => self.catalog.remove(&tr, set),
+            }
+        }
+        Ok(rs)
+    }
+
+    fn watch(&mut self, wake: Waker) -> Result<bool, BackendError> {
+        if self.monitor.is_none() {
+            let port = self.sock.port_id()?;
+            self.monitor = Some(Monitor::start(&self.table, port, wake)?);
+        }
+        Ok(true)
+    }
+
+    fn drift(&mut self) -> Option<Watched> {
+        self.monitor.as_ref().map(Monitor::take)
+    }
 }
 
 impl NetlinkBackend {
@@ -775,29 +961,18 @@ impl NetlinkBackend {
     /// generation did not move and no dump was interrupted, or two in a row that agree
     /// (see `dump`); retried a few times.
     fn dump_consistent(&mut self, elements: bool) -> Result<Ruleset, BackendError> {
-        let mut previous: Option<Ruleset> = None;
-        for _ in 0..5 {
-            let g0 = self.generation()?;
-            let (rs, interrupted) = self.dump_once(elements)?;
-            let g1 = self.generation()?;
-            if (g0 == g1 && !interrupted) || previous.take().is_some_and(|p| p == rs) {
-                for f in [Family::V4, Family::V6] {
-                    self.catalog
-                        .remove_table(&TableRef::new(f, self.table.clone()));
-                }
-                for t in &rs.tables {
-                    let tr = TableRef::new(t.family, t.name.clone());
-                    for s in t.sets.values() {
-                        self.catalog.insert(&tr, &s.name, SetShape::of(s));
-                    }
-                }
-                return Ok(rs);
-            }
-            previous = Some(rs);
+        let rs = self.read_consistently(|b| b.dump_once(elements))?;
+        for f in [Family::V4, Family::V6] {
+            self.catalog
+                .remove_table(&TableRef::new(f, self.table.clone()));
         }
-        Err(BackendError::Netlink(
-            "the ruleset kept changing while it was read".into(),
-        ))
+        for t in &rs.tables {
+            let tr = TableRef::new(t.family, t.name.clone());
+            for s in t.sets.values() {
+                self.catalog.insert(&tr, &s.name, SetShape::of(s));
+            }
+        }
+        Ok(rs)
     }
 }
 

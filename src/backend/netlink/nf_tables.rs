@@ -35,6 +35,17 @@ pub mod c {
     pub const NFT_MSG_DELSETELEM: u16 = 14;
     pub const NFT_MSG_NEWGEN: u16 = 15;
     pub const NFT_MSG_GETGEN: u16 = 16;
+    pub const NFT_MSG_NEWOBJ: u16 = 18;
+    pub const NFT_MSG_DELOBJ: u16 = 20;
+    pub const NFT_MSG_NEWFLOWTABLE: u16 = 22;
+    pub const NFT_MSG_DELFLOWTABLE: u16 = 24;
+    /// `destroy` (kernel >= 6.3): as DEL, without ENOENT. Notified as DEL*, accepted
+    /// here anyway.
+    pub const NFT_MSG_DESTROYTABLE: u16 = 26;
+    pub const NFT_MSG_DESTROYCHAIN: u16 = 27;
+    pub const NFT_MSG_DESTROYRULE: u16 = 28;
+    pub const NFT_MSG_DESTROYSET: u16 = 29;
+    pub const NFT_MSG_DESTROYSETELEM: u16 = 30;
 
     // Tables.
     pub const NFTA_TABLE_NAME: u16 = 1;
@@ -106,6 +117,11 @@ pub mod c {
     pub const NFT_RETURN: i32 = -5;
     // Generation.
     pub const NFTA_GEN_ID: u16 = 1;
+    pub const NFTA_GEN_PROC_PID: u16 = 2;
+    pub const NFTA_GEN_PROC_NAME: u16 = 3;
+    // Stateful objects and flowtables: only their table is read.
+    pub const NFTA_OBJ_TABLE: u16 = 1;
+    pub const NFTA_FLOWTABLE_TABLE: u16 = 1;
 
     // nft's userdata TLVs (libnftnl `udata.h`; one-byte type, one-byte length).
     pub const UDATA_TABLE_COMMENT: u8 = 0;
