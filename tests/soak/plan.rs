@@ -23,6 +23,9 @@ pub struct Plan {
     pub startup_kills: usize,
     /// Services changed at once before each kill.
     pub big_change: usize,
+    /// The kills happen between 5% of the churn and this fraction of it, so that the last
+    /// life covers the rest (its RSS is judged over the second half of that).
+    pub kills_until: f64,
     pub flushes: usize,
     pub drops: usize,
     pub compactions: usize,
@@ -59,6 +62,7 @@ impl Plan {
                 kills: 6,
                 startup_kills: 2,
                 big_change: 5_000,
+                kills_until: 0.35,
                 flushes: 60,
                 drops: 12,
                 compactions: 8,
@@ -78,23 +82,24 @@ impl Plan {
                 form: "short",
                 services: 3_000,
                 endpoints: 10,
-                churn: Duration::from_secs(30),
+                churn: Duration::from_secs(40),
                 endpoint_rate: 20.0,
                 service_rate: 2.0,
                 real_rate: 0.5,
                 kills: 1,
                 startup_kills: 1,
                 big_change: 300,
+                kills_until: 0.15,
                 flushes: 3,
                 drops: 1,
                 compactions: 1,
                 outages: 1,
                 slowdowns: 1,
                 settle: Duration::from_secs(60),
-                // Its window is ~12 s of a debug build, where a drift repair (a full
+                // Its window is ~15 s of a debug build, where a drift repair (a full
                 // render and two dumps while the neighbour commits) lifts RSS by half for
-                // seconds at a time: the floor of a third of it moved by up to ±26%
-                // without any leak. 5% is asserted in the long form.
+                // seconds at a time: the floor of a third of it moved by -26% to +45%
+                // without any leak. A gross-leak guard only; 5% in the long form.
                 rss_limit: 0.5,
                 seed: 0,
             }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::nft::Family;
@@ -67,8 +67,14 @@ pub fn schedule(plan: &Plan, rng: &mut Rng) -> Vec<(Duration, FaultKind)> {
             v.push((Duration::from_secs_f64(d * rng.between(lo, hi)), k));
         }
     };
-    // Kills in the first third, so that the last life covers most of the churn (RSS).
-    at(0.1, 0.35, plan.kills, FaultKind::KillAfterBigChange, &mut v);
+    // Kills early, so that the last life covers most of the churn (RSS).
+    at(
+        0.05,
+        plan.kills_until,
+        plan.kills,
+        FaultKind::KillAfterBigChange,
+        &mut v,
+    );
     at(0.05, 0.95, plan.flushes, FaultKind::FlushChain, &mut v);
     at(0.05, 0.9, plan.drops, FaultKind::DropWatches, &mut v);
     at(0.05, 0.9, plan.compactions, FaultKind::Compact410, &mut v);
@@ -107,6 +113,8 @@ pub struct Soak<'a> {
     pub bursting: bool,
     /// Watches kproxy keeps open once synced (counted after the first sync).
     pub steady_watches: usize,
+    /// The same moment on both clocks, to place kproxy's log lines among the windows.
+    pub clocks: (Instant, SystemTime),
 }
 
 impl<'a> Soak<'a> {
@@ -119,6 +127,17 @@ impl<'a> Soak<'a> {
         self.pid.store(d.pid(), Ordering::SeqCst);
         self.lives.current = Some(d);
         self.lives.started = Instant::now();
+    }
+
+    /// Starts kproxy again after `victim` was killed: windows waiting for the victim to
+    /// be back (synced) now wait for this life. The new pid.
+    fn restart(&mut self, victim: u32) -> u32 {
+        self.start_daemon();
+        let pid = self.pid.load(Ordering::SeqCst);
+        for w in self.windows.iter_mut().filter(|w| w.pid == victim) {
+            w.pid = pid;
+        }
+        pid
     }
 
     pub fn kill_daemon(&mut self) -> u32 {
@@ -366,10 +385,9 @@ impl<'a> Soak<'a> {
                     keys.iter().filter(|k| !l.pending.contains_key(k)).count()
                 };
                 self.kill_landings.push((keys.len(), seen));
-                self.kill_daemon();
+                let victim = self.kill_daemon();
                 std::thread::sleep(Duration::from_secs_f64(self.rng.between(0.0, 1.0)));
-                self.start_daemon();
-                let pid = self.pid.load(Ordering::SeqCst);
+                let pid = self.restart(victim);
                 self.open_window(kind, 0, pid);
                 *self.faults.entry(kind).or_default() += 1;
                 if self.startup_landings.len() < self.plan.startup_kills {
@@ -378,12 +396,7 @@ impl<'a> Soak<'a> {
                     let victim = self.pid.load(Ordering::SeqCst);
                     self.startup_landings.push(self.synced(victim));
                     self.kill_daemon();
-                    self.start_daemon();
-                    let pid = self.pid.load(Ordering::SeqCst);
-                    // The first kill's window closes when kproxy is back: now this life.
-                    for w in self.windows.iter_mut().filter(|w| w.pid == victim) {
-                        w.pid = pid;
-                    }
+                    let pid = self.restart(victim);
                     self.open_window(FaultKind::KillDuringStartup, 0, pid);
                     *self.faults.entry(FaultKind::KillDuringStartup).or_default() += 1;
                 }
@@ -487,6 +500,7 @@ impl<'a> Soak<'a> {
             outage_total: Duration::ZERO,
             bursting: false,
             steady_watches: 1,
+            clocks: (Instant::now(), SystemTime::now()),
         }
     }
 
@@ -563,5 +577,55 @@ impl<'a> Soak<'a> {
             drop(l);
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Soak<'_> {
+    /// Whether a transaction or repair that failed at `at` (kproxy's log clock) with
+    /// `error` is one the test caused: a read of kproxy's tables that kept changing while
+    /// a chain the test flushed was not yet repaired (the flush changes kproxy's own
+    /// tables under the read, which the dump must refuse).
+    pub fn injected_failure(&self, at: SystemTime, error: &str) -> bool {
+        let (i0, s0) = self.clocks;
+        let Some(at) = at.duration_since(s0).ok().and_then(|d| i0.checked_add(d)) else {
+            return false;
+        };
+        error.contains("kept changing while it was read")
+            && self.windows.iter().any(|w| {
+                w.kind == FaultKind::FlushChain
+                    && w.start <= at
+                    && w.end.is_none_or(|e| at <= e + Duration::from_secs(1))
+            })
+    }
+
+    /// The fault windows by kind: how many, and how long until kproxy was back (median,
+    /// max; how many never closed).
+    pub fn windows_summary(&self) -> String {
+        let mut by: std::collections::BTreeMap<FaultKind, (Vec<Duration>, usize)> =
+            Default::default();
+        for w in &self.windows {
+            let e = by.entry(w.kind).or_default();
+            match w.end {
+                Some(end) => e.0.push(end - w.start),
+                None => e.1 += 1,
+            }
+        }
+        by.into_iter()
+            .map(|(k, (mut d, open))| {
+                d.sort();
+                let med = d.get(d.len() / 2).map_or(0.0, Duration::as_secs_f64);
+                let max = d.last().map_or(0.0, Duration::as_secs_f64);
+                let open = if open > 0 {
+                    format!(", {open} never closed")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{k:?} ×{}: median {med:.1} s, max {max:.1} s{open}",
+                    d.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
