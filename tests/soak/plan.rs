@@ -96,11 +96,12 @@ impl Plan {
                 outages: 1,
                 slowdowns: 1,
                 settle: Duration::from_secs(60),
-                // Its window is ~15 s of a debug build, where a drift repair (a full
-                // render and two dumps while the neighbour commits) lifts RSS by half for
-                // seconds at a time: the floor of a third of it moved by -26% to +45%
-                // without any leak. A gross-leak guard only; 5% in the long form.
-                rss_limit: 0.5,
+                // Its window is ~15 s of a debug build, where a relist or a restart's
+                // leftovers move RSS by steps: the floor of a third of it moved by -5.5%
+                // to +9.2% in runs without any leak (-26% to +45% before drift checks
+                // stopped reading the whole kernel on every neighbour commit). A
+                // gross-leak guard; 5% in the long form.
+                rss_limit: 0.25,
                 seed: 0,
             }
         };
