@@ -221,12 +221,7 @@ proptest! {
         let next = if fresh { Renderer::new() } else { renderer }.full(&build(&objects));
         let opts = DiffOptions::default();
         let whole = diff(&prev, &next, &opts);
-        let mut declarations = prev.clone();
-        for t in &mut declarations.tables {
-            for s in t.sets.values_mut() {
-                s.elements = Default::default();
-            }
-        }
+        let declarations = prev.clone().without_elements();
         let mut asked = BTreeSet::new();
         let lazy = diff_lazy(&declarations, next, &opts, &mut |table, set| {
             assert!(!set.flags.dynamic, "asked for the runtime elements of {}", set.name);

@@ -172,26 +172,12 @@ pub trait Backend {
     /// kernel's copy of kproxy's tables is never held whole beside the next ruleset (at
     /// 50k × 10 the elements are three quarters of a dump's 210 MiB).
     fn dump_declarations(&mut self) -> Result<Ruleset, BackendError> {
-        let mut rs = self.dump()?;
-        for t in &mut rs.tables {
-            for s in t.sets.values_mut() {
-                s.elements = Elements::default();
-            }
-        }
-        Ok(rs)
+        Ok(self.dump()?.without_elements())
     }
     /// The elements of `set` (as declared in a [`Backend::dump_declarations`]) in `table`,
-    /// as they are now; none if the set or table is gone.
-    fn set_elements(&mut self, table: &TableRef, set: &Set) -> Result<Elements, BackendError> {
-        let rs = self.dump()?;
-        Ok(rs
-            .tables
-            .into_iter()
-            .find(|t| t.family == table.family && t.name == table.name)
-            .and_then(|mut t| t.sets.remove(&set.name))
-            .map(|s| s.elements)
-            .unwrap_or_default())
-    }
+    /// as they are now; none if the set or table is gone. No default: one would have to
+    /// dump everything per set, making a set-by-set diff quadratic.
+    fn set_elements(&mut self, table: &TableRef, set: &Set) -> Result<Elements, BackendError>;
     /// Starts watching the kernel's change notifications, so that [`Backend::drift`]
     /// can say what other programs changed in kproxy's tables; `wake` is called when
     /// there is something to say. `Ok(false)`: this backend cannot watch (the sync loop

@@ -133,6 +133,17 @@ impl Ruleset {
     pub fn table(&self, family: Family) -> Option<&Table> {
         self.tables.iter().find(|t| t.family == family)
     }
+
+    /// The ruleset with every set's elements dropped: declarations, chains and rules
+    /// only (what a diff reading each set's elements on demand starts from).
+    pub fn without_elements(mut self) -> Ruleset {
+        for t in &mut self.tables {
+            for s in t.sets.values_mut() {
+                s.elements = Elements::default();
+            }
+        }
+        self
+    }
 }
 
 /// One table. Sets and chains are keyed by name so that lookups, diffs and printing are

@@ -774,7 +774,7 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
                 }
             };
             renderer.adopt(&kernel);
-            Base::Declarations(without_elements(kernel))
+            Base::Declarations(kernel.without_elements())
         } else {
             Base::Kernel
         };
@@ -1127,16 +1127,6 @@ impl<S: Source + ?Sized, B: Backend> Syncer<S, B> {
             );
         }
     }
-}
-
-/// `kernel` with every set's elements dropped (what [`Base::Declarations`] holds).
-fn without_elements(mut kernel: Ruleset) -> Ruleset {
-    for t in &mut kernel.tables {
-        for s in t.sets.values_mut() {
-            s.elements = Default::default();
-        }
-    }
-    kernel
 }
 
 /// The addresses NodePorts answer on in the model (for conntrack): the explicit list,
