@@ -1,0 +1,854 @@
+//! The one safe wrapper around libnftnl (`nftnl::nftnl_sys`): every call into the C
+//! library of the nftables backend is in this file, and nothing of it leaks out.
+//!
+//! Owns: libnftnl's objects as owned Rust values freed on drop ([`Table`], [`Chain`],
+//! [`Set`], [`Elem`], [`Rule`], [`Expr`]): setting and reading their attributes, building
+//! their netlink payload into a message ([`Msg`]) and parsing a kernel message into them;
+//! iterating a rule's expressions and a set's elements as borrows of their owner
+//! ([`ExprRef`], [`ElemRef`]); libnftnl's text for an expression; nft's userdata TLVs
+//! ([`Udata`], [`udata_parse`]).
+//!
+//! Must not: know what kproxy's rules mean (that is `encode`, `decode` and `rule`); hand out
+//! a raw pointer; let libnftnl write past the buffer it was given.
+//!
+//! How memory stays safe:
+//! - libnftnl (through libmnl's `mnl_attr_put`) appends attributes at `nlh + nlmsg_len`
+//!   without a bound. Every object therefore carries an upper bound of the bytes its
+//!   payload can take (each attribute counted with two headers and padding), and
+//!   [`Msg::put`] zero-extends the buffer by that bound before libnftnl writes, then
+//!   truncates it to the `nlmsg_len` libnftnl left. The buffer is a `Vec<u8>`: every byte
+//!   libnftnl sees is initialised, and it never holds a pointer across a reallocation.
+//! - Parsing copies a message to 4-byte-aligned memory when it is not aligned, and checks
+//!   `nlmsg_len` against the slice before libnftnl reads it; libmnl validates every
+//!   attribute length inside.
+//! - Getters copy strings out or lend bytes for the lifetime of the owning object.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use nftnl::nftnl_sys as sys;
+use sys::libc;
+
+/// `struct nlmsghdr` + `struct nfgenmsg`.
+const HDR_LEN: usize = 16 + 4;
+
+/// Bytes an attribute of `len` payload bytes may take, nested one level deeper than its
+/// object (two headers, padding) — an upper bound, never exact.
+fn attr_bound(len: usize) -> usize {
+    8 + (len + 4).next_multiple_of(4)
+}
+
+/// Errors from libnftnl: a payload it refused, or a message it could not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("libnftnl cannot parse the {0} message")]
+    Parse(&'static str),
+    #[error("libnftnl refused attribute {attr} of the {what}")]
+    Attr { what: &'static str, attr: u16 },
+    #[error("string with a NUL byte: {0:?}")]
+    Nul(String),
+    #[error("malformed netlink message ({0} bytes)")]
+    Frame(usize),
+}
+
+fn cstring(s: &str) -> Result<CString, Error> {
+    CString::new(s).map_err(|_| Error::Nul(s.to_string()))
+}
+
+/// Generates the owned type for one libnftnl object kind: alloc/free, attribute setters
+/// and getters, payload building, message parsing.
+macro_rules! object {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $raw:ident, $what:literal,
+        alloc: $alloc:ident, free: $free:ident,
+        set: $set:ident, get: $get:ident, is_set: $is_set:ident,
+        build: $build:ident, parse: $parse:ident $(,)?
+    ) => {
+        $(#[$doc])*
+        pub struct $name {
+            ptr: NonNull<sys::$raw>,
+            /// Upper bound of the payload bytes (see the module doc).
+            bound: usize,
+        }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                // SAFETY: `ptr` came from the matching alloc, is owned by this value
+                // alone and is freed once, here.
+                unsafe { sys::$free(self.ptr.as_ptr()) }
+            }
+        }
+
+        impl $name {
+            pub fn new() -> Self {
+                // SAFETY: the allocator takes no arguments; a NULL (out of memory) is
+                // turned into the same abort as Rust's own allocation failure.
+                let p = unsafe { sys::$alloc() };
+                let ptr = NonNull::new(p).unwrap_or_else(|| {
+                    std::alloc::handle_alloc_error(std::alloc::Layout::new::<u64>())
+                });
+                $name { ptr, bound: 64 }
+            }
+
+            /// Sets attribute `attr` to `data` (libnftnl copies it).
+            pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+                // SAFETY: `ptr` is live; `data` is valid for `data.len()` bytes and is
+                // copied by libnftnl before the call returns.
+                let rc = unsafe {
+                    sys::$set(
+                        self.ptr.as_ptr(),
+                        attr as u16,
+                        data.as_ptr() as *const c_void,
+                        data.len() as u32,
+                    )
+                };
+                // The setters of some versions return nothing (0 here) and some return
+                // -1 for an unknown attribute.
+                #[allow(clippy::unnecessary_cast)]
+                if (rc as i64) < 0 {
+                    return Err(Error::Attr { what: $what, attr: attr as u16 });
+                }
+                self.bound += attr_bound(data.len());
+                Ok(())
+            }
+
+            /// Sets a string attribute (NUL-terminated for libnftnl).
+            pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
+                let c = cstring(s)?;
+                self.set_bytes(attr, c.as_bytes_with_nul())
+            }
+
+            /// Sets a 32-bit attribute (host byte order, as libnftnl takes them).
+            pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
+                self.set_bytes(attr, &v.to_ne_bytes())
+            }
+
+            /// Sets a 64-bit attribute.
+            pub fn set_u64(&mut self, attr: u32, v: u64) -> Result<(), Error> {
+                self.set_bytes(attr, &v.to_ne_bytes())
+            }
+
+            pub fn is_set(&self, attr: u32) -> bool {
+                // SAFETY: `ptr` is live; the call only reads the object's flag word.
+                unsafe { sys::$is_set(self.ptr.as_ptr(), attr as u16) }
+            }
+
+            /// The bytes of attribute `attr`, lent for as long as `self` lives.
+            pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
+                if !self.is_set(attr) {
+                    return None;
+                }
+                let mut len = 0u32;
+                // SAFETY: `ptr` is live; libnftnl returns a pointer into the object (or
+                // NULL) and its length, valid until the object is changed or freed, which
+                // `&self` prevents for the borrow's lifetime.
+                unsafe {
+                    let p = sys::$get(self.ptr.as_ptr(), attr as u16, &mut len);
+                    if p.is_null() {
+                        return None;
+                    }
+                    Some(std::slice::from_raw_parts(p as *const u8, len as usize))
+                }
+            }
+
+            /// A string attribute (up to its first NUL).
+            pub fn str(&self, attr: u32) -> Option<String> {
+                let b = self.bytes(attr)?;
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                Some(String::from_utf8_lossy(&b[..end]).into_owned())
+            }
+
+            /// A 32-bit attribute (host byte order).
+            pub fn u32(&self, attr: u32) -> Option<u32> {
+                let b = self.bytes(attr)?;
+                Some(u32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
+            }
+
+            /// A 64-bit attribute (host byte order).
+            pub fn u64(&self, attr: u32) -> Option<u64> {
+                let b = self.bytes(attr)?;
+                Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?))
+            }
+
+            /// Parses one kernel message (header included) into a new object.
+            pub fn parse(msg: &[u8]) -> Result<Self, Error> {
+                let o = Self::new();
+                let rc = with_aligned(msg, |nlh| {
+                    // SAFETY: `nlh` points to a whole, 4-byte-aligned message whose
+                    // `nlmsg_len` fits the buffer (checked by `with_aligned`); `o.ptr` is
+                    // live and owned here.
+                    unsafe { sys::$parse(nlh, o.ptr.as_ptr()) }
+                })?;
+                if rc < 0 {
+                    return Err(Error::Parse($what));
+                }
+                Ok(o)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl Payload for $name {
+            fn bound(&self) -> usize {
+                self.bound
+            }
+            unsafe fn build(&self, nlh: *mut libc::nlmsghdr) {
+                // SAFETY: the caller guarantees `nlh` heads a message with `bound()`
+                // writable bytes after `nlmsg_len` (see `Msg::put`); libnftnl only reads
+                // the object.
+                unsafe { sys::$build(nlh, self.ptr.as_ptr()) }
+            }
+        }
+    };
+}
+
+object!(
+    /// A table (`nftnl_table`).
+    Table, nftnl_table, "table",
+    alloc: nftnl_table_alloc, free: nftnl_table_free,
+    set: nftnl_table_set_data, get: nftnl_table_get_data, is_set: nftnl_table_is_set,
+    build: nftnl_table_nlmsg_build_payload, parse: nftnl_table_nlmsg_parse,
+);
+object!(
+    /// A chain (`nftnl_chain`), without its rules.
+    Chain, nftnl_chain, "chain",
+    alloc: nftnl_chain_alloc, free: nftnl_chain_free,
+    set: nftnl_chain_set_data, get: nftnl_chain_get_data, is_set: nftnl_chain_is_set,
+    build: nftnl_chain_nlmsg_build_payload, parse: nftnl_chain_nlmsg_parse,
+);
+object!(
+    /// A set or map declaration (`nftnl_set`); when parsed from an element message, the
+    /// holder of its elements.
+    Set, nftnl_set, "set",
+    alloc: nftnl_set_alloc, free: nftnl_set_free,
+    set: nftnl_set_set_data, get: nftnl_set_get_data, is_set: nftnl_set_is_set,
+    build: nftnl_set_nlmsg_build_payload, parse: nftnl_set_nlmsg_parse,
+);
+object!(
+    /// A rule (`nftnl_rule`) and the expressions added to it.
+    Rule, nftnl_rule, "rule",
+    alloc: nftnl_rule_alloc, free: nftnl_rule_free,
+    set: nftnl_rule_set_data, get: nftnl_rule_get_data, is_set: nftnl_rule_is_set,
+    build: nftnl_rule_nlmsg_build_payload, parse: nftnl_rule_nlmsg_parse,
+);
+
+/// Something libnftnl can write as a message payload.
+pub trait Payload {
+    /// Upper bound of the bytes the payload takes.
+    fn bound(&self) -> usize;
+    /// Appends the payload to the message at `nlh`.
+    ///
+    /// # Safety
+    /// `nlh` must head a message followed by at least `bound()` writable bytes past its
+    /// `nlmsg_len`.
+    unsafe fn build(&self, nlh: *mut libc::nlmsghdr);
+}
+
+/// The element-message form of a set: its table, name and id only (libnftnl's
+/// `nftnl_set_elems_nlmsg_build_payload` of a set without elements).
+pub struct ElemsHeader<'a>(pub &'a Set);
+
+impl Payload for ElemsHeader<'_> {
+    fn bound(&self) -> usize {
+        self.0.bound
+    }
+    unsafe fn build(&self, nlh: *mut libc::nlmsghdr) {
+        // SAFETY: as `Payload::build`; the set holds no elements, so only its table, name
+        // and id are written, within its bound.
+        unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.0.ptr.as_ptr()) }
+    }
+}
+
+impl Set {
+    /// Parses an element message (NEWSETELEM) into the set's table, name and elements.
+    pub fn parse_elems(msg: &[u8]) -> Result<Set, Error> {
+        let s = Set::new();
+        let rc = with_aligned(msg, |nlh| {
+            // SAFETY: as in `parse`: a whole aligned message and a live, owned set.
+            unsafe { sys::nftnl_set_elems_nlmsg_parse(nlh, s.ptr.as_ptr()) }
+        })?;
+        if rc < 0 {
+            return Err(Error::Parse("set element"));
+        }
+        Ok(s)
+    }
+
+    /// The elements of a parsed element message, in message order.
+    pub fn elems(&self) -> Vec<ElemRef<'_>> {
+        let mut out = Vec::new();
+        // SAFETY: the iterator is created over a live set, used only while `self` is
+        // borrowed, and destroyed before returning; the element pointers it yields stay
+        // owned by the set, and `ElemRef` borrows the set for as long as they are used.
+        unsafe {
+            let it = sys::nftnl_set_elems_iter_create(self.ptr.as_ptr());
+            if it.is_null() {
+                return out;
+            }
+            loop {
+                let e = sys::nftnl_set_elems_iter_next(it);
+                match NonNull::new(e) {
+                    Some(e) => out.push(ElemRef {
+                        ptr: e,
+                        _owner: PhantomData,
+                    }),
+                    None => break,
+                }
+            }
+            sys::nftnl_set_elems_iter_destroy(it);
+        }
+        out
+    }
+}
+
+/// A set element to be encoded (`nftnl_set_elem`).
+pub struct Elem {
+    ptr: NonNull<sys::nftnl_set_elem>,
+    bound: usize,
+}
+
+impl Drop for Elem {
+    fn drop(&mut self) {
+        // SAFETY: owned, never added to a set (which would take ownership), freed once.
+        unsafe { sys::nftnl_set_elem_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl Default for Elem {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Elem {
+    pub fn new() -> Elem {
+        // SAFETY: no arguments; NULL handled as an allocation failure.
+        let p = unsafe { sys::nftnl_set_elem_alloc() };
+        let ptr = NonNull::new(p)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u64>()));
+        Elem { ptr, bound: 16 }
+    }
+
+    pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+        // SAFETY: live element; `data` valid for its length and copied by libnftnl.
+        let rc = unsafe {
+            sys::nftnl_set_elem_set(
+                self.ptr.as_ptr(),
+                attr as u16,
+                data.as_ptr() as *const c_void,
+                data.len() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Attr {
+                what: "set element",
+                attr: attr as u16,
+            });
+        }
+        // Data and verdicts are nested twice (NFTA_SET_ELEM_DATA → NFTA_DATA_*).
+        self.bound += attr_bound(data.len()) + 8;
+        Ok(())
+    }
+
+    pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
+        self.set_bytes(attr, &v.to_ne_bytes())
+    }
+
+    pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
+        let c = cstring(s)?;
+        self.set_bytes(attr, c.as_bytes_with_nul())
+    }
+}
+
+impl Payload for Elem {
+    fn bound(&self) -> usize {
+        self.bound
+    }
+    unsafe fn build(&self, nlh: *mut libc::nlmsghdr) {
+        // SAFETY: as `Payload::build`; libnftnl reads the element only.
+        unsafe { sys::nftnl_set_elem_nlmsg_build_payload(nlh, self.ptr.as_ptr()) }
+    }
+}
+
+/// One element of a parsed [`Set`], borrowed from it.
+pub struct ElemRef<'a> {
+    ptr: NonNull<sys::nftnl_set_elem>,
+    _owner: PhantomData<&'a Set>,
+}
+
+impl ElemRef<'_> {
+    pub fn is_set(&self, attr: u32) -> bool {
+        // SAFETY: the element is owned by the borrowed set, which is alive.
+        unsafe { sys::nftnl_set_elem_is_set(self.ptr.as_ptr(), attr as u16) }
+    }
+
+    pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
+        if !self.is_set(attr) {
+            return None;
+        }
+        let mut len = 0u32;
+        // SAFETY: the element is alive for the borrow; libnftnl returns a pointer into it
+        // (or NULL) and the length; nothing changes the element while it is lent.
+        unsafe {
+            let p = sys::nftnl_set_elem_get(self.ptr.as_ptr(), attr as u16, &mut len);
+            if p.is_null() {
+                return None;
+            }
+            Some(std::slice::from_raw_parts(p as *const u8, len as usize))
+        }
+    }
+
+    pub fn u32(&self, attr: u32) -> Option<u32> {
+        Some(u32::from_ne_bytes(self.bytes(attr)?.get(..4)?.try_into().ok()?))
+    }
+
+    pub fn str(&self, attr: u32) -> Option<String> {
+        let b = self.bytes(attr)?;
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+    }
+}
+
+/// An expression to be added to a [`Rule`] (`nftnl_expr`).
+pub struct Expr {
+    ptr: NonNull<sys::nftnl_expr>,
+    bound: usize,
+}
+
+impl Drop for Expr {
+    fn drop(&mut self) {
+        // SAFETY: owned (an expression added to a rule is consumed by `Rule::add`, which
+        // forgets it), freed once.
+        unsafe { sys::nftnl_expr_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl Expr {
+    /// A new expression of kind `name` (`"payload"`, `"cmp"`, …); `None` if libnftnl does
+    /// not know the kind.
+    pub fn new(name: &str) -> Option<Expr> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: `c` is a valid C string for the duration of the call; libnftnl copies
+        // what it needs (it looks the kind up in a static table).
+        let p = unsafe { sys::nftnl_expr_alloc(c.as_ptr()) };
+        Some(Expr {
+            ptr: NonNull::new(p)?,
+            bound: 16 + attr_bound(name.len() + 1),
+        })
+    }
+
+    pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+        // SAFETY: live expression; `data` valid for its length and copied by libnftnl.
+        let rc = unsafe {
+            sys::nftnl_expr_set(
+                self.ptr.as_ptr(),
+                attr as u16,
+                data.as_ptr() as *const c_void,
+                data.len() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Attr {
+                what: "expression",
+                attr: attr as u16,
+            });
+        }
+        self.bound += attr_bound(data.len()) + 8;
+        Ok(())
+    }
+
+    pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
+        self.set_bytes(attr, &v.to_ne_bytes())
+    }
+
+    pub fn set_u64(&mut self, attr: u32, v: u64) -> Result<(), Error> {
+        self.set_bytes(attr, &v.to_ne_bytes())
+    }
+
+    pub fn set_u8(&mut self, attr: u32, v: u8) -> Result<(), Error> {
+        self.set_bytes(attr, &[v])
+    }
+
+    pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
+        let c = cstring(s)?;
+        self.set_bytes(attr, c.as_bytes_with_nul())
+    }
+}
+
+impl Rule {
+    /// Appends an expression; the rule owns it from now on.
+    pub fn add(&mut self, e: Expr) {
+        self.bound += e.bound;
+        let p = e.ptr.as_ptr();
+        std::mem::forget(e);
+        // SAFETY: both live; libnftnl links the expression into the rule's list and frees
+        // it with the rule (hence `forget` above: no double free).
+        unsafe { sys::nftnl_rule_add_expr(self.ptr.as_ptr(), p) }
+    }
+
+    /// The rule's expressions, in order, borrowed from it.
+    pub fn exprs(&self) -> Vec<ExprRef<'_>> {
+        let mut out = Vec::new();
+        // SAFETY: iterator over a live rule, destroyed before returning; the expressions
+        // stay owned by the rule, which `ExprRef` borrows.
+        unsafe {
+            let it = sys::nftnl_expr_iter_create(self.ptr.as_ptr());
+            if it.is_null() {
+                return out;
+            }
+            loop {
+                match NonNull::new(sys::nftnl_expr_iter_next(it)) {
+                    Some(e) => out.push(ExprRef {
+                        ptr: e,
+                        _owner: PhantomData,
+                    }),
+                    None => break,
+                }
+            }
+            sys::nftnl_expr_iter_destroy(it);
+        }
+        out
+    }
+}
+
+/// One expression of a parsed [`Rule`], borrowed from it.
+pub struct ExprRef<'a> {
+    ptr: NonNull<sys::nftnl_expr>,
+    _owner: PhantomData<&'a Rule>,
+}
+
+impl ExprRef<'_> {
+    /// The expression's kind (`"payload"`, …).
+    pub fn name(&self) -> String {
+        self.str(sys::NFTNL_EXPR_NAME).unwrap_or_default()
+    }
+
+    pub fn is_set(&self, attr: u32) -> bool {
+        // SAFETY: the expression is owned by the borrowed, live rule.
+        unsafe { sys::nftnl_expr_is_set(self.ptr.as_ptr(), attr as u16) }
+    }
+
+    pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
+        if !self.is_set(attr) {
+            return None;
+        }
+        let mut len = 0u32;
+        // SAFETY: live for the borrow; pointer into the expression (or NULL) and length.
+        unsafe {
+            let p = sys::nftnl_expr_get(self.ptr.as_ptr(), attr as u16, &mut len);
+            if p.is_null() {
+                return None;
+            }
+            Some(std::slice::from_raw_parts(p as *const u8, len as usize))
+        }
+    }
+
+    pub fn u32(&self, attr: u32) -> Option<u32> {
+        Some(u32::from_ne_bytes(self.bytes(attr)?.get(..4)?.try_into().ok()?))
+    }
+
+    pub fn u64(&self, attr: u32) -> Option<u64> {
+        Some(u64::from_ne_bytes(self.bytes(attr)?.get(..8)?.try_into().ok()?))
+    }
+
+    pub fn u8(&self, attr: u32) -> Option<u8> {
+        self.bytes(attr)?.first().copied()
+    }
+
+    pub fn str(&self, attr: u32) -> Option<String> {
+        let b = self.bytes(attr)?;
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+    }
+
+    /// libnftnl's own text for the expression (`[ payload load 4b @ network header + 12
+    /// => reg 1 ]` without the brackets), as `nft --debug=netlink` prints it.
+    pub fn text(&self) -> String {
+        let mut buf = vec![0u8; 512];
+        // SAFETY: `buf` is writable for its length; libnftnl writes at most `len` bytes
+        // including the NUL and returns how many it wanted.
+        let n = unsafe {
+            sys::nftnl_expr_snprintf(
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+                self.ptr.as_ptr(),
+                sys::NFTNL_OUTPUT_DEFAULT,
+                0,
+            )
+        };
+        let n = (n.max(0) as usize).min(buf.len() - 1);
+        buf.truncate(n);
+        format!("{} {}", self.name(), String::from_utf8_lossy(&buf).trim())
+    }
+}
+
+/// Runs `f` on `msg` as a netlink message header: in place when it is 4-byte aligned,
+/// else on an aligned copy. Fails when the slice is not one whole message.
+fn with_aligned<T>(msg: &[u8], f: impl FnOnce(*const libc::nlmsghdr) -> T) -> Result<T, Error> {
+    let len = msg
+        .get(..4)
+        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()) as usize)
+        .ok_or(Error::Frame(msg.len()))?;
+    if len < HDR_LEN || len > msg.len() {
+        return Err(Error::Frame(msg.len()));
+    }
+    if (msg.as_ptr() as usize).is_multiple_of(4) {
+        return Ok(f(msg.as_ptr() as *const libc::nlmsghdr));
+    }
+    let mut words = vec![0u32; len.div_ceil(4)];
+    for (w, c) in words.iter_mut().zip(msg[..len].chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..c.len()].copy_from_slice(c);
+        *w = u32::from_ne_bytes(b);
+    }
+    Ok(f(words.as_ptr() as *const libc::nlmsghdr))
+}
+
+/// A netlink message being written into a byte buffer by libnftnl: the header by
+/// `nftnl_nlmsg_build_hdr`, payloads by the objects' builders, nests by this type.
+pub struct Msg<'b> {
+    buf: &'b mut Vec<u8>,
+    /// Offset of the message's header in `buf`.
+    start: usize,
+}
+
+impl<'b> Msg<'b> {
+    /// Starts a message at the end of `buf` (whose length must be a multiple of 4).
+    pub fn begin(
+        buf: &'b mut Vec<u8>,
+        ty: u16,
+        family: u8,
+        flags: u16,
+        seq: u32,
+    ) -> Msg<'b> {
+        debug_assert!(buf.len().is_multiple_of(4));
+        let start = buf.len();
+        buf.resize(start + HDR_LEN, 0);
+        // SAFETY: `buf[start..]` holds HDR_LEN initialised, writable bytes: what
+        // nftnl_nlmsg_build_hdr writes (nlmsghdr + nfgenmsg, nlmsg_len = HDR_LEN).
+        // `ty` already carries the subsystem in its high byte, which libnftnl keeps
+        // (it ORs in NFNL_SUBSYS_NFTABLES << 8).
+        unsafe {
+            sys::nftnl_nlmsg_build_hdr(
+                buf.as_mut_ptr().add(start) as *mut c_char,
+                ty,
+                family as u16,
+                flags,
+                seq,
+            );
+        }
+        Msg { buf, start }
+    }
+
+    fn len(&self) -> usize {
+        u32::from_ne_bytes(self.buf[self.start..self.start + 4].try_into().unwrap()) as usize
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.buf[self.start..self.start + 4].copy_from_slice(&(len as u32).to_ne_bytes());
+    }
+
+    /// Appends an object's payload.
+    pub fn put(&mut self, p: &impl Payload) {
+        let cur = self.start + self.len();
+        let room = p.bound();
+        self.buf.resize(cur + room, 0);
+        // SAFETY: the message's header is at `start`, `nlmsg_len` ends at `cur`, and
+        // `room` = the payload's upper bound of zeroed, writable bytes follow it.
+        unsafe { p.build(self.buf.as_mut_ptr().add(self.start) as *mut libc::nlmsghdr) }
+        let end = self.start + self.len();
+        assert!(
+            end <= cur + room,
+            "libnftnl wrote {} bytes past a bound of {room}",
+            end - cur
+        );
+        self.buf.truncate(end);
+    }
+
+    /// Opens a nested attribute of type `ty`; returns its offset for [`Msg::nest_end`].
+    pub fn nest_begin(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | libc::NLA_F_NESTED as u16).to_ne_bytes());
+        let len = self.len() + 4;
+        self.set_len(len);
+        at
+    }
+
+    /// Closes the nest opened at `at`.
+    pub fn nest_end(&mut self, at: usize) {
+        let n = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&n.to_ne_bytes());
+    }
+
+    /// Bytes of the message written so far (header included).
+    pub fn written(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Ends the message (its length is already right); returns its offset in the buffer.
+    pub fn finish(self) -> usize {
+        self.start
+    }
+}
+
+/// nft's userdata TLVs (comments, `typeof`, set byte orders), built by libnftnl.
+pub struct Udata {
+    ptr: NonNull<sys::nftnl_udata_buf>,
+}
+
+impl Drop for Udata {
+    fn drop(&mut self) {
+        // SAFETY: owned, freed once.
+        unsafe { sys::nftnl_udata_buf_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl Default for Udata {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Udata {
+    /// An empty buffer (nft's size: `NFT_USERDATA_MAXLEN`).
+    pub fn new() -> Udata {
+        // SAFETY: plain allocation; NULL handled as an allocation failure.
+        let p = unsafe { sys::nftnl_udata_buf_alloc(256) };
+        Udata {
+            ptr: NonNull::new(p).unwrap_or_else(|| {
+                std::alloc::handle_alloc_error(std::alloc::Layout::new::<u64>())
+            }),
+        }
+    }
+
+    fn ok(put: bool) -> Result<(), Error> {
+        put.then_some(()).ok_or(Error::Attr {
+            what: "userdata",
+            attr: 0,
+        })
+    }
+
+    pub fn put(&mut self, ty: u8, value: &[u8]) -> Result<(), Error> {
+        if value.len() > 255 {
+            return Err(Error::Attr {
+                what: "userdata",
+                attr: ty as u16,
+            });
+        }
+        // SAFETY: live buffer; `value` valid for its length and copied; libnftnl checks
+        // the room left and returns false when it does not fit.
+        Self::ok(unsafe {
+            sys::nftnl_udata_put(
+                self.ptr.as_ptr(),
+                ty,
+                value.len() as u32,
+                value.as_ptr() as *const c_void,
+            )
+        })
+    }
+
+    /// A NUL-terminated string (nft's comments).
+    pub fn put_strz(&mut self, ty: u8, s: &str) -> Result<(), Error> {
+        let c = cstring(s)?;
+        self.put(ty, c.as_bytes_with_nul())
+    }
+
+    pub fn put_u32(&mut self, ty: u8, v: u32) -> Result<(), Error> {
+        self.put(ty, &v.to_ne_bytes())
+    }
+
+    /// A nested TLV list (`typeof` descriptions).
+    pub fn nest(&mut self, ty: u8, inner: &Udata) -> Result<(), Error> {
+        self.put(ty, inner.bytes())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the buffer is live for the borrow; libnftnl returns its data pointer
+        // and the used length.
+        unsafe {
+            let p = sys::nftnl_udata_buf_data(self.ptr.as_ptr());
+            let n = sys::nftnl_udata_buf_len(self.ptr.as_ptr());
+            if p.is_null() || n == 0 {
+                return &[];
+            }
+            std::slice::from_raw_parts(p as *const u8, n as usize)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+}
+
+/// The TLVs of a userdata blob, as `(type, value)` borrows of `buf`, via libnftnl's
+/// parser; a malformed blob yields the TLVs before the damage.
+pub fn udata_parse(buf: &[u8]) -> Vec<(u8, &[u8])> {
+    struct Acc {
+        base: usize,
+        len: usize,
+        out: Vec<(u8, usize, usize)>,
+    }
+    unsafe extern "C" fn each(attr: *const sys::nftnl_udata, data: *mut c_void) -> libc::c_int {
+        // SAFETY: libnftnl calls back with an attribute inside the buffer it was given
+        // (already bounds-checked against the buffer's end) and our `Acc`.
+        unsafe {
+            let acc = &mut *(data as *mut Acc);
+            let v = sys::nftnl_udata_get(attr) as usize;
+            let n = sys::nftnl_udata_len(attr) as usize;
+            if v < acc.base || v + n > acc.base + acc.len {
+                return -1;
+            }
+            acc.out
+                .push((sys::nftnl_udata_type(attr), v - acc.base, n));
+        }
+        0
+    }
+    let mut acc = Acc {
+        base: buf.as_ptr() as usize,
+        len: buf.len(),
+        out: Vec::new(),
+    };
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    // SAFETY: `buf` is valid for its length for the call; the callback only records
+    // offsets into it (checked above) in `acc`, which outlives the call.
+    unsafe {
+        sys::nftnl_udata_parse(
+            buf.as_ptr() as *const c_void,
+            buf.len() as u32,
+            Some(each),
+            &mut acc as *mut Acc as *mut c_void,
+        );
+    }
+    acc.out
+        .into_iter()
+        .map(|(t, o, n)| (t, &buf[o..o + n]))
+        .collect()
+}
+
+/// The value of the first TLV of type `ty` in a userdata blob.
+pub fn udata_get(buf: &[u8], ty: u8) -> Option<&[u8]> {
+    udata_parse(buf)
+        .into_iter()
+        .find(|(t, _)| *t == ty)
+        .map(|(_, v)| v)
+}
+
+/// A 32-bit userdata value.
+pub fn udata_u32(buf: &[u8], ty: u8) -> Option<u32> {
+    Some(u32::from_ne_bytes(udata_get(buf, ty)?.get(..4)?.try_into().ok()?))
+}
+
+/// A NUL-terminated userdata string.
+pub fn udata_str(buf: &[u8], ty: u8) -> Option<String> {
+    let b = udata_get(buf, ty)?;
+    Some(CStr::from_bytes_until_nul(b).ok()?.to_string_lossy().into_owned())
+}
