@@ -215,14 +215,18 @@ pub struct RawElem {
     pub open: bool,
 }
 
-/// Table and set an element message (NEWSETELEM) is about.
+/// The table, set and elements of a NEWSETELEM message (no elements when libnftnl cannot
+/// parse it).
 #[cfg(any(test, feature = "test-util"))]
-pub fn elements_of(m: &Msg<'_>) -> (String, String) {
-    let (s, _) = nl::Set::parse_partial(m.raw);
-    (
-        s.str(sys::NFTNL_SET_TABLE).unwrap_or_default(),
-        s.str(sys::NFTNL_SET_NAME).unwrap_or_default(),
-    )
+pub fn elements(m: &Msg<'_>) -> (String, String, Vec<RawElem>) {
+    match nl::Set::parse_elems(m.raw) {
+        Ok(s) => (
+            s.str(sys::NFTNL_SET_TABLE).unwrap_or_default(),
+            s.str(sys::NFTNL_SET_NAME).unwrap_or_default(),
+            s.elems().iter().map(raw_element).collect(),
+        ),
+        Err(_) => Default::default(),
+    }
 }
 
 /// The elements of a NEWSETELEM dump message (none when libnftnl cannot parse it).
@@ -555,8 +559,8 @@ pub fn decode_dump(buf: &[u8]) -> Result<crate::nft::Ruleset, DecodeError> {
                 Err(e) => tracing::warn!(error = %e, "set not read back"),
             },
             t if t == ty(c::NFT_MSG_NEWSETELEM) => {
-                let (table, set) = elements_of(&m);
-                raw_elements(&m, raw.entry(((family, table), set)).or_default());
+                let (table, set, elems) = elements(&m);
+                raw.entry(((family, table), set)).or_default().extend(elems);
             }
             t if t == ty(c::NFT_MSG_NEWRULE) => {
                 let (table, chain, r) = rule(&m, family);

@@ -18,8 +18,9 @@
 //!   truncates it to the `nlmsg_len` libnftnl left. The buffer is a `Vec<u8>`: every byte
 //!   libnftnl sees is initialised, and it never holds a pointer across a reallocation.
 //! - Parsing copies a message to 4-byte-aligned memory when it is not aligned, and checks
-//!   `nlmsg_len` against the slice before libnftnl reads it; libmnl validates every
-//!   attribute length inside.
+//!   `nlmsg_len` against the slice before libnftnl reads it; libmnl checks every
+//!   attribute's framing inside. A message reaches libnftnl's parser only past
+//!   [`super::policy`]: libnftnl exits the process on an attribute of the wrong size.
 //! - Getters copy strings out or lend bytes for the lifetime of the owning object.
 
 use std::ffi::{c_char, c_void, CString};
@@ -28,6 +29,8 @@ use std::ptr::NonNull;
 
 use nftnl::nftnl_sys as sys;
 use sys::libc;
+
+use super::policy;
 
 /// `struct nlmsghdr` + `struct nfgenmsg`.
 const HDR_LEN: usize = 16 + 4;
@@ -43,6 +46,8 @@ fn attr_bound(len: usize) -> usize {
 pub enum Error {
     #[error("libnftnl cannot parse the {0} message")]
     Parse(&'static str),
+    #[error("the {0} message has attributes libnftnl would reject by exiting")]
+    Policy(&'static str),
     #[error("libnftnl refused attribute {attr} of the {what}")]
     Attr { what: &'static str, attr: u16 },
     #[error("string with a NUL byte: {0:?}")]
@@ -63,7 +68,7 @@ macro_rules! object {
         $name:ident, $raw:ident, $what:literal,
         alloc: $alloc:ident, free: $free:ident,
         set: $set:ident, get: $get:ident, get_str: $get_str:ident, is_set: $is_set:ident,
-        build: $build:ident, parse: $parse:ident $(,)?
+        build: $build:ident, parse: $parse:ident, policy: $policy:ident $(,)?
     ) => {
         $(#[$doc])*
         pub struct $name {
@@ -182,6 +187,9 @@ macro_rules! object {
             /// had set: a rule's table and chain when an expression is broken).
             pub fn parse_partial(msg: &[u8]) -> (Self, Result<(), Error>) {
                 let o = Self::new();
+                if !policy::admits(policy::Kind::$policy, msg) {
+                    return (o, Err(Error::Policy($what)));
+                }
                 let rc = with_aligned(msg, |nlh| {
                     // SAFETY: `nlh` points to a whole, 4-byte-aligned message whose
                     // `nlmsg_len` fits the buffer (checked by `with_aligned`); `o.ptr` is
@@ -222,14 +230,14 @@ object!(
     Table, nftnl_table, "table",
     alloc: nftnl_table_alloc, free: nftnl_table_free,
     set: nftnl_table_set_data, get: nftnl_table_get_data, get_str: nftnl_table_get_str, is_set: nftnl_table_is_set,
-    build: nftnl_table_nlmsg_build_payload, parse: nftnl_table_nlmsg_parse,
+    build: nftnl_table_nlmsg_build_payload, parse: nftnl_table_nlmsg_parse, policy: Table,
 );
 object!(
     /// A chain (`nftnl_chain`), without its rules.
     Chain, nftnl_chain, "chain",
     alloc: nftnl_chain_alloc, free: nftnl_chain_free,
     set: nftnl_chain_set_data, get: nftnl_chain_get_data, get_str: nftnl_chain_get_str, is_set: nftnl_chain_is_set,
-    build: nftnl_chain_nlmsg_build_payload, parse: nftnl_chain_nlmsg_parse,
+    build: nftnl_chain_nlmsg_build_payload, parse: nftnl_chain_nlmsg_parse, policy: Chain,
 );
 object!(
     /// A set or map declaration (`nftnl_set`); when parsed from an element message, the
@@ -237,14 +245,14 @@ object!(
     Set, nftnl_set, "set",
     alloc: nftnl_set_alloc, free: nftnl_set_free,
     set: nftnl_set_set_data, get: nftnl_set_get_data, get_str: nftnl_set_get_str, is_set: nftnl_set_is_set,
-    build: nftnl_set_nlmsg_build_payload, parse: nftnl_set_nlmsg_parse,
+    build: nftnl_set_nlmsg_build_payload, parse: nftnl_set_nlmsg_parse, policy: Set,
 );
 object!(
     /// A rule (`nftnl_rule`) and the expressions added to it.
     Rule, nftnl_rule, "rule",
     alloc: nftnl_rule_alloc, free: nftnl_rule_free,
     set: nftnl_rule_set_data, get: nftnl_rule_get_data, get_str: nftnl_rule_get_str, is_set: nftnl_rule_is_set,
-    build: nftnl_rule_nlmsg_build_payload, parse: nftnl_rule_nlmsg_parse,
+    build: nftnl_rule_nlmsg_build_payload, parse: nftnl_rule_nlmsg_parse, policy: Rule,
 );
 
 /// Something libnftnl can write as a message payload.
@@ -278,6 +286,9 @@ impl Set {
     /// Parses an element message (NEWSETELEM) into the set's table, name and elements.
     pub fn parse_elems(msg: &[u8]) -> Result<Set, Error> {
         let s = Set::new();
+        if !policy::admits(policy::Kind::Elements, msg) {
+            return Err(Error::Policy("set element"));
+        }
         let rc = with_aligned(msg, |nlh| {
             // SAFETY: as in `parse`: a whole aligned message and a live, owned set.
             unsafe { sys::nftnl_set_elems_nlmsg_parse(nlh, s.ptr.as_ptr()) }

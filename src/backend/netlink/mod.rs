@@ -51,6 +51,7 @@ mod expr;
 mod libnftnl;
 mod monitor;
 mod nf_tables;
+mod policy;
 mod rule;
 
 use std::io;
