@@ -310,15 +310,11 @@ impl Set {
             if it.is_null() {
                 return out;
             }
-            loop {
-                let e = sys::nftnl_set_elems_iter_next(it);
-                match NonNull::new(e) {
-                    Some(e) => out.push(ElemRef {
-                        ptr: e,
-                        _owner: PhantomData,
-                    }),
-                    None => break,
-                }
+            while let Some(e) = NonNull::new(sys::nftnl_set_elems_iter_next(it)) {
+                out.push(ElemRef {
+                    ptr: e,
+                    _owner: PhantomData,
+                });
             }
             sys::nftnl_set_elems_iter_destroy(it);
         }
@@ -526,14 +522,11 @@ impl Rule {
             if it.is_null() {
                 return out;
             }
-            loop {
-                match NonNull::new(sys::nftnl_expr_iter_next(it)) {
-                    Some(e) => out.push(ExprRef {
-                        ptr: e,
-                        _owner: PhantomData,
-                    }),
-                    None => break,
-                }
+            while let Some(e) = NonNull::new(sys::nftnl_expr_iter_next(it)) {
+                out.push(ExprRef {
+                    ptr: e,
+                    _owner: PhantomData,
+                });
             }
             sys::nftnl_expr_iter_destroy(it);
         }
