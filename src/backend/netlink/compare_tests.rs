@@ -1104,3 +1104,194 @@ fn expression_paths_name_the_expression() {
     let e = verdict(&o.differences, &[]).unwrap_err();
     assert!(e.contains("NEWRULE /4/*[cmp]/2/1: value"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The kernel half: each encoder's batches committed in a namespace of its own.
+
+/// Commits one batch (raw bytes, BATCH_BEGIN … BATCH_END) in the named namespace and
+/// waits for the kernel's acknowledgement of BATCH_END (kernel >= 6.10; older kernels
+/// acknowledge nothing, and then the absence of errors is the verdict).
+fn commit(ns: &str, batch: Vec<u8>) -> Result<(), String> {
+    use crate::netlink::socket::NlSocket;
+    let msgs = parse_batch(&batch)?;
+    let end_seq = msgs.last().ok_or("empty batch")?.seq;
+    let acks_end = {
+        let v = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut it = v
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>());
+        matches!((it.next(), it.next()), (Some(Ok(a)), Some(Ok(b))) if (a, b) >= (6, 10))
+    };
+    crate::testutil::in_netns(ns, move || {
+        let io = |e: std::io::Error| e.to_string();
+        let mut s = NlSocket::open().map_err(io)?;
+        s.reserve(batch.len()).map_err(io)?;
+        let sent = s.send_pages(std::slice::from_ref(&batch)).map_err(io)?;
+        if sent != batch.len() {
+            return Err(format!("sent {sent} of {} bytes", batch.len()));
+        }
+        let mut errors = Vec::new();
+        loop {
+            let buf = match s.recv(true).map_err(io)? {
+                Some(b) => b.to_vec(),
+                None if !acks_end || !errors.is_empty() => break,
+                None => {
+                    if !s.wait_readable(5000).map_err(io)? {
+                        return Err("no acknowledgement of BATCH_END".into());
+                    }
+                    continue;
+                }
+            };
+            let mut acked = false;
+            for m in parse_batch(&buf)? {
+                const NLMSG_ERROR: u16 = 2;
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                // The error code is the first 4 bytes after the header; `parse_batch` took
+                // them as the nfgenmsg.
+                let code = i32::from_ne_bytes([m.family, m.version, m.raw[18], m.raw[19]]);
+                match code {
+                    0 if m.seq == end_seq => acked = true,
+                    0 => {}
+                    e => errors.push(format!(
+                        "message {} ({}): {}",
+                        m.seq,
+                        msgs.iter()
+                            .find(|x| x.seq == m.seq)
+                            .map(|x| msg_name(x.ty))
+                            .unwrap_or_default(),
+                        std::io::Error::from_raw_os_error(-e)
+                    )),
+                }
+            }
+            if acked && errors.is_empty() {
+                return Ok(());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    })
+}
+
+/// `nft list ruleset` and `nft -j list ruleset` in the named namespace.
+fn listing(ns: &str) -> (String, String) {
+    (
+        crate::testutil::nft_in(ns, &["list", "ruleset"]),
+        crate::testutil::nft_in(ns, &["-j", "list", "ruleset"]),
+    )
+}
+
+/// The first line where two listings differ, with both lines.
+fn first_difference(a: &str, b: &str) -> String {
+    let n = a
+        .lines()
+        .zip(b.lines())
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.lines().count().min(b.lines().count()));
+    format!(
+        "line {}: reference {:?} / live {:?}",
+        n + 1,
+        a.lines().nth(n).map(|l| &l[..l.len().min(300)]),
+        b.lines().nth(n).map(|l| &l[..l.len().min(300)])
+    )
+}
+
+/// Commits each case's base and transaction, the reference's batches in one fresh
+/// namespace and the live encoder's in another, and compares what the two kernels hold.
+/// The failures, one line per case.
+fn kernel_comparison(cases: &[Case]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases {
+        let t = Instant::now();
+        let (base, (r, l)) = encode_both(case);
+        let ref_ns = crate::testutil::Netns::new("cmp-ref");
+        let live_ns = crate::testutil::Netns::new("cmp-live");
+        let mut steps: Vec<(&str, Vec<u8>, Vec<u8>)> = Vec::new();
+        if let Some((br, bl)) = base {
+            steps.push(("base", br, bl));
+        }
+        steps.push(("tx", r, l));
+        let mut ok = true;
+        for (part, r, l) in steps {
+            let (a, b) = (commit(&ref_ns.name, r), commit(&live_ns.name, l));
+            if a.is_err() || b.is_err() {
+                failures.push(format!("{} {part}: reference {a:?}, live {b:?}", case.name));
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let (rt, rj) = listing(&ref_ns.name);
+        let (lt, lj) = listing(&live_ns.name);
+        assert!(
+            rt.contains("table ip kproxy {"),
+            "{}: nothing committed?\n{rt}",
+            case.name
+        );
+        if rt != lt {
+            failures.push(format!(
+                "{}: nft list ruleset {}",
+                case.name,
+                first_difference(&rt, &lt)
+            ));
+        }
+        if rj != lj {
+            failures.push(format!("{}: nft -j list ruleset differs", case.name));
+        }
+        println!(
+            "{:<40} kernel: {} lines of ruleset, {} in {:.1?}",
+            case.name,
+            rt.lines().count(),
+            if rt == lt && rj == lj {
+                "same"
+            } else {
+                "DIFFERENT"
+            },
+            t.elapsed()
+        );
+    }
+    failures
+}
+
+/// Whether kernel tests can run (root); in CI without root that is a failure.
+fn kernel_tests_enabled(test: &str) -> bool {
+    if crate::testutil::is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI is set but not running as root"
+    );
+    println!("skipping {test}: needs root for network namespaces");
+    false
+}
+
+#[test]
+fn kernel_holds_the_same_after_both_encoders_batches() {
+    if !kernel_tests_enabled("kernel_holds_the_same_after_both_encoders_batches") {
+        return;
+    }
+    let t = Instant::now();
+    let mut cases = rules_cases();
+    cases.extend(mixed_cases());
+    let failures = kernel_comparison(&cases);
+    println!("total {:?}", t.elapsed());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn kernel_holds_the_same_for_ten_thousand_services() {
+    if !kernel_tests_enabled("kernel_holds_the_same_for_ten_thousand_services") {
+        return;
+    }
+    let t = Instant::now();
+    let failures = kernel_comparison(&[big_case()]);
+    println!("total {:?}", t.elapsed());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
