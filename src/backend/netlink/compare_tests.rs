@@ -63,7 +63,11 @@ struct Msg {
     version: u8,
     res_id: u16,
     attrs: Vec<Node>,
+    /// The message's bytes (of all its parts, for a merged element message).
     raw: Vec<u8>,
+    /// How many messages of the batch this one is (element messages of one operation
+    /// merged: [`logical`]).
+    parts: usize,
 }
 
 fn parse_attrs(mut buf: &[u8]) -> Vec<Node> {
@@ -127,6 +131,7 @@ fn parse_batch(buf: &[u8]) -> Result<Vec<Msg>, String> {
             res_id: u16::from_be_bytes([m[18], m[19]]),
             attrs: parse_attrs(&m[20..]),
             raw: rest[..((len + 3) & !3).min(rest.len())].to_vec(),
+            parts: 1,
         });
         off += (len + 3) & !3;
     }
@@ -148,17 +153,97 @@ fn is_list(ty: u16, path: &[u16]) -> bool {
     )
 }
 
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+
+/// The batch with each run of element messages of one operation (consecutive
+/// NEWSETELEM or DELSETELEM messages with the same header and the same attributes but
+/// their element lists) merged into one message holding all their elements: where an
+/// encoder cuts a long element list into messages is not what it encodes.
+fn logical(msgs: Vec<Msg>) -> Vec<Msg> {
+    let elements = |m: &Msg| matches!(m.ty, 0x0a0c | 0x0a0e);
+    let rest = |m: &Msg| -> Vec<Node> {
+        m.attrs
+            .iter()
+            .filter(|n| n.ty != NFTA_SET_ELEM_LIST_ELEMENTS)
+            .cloned()
+            .collect()
+    };
+    let mut out: Vec<Msg> = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        if let Some(prev) = out.last_mut() {
+            let same = elements(prev)
+                && (
+                    prev.ty,
+                    prev.flags,
+                    prev.port,
+                    prev.family,
+                    prev.version,
+                    prev.res_id,
+                ) == (m.ty, m.flags, m.port, m.family, m.version, m.res_id)
+                && rest(prev) == rest(&m);
+            if same {
+                let more = m
+                    .attrs
+                    .iter()
+                    .filter(|n| n.ty == NFTA_SET_ELEM_LIST_ELEMENTS)
+                    .flat_map(|n| match &n.body {
+                        Body::Nest(c) => c.clone(),
+                        _ => Vec::new(),
+                    });
+                match prev
+                    .attrs
+                    .iter_mut()
+                    .find(|n| n.ty == NFTA_SET_ELEM_LIST_ELEMENTS)
+                    .map(|n| &mut n.body)
+                {
+                    Some(Body::Nest(c)) => c.extend(more),
+                    _ => prev.attrs.push(Node {
+                        ty: NFTA_SET_ELEM_LIST_ELEMENTS,
+                        flags: NLA_F_NESTED,
+                        body: Body::Nest(more.collect()),
+                    }),
+                }
+                prev.raw.extend_from_slice(&m.raw);
+                prev.parts += 1;
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// The first sequence number of a batch, and whether the others follow it one by one.
+fn sequence(msgs: &[Msg]) -> (Option<u32>, bool) {
+    let first = msgs.first().map(|m| m.seq);
+    let consecutive = msgs
+        .iter()
+        .enumerate()
+        .all(|(i, m)| Some(m.seq) == first.map(|f| f.wrapping_add(i as u32)));
+    (first, consecutive)
+}
+
 // ---------------------------------------------------------------------------------------
 // The canonical form.
 
 /// A message in canonical form: header fields (not the length), then the attributes with
 /// flags dropped (the kernel masks them), each nest's attributes sorted by type (stable),
 /// list entries typed 1 and kept in order.
-fn canonical(m: &Msg) -> (u16, u16, u32, u32, u8, u8, u16, Vec<Node>) {
+type Canonical = (u16, u16, u32, u8, u8, u16, Vec<Node>);
+
+/// A batch in canonical form: its first sequence number, whether the others follow one
+/// by one, and its [`logical`] messages in order, in canonical form.
+fn canonical_batch(buf: &[u8]) -> Result<(Option<u32>, bool, Vec<Canonical>), String> {
+    let msgs = parse_batch(buf)?;
+    let (first, consecutive) = sequence(&msgs);
+    let msgs = logical(msgs).iter().map(canonical).collect();
+    Ok((first, consecutive, msgs))
+}
+
+fn canonical(m: &Msg) -> Canonical {
     (
         m.ty,
         m.flags,
-        m.seq,
         m.port,
         m.family,
         m.version,
@@ -305,6 +390,21 @@ fn differences(reference: &[u8], live: &[u8]) -> Differences {
             return d;
         }
     };
+    let ((fa, ca), (fb, cb)) = (sequence(&a), sequence(&b));
+    if fa != fb {
+        d.add("batch: first sequence number".into(), || {
+            format!("{fa:?} vs {fb:?}")
+        });
+    }
+    for (side, consecutive) in [("reference", ca), ("live", cb)] {
+        if !consecutive {
+            d.add(
+                format!("batch: sequence numbers not consecutive in {side}"),
+                String::new,
+            );
+        }
+    }
+    let (a, b) = (logical(a), logical(b));
     if a.len() != b.len() {
         d.add("batch: message count".into(), || {
             format!("{} vs {}", a.len(), b.len())
@@ -316,16 +416,35 @@ fn differences(reference: &[u8], live: &[u8]) -> Differences {
     d
 }
 
+/// A message's bytes without its sequence number (the bytes of all parts of a merged one).
+fn without_seq(m: &Msg) -> Vec<u8> {
+    let mut raw = m.raw.clone();
+    let mut off = 0;
+    while off + 20 <= raw.len() {
+        let len = u32::from_ne_bytes(raw[off..off + 4].try_into().unwrap()) as usize;
+        raw[off + 8..off + 12].fill(0);
+        off += (len.max(20) + 3) & !3;
+    }
+    raw
+}
+
 fn diff_msg(a: &Msg, b: &Msg, d: &mut Differences) {
     let name = msg_name(a.ty);
-    if a.raw == b.raw {
+    if without_seq(a) == without_seq(b) {
         return;
     }
     let before = d.found.values().map(|v| v.0).sum::<usize>();
-    let header: [(&str, u64, u64); 7] = [
+    if a.parts != b.parts {
+        d.add(
+            format!("{name}: elements cut into messages differently"),
+            || format!("{} vs {} messages", a.parts, b.parts),
+        );
+    }
+    // Sequence numbers are checked for the whole batch ([`sequence`]): where element
+    // lists are cut differently, the following messages' numbers shift.
+    let header: [(&str, u64, u64); 6] = [
         ("type", a.ty.into(), b.ty.into()),
         ("flags", a.flags.into(), b.flags.into()),
-        ("seq", a.seq.into(), b.seq.into()),
         ("port", a.port.into(), b.port.into()),
         ("family", a.family.into(), b.family.into()),
         ("version", a.version.into(), b.version.into()),
@@ -347,7 +466,7 @@ fn diff_msg(a: &Msg, b: &Msg, d: &mut Differences) {
     };
     diff_nodes(&at, &mut Vec::new(), "", &a.attrs, &b.attrs, d);
     let after = d.found.values().map(|v| v.0).sum::<usize>();
-    if after == before {
+    if after == before && a.parts == 1 && b.parts == 1 {
         // Same tree in the same order, different bytes: lengths or padding.
         d.add(format!("{name}: padding or length"), || {
             format!("{} vs {}", hex(&a.raw), hex(&b.raw))
@@ -809,10 +928,12 @@ fn compare(reference: &[u8], live: &[u8]) -> Outcome {
             differences: Differences::default(),
         };
     }
-    let canon = |b: &[u8]| parse_batch(b).map(|ms| ms.iter().map(canonical).collect::<Vec<_>>());
     Outcome {
         identical: false,
-        canonical_equal: matches!((canon(reference), canon(live)), (Ok(a), Ok(b)) if a == b),
+        canonical_equal: matches!(
+            (canonical_batch(reference), canonical_batch(live)),
+            (Ok(a), Ok(b)) if a == b
+        ),
         differences: differences(reference, live),
     }
 }
@@ -888,6 +1009,7 @@ fn verdict(d: &Differences, not_canonical: &[String]) -> Result<(), String> {
         "list entry nest types",
         "attribute flags",
         "padding or length",
+        "elements cut into messages differently",
     ];
     let only_canonical = found
         .iter()
@@ -1067,12 +1189,19 @@ fn canonical_form_ignores_order_and_list_entry_types_only() {
         o.differences.categories(),
         BTreeSet::from(["NEWRULE /1: attribute flags"])
     );
-    let two = [a.clone(), a.clone()].concat();
+    let two = [a.clone(), message(NEWRULE, 4, &attr(1, b"t\0"))].concat();
     let o = compare(&a, &two);
     assert!(!o.canonical_equal);
     assert_eq!(
         o.differences.categories(),
         BTreeSet::from(["batch: message count"])
+    );
+    let renumbered = message(NEWRULE, 4, &[attr(1, b"t\0"), attr(2, b"c\0")].concat());
+    let o = compare(&a, &renumbered);
+    assert!(!o.canonical_equal);
+    assert_eq!(
+        o.differences.categories(),
+        BTreeSet::from(["batch: first sequence number"])
     );
     // Same tree, different padding bytes.
     let mut padded = a.clone();
@@ -1083,6 +1212,41 @@ fn canonical_form_ignores_order_and_list_entry_types_only() {
         o.differences.categories(),
         BTreeSet::from(["NEWRULE: padding or length"])
     );
+}
+
+#[test]
+fn element_lists_cut_elsewhere_are_the_same_elements() {
+    let elems = |keys: &[u8]| -> Vec<u8> {
+        let e: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| nest(1, &[nest(1, &[attr(1, &[*k])])]))
+            .collect();
+        nest(3, &e)
+    };
+    let part = |seq: u32, keys: &[u8]| {
+        message(
+            NEWSETELEM,
+            seq,
+            &[attr(1, b"kproxy\0"), attr(2, b"s\0"), elems(keys)].concat(),
+        )
+    };
+    let end = |seq: u32| message(0x11, seq, &[]);
+    let one = [part(1, &[1, 2, 3]), end(2)].concat();
+    let cut = [part(1, &[1, 2]), part(2, &[3]), end(3)].concat();
+    let o = compare(&one, &cut);
+    assert!(o.canonical_equal);
+    assert_eq!(
+        o.differences.categories(),
+        BTreeSet::from(["NEWSETELEM: elements cut into messages differently"])
+    );
+    // Another set's elements are another message.
+    let other = message(
+        NEWSETELEM,
+        2,
+        &[attr(1, b"kproxy\0"), attr(2, b"t\0"), elems(&[3])].concat(),
+    );
+    let two_sets = [part(1, &[1, 2]), other, end(3)].concat();
+    assert!(!compare(&one, &two_sets).canonical_equal);
 }
 
 #[test]
