@@ -93,9 +93,7 @@ impl Writer {
     pub fn u32_be(&mut self, ty: u16, v: u32) {
         self.attr(ty, &v.to_be_bytes());
     }
-    pub fn u64_be(&mut self, ty: u16, v: u64) {
-        self.attr(ty, &v.to_be_bytes());
-    }
+
     pub fn u8(&mut self, ty: u16, v: u8) {
         self.attr(ty, &[v]);
     }
@@ -138,6 +136,8 @@ pub struct Msg<'a> {
     pub port: u32,
     /// Everything after the netlink header.
     pub payload: &'a [u8],
+    /// The whole message, header included (what libnftnl's parsers take).
+    pub raw: &'a [u8],
 }
 
 impl<'a> Msg<'a> {
@@ -171,6 +171,7 @@ pub fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
             seq,
             port,
             payload: &buf[off + c::NLMSG_HDRLEN..off + len],
+            raw: &buf[off..off + len],
         };
         off += align4(len);
         Some(m)

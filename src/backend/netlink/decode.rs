@@ -14,26 +14,27 @@ use super::encode::{
     TYPE_BITS, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER, TYPE_IP6ADDR, TYPE_IPADDR,
     TYPE_MARK,
 };
-use super::expr::{parse_data, Expr, ImmData};
-use super::nf_tables::{c, udata_get, udata_u32, GetData};
+use super::expr::{Expr, ImmData};
+use super::libnftnl::{self as nl, udata_get, udata_str, udata_u32};
+use super::nf_tables::c;
 use super::rule::{decode_stmts, ip_from, verdict_of};
-use crate::netlink::wire::{align4, cstr, Attrs, Msg};
+use crate::netlink::wire::Msg;
 use crate::nft::{
     BaseChain, Chain, ChainType, DataType, Element, ElementData, Family, Hook, Protocol, Rule, Set,
     SetData, SetFlags, Stmt, Value,
 };
+use nftnl::nftnl_sys as sys;
 
 /// Size the kernel gives a dynamic set declared without one.
 const DYNAMIC_DEFAULT_SIZE: u32 = 65535;
 
 /// Table name and comment of a NEWTABLE message.
 pub fn table(m: &Msg<'_>) -> (String, Option<String>) {
-    let a = m.attrs();
-    let name = a.str(c::NFTA_TABLE_NAME).unwrap_or_default();
-    let comment = a
-        .get(c::NFTA_TABLE_USERDATA)
-        .and_then(|u| udata_get(u, c::UDATA_TABLE_COMMENT))
-        .map(cstr);
+    let (t, _) = nl::Table::parse_partial(m.raw);
+    let name = t.str(sys::NFTNL_TABLE_NAME).unwrap_or_default();
+    let comment = t
+        .bytes(sys::NFTNL_TABLE_USERDATA)
+        .and_then(|u| udata_str(u, c::UDATA_TABLE_COMMENT));
     (name, comment)
 }
 
@@ -52,26 +53,25 @@ fn hook_of(n: u32) -> Option<Hook> {
 /// chain types or hooks, a drop policy) become a leading [`Stmt::Foreign`] rule so that the
 /// chain differs from anything kproxy means.
 pub fn chain(m: &Msg<'_>) -> (String, Chain) {
-    let a = m.attrs();
-    let table = a.str(c::NFTA_CHAIN_TABLE).unwrap_or_default();
-    let name = a.str(c::NFTA_CHAIN_NAME).unwrap_or_default();
+    let (a, _) = nl::Chain::parse_partial(m.raw);
+    let table = a.str(sys::NFTNL_CHAIN_TABLE).unwrap_or_default();
+    let name = a.str(sys::NFTNL_CHAIN_NAME).unwrap_or_default();
     let comment = a
-        .get(c::NFTA_CHAIN_USERDATA)
-        .and_then(|u| udata_get(u, c::UDATA_CHAIN_COMMENT))
-        .map(cstr);
+        .bytes(sys::NFTNL_CHAIN_USERDATA)
+        .and_then(|u| udata_str(u, c::UDATA_CHAIN_COMMENT));
     let mut ch = Chain::regular(name);
     ch.comment = comment;
-    if let Some(h) = a.nest(c::NFTA_CHAIN_HOOK) {
-        let num = h.u32_be(c::NFTA_HOOK_HOOKNUM).unwrap_or(u32::MAX);
-        let prio = h.u32_be(c::NFTA_HOOK_PRIORITY).unwrap_or(0) as i32;
-        let ty = a.str(c::NFTA_CHAIN_TYPE).unwrap_or_default();
+    if a.is_set(sys::NFTNL_CHAIN_HOOKNUM) || a.is_set(sys::NFTNL_CHAIN_PRIO) {
+        let num = a.u32(sys::NFTNL_CHAIN_HOOKNUM).unwrap_or(u32::MAX);
+        let prio = a.u32(sys::NFTNL_CHAIN_PRIO).unwrap_or(0) as i32;
+        let ty = a.str(sys::NFTNL_CHAIN_TYPE).unwrap_or_default();
         let kind = match ty.as_str() {
             "filter" => Some(ChainType::Filter),
             "nat" => Some(ChainType::Nat),
             _ => None,
         };
         let policy = a
-            .u32_be(c::NFTA_CHAIN_POLICY)
+            .u32(sys::NFTNL_CHAIN_POLICY)
             .unwrap_or(c::NF_ACCEPT as u32);
         match (kind, hook_of(num)) {
             (Some(kind), Some(hook)) => {
@@ -94,34 +94,27 @@ pub fn chain(m: &Msg<'_>) -> (String, Chain) {
     (table, ch)
 }
 
-/// A rule and the chain it belongs to.
-pub fn rule(m: &Msg<'_>, family: Family) -> (String, Rule) {
-    let a = m.attrs();
-    let chain = a.str(c::NFTA_RULE_CHAIN).unwrap_or_default();
-    let exprs: Vec<Expr> = a
-        .nest(c::NFTA_RULE_EXPRESSIONS)
-        .map(|l| {
-            l.filter(|(t, _)| *t == c::NFTA_LIST_ELEM)
-                .map(|(_, d)| Expr::parse(Attrs::new(d)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let comment = a
-        .get(c::NFTA_RULE_USERDATA)
-        .and_then(|u| udata_get(u, c::UDATA_RULE_COMMENT))
-        .map(cstr);
-    let mut r = Rule::new(decode_stmts(family, &exprs));
-    r.comment = comment;
-    (chain, r)
+/// A rule with the table and chain it belongs to. A rule libnftnl cannot parse (an
+/// expression it does not know, broken attributes) is one foreign statement.
+pub fn rule(m: &Msg<'_>, family: Family) -> (String, String, Rule) {
+    let (r, parsed) = nl::Rule::parse_partial(m.raw);
+    let table = r.str(sys::NFTNL_RULE_TABLE).unwrap_or_default();
+    let chain = r.str(sys::NFTNL_RULE_CHAIN).unwrap_or_default();
+    let comment = r
+        .bytes(sys::NFTNL_RULE_USERDATA)
+        .and_then(|u| udata_str(u, c::UDATA_RULE_COMMENT));
+    let stmts = match parsed {
+        Ok(()) => decode_stmts(family, &rule_exprs(&r)),
+        Err(e) => vec![Stmt::Foreign(e.to_string())],
+    };
+    let mut out = Rule::new(stmts);
+    out.comment = comment;
+    (table, chain, out)
 }
 
-/// The raw expressions of a rule message (tests).
-#[cfg(test)]
-pub fn rule_exprs(m: &Msg<'_>) -> Vec<Expr> {
-    m.attrs()
-        .nest(c::NFTA_RULE_EXPRESSIONS)
-        .map(|l| l.map(|(_, d)| Expr::parse(Attrs::new(d))).collect())
-        .unwrap_or_default()
+/// The expressions of a parsed rule.
+pub fn rule_exprs(r: &nl::Rule) -> Vec<Expr> {
+    r.exprs().iter().map(Expr::from_nftnl).collect()
 }
 
 fn type_of(id: u32, typeof_numgen: bool) -> Option<DataType> {
@@ -160,20 +153,20 @@ fn typeof_has_numgen(u: Option<&[u8]>) -> bool {
 
 /// A set declaration (without elements) and its table name.
 pub fn set(m: &Msg<'_>) -> Result<(String, Set), String> {
-    let a = m.attrs();
-    let table = a.str(c::NFTA_SET_TABLE).unwrap_or_default();
-    let name = a.str(c::NFTA_SET_NAME).unwrap_or_default();
-    let flags = a.u32_be(c::NFTA_SET_FLAGS).unwrap_or(0);
-    let udata = a.get(c::NFTA_SET_USERDATA).unwrap_or(&[]);
+    let (a, _) = nl::Set::parse_partial(m.raw);
+    let table = a.str(sys::NFTNL_SET_TABLE).unwrap_or_default();
+    let name = a.str(sys::NFTNL_SET_NAME).unwrap_or_default();
+    let flags = a.u32(sys::NFTNL_SET_FLAGS).unwrap_or(0);
+    let udata = a.bytes(sys::NFTNL_SET_USERDATA).unwrap_or(&[]);
     let key_typeof = udata_get(udata, c::UDATA_SET_KEY_TYPEOF);
     let key = split_type(
-        a.u32_be(c::NFTA_SET_KEY_TYPE).unwrap_or(0),
-        a.u32_be(c::NFTA_SET_KEY_LEN).unwrap_or(0),
+        a.u32(sys::NFTNL_SET_KEY_TYPE).unwrap_or(0),
+        a.u32(sys::NFTNL_SET_KEY_LEN).unwrap_or(0),
         typeof_has_numgen(key_typeof),
     )
     .ok_or_else(|| format!("set {name}: key type kproxy does not use"))?;
     let data = if flags & c::NFT_SET_MAP != 0 {
-        let dt = a.u32_be(c::NFTA_SET_DATA_TYPE).unwrap_or(0);
+        let dt = a.u32(sys::NFTNL_SET_DATA_TYPE).unwrap_or(0);
         if dt == c::NFT_DATA_VERDICT {
             SetData::Verdict
         } else {
@@ -181,7 +174,7 @@ pub fn set(m: &Msg<'_>) -> Result<(String, Set), String> {
             SetData::Values(
                 split_type(
                     dt,
-                    a.u32_be(c::NFTA_SET_DATA_LEN).unwrap_or(0),
+                    a.u32(sys::NFTNL_SET_DATA_LEN).unwrap_or(0),
                     typeof_has_numgen(data_typeof),
                 )
                 .ok_or_else(|| format!("map {name}: data type kproxy does not use"))?,
@@ -199,16 +192,15 @@ pub fn set(m: &Msg<'_>) -> Result<(String, Set), String> {
         dynamic: flags & c::NFT_SET_EVAL != 0,
     };
     s.timeout = a
-        .u64_be(c::NFTA_SET_TIMEOUT)
+        .u64(sys::NFTNL_SET_TIMEOUT)
         .filter(|t| *t > 0)
         .map(|t| (t / 1000) as u32);
     // The kernel gives dynamic sets declared without a size a default of 65535 (and
     // reports it): read that back as "no size", as declared.
     s.size = a
-        .nest(c::NFTA_SET_DESC)
-        .and_then(|d| d.u32_be(c::NFTA_SET_DESC_SIZE))
+        .u32(sys::NFTNL_SET_DESC_SIZE)
         .filter(|n| !(s.flags.dynamic && *n == DYNAMIC_DEFAULT_SIZE));
-    s.comment = udata_get(udata, c::UDATA_SET_COMMENT).map(cstr);
+    s.comment = udata_str(udata, c::UDATA_SET_COMMENT);
     Ok((table, s))
 }
 
@@ -223,28 +215,41 @@ pub struct RawElem {
     pub open: bool,
 }
 
-/// The elements of a NEWSETELEM dump message.
+/// Table and set an element message (NEWSETELEM) is about.
+#[cfg(any(test, feature = "test-util"))]
+pub fn elements_of(m: &Msg<'_>) -> (String, String) {
+    let (s, _) = nl::Set::parse_partial(m.raw);
+    (
+        s.str(sys::NFTNL_SET_TABLE).unwrap_or_default(),
+        s.str(sys::NFTNL_SET_NAME).unwrap_or_default(),
+    )
+}
+
+/// The elements of a NEWSETELEM dump message (none when libnftnl cannot parse it).
 pub fn raw_elements(m: &Msg<'_>, out: &mut Vec<RawElem>) {
-    let Some(list) = m.attrs().nest(c::NFTA_SET_ELEM_LIST_ELEMENTS) else {
-        return;
-    };
-    for (t, d) in list {
-        if t == c::NFTA_LIST_ELEM {
-            out.push(raw_element(d));
-        }
+    if let Ok(s) = nl::Set::parse_elems(m.raw) {
+        out.extend(s.elems().iter().map(raw_element));
     }
 }
 
-/// One element from the payload of its `NFTA_LIST_ELEM` attribute.
-pub fn raw_element(d: &[u8]) -> RawElem {
-    let e = Attrs::new(d);
-    let udata = e.get(c::NFTA_SET_ELEM_USERDATA).unwrap_or(&[]);
+/// One element as libnftnl parsed it.
+pub fn raw_element(e: &nl::ElemRef<'_>) -> RawElem {
+    let udata = e.bytes(sys::NFTNL_SET_ELEM_USERDATA).unwrap_or(&[]);
+    let data = match e.bytes(sys::NFTNL_SET_ELEM_DATA) {
+        Some(v) => Some(ImmData::Value(v.to_vec())),
+        None => e
+            .u32(sys::NFTNL_SET_ELEM_VERDICT)
+            .map(|code| ImmData::Verdict {
+                code: code as i32,
+                chain: e.str(sys::NFTNL_SET_ELEM_CHAIN),
+            }),
+    };
     RawElem {
-        flags: e.u32_be(c::NFTA_SET_ELEM_FLAGS).unwrap_or(0),
-        key: e.data_value(c::NFTA_SET_ELEM_KEY).unwrap_or(&[]).to_vec(),
-        key_end: e.data_value(c::NFTA_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
-        data: e.nest(c::NFTA_SET_ELEM_DATA).and_then(parse_data),
-        comment: udata_get(udata, c::UDATA_SET_ELEM_COMMENT).map(cstr),
+        flags: e.u32(sys::NFTNL_SET_ELEM_FLAGS).unwrap_or(0),
+        key: e.bytes(sys::NFTNL_SET_ELEM_KEY).unwrap_or(&[]).to_vec(),
+        key_end: e.bytes(sys::NFTNL_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
+        data,
+        comment: udata_str(udata, c::UDATA_SET_ELEM_COMMENT),
         open: udata_u32(udata, c::UDATA_SET_ELEM_FLAGS)
             .is_some_and(|f| f & c::UDATA_SET_ELEM_F_INTERVAL_OPEN != 0),
     }
@@ -276,7 +281,7 @@ fn split_values(types: &[DataType], b: &[u8]) -> Option<Vec<Value>> {
     for t in types {
         let n = t.byte_len();
         out.push(value_of(*t, b.get(off..off + n)?)?);
-        off += align4(n);
+        off += n.next_multiple_of(4);
     }
     (off == b.len()).then_some(out)
 }
@@ -528,7 +533,6 @@ pub fn decode_dump(buf: &[u8]) -> Result<crate::nft::Ruleset, DecodeError> {
         let Some(family) = family_of(&m) else {
             continue;
         };
-        let a = m.attrs();
         match m.ty {
             t if t == ty(c::NFT_MSG_NEWTABLE) => {
                 let (name, comment) = self::table(&m);
@@ -551,17 +555,12 @@ pub fn decode_dump(buf: &[u8]) -> Result<crate::nft::Ruleset, DecodeError> {
                 Err(e) => tracing::warn!(error = %e, "set not read back"),
             },
             t if t == ty(c::NFT_MSG_NEWSETELEM) => {
-                let k = (
-                    family,
-                    a.str(c::NFTA_SET_ELEM_LIST_TABLE).unwrap_or_default(),
-                );
-                let set = a.str(c::NFTA_SET_ELEM_LIST_SET).unwrap_or_default();
-                raw_elements(&m, raw.entry((k, set)).or_default());
+                let (table, set) = elements_of(&m);
+                raw_elements(&m, raw.entry(((family, table), set)).or_default());
             }
             t if t == ty(c::NFT_MSG_NEWRULE) => {
-                let k = (family, a.str(c::NFTA_RULE_TABLE).unwrap_or_default());
-                let (chain, r) = rule(&m, family);
-                rules.push((k, chain, r));
+                let (table, chain, r) = rule(&m, family);
+                rules.push(((family, table), chain, r));
             }
             _ => {}
         }

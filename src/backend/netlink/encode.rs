@@ -6,14 +6,15 @@ mod set;
 
 use std::collections::HashMap;
 
-use super::expr::{write_data, ImmData};
-use super::nf_tables::{c, PutData, Udata};
+use super::expr::ImmData;
+use super::libnftnl::{self as nl, Msg, Udata};
+use super::nf_tables::c;
 use super::rule::{encode_stmts, verdict_imm, SetRef};
-use crate::netlink::wire::Writer;
 use crate::nft::tx::{ChainDecl, Op, TableRef, Transaction};
 use crate::nft::{
     BaseChain, ChainType, DataType, Element, ElementData, Family, Hook, Set, SetData, Value,
 };
+use nftnl::nftnl_sys as sys;
 
 pub use set::*;
 
@@ -51,6 +52,9 @@ pub struct MsgInfo {
     /// For element messages: (byte offset of the element's attribute in the message,
     /// index of the element in the operation), ascending.
     pub elems: Vec<(u32, usize)>,
+    /// For element messages: the number of each element's first entry in the element list
+    /// (1, 2, …; an interval element has two entries), in the order of `elems`.
+    pub entries: Vec<u16>,
 }
 
 /// An encoded transaction: the messages (BATCH_BEGIN … BATCH_END) in pages, and the
@@ -106,6 +110,13 @@ impl Batch {
     pub fn element_offset(&self, seq: u32, index: usize) -> Option<u32> {
         let m = self.message(seq)?;
         m.elems.iter().find(|(_, i)| *i == index).map(|(o, _)| *o)
+    }
+    /// The number (1, 2, …) of the first entry of element `index` in the element list of
+    /// message `seq`.
+    pub fn element_entry(&self, seq: u32, index: usize) -> Option<u16> {
+        let m = self.message(seq)?;
+        let k = m.elems.iter().position(|(_, i)| *i == index)?;
+        m.entries.get(k).copied()
     }
     /// The operation index a sequence number belongs to.
     pub fn op_of_seq(&self, seq: u32) -> Option<usize> {
@@ -260,19 +271,12 @@ impl Ops<'_> {
 
 fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch, EncodeError> {
     let mut b = Builder {
-        w: Writer::with_capacity(PAGE_SIZE + 4096),
+        buf: Vec::with_capacity(PAGE_SIZE + 4096),
         pages: Vec::new(),
         msgs: Vec::new(),
         seq0,
     };
-    let start = b.begin(
-        c::NFNL_MSG_BATCH_BEGIN,
-        c::NLM_F_REQUEST,
-        0,
-        c::NFNL_SUBSYS_NFTABLES,
-    );
-    b.finish(start, MsgKind::BatchBegin, None, Vec::new());
-
+    b.batch_marker(MsgKind::BatchBegin);
     let mut sets = TxSets {
         catalog,
         local: HashMap::new(),
@@ -288,17 +292,10 @@ fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch
         })?;
         ops.encoded(index);
     }
-
-    let end = b.begin(
-        c::NFNL_MSG_BATCH_END,
-        c::NLM_F_REQUEST | c::NLM_F_ACK,
-        0,
-        c::NFNL_SUBSYS_NFTABLES,
-    );
-    b.finish(end, MsgKind::BatchEnd, None, Vec::new());
+    b.batch_marker(MsgKind::BatchEnd);
     let mut pages = b.pages;
-    if !b.w.buf.is_empty() {
-        pages.push(b.w.buf);
+    if !b.buf.is_empty() {
+        pages.push(b.buf);
     }
     Ok(Batch {
         pages,
@@ -330,44 +327,60 @@ impl TxSets<'_> {
     }
 }
 
+/// A string attribute for libnftnl, its error as the encoder's reason.
+fn err(e: nl::Error) -> String {
+    e.to_string()
+}
+
+/// nft's userdata holding one comment (`ty`: the object's comment TLV type).
+fn comment_udata(ty: u8, comment: &str) -> Result<Udata, String> {
+    let mut u = Udata::new();
+    u.put_strz(ty, &clean_comment(comment)).map_err(err)?;
+    Ok(u)
+}
+
 /// One operation's message(s); the error is the reason, [`encode_ops`] names the op.
 fn encode_op(b: &mut Builder, sets: &mut TxSets<'_>, index: usize, op: &Op) -> Result<(), String> {
     let fam = family_proto(op.table().family);
+    let one = |b: &mut Builder, ty: u16, flags: u16, p: &dyn nl::Payload| {
+        b.message(msg(ty), flags, fam, Some(index), |m| {
+            m.put(p);
+            Ok(Elems::default())
+        })
+    };
     match op {
         Op::AddTable { table, comment } => {
-            let m = b.begin(msg(c::NFT_MSG_NEWTABLE), create(), fam, 0);
-            b.w.str(c::NFTA_TABLE_NAME, &table.name);
-            b.w.u32_be(c::NFTA_TABLE_FLAGS, 0);
+            let mut t = nl::Table::new();
+            t.set_str(sys::NFTNL_TABLE_NAME, &table.name).map_err(err)?;
+            t.set_u32(sys::NFTNL_TABLE_FLAGS, 0).map_err(err)?;
             if let Some(cm) = comment {
-                let mut u = Udata::new();
-                u.put_strz(c::UDATA_TABLE_COMMENT, &clean_comment(cm));
-                b.w.attr(c::NFTA_TABLE_USERDATA, &u.buf);
+                let u = comment_udata(c::UDATA_TABLE_COMMENT, cm)?;
+                t.set_bytes(sys::NFTNL_TABLE_USERDATA, u.bytes())
+                    .map_err(err)?;
             }
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            one(b, c::NFT_MSG_NEWTABLE, create(), &t)?;
         }
         Op::DeleteTable { table } => {
-            let m = b.begin(msg(c::NFT_MSG_DELTABLE), c::NLM_F_REQUEST, fam, 0);
-            b.w.str(c::NFTA_TABLE_NAME, &table.name);
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let mut t = nl::Table::new();
+            t.set_str(sys::NFTNL_TABLE_NAME, &table.name).map_err(err)?;
+            one(b, c::NFT_MSG_DELTABLE, c::NLM_F_REQUEST, &t)?;
             sets.local
                 .retain(|(f, n, _), _| !(*f == table.family && *n == table.name));
         }
         Op::AddChain { table, chain } => {
-            let m = b.begin(msg(c::NFT_MSG_NEWCHAIN), create(), fam, 0);
-            write_chain(&mut b.w, table, chain);
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let ch = chain_object(table, chain)?;
+            one(b, c::NFT_MSG_NEWCHAIN, create(), &ch)?;
         }
         Op::FlushChain { table, chain } => {
-            let m = b.begin(msg(c::NFT_MSG_DELRULE), c::NLM_F_REQUEST, fam, 0);
-            b.w.str(c::NFTA_RULE_TABLE, &table.name);
-            b.w.str(c::NFTA_RULE_CHAIN, chain);
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let r = rule_object(table, chain)?;
+            one(b, c::NFT_MSG_DELRULE, c::NLM_F_REQUEST, &r)?;
         }
         Op::DeleteChain { table, chain } => {
-            let m = b.begin(msg(c::NFT_MSG_DELCHAIN), c::NLM_F_REQUEST, fam, 0);
-            b.w.str(c::NFTA_CHAIN_TABLE, &table.name);
-            b.w.str(c::NFTA_CHAIN_NAME, chain);
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let mut ch = nl::Chain::new();
+            ch.set_str(sys::NFTNL_CHAIN_TABLE, &table.name)
+                .map_err(err)?;
+            ch.set_str(sys::NFTNL_CHAIN_NAME, chain).map_err(err)?;
+            one(b, c::NFT_MSG_DELCHAIN, c::NLM_F_REQUEST, &ch)?;
         }
         Op::AddRule { table, chain, rule } => {
             let refs = |name: &str| match sets.shape_of(table, name) {
@@ -378,37 +391,32 @@ fn encode_op(b: &mut Builder, sets: &mut TxSets<'_>, index: usize, op: &Op) -> R
                 None => SetRef::default(),
             };
             let exprs = encode_stmts(table.family, &rule.stmts, &refs)?;
-            let m = b.begin(msg(c::NFT_MSG_NEWRULE), create() | c::NLM_F_APPEND, fam, 0);
-            b.w.str(c::NFTA_RULE_TABLE, &table.name);
-            b.w.str(c::NFTA_RULE_CHAIN, chain);
-            let n = b.w.nest_begin(c::NFTA_RULE_EXPRESSIONS);
+            let mut r = rule_object(table, chain)?;
             for e in &exprs {
-                e.write(&mut b.w);
+                r.add(e.to_nftnl()?);
             }
-            b.w.nest_end(n);
             if let Some(cm) = &rule.comment {
-                let mut u = Udata::new();
-                u.put_strz(c::UDATA_RULE_COMMENT, &clean_comment(cm));
-                b.w.attr(c::NFTA_RULE_USERDATA, &u.buf);
+                let u = comment_udata(c::UDATA_RULE_COMMENT, cm)?;
+                r.set_bytes(sys::NFTNL_RULE_USERDATA, u.bytes())
+                    .map_err(err)?;
             }
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            one(b, c::NFT_MSG_NEWRULE, create() | c::NLM_F_APPEND, &r)?;
         }
         Op::AddSet { table, set } => {
             let id = sets.next_id;
             sets.next_id += 1;
-            let m = b.begin(msg(c::NFT_MSG_NEWSET), create(), fam, 0);
-            write_set(&mut b.w, table, set, id)?;
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let s = set_object(table, set, id)?;
+            one(b, c::NFT_MSG_NEWSET, create(), &s)?;
             let k = (table.family, table.name.clone(), set.name.clone());
             sets.deleted.retain(|d| *d != k);
             // Adding an existing set leaves the kernel's alone: keep the first shape.
             sets.local.entry(k).or_insert((SetShape::of(set), id));
         }
         Op::DeleteSet { table, set } => {
-            let m = b.begin(msg(c::NFT_MSG_DELSET), c::NLM_F_REQUEST, fam, 0);
-            b.w.str(c::NFTA_SET_TABLE, &table.name);
-            b.w.str(c::NFTA_SET_NAME, set);
-            b.finish(m, MsgKind::Op, Some(index), Vec::new());
+            let mut s = nl::Set::new();
+            s.set_str(sys::NFTNL_SET_TABLE, &table.name).map_err(err)?;
+            s.set_str(sys::NFTNL_SET_NAME, set).map_err(err)?;
+            one(b, c::NFT_MSG_DELSET, c::NLM_F_REQUEST, &s)?;
             let k = (table.family, table.name.clone(), set.clone());
             sets.local.remove(&k);
             sets.deleted.push(k);
@@ -431,8 +439,17 @@ fn encode_op(b: &mut Builder, sets: &mut TxSets<'_>, index: usize, op: &Op) -> R
     Ok(())
 }
 
+/// A rule object naming its table and chain (a new rule, or a flush of the chain).
+fn rule_object(table: &TableRef, chain: &str) -> Result<nl::Rule, String> {
+    let mut r = nl::Rule::new();
+    r.set_str(sys::NFTNL_RULE_TABLE, &table.name).map_err(err)?;
+    r.set_str(sys::NFTNL_RULE_CHAIN, chain).map_err(err)?;
+    Ok(r)
+}
+
 /// The element messages of one AddElements / DeleteElements (`ty`: message type and
-/// flags): each element encoded once, then cut into messages at element boundaries.
+/// flags): each element built by libnftnl straight into the message; when the element
+/// list passes [`ELEMS_PER_MSG_BYTES`], the last element moves to a new message.
 fn encode_elements<'a>(
     b: &mut Builder,
     sets: &TxSets<'_>,
@@ -445,99 +462,133 @@ fn encode_elements<'a>(
     let (shape, id) = sets
         .shape_of(table, set)
         .ok_or_else(|| format!("set {set} is not declared in the transaction nor known"))?;
-    let mut encoded = Encoded::with_capacity(items.len());
-    for e in items {
-        let start = encoded.w.buf.len();
-        write_element(&mut encoded.w, table.family, &shape, e)
-            .map_err(|r| format!("element {}: {r}", e.text()))?;
-        encoded.spans.push((start, encoded.w.buf.len()));
+    let mut header = nl::Set::new();
+    header
+        .set_str(sys::NFTNL_SET_TABLE, &table.name)
+        .map_err(err)?;
+    header.set_str(sys::NFTNL_SET_NAME, set).map_err(err)?;
+    if let Some(id) = id {
+        header.set_u32(sys::NFTNL_SET_ID, id).map_err(err)?;
     }
     let fam = family_proto(table.family);
-    b.element_msgs(ty, flags, fam, table, set, id, index, encoded);
-    Ok(())
+    let mut items = items.enumerate();
+    // An element that did not fit the previous message.
+    let mut carry: Option<(usize, Vec<nl::Elem>)> = None;
+    // Even an empty element list becomes one message, so every op has one.
+    loop {
+        let mut done = false;
+        b.message(msg(ty), flags, fam, Some(index), |m| {
+            m.put(&nl::ElemsHeader(&header));
+            let list = m.nest_begin(c::NFTA_SET_ELEM_LIST_ELEMENTS);
+            let first = m.written();
+            let mut out = Elems::default();
+            let mut entry = 0u16;
+            loop {
+                let (i, objs) = match carry.take() {
+                    Some(c) => c,
+                    None => match items.next() {
+                        Some((i, e)) => {
+                            let objs = element_objects(table.family, &shape, e)
+                                .map_err(|r| format!("element {}: {r}", e.text()))?;
+                            (i, objs)
+                        }
+                        None => {
+                            done = true;
+                            break;
+                        }
+                    },
+                };
+                let pos = m.written();
+                let first_entry = entry + 1;
+                for o in &objs {
+                    // Each entry an NFTA_LIST_ELEM nest, as the kernel's dumps have them
+                    // and libnftnl's parser requires (libnftnl 1.2.4's own list builder
+                    // numbers them 1, 2, 3, … and then cannot parse what it built).
+                    entry += 1;
+                    let n = m.nest_begin(c::NFTA_LIST_ELEM);
+                    m.put(o);
+                    m.nest_end(n);
+                }
+                if !out.at.is_empty() && m.written() - first > ELEMS_PER_MSG_BYTES {
+                    m.truncate(pos);
+                    carry = Some((i, objs));
+                    break;
+                }
+                out.at.push((pos as u32, i));
+                out.entries.push(first_entry);
+            }
+            m.nest_end(list);
+            Ok(out)
+        })?;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Where a message's elements are: [`MsgInfo::elems`] and [`MsgInfo::entries`].
+#[derive(Default)]
+struct Elems {
+    at: Vec<(u32, usize)>,
+    entries: Vec<u16>,
 }
 
 struct Builder {
-    w: Writer,
+    /// The page being filled.
+    buf: Vec<u8>,
     pages: Vec<Vec<u8>>,
     msgs: Vec<MsgInfo>,
     seq0: u32,
 }
 
-/// Elements encoded back to back in one buffer (no allocation per element), with each
-/// element's byte span, so messages can be cut at element boundaries.
-struct Encoded {
-    w: Writer,
-    spans: Vec<(usize, usize)>,
-}
-
-impl Encoded {
-    fn with_capacity(n: usize) -> Encoded {
-        Encoded {
-            w: Writer::with_capacity(n * 48),
-            spans: Vec::with_capacity(n),
-        }
-    }
-}
-
 impl Builder {
-    fn begin(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) -> usize {
-        let seq = self.seq0.wrapping_add(self.msgs.len() as u32);
-        self.w.begin_msg(ty, flags, seq, family, res_id)
+    fn next_seq(&self) -> u32 {
+        self.seq0.wrapping_add(self.msgs.len() as u32)
     }
-    fn finish(&mut self, start: usize, kind: MsgKind, op: Option<usize>, elems: Vec<(u32, usize)>) {
-        self.w.end_msg(start);
-        self.msgs.push(MsgInfo { kind, op, elems });
-        if self.w.buf.len() > PAGE_SIZE && start > 0 {
-            // The next page starts with this message; give it a page of room up front so it
-            // is not regrown (and copied) by doubling.
-            let mut tail = Vec::with_capacity(PAGE_SIZE + 4096);
-            tail.extend_from_slice(&self.w.buf[start..]);
-            self.w.buf.truncate(start);
-            let page = std::mem::replace(&mut self.w.buf, tail);
-            self.pages.push(page);
-        }
+
+    /// BATCH_BEGIN or BATCH_END (libnftnl's; END asks for the ACK that kernels >= 6.10
+    /// send for a committed batch).
+    fn batch_marker(&mut self, kind: MsgKind) {
+        let seq = self.next_seq();
+        let start = match kind {
+            MsgKind::BatchBegin => Msg::batch(&mut self.buf, true, seq, 0),
+            _ => Msg::batch(&mut self.buf, false, seq, c::NLM_F_ACK),
+        };
+        self.finish(start, kind, None, Elems::default());
     }
-    #[allow(clippy::too_many_arguments)]
-    fn element_msgs(
+
+    /// One message: `body` puts its payload and returns the element offsets.
+    fn message(
         &mut self,
         ty: u16,
         flags: u16,
-        fam: u8,
-        table: &TableRef,
-        set: &str,
-        id: Option<u32>,
-        index: usize,
-        encoded: Encoded,
-    ) {
-        let elem = |i: usize| {
-            let (a, b) = encoded.spans[i];
-            &encoded.w.buf[a..b]
-        };
-        let count = encoded.spans.len();
-        let mut i = 0;
-        // Even an empty element list becomes one message, so every op has one.
-        loop {
-            let m = self.begin(msg(ty), flags, fam, 0);
-            self.w.str(c::NFTA_SET_ELEM_LIST_TABLE, &table.name);
-            self.w.str(c::NFTA_SET_ELEM_LIST_SET, set);
-            if let Some(id) = id {
-                self.w.u32_be(c::NFTA_SET_ELEM_LIST_SET_ID, id);
-            }
-            let n = self.w.nest_begin(c::NFTA_SET_ELEM_LIST_ELEMENTS);
-            let mut elems = Vec::new();
-            let mut bytes = 0;
-            while i < count && (elems.is_empty() || bytes + elem(i).len() <= ELEMS_PER_MSG_BYTES) {
-                elems.push(((self.w.buf.len() - m) as u32, i));
-                bytes += elem(i).len();
-                self.w.buf.extend_from_slice(elem(i));
-                i += 1;
-            }
-            self.w.nest_end(n);
-            self.finish(m, MsgKind::Op, Some(index), elems);
-            if i >= count {
-                break;
-            }
+        family: u8,
+        op: Option<usize>,
+        body: impl FnOnce(&mut Msg<'_>) -> Result<Elems, String>,
+    ) -> Result<(), String> {
+        let seq = self.next_seq();
+        let mut m = Msg::begin(&mut self.buf, ty, family, flags, seq);
+        let elems = body(&mut m)?;
+        let start = m.finish();
+        self.finish(start, MsgKind::Op, op, elems);
+        Ok(())
+    }
+
+    fn finish(&mut self, start: usize, kind: MsgKind, op: Option<usize>, elems: Elems) {
+        self.msgs.push(MsgInfo {
+            kind,
+            op,
+            elems: elems.at,
+            entries: elems.entries,
+        });
+        if self.buf.len() > PAGE_SIZE && start > 0 {
+            // The next page starts with this message; give it a page of room up front so it
+            // is not regrown (and copied) by doubling.
+            let mut tail = Vec::with_capacity(PAGE_SIZE + 4096);
+            tail.extend_from_slice(&self.buf[start..]);
+            self.buf.truncate(start);
+            let page = std::mem::replace(&mut self.buf, tail);
+            self.pages.push(page);
         }
     }
 }
@@ -579,31 +630,34 @@ pub fn hook_number(h: Hook) -> u32 {
     }
 }
 
-fn write_chain(w: &mut Writer, table: &TableRef, chain: &ChainDecl) {
-    w.str(c::NFTA_CHAIN_TABLE, &table.name);
-    w.str(c::NFTA_CHAIN_NAME, &chain.name);
+fn chain_object(table: &TableRef, chain: &ChainDecl) -> Result<nl::Chain, String> {
+    let mut ch = nl::Chain::new();
+    ch.set_str(sys::NFTNL_CHAIN_TABLE, &table.name)
+        .map_err(err)?;
+    ch.set_str(sys::NFTNL_CHAIN_NAME, &chain.name)
+        .map_err(err)?;
     if let Some(BaseChain {
         kind,
         hook,
         priority,
     }) = &chain.base
     {
-        w.str(
-            c::NFTA_CHAIN_TYPE,
-            match kind {
-                ChainType::Filter => "filter",
-                ChainType::Nat => "nat",
-            },
-        );
-        w.u32_be(c::NFTA_CHAIN_POLICY, c::NF_ACCEPT as u32);
-        let n = w.nest_begin(c::NFTA_CHAIN_HOOK);
-        w.u32_be(c::NFTA_HOOK_HOOKNUM, hook_number(*hook));
-        w.u32_be(c::NFTA_HOOK_PRIORITY, *priority as u32);
-        w.nest_end(n);
+        let kind = match kind {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        };
+        ch.set_str(sys::NFTNL_CHAIN_TYPE, kind).map_err(err)?;
+        ch.set_u32(sys::NFTNL_CHAIN_POLICY, c::NF_ACCEPT as u32)
+            .map_err(err)?;
+        ch.set_u32(sys::NFTNL_CHAIN_HOOKNUM, hook_number(*hook))
+            .map_err(err)?;
+        ch.set_u32(sys::NFTNL_CHAIN_PRIO, *priority as u32)
+            .map_err(err)?;
     }
     if let Some(cm) = &chain.comment {
-        let mut u = Udata::new();
-        u.put_strz(c::UDATA_CHAIN_COMMENT, &clean_comment(cm));
-        w.attr(c::NFTA_CHAIN_USERDATA, &u.buf);
+        let u = comment_udata(c::UDATA_CHAIN_COMMENT, cm)?;
+        ch.set_bytes(sys::NFTNL_CHAIN_USERDATA, u.bytes())
+            .map_err(err)?;
     }
+    Ok(ch)
 }

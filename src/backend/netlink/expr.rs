@@ -1,72 +1,12 @@
-//! nf_tables expressions: a typed form of what a rule holds in the kernel, with its
-//! netlink encoding (attribute order as libnftnl 1.2.4 writes it for nft 1.0.6) and its
-//! parser (tolerant of the extra attributes the kernel adds when it dumps a rule).
+//! nf_tables expressions: a typed form of what a rule holds in the kernel, and its
+//! mapping to and from libnftnl's expression objects ([`Expr::to_nftnl`],
+//! [`Expr::from_nftnl`]): libnftnl writes and parses the netlink attributes, this module
+//! only names them.
 
 use std::fmt;
 
-use super::nf_tables::{c, GetData, PutData};
-use crate::netlink::wire::{cstr, Attrs, Writer};
-
-// Expression attribute numbers (nf_tables.h).
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFTA_PAYLOAD_SREG: u16 = 5;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFTA_META_SREG: u16 = 3;
-const NFTA_CT_DREG: u16 = 1;
-const NFTA_CT_KEY: u16 = 2;
-const NFTA_CT_DIRECTION: u16 = 3;
-const NFTA_CT_SREG: u16 = 4;
-const NFTA_FIB_DREG: u16 = 1;
-const NFTA_FIB_RESULT: u16 = 2;
-const NFTA_FIB_FLAGS: u16 = 3;
-const NFTA_NG_DREG: u16 = 1;
-const NFTA_NG_MODULUS: u16 = 2;
-const NFTA_NG_TYPE: u16 = 3;
-const NFTA_NG_OFFSET: u16 = 4;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_BITWISE_SREG: u16 = 1;
-const NFTA_BITWISE_DREG: u16 = 2;
-const NFTA_BITWISE_LEN: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
-const NFTA_BITWISE_OP: u16 = 6;
-const NFTA_BYTEORDER_SREG: u16 = 1;
-const NFTA_BYTEORDER_DREG: u16 = 2;
-const NFTA_BYTEORDER_OP: u16 = 3;
-const NFTA_BYTEORDER_LEN: u16 = 4;
-const NFTA_BYTEORDER_SIZE: u16 = 5;
-const NFTA_LOOKUP_SET: u16 = 1;
-const NFTA_LOOKUP_SREG: u16 = 2;
-const NFTA_LOOKUP_DREG: u16 = 3;
-const NFTA_LOOKUP_SET_ID: u16 = 4;
-const NFTA_LOOKUP_FLAGS: u16 = 5;
-const NFTA_DYNSET_SET_NAME: u16 = 1;
-const NFTA_DYNSET_SET_ID: u16 = 2;
-const NFTA_DYNSET_OP: u16 = 3;
-const NFTA_DYNSET_SREG_KEY: u16 = 4;
-const NFTA_DYNSET_SREG_DATA: u16 = 5;
-const NFTA_DYNSET_TIMEOUT: u16 = 6;
-const NFTA_DYNSET_EXPR: u16 = 7;
-const NFTA_DYNSET_EXPRESSIONS: u16 = 10;
-const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_NAT_TYPE: u16 = 1;
-const NFTA_NAT_FAMILY: u16 = 2;
-const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
-const NFTA_NAT_REG_ADDR_MAX: u16 = 4;
-const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
-const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
-const NFTA_NAT_FLAGS: u16 = 7;
-const NFTA_MASQ_FLAGS: u16 = 1;
-const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
-const NFTA_REJECT_TYPE: u16 = 1;
-const NFTA_REJECT_ICMP_CODE: u16 = 2;
+use super::libnftnl as lnl;
+use nftnl::nftnl_sys as nl;
 
 pub const NFT_REG_VERDICT: u32 = 0;
 pub const NFT_REG_1: u32 = 1;
@@ -250,332 +190,6 @@ impl Expr {
             Expr::Other { name } => name,
         }
     }
-
-    /// Appends this expression as one `NFTA_LIST_ELEM` of a rule's expression list.
-    pub fn write(&self, w: &mut Writer) {
-        let elem = w.nest_begin(c::NFTA_LIST_ELEM);
-        w.str(c::NFTA_EXPR_NAME, self.name());
-        let d = w.nest_begin(c::NFTA_EXPR_DATA);
-        if !self.write_register_attrs(w) {
-            self.write_action_attrs(w);
-        }
-        w.nest_end(d);
-        w.nest_end(elem);
-    }
-
-    /// The attributes of the expressions that load, compare or change registers (payload,
-    /// meta, ct, fib, numgen, cmp, bitwise, byteorder); false for the others.
-    fn write_register_attrs(&self, w: &mut Writer) -> bool {
-        match self {
-            Expr::Payload {
-                dreg,
-                base,
-                offset,
-                len,
-            } => {
-                w.u32_be(NFTA_PAYLOAD_DREG, *dreg);
-                w.u32_be(NFTA_PAYLOAD_BASE, *base);
-                w.u32_be(NFTA_PAYLOAD_OFFSET, *offset);
-                w.u32_be(NFTA_PAYLOAD_LEN, *len);
-            }
-            Expr::Meta { key, dreg } => {
-                w.u32_be(NFTA_META_KEY, *key);
-                w.u32_be(NFTA_META_DREG, *dreg);
-            }
-            Expr::MetaSet { key, sreg } => {
-                w.u32_be(NFTA_META_KEY, *key);
-                w.u32_be(NFTA_META_SREG, *sreg);
-            }
-            Expr::Ct { key, dreg, dir } => {
-                w.u32_be(NFTA_CT_KEY, *key);
-                w.u32_be(NFTA_CT_DREG, *dreg);
-                if let Some(d) = dir {
-                    w.u8(NFTA_CT_DIRECTION, *d);
-                }
-            }
-            Expr::Fib {
-                flags,
-                result,
-                dreg,
-            } => {
-                w.u32_be(NFTA_FIB_FLAGS, *flags);
-                w.u32_be(NFTA_FIB_RESULT, *result);
-                w.u32_be(NFTA_FIB_DREG, *dreg);
-            }
-            Expr::Numgen {
-                dreg,
-                modulus,
-                ty,
-                offset,
-            } => {
-                w.u32_be(NFTA_NG_DREG, *dreg);
-                w.u32_be(NFTA_NG_MODULUS, *modulus);
-                w.u32_be(NFTA_NG_TYPE, *ty);
-                w.u32_be(NFTA_NG_OFFSET, *offset);
-            }
-            Expr::Cmp { sreg, op, data } => {
-                w.u32_be(NFTA_CMP_SREG, *sreg);
-                w.u32_be(NFTA_CMP_OP, *op);
-                w.data_value(NFTA_CMP_DATA, data);
-            }
-            Expr::Bitwise {
-                sreg,
-                dreg,
-                len,
-                mask,
-                xor,
-                op: _,
-            } => {
-                w.u32_be(NFTA_BITWISE_SREG, *sreg);
-                w.u32_be(NFTA_BITWISE_DREG, *dreg);
-                w.u32_be(NFTA_BITWISE_LEN, *len);
-                w.data_value(NFTA_BITWISE_MASK, mask);
-                w.data_value(NFTA_BITWISE_XOR, xor);
-            }
-            Expr::Byteorder {
-                sreg,
-                dreg,
-                op,
-                len,
-                size,
-            } => {
-                w.u32_be(NFTA_BYTEORDER_SREG, *sreg);
-                w.u32_be(NFTA_BYTEORDER_DREG, *dreg);
-                w.u32_be(NFTA_BYTEORDER_OP, *op);
-                w.u32_be(NFTA_BYTEORDER_LEN, *len);
-                w.u32_be(NFTA_BYTEORDER_SIZE, *size);
-            }
-            _ => return false,
-        }
-        true
-    }
-
-    /// The attributes of the other expressions (lookup, dynset, immediate, nat, masq,
-    /// reject; nothing for one kproxy does not know).
-    fn write_action_attrs(&self, w: &mut Writer) {
-        match self {
-            Expr::Lookup {
-                sreg,
-                dreg,
-                set,
-                set_id,
-                flags,
-            } => {
-                w.u32_be(NFTA_LOOKUP_SREG, *sreg);
-                if let Some(d) = dreg {
-                    w.u32_be(NFTA_LOOKUP_DREG, *d);
-                }
-                w.str(NFTA_LOOKUP_SET, set);
-                if let Some(id) = set_id {
-                    w.u32_be(NFTA_LOOKUP_SET_ID, *id);
-                }
-                if *flags != 0 {
-                    w.u32_be(NFTA_LOOKUP_FLAGS, *flags);
-                }
-            }
-            Expr::Dynset {
-                sreg_key,
-                op,
-                set,
-                set_id,
-                timeout,
-                sreg_data,
-                extra: _,
-            } => {
-                w.u32_be(NFTA_DYNSET_SREG_KEY, *sreg_key);
-                if let Some(d) = sreg_data {
-                    w.u32_be(NFTA_DYNSET_SREG_DATA, *d);
-                }
-                w.u32_be(NFTA_DYNSET_OP, *op);
-                w.str(NFTA_DYNSET_SET_NAME, set);
-                if let Some(id) = set_id {
-                    w.u32_be(NFTA_DYNSET_SET_ID, *id);
-                }
-                if *timeout != 0 {
-                    w.u64_be(NFTA_DYNSET_TIMEOUT, *timeout);
-                }
-            }
-            Expr::Immediate { dreg, data } => {
-                w.u32_be(NFTA_IMMEDIATE_DREG, *dreg);
-                write_data(w, NFTA_IMMEDIATE_DATA, data);
-            }
-            Expr::Nat {
-                ty,
-                family,
-                addr_min,
-                addr_max,
-                proto_min,
-                proto_max,
-                flags,
-            } => {
-                w.u32_be(NFTA_NAT_TYPE, *ty);
-                w.u32_be(NFTA_NAT_FAMILY, *family);
-                for (a, v) in [
-                    (NFTA_NAT_REG_ADDR_MIN, addr_min),
-                    (NFTA_NAT_REG_ADDR_MAX, addr_max),
-                    (NFTA_NAT_REG_PROTO_MIN, proto_min),
-                    (NFTA_NAT_REG_PROTO_MAX, proto_max),
-                ] {
-                    if let Some(r) = v {
-                        w.u32_be(a, *r);
-                    }
-                }
-                if *flags != 0 {
-                    w.u32_be(NFTA_NAT_FLAGS, *flags);
-                }
-            }
-            Expr::Masq { flags, proto_min } => {
-                if *flags != 0 {
-                    w.u32_be(NFTA_MASQ_FLAGS, *flags);
-                }
-                if let Some(r) = proto_min {
-                    w.u32_be(NFTA_MASQ_REG_PROTO_MIN, *r);
-                }
-            }
-            Expr::Reject { ty, code } => {
-                w.u32_be(NFTA_REJECT_TYPE, *ty);
-                w.u8(NFTA_REJECT_ICMP_CODE, *code);
-            }
-            _ => {}
-        }
-    }
-
-    /// Parses one `NFTA_LIST_ELEM` of a rule's expression list.
-    pub fn parse(elem: Attrs<'_>) -> Expr {
-        let name = elem.str(c::NFTA_EXPR_NAME).unwrap_or_default();
-        let d = elem.nest(c::NFTA_EXPR_DATA).unwrap_or(Attrs::new(&[]));
-        let u = |t: u16| d.u32_be(t).unwrap_or(0);
-        let o = |t: u16| d.u32_be(t);
-        match name.as_str() {
-            "payload" if d.get(NFTA_PAYLOAD_SREG).is_none() => Expr::Payload {
-                dreg: u(NFTA_PAYLOAD_DREG),
-                base: u(NFTA_PAYLOAD_BASE),
-                offset: u(NFTA_PAYLOAD_OFFSET),
-                len: u(NFTA_PAYLOAD_LEN),
-            },
-            "meta" => match (o(NFTA_META_DREG), o(NFTA_META_SREG)) {
-                (Some(dreg), None) => Expr::Meta {
-                    key: u(NFTA_META_KEY),
-                    dreg,
-                },
-                (None, Some(sreg)) => Expr::MetaSet {
-                    key: u(NFTA_META_KEY),
-                    sreg,
-                },
-                _ => Expr::Other { name },
-            },
-            "ct" if d.get(NFTA_CT_SREG).is_none() => Expr::Ct {
-                key: u(NFTA_CT_KEY),
-                dreg: u(NFTA_CT_DREG),
-                dir: d.get(NFTA_CT_DIRECTION).and_then(|v| v.first().copied()),
-            },
-            "fib" => Expr::Fib {
-                flags: u(NFTA_FIB_FLAGS),
-                result: u(NFTA_FIB_RESULT),
-                dreg: u(NFTA_FIB_DREG),
-            },
-            "numgen" => Expr::Numgen {
-                dreg: u(NFTA_NG_DREG),
-                modulus: u(NFTA_NG_MODULUS),
-                ty: u(NFTA_NG_TYPE),
-                offset: u(NFTA_NG_OFFSET),
-            },
-            "cmp" => Expr::Cmp {
-                sreg: u(NFTA_CMP_SREG),
-                op: u(NFTA_CMP_OP),
-                data: d.data_value(NFTA_CMP_DATA).unwrap_or(&[]).to_vec(),
-            },
-            "bitwise" => Expr::Bitwise {
-                sreg: u(NFTA_BITWISE_SREG),
-                dreg: u(NFTA_BITWISE_DREG),
-                len: u(NFTA_BITWISE_LEN),
-                mask: d.data_value(NFTA_BITWISE_MASK).unwrap_or(&[]).to_vec(),
-                xor: d.data_value(NFTA_BITWISE_XOR).unwrap_or(&[]).to_vec(),
-                op: u(NFTA_BITWISE_OP),
-            },
-            "byteorder" => Expr::Byteorder {
-                sreg: u(NFTA_BYTEORDER_SREG),
-                dreg: u(NFTA_BYTEORDER_DREG),
-                op: u(NFTA_BYTEORDER_OP),
-                len: u(NFTA_BYTEORDER_LEN),
-                size: u(NFTA_BYTEORDER_SIZE),
-            },
-            "lookup" => Expr::Lookup {
-                sreg: u(NFTA_LOOKUP_SREG),
-                dreg: o(NFTA_LOOKUP_DREG),
-                set: d.str(NFTA_LOOKUP_SET).unwrap_or_default(),
-                set_id: o(NFTA_LOOKUP_SET_ID),
-                flags: u(NFTA_LOOKUP_FLAGS),
-            },
-            "dynset" => Expr::Dynset {
-                sreg_key: u(NFTA_DYNSET_SREG_KEY),
-                op: u(NFTA_DYNSET_OP),
-                set: d.str(NFTA_DYNSET_SET_NAME).unwrap_or_default(),
-                set_id: o(NFTA_DYNSET_SET_ID),
-                timeout: d.u64_be(NFTA_DYNSET_TIMEOUT).unwrap_or(0),
-                sreg_data: o(NFTA_DYNSET_SREG_DATA),
-                extra: d.get(NFTA_DYNSET_EXPR).is_some()
-                    || d.get(NFTA_DYNSET_EXPRESSIONS).is_some(),
-            },
-            "immediate" => match d.nest(NFTA_IMMEDIATE_DATA).and_then(parse_data) {
-                Some(data) => Expr::Immediate {
-                    dreg: u(NFTA_IMMEDIATE_DREG),
-                    data,
-                },
-                None => Expr::Other { name },
-            },
-            "nat" => Expr::Nat {
-                ty: u(NFTA_NAT_TYPE),
-                family: u(NFTA_NAT_FAMILY),
-                addr_min: o(NFTA_NAT_REG_ADDR_MIN),
-                addr_max: o(NFTA_NAT_REG_ADDR_MAX),
-                proto_min: o(NFTA_NAT_REG_PROTO_MIN),
-                proto_max: o(NFTA_NAT_REG_PROTO_MAX),
-                flags: u(NFTA_NAT_FLAGS),
-            },
-            "masq" => Expr::Masq {
-                flags: u(NFTA_MASQ_FLAGS),
-                proto_min: o(NFTA_MASQ_REG_PROTO_MIN),
-            },
-            "reject" => Expr::Reject {
-                ty: u(NFTA_REJECT_TYPE),
-                code: d
-                    .get(NFTA_REJECT_ICMP_CODE)
-                    .and_then(|v| v.first().copied())
-                    .unwrap_or(0),
-            },
-            _ => Expr::Other { name },
-        }
-    }
-}
-
-/// Writes `NFTA_DATA_VALUE` or `NFTA_DATA_VERDICT` inside a nest of type `ty`.
-pub fn write_data(w: &mut Writer, ty: u16, data: &ImmData) {
-    let n = w.nest_begin(ty);
-    match data {
-        ImmData::Value(v) => w.attr(c::NFTA_DATA_VALUE, v),
-        ImmData::Verdict { code, chain } => {
-            let v = w.nest_begin(c::NFTA_DATA_VERDICT);
-            w.u32_be(c::NFTA_VERDICT_CODE, *code as u32);
-            if let Some(ch) = chain {
-                w.str(c::NFTA_VERDICT_CHAIN, ch);
-            }
-            w.nest_end(v);
-        }
-    }
-    w.nest_end(n);
-}
-
-/// Parses the inside of an `nft_data` nest.
-pub fn parse_data(a: Attrs<'_>) -> Option<ImmData> {
-    if let Some(v) = a.get(c::NFTA_DATA_VALUE) {
-        return Some(ImmData::Value(v.to_vec()));
-    }
-    let v = a.nest(c::NFTA_DATA_VERDICT)?;
-    Some(ImmData::Verdict {
-        code: v.u32_be(c::NFTA_VERDICT_CODE)? as i32,
-        chain: v.get(c::NFTA_VERDICT_CHAIN).map(cstr),
-    })
 }
 
 fn hex(d: &[u8]) -> String {
@@ -725,6 +339,307 @@ impl Expr {
             Expr::Reject { ty, code } => write!(f, "[ reject type {ty} code {code} ]"),
             // `Other` (the register expressions are written by `fmt_register`).
             _ => write!(f, "[ {} ]", self.name()),
+        }
+    }
+}
+
+impl Expr {
+    /// This expression as a libnftnl expression object (the encoder adds it to a rule).
+    pub fn to_nftnl(&self) -> Result<lnl::Expr, String> {
+        let mut e = lnl::Expr::new(self.name())
+            .ok_or_else(|| format!("libnftnl does not know expression {}", self.name()))?;
+        self.set_attrs(&mut e)
+            .map_err(|err| format!("{self}: {err}"))?;
+        Ok(e)
+    }
+
+    fn set_attrs(&self, e: &mut lnl::Expr) -> Result<(), lnl::Error> {
+        match self {
+            Expr::Payload {
+                dreg,
+                base,
+                offset,
+                len,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_PAYLOAD_DREG, *dreg)?;
+                e.set_u32(nl::NFTNL_EXPR_PAYLOAD_BASE, *base)?;
+                e.set_u32(nl::NFTNL_EXPR_PAYLOAD_OFFSET, *offset)?;
+                e.set_u32(nl::NFTNL_EXPR_PAYLOAD_LEN, *len)?;
+            }
+            Expr::Meta { key, dreg } => {
+                e.set_u32(nl::NFTNL_EXPR_META_KEY, *key)?;
+                e.set_u32(nl::NFTNL_EXPR_META_DREG, *dreg)?;
+            }
+            Expr::MetaSet { key, sreg } => {
+                e.set_u32(nl::NFTNL_EXPR_META_KEY, *key)?;
+                e.set_u32(nl::NFTNL_EXPR_META_SREG, *sreg)?;
+            }
+            Expr::Ct { key, dreg, dir } => {
+                e.set_u32(nl::NFTNL_EXPR_CT_KEY, *key)?;
+                e.set_u32(nl::NFTNL_EXPR_CT_DREG, *dreg)?;
+                if let Some(d) = dir {
+                    e.set_u8(nl::NFTNL_EXPR_CT_DIR, *d)?;
+                }
+            }
+            Expr::Fib {
+                flags,
+                result,
+                dreg,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_FIB_FLAGS, *flags)?;
+                e.set_u32(nl::NFTNL_EXPR_FIB_RESULT, *result)?;
+                e.set_u32(nl::NFTNL_EXPR_FIB_DREG, *dreg)?;
+            }
+            Expr::Numgen {
+                dreg,
+                modulus,
+                ty,
+                offset,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_NG_DREG, *dreg)?;
+                e.set_u32(nl::NFTNL_EXPR_NG_MODULUS, *modulus)?;
+                e.set_u32(nl::NFTNL_EXPR_NG_TYPE, *ty)?;
+                e.set_u32(nl::NFTNL_EXPR_NG_OFFSET, *offset)?;
+            }
+            Expr::Cmp { sreg, op, data } => {
+                e.set_u32(nl::NFTNL_EXPR_CMP_SREG, *sreg)?;
+                e.set_u32(nl::NFTNL_EXPR_CMP_OP, *op)?;
+                e.set_bytes(nl::NFTNL_EXPR_CMP_DATA, data)?;
+            }
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                len,
+                mask,
+                xor,
+                op: _,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_BITWISE_SREG, *sreg)?;
+                e.set_u32(nl::NFTNL_EXPR_BITWISE_DREG, *dreg)?;
+                e.set_u32(nl::NFTNL_EXPR_BITWISE_LEN, *len)?;
+                e.set_bytes(nl::NFTNL_EXPR_BITWISE_MASK, mask)?;
+                e.set_bytes(nl::NFTNL_EXPR_BITWISE_XOR, xor)?;
+            }
+            Expr::Byteorder {
+                sreg,
+                dreg,
+                op,
+                len,
+                size,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_BYTEORDER_SREG, *sreg)?;
+                e.set_u32(nl::NFTNL_EXPR_BYTEORDER_DREG, *dreg)?;
+                e.set_u32(nl::NFTNL_EXPR_BYTEORDER_OP, *op)?;
+                e.set_u32(nl::NFTNL_EXPR_BYTEORDER_LEN, *len)?;
+                e.set_u32(nl::NFTNL_EXPR_BYTEORDER_SIZE, *size)?;
+            }
+            Expr::Lookup {
+                sreg,
+                dreg,
+                set,
+                set_id,
+                flags,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_LOOKUP_SREG, *sreg)?;
+                if let Some(d) = dreg {
+                    e.set_u32(nl::NFTNL_EXPR_LOOKUP_DREG, *d)?;
+                }
+                e.set_str(nl::NFTNL_EXPR_LOOKUP_SET, set)?;
+                if let Some(id) = set_id {
+                    e.set_u32(nl::NFTNL_EXPR_LOOKUP_SET_ID, *id)?;
+                }
+                if *flags != 0 {
+                    e.set_u32(nl::NFTNL_EXPR_LOOKUP_FLAGS, *flags)?;
+                }
+            }
+            Expr::Dynset {
+                sreg_key,
+                op,
+                set,
+                set_id,
+                timeout,
+                sreg_data,
+                extra: _,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_DYNSET_SREG_KEY, *sreg_key)?;
+                if let Some(d) = sreg_data {
+                    e.set_u32(nl::NFTNL_EXPR_DYNSET_SREG_DATA, *d)?;
+                }
+                e.set_u32(nl::NFTNL_EXPR_DYNSET_OP, *op)?;
+                e.set_str(nl::NFTNL_EXPR_DYNSET_SET_NAME, set)?;
+                if let Some(id) = set_id {
+                    e.set_u32(nl::NFTNL_EXPR_DYNSET_SET_ID, *id)?;
+                }
+                if *timeout != 0 {
+                    e.set_u64(nl::NFTNL_EXPR_DYNSET_TIMEOUT, *timeout)?;
+                }
+            }
+            Expr::Immediate { dreg, data } => {
+                e.set_u32(nl::NFTNL_EXPR_IMM_DREG, *dreg)?;
+                match data {
+                    ImmData::Value(v) => e.set_bytes(nl::NFTNL_EXPR_IMM_DATA, v)?,
+                    ImmData::Verdict { code, chain } => {
+                        e.set_u32(nl::NFTNL_EXPR_IMM_VERDICT, *code as u32)?;
+                        if let Some(ch) = chain {
+                            e.set_str(nl::NFTNL_EXPR_IMM_CHAIN, ch)?;
+                        }
+                    }
+                }
+            }
+            Expr::Nat {
+                ty,
+                family,
+                addr_min,
+                addr_max,
+                proto_min,
+                proto_max,
+                flags,
+            } => {
+                e.set_u32(nl::NFTNL_EXPR_NAT_TYPE, *ty)?;
+                e.set_u32(nl::NFTNL_EXPR_NAT_FAMILY, *family)?;
+                for (a, v) in [
+                    (nl::NFTNL_EXPR_NAT_REG_ADDR_MIN, addr_min),
+                    (nl::NFTNL_EXPR_NAT_REG_ADDR_MAX, addr_max),
+                    (nl::NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_min),
+                    (nl::NFTNL_EXPR_NAT_REG_PROTO_MAX, proto_max),
+                ] {
+                    if let Some(r) = v {
+                        e.set_u32(a, *r)?;
+                    }
+                }
+                if *flags != 0 {
+                    e.set_u32(nl::NFTNL_EXPR_NAT_FLAGS, *flags)?;
+                }
+            }
+            Expr::Masq { flags, proto_min } => {
+                if *flags != 0 {
+                    e.set_u32(nl::NFTNL_EXPR_MASQ_FLAGS, *flags)?;
+                }
+                if let Some(r) = proto_min {
+                    e.set_u32(nl::NFTNL_EXPR_MASQ_REG_PROTO_MIN, *r)?;
+                }
+            }
+            Expr::Reject { ty, code } => {
+                e.set_u32(nl::NFTNL_EXPR_REJECT_TYPE, *ty)?;
+                e.set_u8(nl::NFTNL_EXPR_REJECT_CODE, *code)?;
+            }
+            Expr::Other { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// An expression libnftnl parsed from a kernel message.
+    pub fn from_nftnl(e: &lnl::ExprRef<'_>) -> Expr {
+        let name = e.name();
+        let u = |a: u32| e.u32(a).unwrap_or(0);
+        let o = |a: u32| e.u32(a);
+        let bytes = |a: u32| e.bytes(a).unwrap_or(&[]).to_vec();
+        match name.as_str() {
+            "payload" if !e.is_set(nl::NFTNL_EXPR_PAYLOAD_SREG) => Expr::Payload {
+                dreg: u(nl::NFTNL_EXPR_PAYLOAD_DREG),
+                base: u(nl::NFTNL_EXPR_PAYLOAD_BASE),
+                offset: u(nl::NFTNL_EXPR_PAYLOAD_OFFSET),
+                len: u(nl::NFTNL_EXPR_PAYLOAD_LEN),
+            },
+            "meta" => match (o(nl::NFTNL_EXPR_META_DREG), o(nl::NFTNL_EXPR_META_SREG)) {
+                (Some(dreg), None) => Expr::Meta {
+                    key: u(nl::NFTNL_EXPR_META_KEY),
+                    dreg,
+                },
+                (None, Some(sreg)) => Expr::MetaSet {
+                    key: u(nl::NFTNL_EXPR_META_KEY),
+                    sreg,
+                },
+                _ => Expr::Other { name },
+            },
+            "ct" if !e.is_set(nl::NFTNL_EXPR_CT_SREG) => Expr::Ct {
+                key: u(nl::NFTNL_EXPR_CT_KEY),
+                dreg: u(nl::NFTNL_EXPR_CT_DREG),
+                dir: e.u8(nl::NFTNL_EXPR_CT_DIR),
+            },
+            "fib" => Expr::Fib {
+                flags: u(nl::NFTNL_EXPR_FIB_FLAGS),
+                result: u(nl::NFTNL_EXPR_FIB_RESULT),
+                dreg: u(nl::NFTNL_EXPR_FIB_DREG),
+            },
+            "numgen" => Expr::Numgen {
+                dreg: u(nl::NFTNL_EXPR_NG_DREG),
+                modulus: u(nl::NFTNL_EXPR_NG_MODULUS),
+                ty: u(nl::NFTNL_EXPR_NG_TYPE),
+                offset: u(nl::NFTNL_EXPR_NG_OFFSET),
+            },
+            "cmp" => Expr::Cmp {
+                sreg: u(nl::NFTNL_EXPR_CMP_SREG),
+                op: u(nl::NFTNL_EXPR_CMP_OP),
+                data: bytes(nl::NFTNL_EXPR_CMP_DATA),
+            },
+            "bitwise" => Expr::Bitwise {
+                sreg: u(nl::NFTNL_EXPR_BITWISE_SREG),
+                dreg: u(nl::NFTNL_EXPR_BITWISE_DREG),
+                len: u(nl::NFTNL_EXPR_BITWISE_LEN),
+                mask: bytes(nl::NFTNL_EXPR_BITWISE_MASK),
+                xor: bytes(nl::NFTNL_EXPR_BITWISE_XOR),
+                op: u(nl::NFTNL_EXPR_BITWISE_OP),
+            },
+            "byteorder" => Expr::Byteorder {
+                sreg: u(nl::NFTNL_EXPR_BYTEORDER_SREG),
+                dreg: u(nl::NFTNL_EXPR_BYTEORDER_DREG),
+                op: u(nl::NFTNL_EXPR_BYTEORDER_OP),
+                len: u(nl::NFTNL_EXPR_BYTEORDER_LEN),
+                size: u(nl::NFTNL_EXPR_BYTEORDER_SIZE),
+            },
+            "lookup" => Expr::Lookup {
+                sreg: u(nl::NFTNL_EXPR_LOOKUP_SREG),
+                dreg: o(nl::NFTNL_EXPR_LOOKUP_DREG),
+                set: e.str(nl::NFTNL_EXPR_LOOKUP_SET).unwrap_or_default(),
+                set_id: o(nl::NFTNL_EXPR_LOOKUP_SET_ID),
+                flags: u(nl::NFTNL_EXPR_LOOKUP_FLAGS),
+            },
+            "dynset" => Expr::Dynset {
+                sreg_key: u(nl::NFTNL_EXPR_DYNSET_SREG_KEY),
+                op: u(nl::NFTNL_EXPR_DYNSET_OP),
+                set: e.str(nl::NFTNL_EXPR_DYNSET_SET_NAME).unwrap_or_default(),
+                set_id: o(nl::NFTNL_EXPR_DYNSET_SET_ID),
+                timeout: e.u64(nl::NFTNL_EXPR_DYNSET_TIMEOUT).unwrap_or(0),
+                sreg_data: o(nl::NFTNL_EXPR_DYNSET_SREG_DATA),
+                extra: e.is_set(nl::NFTNL_EXPR_DYNSET_EXPR)
+                    || e.is_set(nl::NFTNL_EXPR_DYNSET_EXPRESSIONS),
+            },
+            "immediate" => {
+                let data = if let Some(v) = e.bytes(nl::NFTNL_EXPR_IMM_DATA) {
+                    Some(ImmData::Value(v.to_vec()))
+                } else {
+                    o(nl::NFTNL_EXPR_IMM_VERDICT).map(|code| ImmData::Verdict {
+                        code: code as i32,
+                        chain: e.str(nl::NFTNL_EXPR_IMM_CHAIN),
+                    })
+                };
+                match data {
+                    Some(data) => Expr::Immediate {
+                        dreg: u(nl::NFTNL_EXPR_IMM_DREG),
+                        data,
+                    },
+                    None => Expr::Other { name },
+                }
+            }
+            "nat" => Expr::Nat {
+                ty: u(nl::NFTNL_EXPR_NAT_TYPE),
+                family: u(nl::NFTNL_EXPR_NAT_FAMILY),
+                addr_min: o(nl::NFTNL_EXPR_NAT_REG_ADDR_MIN),
+                addr_max: o(nl::NFTNL_EXPR_NAT_REG_ADDR_MAX),
+                proto_min: o(nl::NFTNL_EXPR_NAT_REG_PROTO_MIN),
+                proto_max: o(nl::NFTNL_EXPR_NAT_REG_PROTO_MAX),
+                flags: u(nl::NFTNL_EXPR_NAT_FLAGS),
+            },
+            "masq" => Expr::Masq {
+                flags: u(nl::NFTNL_EXPR_MASQ_FLAGS),
+                proto_min: o(nl::NFTNL_EXPR_MASQ_REG_PROTO_MIN),
+            },
+            "reject" => Expr::Reject {
+                ty: u(nl::NFTNL_EXPR_REJECT_TYPE),
+                code: e.u8(nl::NFTNL_EXPR_REJECT_CODE).unwrap_or(0),
+            },
+            _ => Expr::Other { name },
         }
     }
 }

@@ -48,6 +48,7 @@
 mod decode;
 mod encode;
 mod expr;
+mod libnftnl;
 mod monitor;
 mod nf_tables;
 mod rule;
@@ -170,23 +171,28 @@ fn describe_failure(
     let msg = batch.encoded_message(seq);
     let detail = match (op, msg) {
         (Op::AddRule { table, .. }, Some(m)) => {
-            let (_, rule) = decode::rule(&m, table.family);
+            let (_, _, rule) = decode::rule(&m, table.family);
             Some(crate::nft::text::rule(table.family, &rule))
         }
         (Op::AddElements { table, set, .. } | Op::DeleteElements { table, set, .. }, Some(m)) => {
             element.and_then(|i| {
-                let at = batch.element_offset(m.seq, i)? as usize;
+                let entry = batch.element_entry(m.seq, i)? as usize;
                 let shape =
                     declared_shape(tx, table, set).or_else(|| catalog.get(table, set).cloned())?;
-                let (_, attr) =
-                    wire::Attrs::new(m.payload.get(at.checked_sub(c::NLMSG_HDRLEN)?..)?).next()?;
+                let mut raw = Vec::new();
+                decode::raw_elements(&m, &mut raw);
+                // The element's entry, and its interval end if it has one.
+                let mut own: Vec<decode::RawElem> =
+                    raw.into_iter().skip(entry - 1).take(2).collect();
+                if own
+                    .get(1)
+                    .is_none_or(|e| e.flags & c::NFT_SET_ELEM_INTERVAL_END == 0)
+                {
+                    own.truncate(1);
+                }
                 let mut decl = crate::nft::Set::new(set.clone(), shape.key, shape.data);
                 decl.flags.interval = shape.interval;
-                let e = decode::fold_elements(
-                    &decl,
-                    vec![decode::raw_element(attr)],
-                    &mut decode::Comments::default(),
-                );
+                let e = decode::fold_elements(&decl, own, &mut decode::Comments::default());
                 e.first().map(|e| match op {
                     Op::DeleteElements { .. } => crate::nft::text::values(&e.key),
                     _ => crate::nft::text::element(e),
@@ -547,10 +553,10 @@ impl NetlinkBackend {
             |m| {
                 if m.ty == msg_type(c::NFT_MSG_NEWRULE) && m.family() == fam {
                     // Older kernels ignore the filters: applied here.
-                    if m.attrs().str(c::NFTA_RULE_TABLE).as_deref() != Some(name.as_str()) {
+                    let (t, chain, rule) = decode::rule(m, family);
+                    if t != name {
                         return;
                     }
-                    let (chain, rule) = decode::rule(m, family);
                     if only.is_some_and(|o| o != chain) {
                         return;
                     }

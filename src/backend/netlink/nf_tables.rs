@@ -1,13 +1,10 @@
-//! nf_tables' side of the wire: its message types and attributes (from
-//! `linux/netfilter/nf_tables.h`) and nft's userdata TLVs (libnftnl `udata.h`), which
-//! carry comments and `typeof` declarations inside the `NFTA_*_USERDATA` attributes.
+//! nf_tables' numbers: message types, the attributes kproxy's requests and the
+//! notification reader name (from `linux/netfilter/nf_tables.h`), set flags, verdict
+//! codes, and the types of nft's userdata TLVs (libnftnl `udata.h`) that carry comments
+//! and `typeof` declarations. libnftnl writes and parses the objects themselves
+//! ([`super::libnftnl`]).
 //!
-//! Owns: what only the nftables backend needs of the message layer. The framing shared
-//! with ctnetlink (headers, attributes, nests) is [`crate::netlink::wire`].
-//!
-//! Must not: send or parse whole messages (that is the encoder and decoder).
-
-use crate::netlink::wire::{Attrs, Writer};
+//! Must not: encode or parse anything.
 
 /// nf_tables constants; the netlink and nfnetlink constants of
 /// [`crate::netlink::wire::c`] are brought in so that encoder and decoder name every
@@ -138,102 +135,4 @@ pub mod c {
     pub const UDATA_SET_COMMENT: u8 = 7;
     pub const UDATA_TYPEOF_EXPR: u8 = 0;
     pub const UDATA_TYPEOF_DATA: u8 = 1;
-}
-
-/// Writing nf_tables' data attributes (`NFTA_DATA_VALUE` inside a nest).
-pub trait PutData {
-    /// `NFTA_DATA_VALUE` inside a nest of type `ty`.
-    fn data_value(&mut self, ty: u16, value: &[u8]);
-}
-
-impl PutData for Writer {
-    fn data_value(&mut self, ty: u16, value: &[u8]) {
-        let n = self.nest_begin(ty);
-        self.attr(c::NFTA_DATA_VALUE, value);
-        self.nest_end(n);
-    }
-}
-
-/// Reading nf_tables' data attributes.
-pub trait GetData<'a> {
-    /// `NFTA_DATA_VALUE` bytes inside the nest `ty`.
-    fn data_value(&self, ty: u16) -> Option<&'a [u8]>;
-}
-
-impl<'a> GetData<'a> for Attrs<'a> {
-    fn data_value(&self, ty: u16) -> Option<&'a [u8]> {
-        self.nest(ty).and_then(|n| n.get(c::NFTA_DATA_VALUE))
-    }
-}
-
-/// nft's userdata: a sequence of `{type: u8, len: u8, value[len]}`.
-pub struct Udata {
-    pub buf: Vec<u8>,
-}
-
-impl Udata {
-    pub fn new() -> Udata {
-        Udata { buf: Vec::new() }
-    }
-    pub fn put(&mut self, ty: u8, value: &[u8]) {
-        self.buf.push(ty);
-        self.buf.push(value.len() as u8);
-        self.buf.extend_from_slice(value);
-    }
-    /// A NUL-terminated string.
-    pub fn put_strz(&mut self, ty: u8, s: &str) {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.put(ty, &v);
-    }
-    /// Host-endian u32, as libnftnl writes it.
-    pub fn put_u32(&mut self, ty: u8, v: u32) {
-        self.put(ty, &v.to_ne_bytes());
-    }
-    pub fn nest(&mut self, ty: u8, inner: &Udata) {
-        self.put(ty, &inner.buf);
-    }
-}
-
-/// Parses nft userdata TLVs (stops at the first truncated one).
-pub fn udata_iter(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 2 > buf.len() {
-            return None;
-        }
-        let ty = buf[off];
-        let len = buf[off + 1] as usize;
-        if off + 2 + len > buf.len() {
-            return None;
-        }
-        let v = &buf[off + 2..off + 2 + len];
-        off += 2 + len;
-        Some((ty, v))
-    })
-}
-
-/// The first userdata TLV of this type.
-pub fn udata_get(buf: &[u8], ty: u8) -> Option<&[u8]> {
-    udata_iter(buf).find(|(t, _)| *t == ty).map(|(_, v)| v)
-}
-
-pub fn udata_u32(buf: &[u8], ty: u8) -> Option<u32> {
-    udata_get(buf, ty)
-        .and_then(|v| v.get(..4))
-        .map(|v| u32::from_ne_bytes(v.try_into().unwrap()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn udata_roundtrip() {
-        let mut u = Udata::new();
-        u.put_strz(0, "hi");
-        u.put_u32(1, 5);
-        assert_eq!(udata_get(&u.buf, 0), Some(&b"hi\0"[..]));
-        assert_eq!(udata_u32(&u.buf, 1), Some(5));
-    }
 }

@@ -472,7 +472,7 @@ fn rules_roundtrip_through_bytes() {
         let bytes = encode(&tx).unwrap().to_vec();
         let got: Vec<Rule> = messages(&bytes)
             .filter(|m| m.ty == (10 << 8) | c::NFT_MSG_NEWRULE)
-            .map(|m| decode::rule(&m, family).1)
+            .map(|m| decode::rule(&m, family).2)
             .collect();
         assert_eq!(got.len(), rules.len());
         for (g, r) in got.iter().zip(&rules) {

@@ -2,11 +2,10 @@
 //! layouts, `typeof` userdata, and each element as nft writes it (interval sets as start
 //! and end elements, concatenated intervals with a key end).
 //!
-//! Owns: the bytes of one set declaration or element. Must not: build messages (that is
-//! [`super`]).
+//! Owns: the libnftnl objects of one set declaration or element. Must not: build messages
+//! (that is [`super`]).
 
 use super::*;
-use crate::netlink::wire::align4;
 use crate::nft::PICK_SPACE;
 
 // nft's datatype numbers (`enum datatypes` in nftables' datatype.h).
@@ -42,7 +41,7 @@ pub fn key_len(parts: &[DataType]) -> usize {
     if parts.len() == 1 {
         parts[0].byte_len()
     } else {
-        parts.iter().map(|t| align4(t.byte_len())).sum()
+        parts.iter().map(|t| t.byte_len().next_multiple_of(4)).sum()
     }
 }
 
@@ -68,7 +67,7 @@ const PROTO_DESC_IP6: u32 = 13;
 
 /// `typeof` userdata of one expression: `{0: expr type, 1: {expression fields}}`.
 fn typeof_part(t: DataType) -> Result<Udata, String> {
-    let mut inner = Udata::new();
+    let mut inner = Tlv::new();
     let etype = match t {
         DataType::Ipv4Addr => {
             inner.put_u32(0, PROTO_DESC_IP);
@@ -101,10 +100,10 @@ fn typeof_part(t: DataType) -> Result<Udata, String> {
         }
         DataType::Verdict => return Err("nft cannot declare a verdict with typeof".into()),
     };
-    let mut u = Udata::new();
+    let mut u = Tlv::new();
     u.put_u32(c::UDATA_TYPEOF_EXPR, etype);
-    u.nest(c::UDATA_TYPEOF_DATA, &inner);
-    Ok(u)
+    u.nest(c::UDATA_TYPEOF_DATA, &inner.done()?);
+    u.done()
 }
 
 /// `typeof` userdata of a key or data; `None` parts of a `type` concatenation give the
@@ -114,30 +113,65 @@ fn typeof_udata(parts: &[DataType], use_typeof: bool) -> Result<Option<Udata>, S
         if parts.len() == 1 {
             return typeof_part(parts[0]).map(Some);
         }
-        let mut list = Udata::new();
+        let mut list = Tlv::new();
         for (i, t) in parts.iter().enumerate() {
             list.nest(i as u8, &typeof_part(*t)?);
         }
-        let mut u = Udata::new();
+        let mut u = Tlv::new();
         u.put_u32(c::UDATA_TYPEOF_EXPR, EXPR_CONCAT);
-        u.nest(c::UDATA_TYPEOF_DATA, &list);
-        return Ok(Some(u));
+        u.nest(c::UDATA_TYPEOF_DATA, &list.done()?);
+        return u.done().map(Some);
     }
     if parts.len() > 1 {
-        let mut u = Udata::new();
+        let mut u = Tlv::new();
         u.put_u32(c::UDATA_TYPEOF_EXPR, EXPR_CONCAT);
         u.nest(c::UDATA_TYPEOF_DATA, &Udata::new());
-        return Ok(Some(u));
+        return u.done().map(Some);
     }
     Ok(None)
 }
 
-pub(super) fn write_set(
-    w: &mut Writer,
-    table: &TableRef,
-    set: &Set,
-    id: u32,
-) -> Result<(), String> {
+/// A [`Udata`] built with the first error kept (userdata TLVs only fail when they
+/// overflow nft's 256 bytes).
+struct Tlv {
+    u: Udata,
+    err: Option<nl::Error>,
+}
+
+impl Tlv {
+    fn new() -> Tlv {
+        Tlv {
+            u: Udata::new(),
+            err: None,
+        }
+    }
+    fn keep(&mut self, r: Result<(), nl::Error>) {
+        if let Err(e) = r {
+            self.err.get_or_insert(e);
+        }
+    }
+    fn put_u32(&mut self, ty: u8, v: u32) {
+        let r = self.u.put_u32(ty, v);
+        self.keep(r);
+    }
+    fn put_strz(&mut self, ty: u8, s: &str) {
+        let r = self.u.put_strz(ty, s);
+        self.keep(r);
+    }
+    fn nest(&mut self, ty: u8, inner: &Udata) {
+        let r = self.u.nest(ty, inner);
+        self.keep(r);
+    }
+    fn done(self) -> Result<Udata, String> {
+        match self.err {
+            Some(e) => Err(e.to_string()),
+            None => Ok(self.u),
+        }
+    }
+}
+
+/// The set declaration as a libnftnl set (`id`: its NFTA_SET_ID in the batch).
+pub(super) fn set_object(table: &TableRef, set: &Set, id: u32) -> Result<nl::Set, String> {
     if set.key.is_empty() {
         return Err("empty key".into());
     }
@@ -169,45 +203,44 @@ pub(super) fn write_set(
     if concat_interval {
         flags |= c::NFT_SET_CONCAT;
     }
-    w.str(c::NFTA_SET_TABLE, &table.name);
-    w.str(c::NFTA_SET_NAME, &set.name);
-    w.u32_be(c::NFTA_SET_FLAGS, flags);
-    w.u32_be(c::NFTA_SET_KEY_TYPE, concat_type(&set.key));
-    w.u32_be(c::NFTA_SET_KEY_LEN, key_len(&set.key) as u32);
+    let mut s = nl::Set::new();
+    s.set_str(sys::NFTNL_SET_TABLE, &table.name).map_err(err)?;
+    s.set_str(sys::NFTNL_SET_NAME, &set.name).map_err(err)?;
+    s.set_u32(sys::NFTNL_SET_FLAGS, flags).map_err(err)?;
+    s.set_u32(sys::NFTNL_SET_KEY_TYPE, concat_type(&set.key))
+        .map_err(err)?;
+    s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len(&set.key) as u32)
+        .map_err(err)?;
     match &set.data {
         SetData::None => {}
         SetData::Verdict => {
-            w.u32_be(c::NFTA_SET_DATA_TYPE, c::NFT_DATA_VERDICT);
-            w.u32_be(c::NFTA_SET_DATA_LEN, 0);
+            s.set_u32(sys::NFTNL_SET_DATA_TYPE, c::NFT_DATA_VERDICT)
+                .map_err(err)?;
+            s.set_u32(sys::NFTNL_SET_DATA_LEN, 0).map_err(err)?;
         }
         SetData::Values(v) => {
-            w.u32_be(c::NFTA_SET_DATA_TYPE, concat_type(v));
-            w.u32_be(c::NFTA_SET_DATA_LEN, key_len(v) as u32);
+            s.set_u32(sys::NFTNL_SET_DATA_TYPE, concat_type(v))
+                .map_err(err)?;
+            s.set_u32(sys::NFTNL_SET_DATA_LEN, key_len(v) as u32)
+                .map_err(err)?;
         }
     }
-    w.u32_be(c::NFTA_SET_ID, id);
-    if set.size.is_some() || concat_interval {
-        let d = w.nest_begin(c::NFTA_SET_DESC);
-        if let Some(n) = set.size {
-            w.u32_be(c::NFTA_SET_DESC_SIZE, n);
-        }
-        if concat_interval {
-            // Field lengths in bytes, one nest per field (the kernel wants NFT_SET_CONCAT
-            // in the flags too, else EINVAL).
-            let cc = w.nest_begin(c::NFTA_SET_DESC_CONCAT);
-            for t in &set.key {
-                let f = w.nest_begin(c::NFTA_LIST_ELEM);
-                w.u32_be(c::NFTA_SET_FIELD_LEN, t.byte_len() as u32);
-                w.nest_end(f);
-            }
-            w.nest_end(cc);
-        }
-        w.nest_end(d);
+    s.set_u32(sys::NFTNL_SET_ID, id).map_err(err)?;
+    if let Some(n) = set.size {
+        s.set_u32(sys::NFTNL_SET_DESC_SIZE, n).map_err(err)?;
+    }
+    if concat_interval {
+        // Field lengths in bytes (the kernel wants NFT_SET_CONCAT in the flags too, else
+        // EINVAL); libnftnl writes one nest per field.
+        let lens: Vec<u8> = set.key.iter().map(|t| t.byte_len() as u8).collect();
+        s.set_bytes(sys::NFTNL_SET_DESC_CONCAT, &lens)
+            .map_err(err)?;
     }
     if let Some(t) = set.timeout {
-        w.u64_be(c::NFTA_SET_TIMEOUT, t as u64 * 1000);
+        s.set_u64(sys::NFTNL_SET_TIMEOUT, t as u64 * 1000)
+            .map_err(err)?;
     }
-    let mut u = Udata::new();
+    let mut u = Tlv::new();
     u.put_u32(c::UDATA_SET_KEYBYTEORDER, byteorder(&set.key));
     if set.is_map() {
         u.put_u32(c::UDATA_SET_DATABYTEORDER, byteorder(data_parts));
@@ -226,8 +259,10 @@ pub(super) fn write_set(
     if let Some(cm) = &set.comment {
         u.put_strz(c::UDATA_SET_COMMENT, &clean_comment(cm));
     }
-    w.attr(c::NFTA_SET_USERDATA, &u.buf);
-    Ok(())
+    let u = u.done()?;
+    s.set_bytes(sys::NFTNL_SET_USERDATA, u.bytes())
+        .map_err(err)?;
+    Ok(s)
 }
 
 /// Bytes of one value of type `t` (unpadded). Prefixes give their network address.
@@ -289,7 +324,7 @@ fn concat_bytes(parts: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in parts {
         out.extend_from_slice(p);
-        out.resize(align4(out.len()), 0);
+        out.resize(out.len().next_multiple_of(4), 0);
     }
     out
 }
@@ -361,23 +396,22 @@ fn element_data(data: Option<&ElementData>, shape: &SetShape) -> Result<Option<I
     })
 }
 
-/// Writes one element as nft does: interval sets get a start element and an end-flagged
-/// element (`last + 1`; none when the range reaches the top of the address space, where
-/// nft marks the start "open" in userdata); concatenated interval sets (pipapo) get one
-/// element with `NFTA_SET_ELEM_KEY_END` = the last key (inclusive).
-pub(super) fn write_element(
-    w: &mut Writer,
+/// One element as nft writes it, as libnftnl elements: interval sets get a start element
+/// and an end-flagged element (`last + 1`; none when the range reaches the top of the
+/// address space, where nft marks the start "open" in userdata); concatenated interval
+/// sets (pipapo) get one element with `NFTA_SET_ELEM_KEY_END` = the last key (inclusive).
+pub(super) fn element_objects(
     family: Family,
     shape: &SetShape,
     e: ElemRef<'_>,
-) -> Result<(), String> {
+) -> Result<Vec<nl::Elem>, String> {
     let (key, data, comment) = match e {
         ElemRef::Add(e) => (&e.key[..], Some(&e.data), e.comment.as_deref()),
         ElemRef::Delete(k) => (k, None, None),
     };
     check_key(family, shape, key)?;
     let data_imm = element_data(data, shape)?;
-    let mut udata = Udata::new();
+    let mut udata = Tlv::new();
     if let Some(cm) = comment {
         udata.put_strz(c::UDATA_SET_ELEM_COMMENT, &clean_comment(cm));
     }
@@ -395,25 +429,24 @@ pub(super) fn write_element(
         if end.is_none() {
             udata.put_u32(c::UDATA_SET_ELEM_FLAGS, c::UDATA_SET_ELEM_F_INTERVAL_OPEN);
         }
-        elem(
-            w,
+        let udata = udata.done()?;
+        let mut out = vec![elem(
             0,
             &be_bytes(first, len),
             None,
             data_imm.as_ref(),
-            &udata.buf,
-        );
+            udata.bytes(),
+        )?];
         if let Some(end) = end {
-            elem(
-                w,
+            out.push(elem(
                 c::NFT_SET_ELEM_INTERVAL_END,
                 &be_bytes(end, len),
                 None,
                 None,
                 &[],
-            );
+            )?);
         }
-        return Ok(());
+        return Ok(out);
     }
     let start: Vec<Vec<u8>> = key
         .iter()
@@ -436,38 +469,45 @@ pub(super) fn write_element(
     } else {
         None
     };
-    elem(
-        w,
+    let udata = udata.done()?;
+    Ok(vec![elem(
         0,
         &concat_bytes(&start),
         key_end.as_deref(),
         data_imm.as_ref(),
-        &udata.buf,
-    );
-    Ok(())
+        udata.bytes(),
+    )?])
 }
 
 fn elem(
-    w: &mut Writer,
     flags: u32,
     key: &[u8],
     key_end: Option<&[u8]>,
     data: Option<&ImmData>,
     udata: &[u8],
-) {
-    let n = w.nest_begin(c::NFTA_LIST_ELEM);
+) -> Result<nl::Elem, String> {
+    let mut e = nl::Elem::new();
     if flags != 0 {
-        w.u32_be(c::NFTA_SET_ELEM_FLAGS, flags);
+        e.set_u32(sys::NFTNL_SET_ELEM_FLAGS, flags).map_err(err)?;
     }
-    w.data_value(c::NFTA_SET_ELEM_KEY, key);
+    e.set_bytes(sys::NFTNL_SET_ELEM_KEY, key).map_err(err)?;
     if let Some(k) = key_end {
-        w.data_value(c::NFTA_SET_ELEM_KEY_END, k);
+        e.set_bytes(sys::NFTNL_SET_ELEM_KEY_END, k).map_err(err)?;
     }
-    if let Some(d) = data {
-        write_data(w, c::NFTA_SET_ELEM_DATA, d);
+    match data {
+        None => {}
+        Some(ImmData::Value(v)) => e.set_bytes(sys::NFTNL_SET_ELEM_DATA, v).map_err(err)?,
+        Some(ImmData::Verdict { code, chain }) => {
+            e.set_u32(sys::NFTNL_SET_ELEM_VERDICT, *code as u32)
+                .map_err(err)?;
+            if let Some(ch) = chain {
+                e.set_str(sys::NFTNL_SET_ELEM_CHAIN, ch).map_err(err)?;
+            }
+        }
     }
     if !udata.is_empty() {
-        w.attr(c::NFTA_SET_ELEM_USERDATA, udata);
+        e.set_bytes(sys::NFTNL_SET_ELEM_USERDATA, udata)
+            .map_err(err)?;
     }
-    w.nest_end(n);
+    Ok(e)
 }

@@ -5,8 +5,7 @@
 //! [`Set`], [`Elem`], [`Rule`], [`Expr`]): setting and reading their attributes, building
 //! their netlink payload into a message ([`Msg`]) and parsing a kernel message into them;
 //! iterating a rule's expressions and a set's elements as borrows of their owner
-//! ([`ExprRef`], [`ElemRef`]); libnftnl's text for an expression; nft's userdata TLVs
-//! ([`Udata`], [`udata_parse`]).
+//! ([`ExprRef`], [`ElemRef`]); nft's userdata TLVs ([`Udata`], [`udata_parse`]).
 //!
 //! Must not: know what kproxy's rules mean (that is `encode`, `decode` and `rule`); hand out
 //! a raw pointer; let libnftnl write past the buffer it was given.
@@ -23,7 +22,7 @@
 //!   attribute length inside.
 //! - Getters copy strings out or lend bytes for the lifetime of the owning object.
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
@@ -63,7 +62,7 @@ macro_rules! object {
         $(#[$doc:meta])*
         $name:ident, $raw:ident, $what:literal,
         alloc: $alloc:ident, free: $free:ident,
-        set: $set:ident, get: $get:ident, is_set: $is_set:ident,
+        set: $set:ident, get: $get:ident, get_str: $get_str:ident, is_set: $is_set:ident,
         build: $build:ident, parse: $parse:ident $(,)?
     ) => {
         $(#[$doc])*
@@ -81,6 +80,8 @@ macro_rules! object {
             }
         }
 
+        // One API for every object kind; not every kind uses every accessor.
+        #[allow(dead_code)]
         impl $name {
             pub fn new() -> Self {
                 // SAFETY: the allocator takes no arguments; a NULL (out of memory) is
@@ -153,11 +154,15 @@ macro_rules! object {
                 }
             }
 
-            /// A string attribute (up to its first NUL).
+            /// A string attribute. Read as the C string it is: libnftnl reports some
+            /// string lengths wrongly (1.2.4 gives a chain's type as 4 bytes).
             pub fn str(&self, attr: u32) -> Option<String> {
-                let b = self.bytes(attr)?;
-                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-                Some(String::from_utf8_lossy(&b[..end]).into_owned())
+                if !self.is_set(attr) {
+                    return None;
+                }
+                // SAFETY: `ptr` is live; for a string attribute that is set, libnftnl
+                // returns its NUL-terminated copy owned by the object (or NULL).
+                unsafe { c_string(sys::$get_str(self.ptr.as_ptr(), attr as u16)) }
             }
 
             /// A 32-bit attribute (host byte order).
@@ -172,19 +177,23 @@ macro_rules! object {
                 Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?))
             }
 
-            /// Parses one kernel message (header included) into a new object.
-            pub fn parse(msg: &[u8]) -> Result<Self, Error> {
+            /// Parses one kernel message (header included) into a new object; on failure
+            /// the object holds what libnftnl read before it failed (the attributes it
+            /// had set: a rule's table and chain when an expression is broken).
+            pub fn parse_partial(msg: &[u8]) -> (Self, Result<(), Error>) {
                 let o = Self::new();
                 let rc = with_aligned(msg, |nlh| {
                     // SAFETY: `nlh` points to a whole, 4-byte-aligned message whose
                     // `nlmsg_len` fits the buffer (checked by `with_aligned`); `o.ptr` is
                     // live and owned here.
                     unsafe { sys::$parse(nlh, o.ptr.as_ptr()) }
-                })?;
-                if rc < 0 {
-                    return Err(Error::Parse($what));
-                }
-                Ok(o)
+                });
+                let r = match rc {
+                    Err(e) => Err(e),
+                    Ok(rc) if rc < 0 => Err(Error::Parse($what)),
+                    Ok(_) => Ok(()),
+                };
+                (o, r)
             }
         }
 
@@ -212,14 +221,14 @@ object!(
     /// A table (`nftnl_table`).
     Table, nftnl_table, "table",
     alloc: nftnl_table_alloc, free: nftnl_table_free,
-    set: nftnl_table_set_data, get: nftnl_table_get_data, is_set: nftnl_table_is_set,
+    set: nftnl_table_set_data, get: nftnl_table_get_data, get_str: nftnl_table_get_str, is_set: nftnl_table_is_set,
     build: nftnl_table_nlmsg_build_payload, parse: nftnl_table_nlmsg_parse,
 );
 object!(
     /// A chain (`nftnl_chain`), without its rules.
     Chain, nftnl_chain, "chain",
     alloc: nftnl_chain_alloc, free: nftnl_chain_free,
-    set: nftnl_chain_set_data, get: nftnl_chain_get_data, is_set: nftnl_chain_is_set,
+    set: nftnl_chain_set_data, get: nftnl_chain_get_data, get_str: nftnl_chain_get_str, is_set: nftnl_chain_is_set,
     build: nftnl_chain_nlmsg_build_payload, parse: nftnl_chain_nlmsg_parse,
 );
 object!(
@@ -227,14 +236,14 @@ object!(
     /// holder of its elements.
     Set, nftnl_set, "set",
     alloc: nftnl_set_alloc, free: nftnl_set_free,
-    set: nftnl_set_set_data, get: nftnl_set_get_data, is_set: nftnl_set_is_set,
+    set: nftnl_set_set_data, get: nftnl_set_get_data, get_str: nftnl_set_get_str, is_set: nftnl_set_is_set,
     build: nftnl_set_nlmsg_build_payload, parse: nftnl_set_nlmsg_parse,
 );
 object!(
     /// A rule (`nftnl_rule`) and the expressions added to it.
     Rule, nftnl_rule, "rule",
     alloc: nftnl_rule_alloc, free: nftnl_rule_free,
-    set: nftnl_rule_set_data, get: nftnl_rule_get_data, is_set: nftnl_rule_is_set,
+    set: nftnl_rule_set_data, get: nftnl_rule_get_data, get_str: nftnl_rule_get_str, is_set: nftnl_rule_is_set,
     build: nftnl_rule_nlmsg_build_payload, parse: nftnl_rule_nlmsg_parse,
 );
 
@@ -404,13 +413,18 @@ impl ElemRef<'_> {
     }
 
     pub fn u32(&self, attr: u32) -> Option<u32> {
-        Some(u32::from_ne_bytes(self.bytes(attr)?.get(..4)?.try_into().ok()?))
+        Some(u32::from_ne_bytes(
+            self.bytes(attr)?.get(..4)?.try_into().ok()?,
+        ))
     }
 
     pub fn str(&self, attr: u32) -> Option<String> {
-        let b = self.bytes(attr)?;
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+        if !self.is_set(attr) {
+            return None;
+        }
+        // SAFETY: the element is alive for the borrow; a set string attribute is a
+        // NUL-terminated copy it owns (or NULL).
+        unsafe { c_string(sys::nftnl_set_elem_get_str(self.ptr.as_ptr(), attr as u16)) }
     }
 }
 
@@ -549,11 +563,15 @@ impl ExprRef<'_> {
     }
 
     pub fn u32(&self, attr: u32) -> Option<u32> {
-        Some(u32::from_ne_bytes(self.bytes(attr)?.get(..4)?.try_into().ok()?))
+        Some(u32::from_ne_bytes(
+            self.bytes(attr)?.get(..4)?.try_into().ok()?,
+        ))
     }
 
     pub fn u64(&self, attr: u32) -> Option<u64> {
-        Some(u64::from_ne_bytes(self.bytes(attr)?.get(..8)?.try_into().ok()?))
+        Some(u64::from_ne_bytes(
+            self.bytes(attr)?.get(..8)?.try_into().ok()?,
+        ))
     }
 
     pub fn u8(&self, attr: u32) -> Option<u8> {
@@ -561,30 +579,29 @@ impl ExprRef<'_> {
     }
 
     pub fn str(&self, attr: u32) -> Option<String> {
-        let b = self.bytes(attr)?;
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+        if !self.is_set(attr) {
+            return None;
+        }
+        // SAFETY: the expression is alive for the borrow; a set string attribute is a
+        // NUL-terminated copy it owns (or NULL).
+        unsafe { c_string(sys::nftnl_expr_get_str(self.ptr.as_ptr(), attr as u16)) }
     }
+}
 
-    /// libnftnl's own text for the expression (`[ payload load 4b @ network header + 12
-    /// => reg 1 ]` without the brackets), as `nft --debug=netlink` prints it.
-    pub fn text(&self) -> String {
-        let mut buf = vec![0u8; 512];
-        // SAFETY: `buf` is writable for its length; libnftnl writes at most `len` bytes
-        // including the NUL and returns how many it wanted.
-        let n = unsafe {
-            sys::nftnl_expr_snprintf(
-                buf.as_mut_ptr() as *mut c_char,
-                buf.len(),
-                self.ptr.as_ptr(),
-                sys::NFTNL_OUTPUT_DEFAULT,
-                0,
-            )
-        };
-        let n = (n.max(0) as usize).min(buf.len() - 1);
-        buf.truncate(n);
-        format!("{} {}", self.name(), String::from_utf8_lossy(&buf).trim())
+/// Copies a C string libnftnl lent (`None` for NULL).
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string that stays valid for the call.
+unsafe fn c_string(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
     }
+    // SAFETY: the caller's contract.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// Runs `f` on `msg` as a netlink message header: in place when it is 4-byte aligned,
@@ -619,13 +636,7 @@ pub struct Msg<'b> {
 
 impl<'b> Msg<'b> {
     /// Starts a message at the end of `buf` (whose length must be a multiple of 4).
-    pub fn begin(
-        buf: &'b mut Vec<u8>,
-        ty: u16,
-        family: u8,
-        flags: u16,
-        seq: u32,
-    ) -> Msg<'b> {
+    pub fn begin(buf: &'b mut Vec<u8>, ty: u16, family: u8, flags: u16, seq: u32) -> Msg<'b> {
         debug_assert!(buf.len().is_multiple_of(4));
         let start = buf.len();
         buf.resize(start + HDR_LEN, 0);
@@ -654,7 +665,7 @@ impl<'b> Msg<'b> {
     }
 
     /// Appends an object's payload.
-    pub fn put(&mut self, p: &impl Payload) {
+    pub fn put(&mut self, p: &(impl Payload + ?Sized)) {
         let cur = self.start + self.len();
         let room = p.bound();
         self.buf.resize(cur + room, 0);
@@ -685,6 +696,34 @@ impl<'b> Msg<'b> {
     pub fn nest_end(&mut self, at: usize) {
         let n = (self.buf.len() - at) as u16;
         self.buf[at..at + 2].copy_from_slice(&n.to_ne_bytes());
+    }
+
+    /// Cuts the message back to `written` bytes (a length [`Msg::written`] returned).
+    pub fn truncate(&mut self, written: usize) {
+        assert!(written >= HDR_LEN && written <= self.written());
+        self.buf.truncate(self.start + written);
+        self.set_len(written);
+    }
+
+    /// Writes libnftnl's BATCH_BEGIN (`begin`) or BATCH_END at the end of `buf`, with
+    /// `extra_flags` added to its NLM_F_REQUEST; returns its offset.
+    pub fn batch(buf: &mut Vec<u8>, begin: bool, seq: u32, extra_flags: u16) -> usize {
+        debug_assert!(buf.len().is_multiple_of(4));
+        let start = buf.len();
+        buf.resize(start + HDR_LEN, 0);
+        // SAFETY: HDR_LEN initialised, writable bytes at `start`: exactly what
+        // nftnl_batch_begin/end write (nlmsghdr + nfgenmsg).
+        unsafe {
+            let p = buf.as_mut_ptr().add(start) as *mut c_char;
+            if begin {
+                sys::nftnl_batch_begin(p, seq);
+            } else {
+                sys::nftnl_batch_end(p, seq);
+            }
+        }
+        let flags = u16::from_ne_bytes([buf[start + 6], buf[start + 7]]) | extra_flags;
+        buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
+        start
     }
 
     /// Bytes of the message written so far (header included).
@@ -781,10 +820,6 @@ impl Udata {
             std::slice::from_raw_parts(p as *const u8, n as usize)
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
-    }
 }
 
 /// The TLVs of a userdata blob, as `(type, value)` borrows of `buf`, via libnftnl's
@@ -805,8 +840,7 @@ pub fn udata_parse(buf: &[u8]) -> Vec<(u8, &[u8])> {
             if v < acc.base || v + n > acc.base + acc.len {
                 return -1;
             }
-            acc.out
-                .push((sys::nftnl_udata_type(attr), v - acc.base, n));
+            acc.out.push((sys::nftnl_udata_type(attr), v - acc.base, n));
         }
         0
     }
@@ -844,11 +878,14 @@ pub fn udata_get(buf: &[u8], ty: u8) -> Option<&[u8]> {
 
 /// A 32-bit userdata value.
 pub fn udata_u32(buf: &[u8], ty: u8) -> Option<u32> {
-    Some(u32::from_ne_bytes(udata_get(buf, ty)?.get(..4)?.try_into().ok()?))
+    Some(u32::from_ne_bytes(
+        udata_get(buf, ty)?.get(..4)?.try_into().ok()?,
+    ))
 }
 
-/// A NUL-terminated userdata string.
+/// A userdata string (up to its NUL; all of it when there is none).
 pub fn udata_str(buf: &[u8], ty: u8) -> Option<String> {
     let b = udata_get(buf, ty)?;
-    Some(CStr::from_bytes_until_nul(b).ok()?.to_string_lossy().into_owned())
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    Some(String::from_utf8_lossy(&b[..end]).into_owned())
 }
