@@ -984,4 +984,8 @@ impl NetlinkBackend {
 }
 
 #[cfg(test)]
+mod compare_tests;
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod tests;
