@@ -984,8 +984,4 @@ impl NetlinkBackend {
 }
 
 #[cfg(test)]
-mod compare_tests;
-#[cfg(test)]
-mod reference;
-#[cfg(test)]
 mod tests;

@@ -345,7 +345,7 @@ fn every_element(family: Family, set: &Set) -> Vec<Element> {
 }
 
 /// A transaction with every operation kind, every statement, every set shape.
-pub(super) fn full_tx() -> Transaction {
+fn full_tx() -> Transaction {
     let mut tx = Transaction::new();
     for family in [Family::V4, Family::V6] {
         let t = TableRef::new(family, "kproxy");
