@@ -341,7 +341,11 @@ fn dockerfile_builds_the_binary_into_a_slim_runtime() {
         ]
     );
     assert!(d.contains("cargo build --release --locked --bin kproxy"));
-    assert!(d.contains("install -y --no-install-recommends ca-certificates iptables"));
+    // The shared libraries the binary links, and their headers at build time.
+    assert!(d.contains(
+        "install -y --no-install-recommends libnftnl11 libmnl0 ca-certificates iptables"
+    ));
+    assert!(d.contains("install -y --no-install-recommends libnftnl-dev libmnl-dev pkg-config"));
     assert!(d.contains("COPY --from=build /src/target/release/kproxy /usr/local/bin/kproxy"));
     // Every path the build copies exists in the repository.
     for l in &instructions {

@@ -8,10 +8,15 @@
 //! (`monitor`).
 //! Must not: decide what the rules are, or touch any table but its own two.
 //!
-//! The encoding is nft 1.0.6's, message for message (checked with `nft --debug=netlink`
-//! and `--debug=mnl`), so `nft list` shows exactly what loading `kproxy render` output with
-//! `nft -f` shows: same expressions and registers, comments in nft's userdata, `typeof` set
-//! declarations, interval elements as nft sends them.
+//! The wire format is libnftnl's: every table, chain, set, element, rule and expression is
+//! a libnftnl object built and parsed by libnftnl (through the one safe wrapper,
+//! [`libnftnl`]; its parsers only behind [`policy`]), so messages are what `nft` 1.0.6
+//! (built on the same libnftnl) sends: same expressions and registers (our typed compiler,
+//! [`rule`], picks them as nft does), comments in nft's userdata, `typeof` set
+//! declarations, interval elements as nft sends them; `nft list` shows exactly what
+//! loading `kproxy render` output with `nft -f` shows. What stays ours: the statement ↔
+//! expression compiler, the batch pages and sequence-number table, the split of element
+//! lists, and which flags each message carries.
 //!
 //! Kernel and library quirks this module works around (measured on 6.18 unless noted):
 //! - The whole batch goes out in ONE `sendmsg()` with every page as an iovec, after raising
@@ -37,13 +42,20 @@
 //!   range reaching the top of the address space has no end element and nft marks its
 //!   start "open" in userdata.
 //! - Attribute lengths are 16 bits: element lists are split into messages below 64 KiB.
+//! - libnftnl 1.2.4 numbers the entries of an element list 1, 2, 3, … when it builds one
+//!   and rejects any entry not numbered `NFTA_LIST_ELEM` (1) when it parses one (its own
+//!   lists included); the kernel ignores the numbers and dumps `NFTA_LIST_ELEM`. kproxy
+//!   writes `NFTA_LIST_ELEM`, so its batches parse back (error reports decode the failing
+//!   element from the batch).
+//! - libnftnl's `*_get_data` reports some string lengths wrongly (a chain's type as 4
+//!   bytes): strings are read with the `*_get_str` functions.
 //! - Dumps use `NLM_F_DUMP` and read until NLMSG_DONE; the generation id is read before and
 //!   after, and the dump is retried if it changed (or the kernel flagged NLM_F_DUMP_INTR).
 //!   Chain dumps are not filtered by table on older kernels: filtered here.
 //!
-//! nftnl's safe API is not used for encoding: it hard-codes register 1, per-message ACKs
-//! and `NLM_F_EXCL` on elements, and has no reading back; a small TLV writer/parser here
-//! gives byte-exact control and the same code decodes what it encodes.
+//! The `nftnl` crate's safe objects are not used (its C API, `nftnl::nftnl_sys`, is): they
+//! hard-code register 1, per-message ACKs and `NLM_F_EXCL` on elements, and lack maps,
+//! numgen, dynset, fib, concatenations and reading back.
 
 mod decode;
 mod encode;
