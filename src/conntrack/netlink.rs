@@ -28,8 +28,9 @@ use std::io;
 
 use super::{Flow, StaleFilter, Tuple};
 use crate::model::Family;
+use crate::netlink::reply::{self, Reply, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{c, framing_error, messages, Attrs, Msg, Writer};
+use crate::netlink::wire::{c, Attrs, Writer};
 
 /// Constants from `linux/netfilter/nfnetlink.h`, `nfnetlink_conntrack.h` and the kernel's
 /// `nf_internals.h` (the filter flag is ABI, but not in a uapi header).
@@ -117,28 +118,17 @@ fn nfproto(family: Family) -> u8 {
     }
 }
 
-/// The errno of an NLMSG_ERROR (0 for an ACK) or of NLMSG_DONE (the dump's result).
-/// (Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.)
-fn msg_errno(m: &Msg<'_>) -> i32 {
-    m.payload
-        .get(..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")).wrapping_neg())
-        .unwrap_or(0)
-}
-
-/// A broken reply as an error.
-fn check_framing(buf: &[u8]) -> Result<(), CtError> {
-    match framing_error(buf) {
-        None => Ok(()),
-        Some(offset) => Err(CtError::Malformed {
-            offset,
-            len: buf.len(),
-        }),
+impl From<reply::Malformed> for CtError {
+    fn from(e: reply::Malformed) -> Self {
+        CtError::Malformed {
+            offset: e.offset,
+            len: e.len,
+        }
     }
 }
 
 /// One received buffer of the dump answering request `seq`: each UDP flow of `family` in
-/// it goes to `visit`; `Some` when the dump ended in it.
+/// it goes to `visit`; `Some` when the dump ended in it. A broken buffer is refused whole.
 fn read_dump_buffer(
     buf: &[u8],
     seq: u32,
@@ -146,41 +136,42 @@ fn read_dump_buffer(
     interrupted: &mut bool,
     visit: &mut dyn FnMut(&Flow),
 ) -> Result<Option<DumpEnd>, CtError> {
-    check_framing(buf)?;
     let want = nfproto(family);
-    for m in messages(buf) {
+    let mut end = None;
+    reply::dispatch(buf, &mut |r| {
+        let m = r.msg();
         if m.seq != seq {
-            continue; // a late reply to an earlier request
+            return Step::Next; // a late reply to an earlier request
         }
-        if m.flags & c::NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
-        }
-        match m.ty {
-            c::NLMSG_DONE => {
-                let e = msg_errno(&m);
-                return Ok(Some(match e {
-                    0 if !*interrupted => DumpEnd::Done,
-                    0 | libc::EINTR | libc::EAGAIN => DumpEnd::Retry,
-                    e => DumpEnd::Refused(e),
-                }));
-            }
-            c::NLMSG_ERROR => match msg_errno(&m) {
-                0 => {}
-                libc::EINTR | libc::EAGAIN => return Ok(Some(DumpEnd::Retry)),
-                e => return Ok(Some(DumpEnd::Refused(e))),
-            },
-            ty if ty == msg_type(ct::IPCTNL_MSG_CT_NEW) => {
-                if m.family() != want {
-                    continue;
+        *interrupted |= m.flags & c::NLM_F_DUMP_INTR != 0;
+        end = match r {
+            Reply::Done { errno, .. } => Some(match errno {
+                0 if !*interrupted => DumpEnd::Done,
+                0 | libc::EINTR | libc::EAGAIN => DumpEnd::Retry,
+                e => DumpEnd::Refused(e),
+            }),
+            Reply::Error { errno: 0, .. } | Reply::Other(_) => None,
+            Reply::Error {
+                errno: libc::EINTR | libc::EAGAIN,
+                ..
+            } => Some(DumpEnd::Retry),
+            Reply::Error { errno, .. } => Some(DumpEnd::Refused(errno)),
+            Reply::Data(m) => {
+                if m.ty == msg_type(ct::IPCTNL_MSG_CT_NEW) && m.family() == want {
+                    if let Some(f) = parse_flow(m.attrs()) {
+                        visit(&f);
+                    }
                 }
-                if let Some(f) = parse_flow(m.attrs()) {
-                    visit(&f);
-                }
+                None
             }
-            _ => {}
+        };
+        if end.is_some() {
+            Step::Stop
+        } else {
+            Step::Next
         }
-    }
-    Ok(None)
+    })?;
+    Ok(end)
 }
 
 /// What [`decode_dump`] read.
@@ -472,20 +463,21 @@ impl Conntrack {
             let (mut gone, mut failed) = (0usize, 0usize);
             // Handled inside sendmsg(): every failure reply is queued by now.
             while let Some(buf) = self.sock.recv(true)? {
-                check_framing(buf)?;
-                for m in messages(buf) {
-                    if m.ty != c::NLMSG_ERROR || m.seq.wrapping_sub(first) >= chunk.len() as u32 {
-                        continue;
-                    }
-                    match msg_errno(&m) {
-                        0 => {}
-                        libc::ENOENT => gone += 1,
-                        e => {
-                            failed += 1;
-                            first_error.get_or_insert(e);
+                reply::dispatch(buf, &mut |r| {
+                    if let Reply::Error { msg, errno, .. } = r {
+                        if msg.seq.wrapping_sub(first) < chunk.len() as u32 {
+                            match errno {
+                                0 => {}
+                                libc::ENOENT => gone += 1,
+                                e => {
+                                    failed += 1;
+                                    first_error.get_or_insert(e);
+                                }
+                            }
                         }
                     }
-                }
+                    Step::Next
+                })?;
             }
             st.gone += gone;
             st.failed += failed;
@@ -521,6 +513,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::wire::{messages, Msg};
     use std::net::IpAddr;
 
     fn ip(s: &str) -> IpAddr {
@@ -643,8 +636,8 @@ mod tests {
         w.buf.truncate(m + c::NLMSG_HDRLEN);
         w.buf.extend_from_slice(&i32::MIN.to_ne_bytes());
         w.end_msg(m);
-        let msg = messages(&w.buf).next().unwrap();
-        assert_eq!(msg_errno(&msg), i32::MIN);
+        let d = decode_dump(&w.buf, 1, Family::V4).unwrap();
+        assert_eq!(d.end, Some(Err(i32::MIN)));
     }
 
     /// A reply cut short is an error: before, the rest of the buffer was skipped without

@@ -2,7 +2,9 @@
 //!
 //! Owns: the byte layout every netlink family shares (`nlmsghdr`, `nfgenmsg`, `nlattr`
 //! with nests and 4-byte alignment), in both directions ([`Writer`], [`messages`],
-//! [`Attrs`]). Pure byte handling: no sockets, no `unsafe`.
+//! [`Attrs`]). Pure byte handling: no sockets, no `unsafe`. Reading replies (errors, ACKs,
+//! the end of a dump) is [`super::reply`]'s, on libmnl; [`framing_error`] is also its guard
+//! against libmnl 1.0.4's length check.
 //!
 //! Must not: know any subsystem's messages or attributes (nf_tables' are in
 //! `backend::netlink::nf_tables`, ctnetlink's in `conntrack::netlink`).
@@ -150,29 +152,33 @@ impl<'a> Msg<'a> {
     }
 }
 
+impl<'a> Msg<'a> {
+    /// The message at the start of `buf` and its length with padding (which the last
+    /// message of a buffer may leave out), or `None` when its header is broken.
+    pub fn parse(buf: &'a [u8]) -> Option<(Msg<'a>, usize)> {
+        let h = buf.get(..c::NLMSG_HDRLEN)?;
+        let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        let len = word(0) as usize;
+        if len < c::NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let m = Msg {
+            ty: u16::from_ne_bytes([h[4], h[5]]),
+            flags: u16::from_ne_bytes([h[6], h[7]]),
+            seq: word(8),
+            port: word(12),
+            payload: &buf[c::NLMSG_HDRLEN..len],
+        };
+        Some((m, align4(len).min(buf.len())))
+    }
+}
+
 /// Iterates over the netlink messages in `buf`. Stops at the first malformed header.
 pub fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
-    let mut off = 0usize;
+    let mut rest = buf;
     std::iter::from_fn(move || {
-        if off + c::NLMSG_HDRLEN > buf.len() {
-            return None;
-        }
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().ok()?) as usize;
-        if len < c::NLMSG_HDRLEN || off + len > buf.len() {
-            return None;
-        }
-        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().ok()?);
-        let flags = u16::from_ne_bytes(buf[off + 6..off + 8].try_into().ok()?);
-        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().ok()?);
-        let port = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().ok()?);
-        let m = Msg {
-            ty,
-            flags,
-            seq,
-            port,
-            payload: &buf[off + c::NLMSG_HDRLEN..off + len],
-        };
-        off += align4(len);
+        let (m, adv) = Msg::parse(rest)?;
+        rest = &rest[adv..];
         Some(m)
     })
 }

@@ -65,6 +65,7 @@ use self::encode::family_proto;
 use self::monitor::Monitor;
 use self::nf_tables::c;
 use super::{ApplyReport, Backend, BackendError, OpFailure, Touched, Waker, Watched};
+use crate::netlink::reply::{self, Step};
 use crate::netlink::socket::NlSocket;
 use crate::netlink::wire::{self, messages, Writer};
 use crate::nft::tx::{Op, TableRef, Transaction};
@@ -133,23 +134,7 @@ fn msg_type(ty: u16) -> u16 {
 
 /// Errno and extended-ACK offset of an NLMSG_ERROR (0 = an ACK).
 fn parse_error(m: &wire::Msg<'_>) -> (i32, Option<u32>) {
-    let p = m.payload;
-    let err = p
-        .get(..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-        .unwrap_or(-libc::EPROTO);
-    let mut offs = None;
-    if m.flags & c::NLM_F_ACK_TLVS != 0 {
-        // With NETLINK_CAP_ACK only the original header follows the error code.
-        if let Some(tlvs) = p.get(4 + c::NLMSG_HDRLEN..) {
-            offs = wire::Attrs::new(tlvs)
-                .get(c::NLMSGERR_ATTR_OFFS)
-                .and_then(|b| b.get(..4))
-                .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
-        }
-    }
-    // Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.
-    (err.wrapping_neg(), offs)
+    reply::error(m)
 }
 
 /// What a failing operation was about, for error messages: the operation's description
@@ -299,46 +284,45 @@ impl NetlinkBackend {
         self.sock.send_pages(std::slice::from_ref(&w.buf))?;
         let dump = flags & c::NLM_F_DUMP == c::NLM_F_DUMP;
         let mut interrupted = false;
-        loop {
+        // How the request ended: Ok, or the kernel's errno.
+        let mut end: Option<Result<(), i32>> = None;
+        while end.is_none() {
             let buf = self.sock.recv(false)?.unwrap_or(&[]);
             if buf.is_empty() {
                 return Err(ReqError::Backend(BackendError::Netlink(
                     "netlink socket closed".into(),
                 )));
             }
-            if let Some(at) = wire::framing_error(buf) {
-                // Whatever follows cannot be read (the end of the dump may be in it):
-                // an error, not a wait for replies that will not come.
-                return Err(ReqError::Backend(BackendError::Netlink(format!(
-                    "malformed netlink reply at byte {at} of {}",
-                    buf.len()
-                ))));
-            }
-            for m in messages(buf) {
+            // A broken buffer is an error, not a wait for replies that will not come (the
+            // end of the dump may be in it).
+            reply::dispatch(buf, &mut |r| {
+                let m = r.msg();
                 if m.seq != seq {
-                    continue; // stale reply to an earlier request
+                    return Step::Next; // stale reply to an earlier request
                 }
-                if m.flags & c::NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match m.ty {
-                    c::NLMSG_ERROR => {
-                        let (errno, _) = parse_error(&m);
-                        if errno != 0 {
-                            return Err(ReqError::Errno(errno));
-                        }
-                        return Ok(interrupted);
+                interrupted |= m.flags & c::NLM_F_DUMP_INTR != 0;
+                end = match r {
+                    reply::Reply::Error { errno: 0, .. } | reply::Reply::Done { .. } => {
+                        Some(Ok(()))
                     }
-                    c::NLMSG_DONE => return Ok(interrupted),
-                    c::NLMSG_NOOP => {}
-                    _ => {
+                    reply::Reply::Error { errno, .. } => Some(Err(errno)),
+                    reply::Reply::Other(_) => None,
+                    reply::Reply::Data(m) => {
                         each(&m);
-                        if !dump {
-                            return Ok(interrupted);
-                        }
+                        (!dump).then_some(Ok(()))
                     }
+                };
+                if end.is_some() {
+                    Step::Stop
+                } else {
+                    Step::Next
                 }
-            }
+            })
+            .map_err(|e| ReqError::Backend(BackendError::Netlink(e.to_string())))?;
+        }
+        match end {
+            Some(Err(errno)) => Err(ReqError::Errno(errno)),
+            _ => Ok(interrupted),
         }
     }
 
