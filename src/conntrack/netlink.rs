@@ -30,7 +30,7 @@ use super::{Flow, StaleFilter, Tuple};
 use crate::model::Family;
 use crate::netlink::reply::{self, Reply, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{c, Attrs, Writer};
+use crate::netlink::wire::{c, Attrs, Builder};
 
 /// Constants from `linux/netfilter/nfnetlink.h`, `nfnetlink_conntrack.h` and the kernel's
 /// `nf_internals.h` (the filter flag is ABI, but not in a uapi header).
@@ -202,9 +202,9 @@ pub fn decode_dump(buf: &[u8], seq: u32, family: Family) -> Result<DecodedDump, 
 }
 
 /// The dump request: every entry of `family`, only UDP with `filter`.
-pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Vec<u8> {
-    let mut w = Writer::with_capacity(64);
-    let m = w.begin_msg(
+pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Builder {
+    let mut w = Builder::with_capacity(64);
+    w.begin_msg(
         msg_type(ct::IPCTNL_MSG_CT_GET),
         c::NLM_F_REQUEST | c::NLM_F_DUMP,
         seq,
@@ -225,11 +225,11 @@ pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Vec<u8> {
         );
         w.nest_end(f);
     }
-    w.end_msg(m);
-    w.buf
+    w.end_msg();
+    w
 }
 
-fn put_tuple(w: &mut Writer, ty: u16, t: &Tuple, proto: u8, zone: Option<u16>) {
+fn put_tuple(w: &mut Builder, ty: u16, t: &Tuple, proto: u8, zone: Option<u16>) {
     let n = w.nest_begin(ty);
     let ip = w.nest_begin(ct::CTA_TUPLE_IP);
     match (t.src, t.dst) {
@@ -262,8 +262,8 @@ fn v6_octets(ip: std::net::IpAddr) -> [u8; 16] {
 }
 
 /// Appends the delete request of one flow (identified by its original tuple, zone, id).
-pub(crate) fn encode_delete(w: &mut Writer, seq: u32, family: Family, flow: &Flow) {
-    let m = w.begin_msg(
+pub(crate) fn encode_delete(w: &mut Builder, seq: u32, family: Family, flow: &Flow) {
+    w.begin_msg(
         msg_type(ct::IPCTNL_MSG_CT_DELETE),
         c::NLM_F_REQUEST,
         seq,
@@ -283,7 +283,7 @@ pub(crate) fn encode_delete(w: &mut Writer, seq: u32, family: Family, flow: &Flo
     if let Some(id) = flow.id {
         w.u32_be(ct::CTA_ID, id);
     }
-    w.end_msg(m);
+    w.end_msg();
 }
 
 fn be16(d: &[u8]) -> Option<u16> {
@@ -433,7 +433,7 @@ impl Conntrack {
     ) -> Result<DumpEnd, CtError> {
         let seq = self.next_seq();
         let req = encode_dump(seq, family, filter);
-        self.sock.send_pages(std::slice::from_ref(&req))?;
+        self.sock.send_pages(&[req.bytes()])?;
         let mut interrupted = false;
         loop {
             let buf = self
@@ -452,14 +452,14 @@ impl Conntrack {
         let mut st = CleanStats::default();
         let mut first_error = None;
         for chunk in flows.chunks(DELETES_PER_SEND) {
-            let mut w = Writer::with_capacity(chunk.len() * 112);
+            let mut w = Builder::with_capacity(chunk.len() * 112);
             let first = self.seq.wrapping_add(1);
             for f in chunk {
                 let seq = self.next_seq();
                 encode_delete(&mut w, seq, family, f);
             }
-            self.sock.reserve(w.buf.len())?;
-            self.sock.send_pages(std::slice::from_ref(&w.buf))?;
+            self.sock.reserve(w.bytes().len())?;
+            self.sock.send_pages(&[w.bytes()])?;
             let (mut gone, mut failed) = (0usize, 0usize);
             // Handled inside sendmsg(): every failure reply is queued by now.
             while let Some(buf) = self.sock.recv(true)? {
@@ -522,8 +522,8 @@ mod tests {
 
     /// A conntrack message as the kernel dumps it (orig, reply, status, zone, id).
     fn kernel_msg(flow: &Flow, proto: u8) -> Vec<u8> {
-        let mut w = Writer::new();
-        let m = w.begin_msg(
+        let mut w = Builder::new();
+        w.begin_msg(
             msg_type(ct::IPCTNL_MSG_CT_NEW),
             c::NLM_F_MULTI,
             1,
@@ -545,8 +545,8 @@ mod tests {
         if let Some(id) = flow.id {
             w.u32_be(ct::CTA_ID, id);
         }
-        w.end_msg(m);
-        w.buf
+        w.end_msg();
+        w.bytes().to_vec()
     }
 
     fn sample(v6: bool) -> Flow {
@@ -593,18 +593,20 @@ mod tests {
         let m = messages(&buf).next().unwrap();
         assert_eq!(parse_flow(m.attrs()), None);
         // No reply tuple.
-        let mut w = Writer::new();
+        let mut w = Builder::new();
+        w.begin_msg(0, 0, 0, 0, 0);
         put_tuple(&mut w, ct::CTA_TUPLE_ORIG, &f.orig, ct::IPPROTO_UDP, None);
-        assert_eq!(parse_flow(Attrs::new(&w.buf)), None);
+        let m = messages(w.bytes()).next().unwrap();
+        assert_eq!(parse_flow(m.attrs()), None);
     }
 
     #[test]
     fn delete_request_carries_the_original_tuple_zone_and_id() {
         let mut f = sample(true);
         f.orig_zone = Some(3);
-        let mut w = Writer::new();
+        let mut w = Builder::new();
         encode_delete(&mut w, 9, Family::V6, &f);
-        let m = messages(&w.buf).next().unwrap();
+        let m = messages(w.bytes()).next().unwrap();
         assert_eq!(m.ty, (1 << 8) | 2);
         assert_eq!(m.flags, c::NLM_F_REQUEST);
         assert_eq!(m.seq, 9);
@@ -631,12 +633,14 @@ mod tests {
     /// ("attempt to negate with overflow").
     #[test]
     fn an_errno_of_i32_min_does_not_panic() {
-        let mut w = Writer::new();
-        let m = w.begin_msg(c::NLMSG_DONE, c::NLM_F_MULTI, 1, 0, 0);
-        w.buf.truncate(m + c::NLMSG_HDRLEN);
-        w.buf.extend_from_slice(&i32::MIN.to_ne_bytes());
-        w.end_msg(m);
-        let d = decode_dump(&w.buf, 1, Family::V4).unwrap();
+        // NLMSG_DONE: header and the dump's result.
+        let mut buf = 20u32.to_ne_bytes().to_vec();
+        buf.extend_from_slice(&c::NLMSG_DONE.to_ne_bytes());
+        buf.extend_from_slice(&c::NLM_F_MULTI.to_ne_bytes());
+        buf.extend_from_slice(&1u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+        let d = decode_dump(&buf, 1, Family::V4).unwrap();
         assert_eq!(d.end, Some(Err(i32::MIN)));
     }
 
@@ -681,7 +685,7 @@ mod tests {
     #[test]
     fn dump_request_filters_to_udp_or_not_at_all() {
         let buf = encode_dump(4, Family::V4, true);
-        let m = messages(&buf).next().unwrap();
+        let m = messages(buf.bytes()).next().unwrap();
         assert_eq!(m.ty, (1 << 8) | 1);
         assert_eq!(m.flags, c::NLM_F_REQUEST | c::NLM_F_DUMP);
         assert_eq!(m.family(), c::NFPROTO_IPV4);
@@ -700,7 +704,7 @@ mod tests {
         assert_eq!(flags, &(1u32 << 3).to_ne_bytes()[..]);
 
         let buf = encode_dump(5, Family::V6, false);
-        let m = messages(&buf).next().unwrap();
+        let m = messages(buf.bytes()).next().unwrap();
         assert_eq!(m.family(), c::NFPROTO_IPV6);
         assert_eq!(m.attrs().count(), 0);
     }

@@ -149,13 +149,20 @@ pub fn dispatch(buf: &[u8], f: &mut dyn FnMut(Reply<'_>) -> Step) -> Result<bool
             len: buf.len(),
         });
     }
-    if buf.as_ptr() as usize % 4 == 0 {
-        return Ok(run(buf, f));
+    let mut copy = Vec::new();
+    Ok(run(aligned(buf, &mut copy), f))
+}
+
+/// `buf`, or when it is not 4-byte aligned (libmnl casts it to its structs), an aligned
+/// copy of it in `copy`.
+fn aligned<'b>(buf: &'b [u8], copy: &'b mut Vec<u8>) -> &'b [u8] {
+    if (buf.as_ptr() as usize).is_multiple_of(4) {
+        return buf;
     }
-    let mut copy = vec![0u8; buf.len() + 3];
+    copy.resize(buf.len() + 3, 0);
     let start = (4 - copy.as_ptr() as usize % 4) % 4;
     copy[start..start + buf.len()].copy_from_slice(buf);
-    Ok(run(&copy[start..start + buf.len()], f))
+    &copy[start..start + buf.len()]
 }
 
 /// The state the C callbacks reach through their `data` pointer.
@@ -280,15 +287,8 @@ pub fn attrs(buf: &[u8], f: &mut dyn FnMut(u16, &[u8])) {
     if buf.len() > i32::MAX as usize {
         return; // libmnl counts the bytes left in an int; no reply is that large
     }
-    let mut aligned = Vec::new();
-    let buf = if buf.as_ptr() as usize % 4 == 0 {
-        buf
-    } else {
-        aligned.resize(buf.len() + 3, 0u8);
-        let start = (4 - aligned.as_ptr() as usize % 4) % 4;
-        aligned[start..start + buf.len()].copy_from_slice(buf);
-        &aligned[start..start + buf.len()]
-    };
+    let mut copy = Vec::new();
+    let buf = aligned(buf, &mut copy);
     let mut ctx = Ctx {
         buf,
         f,
@@ -312,7 +312,16 @@ pub fn attrs(buf: &[u8], f: &mut dyn FnMut(u16, &[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::wire::Writer;
+    use crate::netlink::wire::Builder;
+
+    /// Attributes as `put` writes them (a message's, after its header and nfgenmsg).
+    fn tlvs(put: impl FnOnce(&mut Builder)) -> Vec<u8> {
+        let mut w = Builder::new();
+        w.begin_msg(0, 0, 0, 0, 0);
+        put(&mut w);
+        w.end_msg();
+        w.bytes()[c::NLMSG_HDRLEN + c::NFGENMSG_LEN..].to_vec()
+    }
 
     /// A reply message as the kernel writes one.
     fn reply(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, payload: &[u8]) {
@@ -323,7 +332,7 @@ mod tests {
         out.extend_from_slice(&seq.to_ne_bytes());
         out.extend_from_slice(&0u32.to_ne_bytes());
         out.extend_from_slice(payload);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
@@ -336,10 +345,10 @@ mod tests {
         let mut flags = 0x100; // NLM_F_CAPPED
         if let Some(o) = offset {
             flags |= c::NLM_F_ACK_TLVS;
-            let mut w = Writer::new();
-            w.str(1, "Object not found");
-            w.attr(c::NLMSGERR_ATTR_OFFS, &o.to_ne_bytes());
-            p.extend_from_slice(&w.buf);
+            p.extend_from_slice(&tlvs(|w| {
+                w.str(1, "Object not found");
+                w.attr(c::NLMSGERR_ATTR_OFFS, &o.to_ne_bytes());
+            }));
         }
         reply(out, c::NLMSG_ERROR, flags, seq, &p);
     }
@@ -484,14 +493,15 @@ mod tests {
 
     #[test]
     fn attributes_are_walked_until_one_does_not_fit() {
-        let mut w = Writer::new();
-        w.u32_be(1, 7);
-        w.str(2, "kproxy");
-        let n = w.nest_begin(3);
-        w.u8(1, 9);
-        w.nest_end(n);
+        let buf = tlvs(|w| {
+            w.u32_be(1, 7);
+            w.str(2, "kproxy");
+            let n = w.nest_begin(3);
+            w.u8(1, 9);
+            w.nest_end(n);
+        });
         let mut seen = Vec::new();
-        attrs(&w.buf, &mut |ty, d| seen.push((ty, d.to_vec())));
+        attrs(&buf, &mut |ty, d| seen.push((ty, d.to_vec())));
         assert_eq!(
             seen,
             [
@@ -500,8 +510,8 @@ mod tests {
                 (3, vec![5, 0, 1, 0, 9, 0, 0, 0]),
             ]
         );
-        let mut cut = w.buf.clone();
-        cut.truncate(w.buf.len() - 2);
+        let mut cut = buf.clone();
+        cut.truncate(buf.len() - 2);
         let mut n = 0;
         attrs(&cut, &mut |_, _| n += 1);
         assert_eq!(n, 2);

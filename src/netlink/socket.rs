@@ -223,12 +223,12 @@ impl NlSocket {
 
     /// Sends all pages as one datagram: one `sendmsg()` with one iovec per page, on the
     /// libmnl socket's descriptor (see the module doc: libmnl has no `sendmsg`).
-    pub fn send_pages(&self, pages: &[Vec<u8>]) -> io::Result<usize> {
+    pub fn send_pages<P: AsRef<[u8]>>(&self, pages: &[P]) -> io::Result<usize> {
         let mut iov: Vec<libc::iovec> = pages
             .iter()
             .map(|p| libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
+                iov_base: p.as_ref().as_ptr() as *mut libc::c_void,
+                iov_len: p.as_ref().len(),
             })
             .collect();
         // SAFETY: an all-zero msghdr is valid (no name, no control data).
@@ -332,16 +332,16 @@ pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::netlink::reply::{dispatch, error, Reply, Step};
-    use crate::netlink::wire::{c, Writer};
+    use crate::netlink::wire::{c, Builder};
     use crate::testutil::{is_root, Netns};
 
     /// nf_tables' GETTABLE (subsystem 10, message 1) of the `ip` table `name`.
-    fn get_table(seq: u32, name: &str) -> Vec<u8> {
-        let mut w = Writer::new();
-        let m = w.begin_msg((10 << 8) | 1, c::NLM_F_REQUEST, seq, c::NFPROTO_IPV4, 0);
+    fn get_table(seq: u32, name: &str) -> Builder {
+        let mut w = Builder::new();
+        w.begin_msg((10 << 8) | 1, c::NLM_F_REQUEST, seq, c::NFPROTO_IPV4, 0);
         w.str(1, name); // NFTA_TABLE_NAME
-        w.end_msg(m);
-        w.buf
+        w.end_msg();
+        w
     }
 
     /// The replies to request `seq`: `(errno, extended-ACK offset)` of its NLMSG_ERROR.
@@ -376,10 +376,11 @@ mod tests {
         let ns = Netns::new("mnl-err");
         let (missing, bad) = ns.run_in(|| {
             let mut s = NlSocket::open().unwrap();
-            s.send_pages(&[get_table(5, "nope")]).unwrap();
+            s.send_pages(&[get_table(5, "nope").bytes()]).unwrap();
             let missing = error_of(&mut s, 5);
             // NFTA_TABLE_NAME longer than NFT_NAME_MAXLEN - 1: policy violation.
-            s.send_pages(&[get_table(6, &"x".repeat(300))]).unwrap();
+            s.send_pages(&[get_table(6, &"x".repeat(300)).bytes()])
+                .unwrap();
             (missing, error_of(&mut s, 6))
         });
         // Both name NFTA_TABLE_NAME: after the 16-byte header and the nfgenmsg.
@@ -402,7 +403,7 @@ mod tests {
             assert_eq!(a.port_id().unwrap(), b.port_id().unwrap());
             assert_ne!(a.port_id().unwrap(), 0);
             assert_eq!(b.recv(true).unwrap(), None, "nothing queued: no wait");
-            a.send_pages(&[get_table(9, "nope")]).unwrap();
+            a.send_pages(&[get_table(9, "nope").bytes()]).unwrap();
             assert!(b.wait_readable(1000).unwrap());
             assert_eq!(error_of(&mut b, 9).0, libc::ENOENT);
             for s in [&a, &b] {
@@ -418,7 +419,7 @@ mod tests {
             }
             drop(a);
             // The clone keeps the socket open.
-            b.send_pages(&[get_table(10, "nope")]).unwrap();
+            b.send_pages(&[get_table(10, "nope").bytes()]).unwrap();
             assert_eq!(error_of(&mut b, 10).0, libc::ENOENT);
         });
     }

@@ -129,6 +129,139 @@ impl Writer {
     }
 }
 
+/// Netlink messages built by libmnl (`mnl_nlmsg_put_header`, `mnl_nlmsg_put_extra_header`
+/// for the `nfgenmsg`, `mnl_attr_put*`, `mnl_attr_nest_start`/`_end`), back to back in one
+/// 4-byte aligned buffer that grows as needed: the requests of conntrack and of the
+/// nftables reads and watch. The bytes are [`Writer`]'s, byte for byte (tested).
+///
+/// libmnl writes through a `struct nlmsghdr *` with no bounds of its own: every call here
+/// first makes room for what it adds, and derives that pointer from the buffer for that
+/// call only. Positions kept between calls (the open message, a nest) are offsets.
+#[derive(Default)]
+pub struct Builder {
+    /// The storage, as words for libmnl's alignment.
+    words: Vec<u32>,
+    /// Bytes in use.
+    len: usize,
+    /// Offset of the message being built.
+    open: Option<usize>,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+    pub fn with_capacity(bytes: usize) -> Builder {
+        Builder {
+            words: Vec::with_capacity(bytes.div_ceil(4)),
+            ..Builder::default()
+        }
+    }
+
+    /// The messages built so far.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the words are initialised, `len` is at most their size in bytes, and any
+        // initialised memory is valid `u8`s; the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+
+    /// Makes room for `more` bytes after the used ones (zeroed) and returns the byte
+    /// offset where they start.
+    fn room(&mut self, more: usize) -> usize {
+        let need = (self.len + more).div_ceil(4);
+        if self.words.len() < need {
+            self.words.resize(need, 0);
+        }
+        self.len
+    }
+
+    /// Runs a libmnl call on the open message with room for `more` bytes behind it, then
+    /// takes the message's new length from its header. The call gets the buffer's start
+    /// and the message's header (4-byte aligned: messages start at aligned offsets).
+    fn put(&mut self, more: usize, f: impl FnOnce(*mut u8, *mut libc::nlmsghdr)) {
+        let open = self.open.expect("an attribute outside a message");
+        self.room(align4(more));
+        let base = self.words.as_mut_ptr() as *mut u8;
+        f(base, base.wrapping_add(open) as *mut libc::nlmsghdr);
+        self.len = open + align4(self.words[open / 4] as usize);
+    }
+
+    /// Starts an nfnetlink message (header and nfgenmsg); [`Builder::end_msg`] ends it.
+    pub fn begin_msg(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+        let at = self.room(c::NLMSG_HDRLEN + c::NFGENMSG_LEN);
+        self.open = Some(at);
+        let nlh = (self.words.as_mut_ptr() as *mut u8).wrapping_add(at) as *mut libc::c_void;
+        // SAFETY: `nlh` points at `room`'s zeroed, aligned space for the header and the
+        // nfgenmsg, which is all the two calls write; no reference to it is alive.
+        unsafe {
+            let h = mnl::mnl_sys::mnl_nlmsg_put_header(nlh);
+            (*h).nlmsg_type = ty;
+            (*h).nlmsg_flags = flags;
+            (*h).nlmsg_seq = seq;
+            let g = mnl::mnl_sys::mnl_nlmsg_put_extra_header(h, c::NFGENMSG_LEN) as *mut u8;
+            *g = family;
+            // NFNETLINK_V0, then the resource id in network byte order.
+            *g.add(1) = 0;
+            std::ptr::copy_nonoverlapping(res_id.to_be_bytes().as_ptr(), g.add(2), 2);
+        }
+        self.len = at + c::NLMSG_HDRLEN + c::NFGENMSG_LEN;
+    }
+
+    /// Ends the open message (its length is already right: libmnl keeps it).
+    pub fn end_msg(&mut self) {
+        self.open = None;
+    }
+
+    pub fn attr(&mut self, ty: u16, data: &[u8]) {
+        debug_assert!(data.len() + 4 <= u16::MAX as usize);
+        // SAFETY: `put` made room for the attribute and its padding behind the open
+        // message; `data` is live for the call and only read.
+        self.put(4 + data.len(), |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_put(nlh, ty, data.len(), data.as_ptr() as *const _)
+        });
+    }
+    pub fn u8(&mut self, ty: u16, v: u8) {
+        // SAFETY: `put` made room for the attribute and its padding.
+        self.put(8, |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_put_u8(nlh, ty, v)
+        });
+    }
+    pub fn u32_be(&mut self, ty: u16, v: u32) {
+        // SAFETY: `put` made room for the attribute.
+        self.put(8, |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_put_u32(nlh, ty, v.to_be())
+        });
+    }
+    /// A NUL-terminated string attribute.
+    pub fn str(&mut self, ty: u16, s: &str) {
+        let mut z = Vec::with_capacity(s.len() + 1);
+        z.extend_from_slice(s.as_bytes());
+        z.push(0);
+        self.attr(ty, &z);
+    }
+    /// Starts a nest (`NLA_F_NESTED` set); returns its offset for [`Builder::nest_end`].
+    pub fn nest_begin(&mut self, ty: u16) -> usize {
+        let at = self.len;
+        // SAFETY: `put` made room for the nest's header.
+        self.put(4, |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_nest_start(nlh, ty);
+        });
+        at
+    }
+    pub fn nest_end(&mut self, start: usize) {
+        let open = self.open.expect("a nest outside a message");
+        assert!(
+            start >= open + c::NLMSG_HDRLEN && start + 4 <= self.len && start.is_multiple_of(4)
+        );
+        debug_assert!(self.len - start <= u16::MAX as usize);
+        // SAFETY: `start` is the offset of a nest header of the open message (checked
+        // above), inside the buffer; libmnl writes its length field only.
+        self.put(0, |base, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_nest_end(nlh, base.add(start) as *mut libc::nlattr)
+        });
+    }
+}
+
 /// One netlink message of a received buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct Msg<'a> {
@@ -312,7 +445,92 @@ mod tests {
         assert_eq!(framing_error(&bad), Some(one));
     }
 
+    /// One step of building messages, for [`Builder`] and [`Writer`] alike.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Msg(u16, u16, u32, u8, u16),
+        Attr(u16, Vec<u8>),
+        U8(u16, u8),
+        U32(u16, u32),
+        Str(u16, String),
+        Nest(u16),
+        EndNest,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => (any::<u16>(), any::<u16>(), any::<u32>(), any::<u8>(), any::<u16>())
+                .prop_map(|(a, b, c, d, e)| Op::Msg(a, b, c, d, e)),
+            3 => (0u16..0x4000, proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(t, d)| Op::Attr(t, d)),
+            1 => (0u16..0x4000, any::<u8>()).prop_map(|(t, v)| Op::U8(t, v)),
+            1 => (0u16..0x4000, any::<u32>()).prop_map(|(t, v)| Op::U32(t, v)),
+            1 => (0u16..0x4000, "[a-z]{0,12}").prop_map(|(t, v)| Op::Str(t, v)),
+            1 => (0u16..0x4000).prop_map(Op::Nest),
+            1 => Just(Op::EndNest),
+        ]
+    }
+
     proptest::proptest! {
+        /// libmnl's messages are the hand-written writer's, byte for byte.
+        #[test]
+        fn builder_writes_what_writer_writes(ops in proptest::collection::vec(op(), 0..40)) {
+            let (mut w, mut b) = (Writer::new(), Builder::new());
+            let (mut wm, mut nests): (Option<usize>, Vec<(usize, usize)>) = (None, Vec::new());
+            for op in ops {
+                if wm.is_none() && !matches!(op, Op::Msg(..)) {
+                    continue;
+                }
+                match op {
+                    Op::Msg(ty, fl, seq, fam, res) => {
+                        for (wn, bn) in nests.drain(..).rev() {
+                            w.nest_end(wn);
+                            b.nest_end(bn);
+                        }
+                        if let Some(m) = wm.take() {
+                            w.end_msg(m);
+                            b.end_msg();
+                        }
+                        wm = Some(w.begin_msg(ty, fl, seq, fam, res));
+                        b.begin_msg(ty, fl, seq, fam, res);
+                    }
+                    Op::Attr(t, d) => {
+                        w.attr(t, &d);
+                        b.attr(t, &d);
+                    }
+                    Op::U8(t, v) => {
+                        w.u8(t, v);
+                        b.u8(t, v);
+                    }
+                    Op::U32(t, v) => {
+                        w.u32_be(t, v);
+                        b.u32_be(t, v);
+                    }
+                    Op::Str(t, v) => {
+                        w.str(t, &v);
+                        b.str(t, &v);
+                    }
+                    Op::Nest(t) => nests.push((w.nest_begin(t), b.nest_begin(t))),
+                    Op::EndNest => {
+                        if let Some((wn, bn)) = nests.pop() {
+                            w.nest_end(wn);
+                            b.nest_end(bn);
+                        }
+                    }
+                }
+            }
+            for (wn, bn) in nests.drain(..).rev() {
+                w.nest_end(wn);
+                b.nest_end(bn);
+            }
+            if let Some(m) = wm {
+                w.end_msg(m);
+                b.end_msg();
+            }
+            proptest::prop_assert_eq!(b.bytes(), &w.buf[..]);
+        }
+
         /// Any bytes: the message and attribute iterators end without a panic, and where
         /// the framing is whole they account for every byte.
         #[test]

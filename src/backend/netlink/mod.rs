@@ -67,7 +67,7 @@ use self::nf_tables::c;
 use super::{ApplyReport, Backend, BackendError, OpFailure, Touched, Waker, Watched};
 use crate::netlink::reply::{self, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{self, messages, Writer};
+use crate::netlink::wire::{self, messages, Builder, Writer};
 use crate::nft::tx::{Op, TableRef, Transaction};
 use crate::nft::{Element, Elements, Family, Ruleset, Set, Table};
 
@@ -247,7 +247,7 @@ impl NetlinkBackend {
         ty: u16,
         flags: u16,
         family: u8,
-        attrs: impl FnOnce(&mut Writer),
+        attrs: impl FnOnce(&mut Builder),
     ) -> Result<Reply, ReqError> {
         let mut buf = Vec::new();
         self.request_each(ty, flags, family, attrs, |m| {
@@ -273,15 +273,15 @@ impl NetlinkBackend {
         ty: u16,
         flags: u16,
         family: u8,
-        attrs: impl FnOnce(&mut Writer),
+        attrs: impl FnOnce(&mut Builder),
         mut each: impl FnMut(&wire::Msg<'_>),
     ) -> Result<bool, ReqError> {
         let seq = self.next_seq(1);
-        let mut w = Writer::new();
-        let m = w.begin_msg(msg_type(ty), flags, seq, family, 0);
+        let mut w = Builder::new();
+        w.begin_msg(msg_type(ty), flags, seq, family, 0);
         attrs(&mut w);
-        w.end_msg(m);
-        self.sock.send_pages(std::slice::from_ref(&w.buf))?;
+        w.end_msg();
+        self.sock.send_pages(&[w.bytes()])?;
         let dump = flags & c::NLM_F_DUMP == c::NLM_F_DUMP;
         let mut interrupted = false;
         // How the request ended: Ok, or the kernel's errno.
@@ -331,7 +331,7 @@ impl NetlinkBackend {
         &mut self,
         ty: u16,
         family: u8,
-        attrs: impl FnOnce(&mut Writer),
+        attrs: impl FnOnce(&mut Builder),
     ) -> Result<Option<Reply>, BackendError> {
         match self.request(ty, c::NLM_F_REQUEST, family, attrs) {
             Ok(r) => Ok(Some(r)),

@@ -46,7 +46,7 @@ use super::nf_tables::c;
 use crate::backend::{Touched, Waker, Watched};
 use crate::netlink::reply::{self, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::Writer;
+use crate::netlink::wire::Builder;
 use crate::nft::Family;
 
 /// The listening socket's receive buffer. kproxy's own large commits are not listened to
@@ -198,10 +198,10 @@ impl Shared {
 
 /// Sends a marker (a GETGEN request) on `sock`.
 fn send_marker(sock: &NlSocket, seq: u32) -> io::Result<()> {
-    let mut w = Writer::new();
-    let m = w.begin_msg(msg_type(c::NFT_MSG_GETGEN), c::NLM_F_REQUEST, seq, 0, 0);
-    w.end_msg(m);
-    sock.send_pages(std::slice::from_ref(&w.buf)).map(|_| ())
+    let mut w = Builder::new();
+    w.begin_msg(msg_type(c::NFT_MSG_GETGEN), c::NLM_F_REQUEST, seq, 0, 0);
+    w.end_msg();
+    sock.send_pages(&[w.bytes()]).map(|_| ())
 }
 
 /// The drift watch of one backend: the listening socket and its drain thread.
