@@ -1,10 +1,14 @@
 //! Netlink framing: message headers, attributes (TLVs), nests, and a parser for them.
 //!
 //! Owns: the byte layout every netlink family shares (`nlmsghdr`, `nfgenmsg`, `nlattr`
-//! with nests and 4-byte alignment), in both directions ([`Writer`], [`messages`],
-//! [`Attrs`]). Pure byte handling: no sockets, no `unsafe`. Reading replies (errors, ACKs,
-//! the end of a dump) is [`super::reply`]'s, on libmnl; [`framing_error`] is also its guard
-//! against libmnl 1.0.4's length check.
+//! with nests and 4-byte alignment), in both directions: [`Builder`] builds requests with
+//! libmnl (`mnl_nlmsg_put_header`, `mnl_attr_put*`, nests); [`Writer`] is the hand-written
+//! writer the nftables encoder still uses (byte for byte the same; it goes when that
+//! encoder is libnftnl's); [`messages`] and [`Attrs`] read (safe slice iterators: a dump
+//! is read attribute by attribute, and a call into libmnl per attribute would cost more
+//! than the bounds checks it replaces). Reading replies (errors, ACKs, the end of a dump)
+//! is [`super::reply`]'s, on libmnl; [`framing_error`] is also its guard against libmnl
+//! 1.0.4's message length check. The only `unsafe` is [`Builder`]'s libmnl calls.
 //!
 //! Must not: know any subsystem's messages or attributes (nf_tables' are in
 //! `backend::netlink::nf_tables`, ctnetlink's in `conntrack::netlink`).
