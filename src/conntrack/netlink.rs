@@ -28,8 +28,9 @@ use std::io;
 
 use super::{Flow, StaleFilter, Tuple};
 use crate::model::Family;
+use crate::netlink::reply::{self, Reply, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{c, framing_error, messages, Attrs, Msg, Writer};
+use crate::netlink::wire::{c, Attrs, Builder};
 
 /// Constants from `linux/netfilter/nfnetlink.h`, `nfnetlink_conntrack.h` and the kernel's
 /// `nf_internals.h` (the filter flag is ABI, but not in a uapi header).
@@ -117,28 +118,17 @@ fn nfproto(family: Family) -> u8 {
     }
 }
 
-/// The errno of an NLMSG_ERROR (0 for an ACK) or of NLMSG_DONE (the dump's result).
-/// (Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.)
-fn msg_errno(m: &Msg<'_>) -> i32 {
-    m.payload
-        .get(..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")).wrapping_neg())
-        .unwrap_or(0)
-}
-
-/// A broken reply as an error.
-fn check_framing(buf: &[u8]) -> Result<(), CtError> {
-    match framing_error(buf) {
-        None => Ok(()),
-        Some(offset) => Err(CtError::Malformed {
-            offset,
-            len: buf.len(),
-        }),
+impl From<reply::Malformed> for CtError {
+    fn from(e: reply::Malformed) -> Self {
+        CtError::Malformed {
+            offset: e.offset,
+            len: e.len,
+        }
     }
 }
 
 /// One received buffer of the dump answering request `seq`: each UDP flow of `family` in
-/// it goes to `visit`; `Some` when the dump ended in it.
+/// it goes to `visit`; `Some` when the dump ended in it. A broken buffer is refused whole.
 fn read_dump_buffer(
     buf: &[u8],
     seq: u32,
@@ -146,41 +136,42 @@ fn read_dump_buffer(
     interrupted: &mut bool,
     visit: &mut dyn FnMut(&Flow),
 ) -> Result<Option<DumpEnd>, CtError> {
-    check_framing(buf)?;
     let want = nfproto(family);
-    for m in messages(buf) {
+    let mut end = None;
+    reply::dispatch(buf, &mut |r| {
+        let m = r.msg();
         if m.seq != seq {
-            continue; // a late reply to an earlier request
+            return Step::Next; // a late reply to an earlier request
         }
-        if m.flags & c::NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
-        }
-        match m.ty {
-            c::NLMSG_DONE => {
-                let e = msg_errno(&m);
-                return Ok(Some(match e {
-                    0 if !*interrupted => DumpEnd::Done,
-                    0 | libc::EINTR | libc::EAGAIN => DumpEnd::Retry,
-                    e => DumpEnd::Refused(e),
-                }));
-            }
-            c::NLMSG_ERROR => match msg_errno(&m) {
-                0 => {}
-                libc::EINTR | libc::EAGAIN => return Ok(Some(DumpEnd::Retry)),
-                e => return Ok(Some(DumpEnd::Refused(e))),
-            },
-            ty if ty == msg_type(ct::IPCTNL_MSG_CT_NEW) => {
-                if m.family() != want {
-                    continue;
+        *interrupted |= m.flags & c::NLM_F_DUMP_INTR != 0;
+        end = match r {
+            Reply::Done { errno, .. } => Some(match errno {
+                0 if !*interrupted => DumpEnd::Done,
+                0 | libc::EINTR | libc::EAGAIN => DumpEnd::Retry,
+                e => DumpEnd::Refused(e),
+            }),
+            Reply::Error { errno: 0, .. } | Reply::Other(_) => None,
+            Reply::Error {
+                errno: libc::EINTR | libc::EAGAIN,
+                ..
+            } => Some(DumpEnd::Retry),
+            Reply::Error { errno, .. } => Some(DumpEnd::Refused(errno)),
+            Reply::Data(m) => {
+                if m.ty == msg_type(ct::IPCTNL_MSG_CT_NEW) && m.family() == want {
+                    if let Some(f) = parse_flow(m.attrs()) {
+                        visit(&f);
+                    }
                 }
-                if let Some(f) = parse_flow(m.attrs()) {
-                    visit(&f);
-                }
+                None
             }
-            _ => {}
+        };
+        if end.is_some() {
+            Step::Stop
+        } else {
+            Step::Next
         }
-    }
-    Ok(None)
+    })?;
+    Ok(end)
 }
 
 /// What [`decode_dump`] read.
@@ -211,9 +202,9 @@ pub fn decode_dump(buf: &[u8], seq: u32, family: Family) -> Result<DecodedDump, 
 }
 
 /// The dump request: every entry of `family`, only UDP with `filter`.
-pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Vec<u8> {
-    let mut w = Writer::with_capacity(64);
-    let m = w.begin_msg(
+pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Builder {
+    let mut w = Builder::with_capacity(64);
+    w.begin_msg(
         msg_type(ct::IPCTNL_MSG_CT_GET),
         c::NLM_F_REQUEST | c::NLM_F_DUMP,
         seq,
@@ -234,11 +225,11 @@ pub(crate) fn encode_dump(seq: u32, family: Family, filter: bool) -> Vec<u8> {
         );
         w.nest_end(f);
     }
-    w.end_msg(m);
-    w.buf
+    w.end_msg();
+    w
 }
 
-fn put_tuple(w: &mut Writer, ty: u16, t: &Tuple, proto: u8, zone: Option<u16>) {
+fn put_tuple(w: &mut Builder, ty: u16, t: &Tuple, proto: u8, zone: Option<u16>) {
     let n = w.nest_begin(ty);
     let ip = w.nest_begin(ct::CTA_TUPLE_IP);
     match (t.src, t.dst) {
@@ -271,8 +262,8 @@ fn v6_octets(ip: std::net::IpAddr) -> [u8; 16] {
 }
 
 /// Appends the delete request of one flow (identified by its original tuple, zone, id).
-pub(crate) fn encode_delete(w: &mut Writer, seq: u32, family: Family, flow: &Flow) {
-    let m = w.begin_msg(
+pub(crate) fn encode_delete(w: &mut Builder, seq: u32, family: Family, flow: &Flow) {
+    w.begin_msg(
         msg_type(ct::IPCTNL_MSG_CT_DELETE),
         c::NLM_F_REQUEST,
         seq,
@@ -292,7 +283,7 @@ pub(crate) fn encode_delete(w: &mut Writer, seq: u32, family: Family, flow: &Flo
     if let Some(id) = flow.id {
         w.u32_be(ct::CTA_ID, id);
     }
-    w.end_msg(m);
+    w.end_msg();
 }
 
 fn be16(d: &[u8]) -> Option<u16> {
@@ -442,7 +433,7 @@ impl Conntrack {
     ) -> Result<DumpEnd, CtError> {
         let seq = self.next_seq();
         let req = encode_dump(seq, family, filter);
-        self.sock.send_pages(std::slice::from_ref(&req))?;
+        self.sock.send_pages(&[req.bytes()])?;
         let mut interrupted = false;
         loop {
             let buf = self
@@ -461,31 +452,32 @@ impl Conntrack {
         let mut st = CleanStats::default();
         let mut first_error = None;
         for chunk in flows.chunks(DELETES_PER_SEND) {
-            let mut w = Writer::with_capacity(chunk.len() * 112);
+            let mut w = Builder::with_capacity(chunk.len() * 112);
             let first = self.seq.wrapping_add(1);
             for f in chunk {
                 let seq = self.next_seq();
                 encode_delete(&mut w, seq, family, f);
             }
-            self.sock.reserve(w.buf.len())?;
-            self.sock.send_pages(std::slice::from_ref(&w.buf))?;
+            self.sock.reserve(w.bytes().len())?;
+            self.sock.send_pages(&[w.bytes()])?;
             let (mut gone, mut failed) = (0usize, 0usize);
             // Handled inside sendmsg(): every failure reply is queued by now.
             while let Some(buf) = self.sock.recv(true)? {
-                check_framing(buf)?;
-                for m in messages(buf) {
-                    if m.ty != c::NLMSG_ERROR || m.seq.wrapping_sub(first) >= chunk.len() as u32 {
-                        continue;
-                    }
-                    match msg_errno(&m) {
-                        0 => {}
-                        libc::ENOENT => gone += 1,
-                        e => {
-                            failed += 1;
-                            first_error.get_or_insert(e);
+                reply::dispatch(buf, &mut |r| {
+                    if let Reply::Error { msg, errno, .. } = r {
+                        if msg.seq.wrapping_sub(first) < chunk.len() as u32 {
+                            match errno {
+                                0 => {}
+                                libc::ENOENT => gone += 1,
+                                e => {
+                                    failed += 1;
+                                    first_error.get_or_insert(e);
+                                }
+                            }
                         }
                     }
-                }
+                    Step::Next
+                })?;
             }
             st.gone += gone;
             st.failed += failed;
@@ -521,6 +513,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::wire::{messages, Msg};
     use std::net::IpAddr;
 
     fn ip(s: &str) -> IpAddr {
@@ -529,8 +522,8 @@ mod tests {
 
     /// A conntrack message as the kernel dumps it (orig, reply, status, zone, id).
     fn kernel_msg(flow: &Flow, proto: u8) -> Vec<u8> {
-        let mut w = Writer::new();
-        let m = w.begin_msg(
+        let mut w = Builder::new();
+        w.begin_msg(
             msg_type(ct::IPCTNL_MSG_CT_NEW),
             c::NLM_F_MULTI,
             1,
@@ -552,8 +545,8 @@ mod tests {
         if let Some(id) = flow.id {
             w.u32_be(ct::CTA_ID, id);
         }
-        w.end_msg(m);
-        w.buf
+        w.end_msg();
+        w.bytes().to_vec()
     }
 
     fn sample(v6: bool) -> Flow {
@@ -600,18 +593,20 @@ mod tests {
         let m = messages(&buf).next().unwrap();
         assert_eq!(parse_flow(m.attrs()), None);
         // No reply tuple.
-        let mut w = Writer::new();
+        let mut w = Builder::new();
+        w.begin_msg(0, 0, 0, 0, 0);
         put_tuple(&mut w, ct::CTA_TUPLE_ORIG, &f.orig, ct::IPPROTO_UDP, None);
-        assert_eq!(parse_flow(Attrs::new(&w.buf)), None);
+        let m = messages(w.bytes()).next().unwrap();
+        assert_eq!(parse_flow(m.attrs()), None);
     }
 
     #[test]
     fn delete_request_carries_the_original_tuple_zone_and_id() {
         let mut f = sample(true);
         f.orig_zone = Some(3);
-        let mut w = Writer::new();
+        let mut w = Builder::new();
         encode_delete(&mut w, 9, Family::V6, &f);
-        let m = messages(&w.buf).next().unwrap();
+        let m = messages(w.bytes()).next().unwrap();
         assert_eq!(m.ty, (1 << 8) | 2);
         assert_eq!(m.flags, c::NLM_F_REQUEST);
         assert_eq!(m.seq, 9);
@@ -638,13 +633,15 @@ mod tests {
     /// ("attempt to negate with overflow").
     #[test]
     fn an_errno_of_i32_min_does_not_panic() {
-        let mut w = Writer::new();
-        let m = w.begin_msg(c::NLMSG_DONE, c::NLM_F_MULTI, 1, 0, 0);
-        w.buf.truncate(m + c::NLMSG_HDRLEN);
-        w.buf.extend_from_slice(&i32::MIN.to_ne_bytes());
-        w.end_msg(m);
-        let msg = messages(&w.buf).next().unwrap();
-        assert_eq!(msg_errno(&msg), i32::MIN);
+        // NLMSG_DONE: header and the dump's result.
+        let mut buf = 20u32.to_ne_bytes().to_vec();
+        buf.extend_from_slice(&c::NLMSG_DONE.to_ne_bytes());
+        buf.extend_from_slice(&c::NLM_F_MULTI.to_ne_bytes());
+        buf.extend_from_slice(&1u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&i32::MIN.to_ne_bytes());
+        let d = decode_dump(&buf, 1, Family::V4).unwrap();
+        assert_eq!(d.end, Some(Err(i32::MIN)));
     }
 
     /// A reply cut short is an error: before, the rest of the buffer was skipped without
@@ -688,7 +685,7 @@ mod tests {
     #[test]
     fn dump_request_filters_to_udp_or_not_at_all() {
         let buf = encode_dump(4, Family::V4, true);
-        let m = messages(&buf).next().unwrap();
+        let m = messages(buf.bytes()).next().unwrap();
         assert_eq!(m.ty, (1 << 8) | 1);
         assert_eq!(m.flags, c::NLM_F_REQUEST | c::NLM_F_DUMP);
         assert_eq!(m.family(), c::NFPROTO_IPV4);
@@ -707,7 +704,7 @@ mod tests {
         assert_eq!(flags, &(1u32 << 3).to_ne_bytes()[..]);
 
         let buf = encode_dump(5, Family::V6, false);
-        let m = messages(&buf).next().unwrap();
+        let m = messages(buf.bytes()).next().unwrap();
         assert_eq!(m.family(), c::NFPROTO_IPV6);
         assert_eq!(m.attrs().count(), 0);
     }

@@ -1,8 +1,13 @@
 //! Netlink framing: message headers, attributes (TLVs), nests, and a parser for them.
 //!
 //! Owns: the byte layout every netlink family shares (`nlmsghdr`, `nfgenmsg`, `nlattr`
-//! with nests and 4-byte alignment), in both directions ([`Writer`], [`messages`],
-//! [`Attrs`]). Pure byte handling: no sockets, no `unsafe`.
+//! with nests and 4-byte alignment), in both directions: [`Builder`] builds requests with
+//! libmnl (`mnl_nlmsg_put_header`, `mnl_attr_put*`, nests) — nf_tables' objects are built
+//! by libnftnl in `backend::netlink`; [`messages`] and [`Attrs`] read (safe slice iterators: a dump
+//! is read attribute by attribute, and a call into libmnl per attribute would cost more
+//! than the bounds checks it replaces). Reading replies (errors, ACKs, the end of a dump)
+//! is [`super::reply`]'s, on libmnl; [`framing_error`] is also its guard against libmnl
+//! 1.0.4's message length check. The only `unsafe` is [`Builder`]'s libmnl calls.
 //!
 //! Must not: know any subsystem's messages or attributes (nf_tables' are in
 //! `backend::netlink::nf_tables`, ctnetlink's in `conntrack::netlink`).
@@ -48,80 +53,137 @@ pub const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Appends netlink messages and attributes to a byte buffer.
+/// Netlink messages built by libmnl (`mnl_nlmsg_put_header`, `mnl_nlmsg_put_extra_header`
+/// for the `nfgenmsg`, `mnl_attr_put*`, `mnl_attr_nest_start`/`_end`), back to back in one
+/// 4-byte aligned buffer that grows as needed: the requests of conntrack and of the
+/// nftables reads and watch. (Its bytes equalled the hand-written writer's it replaced,
+/// checked by a property test before that writer was deleted.)
+///
+/// libmnl writes through a `struct nlmsghdr *` with no bounds of its own: every call here
+/// first makes room for what it adds, and derives that pointer from the buffer for that
+/// call only. Positions kept between calls (the open message, a nest) are offsets.
 #[derive(Default)]
-pub struct Writer {
-    pub buf: Vec<u8>,
+pub struct Builder {
+    /// The storage, as words for libmnl's alignment.
+    words: Vec<u32>,
+    /// Bytes in use.
+    len: usize,
+    /// Offset of the message being built.
+    open: Option<usize>,
 }
 
-impl Writer {
-    pub fn new() -> Writer {
-        Writer::default()
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::default()
     }
-    pub fn with_capacity(n: usize) -> Writer {
-        Writer {
-            buf: Vec::with_capacity(n),
+    pub fn with_capacity(bytes: usize) -> Builder {
+        Builder {
+            words: Vec::with_capacity(bytes.div_ceil(4)),
+            ..Builder::default()
         }
     }
 
-    /// Starts an nfnetlink message; returns its offset for [`Writer::end_msg`].
-    pub fn begin_msg(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched later
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-        self.buf.push(family);
-        self.buf.push(0); // NFNETLINK_V0
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        start
+    /// The messages built so far.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the words are initialised, `len` is at most their size in bytes, and any
+        // initialised memory is valid `u8`s; the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
     }
 
-    pub fn end_msg(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u32;
-        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    /// Makes room for `more` bytes after the used ones (zeroed) and returns the byte
+    /// offset where they start.
+    fn room(&mut self, more: usize) -> usize {
+        let need = (self.len + more).div_ceil(4);
+        if self.words.len() < need {
+            self.words.resize(need, 0);
+        }
+        self.len
+    }
+
+    /// Runs a libmnl call on the open message with room for `more` bytes behind it, then
+    /// takes the message's new length from its header. The call gets the buffer's start
+    /// and the message's header (4-byte aligned: messages start at aligned offsets).
+    fn put(&mut self, more: usize, f: impl FnOnce(*mut u8, *mut libc::nlmsghdr)) {
+        let open = self.open.expect("an attribute outside a message");
+        self.room(align4(more));
+        let base = self.words.as_mut_ptr() as *mut u8;
+        f(base, base.wrapping_add(open) as *mut libc::nlmsghdr);
+        self.len = open + align4(self.words[open / 4] as usize);
+    }
+
+    /// Starts an nfnetlink message (header and nfgenmsg); [`Builder::end_msg`] ends it.
+    pub fn begin_msg(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+        let at = self.room(c::NLMSG_HDRLEN + c::NFGENMSG_LEN);
+        self.open = Some(at);
+        let nlh = (self.words.as_mut_ptr() as *mut u8).wrapping_add(at) as *mut libc::c_void;
+        // SAFETY: `nlh` points at `room`'s zeroed, aligned space for the header and the
+        // nfgenmsg, which is all the two calls write; no reference to it is alive.
+        unsafe {
+            let h = mnl::mnl_sys::mnl_nlmsg_put_header(nlh);
+            (*h).nlmsg_type = ty;
+            (*h).nlmsg_flags = flags;
+            (*h).nlmsg_seq = seq;
+            let g = mnl::mnl_sys::mnl_nlmsg_put_extra_header(h, c::NFGENMSG_LEN) as *mut u8;
+            *g = family;
+            // NFNETLINK_V0, then the resource id in network byte order.
+            *g.add(1) = 0;
+            std::ptr::copy_nonoverlapping(res_id.to_be_bytes().as_ptr(), g.add(2), 2);
+        }
+        self.len = at + c::NLMSG_HDRLEN + c::NFGENMSG_LEN;
+    }
+
+    /// Ends the open message (its length is already right: libmnl keeps it).
+    pub fn end_msg(&mut self) {
+        self.open = None;
     }
 
     pub fn attr(&mut self, ty: u16, data: &[u8]) {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
+        debug_assert!(data.len() + 4 <= u16::MAX as usize);
+        // SAFETY: `put` made room for the attribute and its padding behind the open
+        // message; `data` is live for the call and only read.
+        self.put(4 + data.len(), |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_put(nlh, ty, data.len(), data.as_ptr() as *const _)
+        });
+    }
+    pub fn u8(&mut self, ty: u16, v: u8) {
+        // SAFETY: `put` made room for the attribute and its padding.
+        self.put(8, |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_put_u8(nlh, ty, v)
+        });
     }
     pub fn u32_be(&mut self, ty: u16, v: u32) {
-        self.attr(ty, &v.to_be_bytes());
-    }
-
-    pub fn u8(&mut self, ty: u16, v: u8) {
-        self.attr(ty, &[v]);
+        // SAFETY: `put` made room for the attribute.
+        self.put(8, |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_put_u32(nlh, ty, v.to_be())
+        });
     }
     /// A NUL-terminated string attribute.
     pub fn str(&mut self, ty: u16, s: &str) {
-        let len = 4 + s.len() + 1;
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.push(0);
-        self.pad();
+        let mut z = Vec::with_capacity(s.len() + 1);
+        z.extend_from_slice(s.as_bytes());
+        z.push(0);
+        self.attr(ty, &z);
     }
+    /// Starts a nest (`NLA_F_NESTED` set); returns its offset for [`Builder::nest_end`].
     pub fn nest_begin(&mut self, ty: u16) -> usize {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | c::NLA_F_NESTED).to_ne_bytes());
-        start
+        let at = self.len;
+        // SAFETY: `put` made room for the nest's header.
+        self.put(4, |_, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_nest_start(nlh, ty);
+        });
+        at
     }
     pub fn nest_end(&mut self, start: usize) {
-        let len = self.buf.len() - start;
-        debug_assert!(len <= u16::MAX as usize);
-        self.buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
-    }
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
+        let open = self.open.expect("a nest outside a message");
+        assert!(
+            start >= open + c::NLMSG_HDRLEN && start + 4 <= self.len && start.is_multiple_of(4)
+        );
+        debug_assert!(self.len - start <= u16::MAX as usize);
+        // SAFETY: `start` is the offset of a nest header of the open message (checked
+        // above), inside the buffer; libmnl writes its length field only.
+        self.put(0, |base, nlh| unsafe {
+            mnl::mnl_sys::mnl_attr_nest_end(nlh, base.add(start) as *mut libc::nlattr)
+        });
     }
 }
 
@@ -150,30 +212,34 @@ impl<'a> Msg<'a> {
     }
 }
 
+impl<'a> Msg<'a> {
+    /// The message at the start of `buf` and its length with padding (which the last
+    /// message of a buffer may leave out), or `None` when its header is broken.
+    pub fn parse(buf: &'a [u8]) -> Option<(Msg<'a>, usize)> {
+        let h = buf.get(..c::NLMSG_HDRLEN)?;
+        let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        let len = word(0) as usize;
+        if len < c::NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let m = Msg {
+            ty: u16::from_ne_bytes([h[4], h[5]]),
+            flags: u16::from_ne_bytes([h[6], h[7]]),
+            seq: word(8),
+            port: word(12),
+            payload: &buf[c::NLMSG_HDRLEN..len],
+            raw: &buf[..len],
+        };
+        Some((m, align4(len).min(buf.len())))
+    }
+}
+
 /// Iterates over the netlink messages in `buf`. Stops at the first malformed header.
 pub fn messages(buf: &[u8]) -> impl Iterator<Item = Msg<'_>> {
-    let mut off = 0usize;
+    let mut rest = buf;
     std::iter::from_fn(move || {
-        if off + c::NLMSG_HDRLEN > buf.len() {
-            return None;
-        }
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().ok()?) as usize;
-        if len < c::NLMSG_HDRLEN || off + len > buf.len() {
-            return None;
-        }
-        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().ok()?);
-        let flags = u16::from_ne_bytes(buf[off + 6..off + 8].try_into().ok()?);
-        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().ok()?);
-        let port = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().ok()?);
-        let m = Msg {
-            ty,
-            flags,
-            seq,
-            port,
-            payload: &buf[off + c::NLMSG_HDRLEN..off + len],
-            raw: &buf[off..off + len],
-        };
-        off += align4(len);
+        let (m, adv) = Msg::parse(rest)?;
+        rest = &rest[adv..];
         Some(m)
     })
 }
@@ -265,15 +331,15 @@ mod tests {
 
     #[test]
     fn attributes_roundtrip() {
-        let mut w = Writer::new();
-        let m = w.begin_msg(0x0a00, c::NLM_F_REQUEST, 7, 2, 0);
+        let mut w = Builder::new();
+        w.begin_msg(0x0a00, c::NLM_F_REQUEST, 7, 2, 0);
         w.str(1, "kproxy");
         let n = w.nest_begin(4);
         w.u32_be(1, 3);
         w.attr(2, &[1, 2, 3]);
         w.nest_end(n);
-        w.end_msg(m);
-        let msgs: Vec<Msg> = messages(&w.buf).collect();
+        w.end_msg();
+        let msgs: Vec<Msg> = messages(w.bytes()).collect();
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].seq, 7);
         let a = msgs[0].attrs();
@@ -285,13 +351,13 @@ mod tests {
 
     #[test]
     fn framing_errors_are_found() {
-        let mut w = Writer::new();
+        let mut w = Builder::new();
         for seq in 0..3 {
-            let m = w.begin_msg(0x0a00, 0, seq, 2, 0);
+            w.begin_msg(0x0a00, 0, seq, 2, 0);
             w.str(1, "abc");
-            w.end_msg(m);
+            w.end_msg();
         }
-        let buf = w.buf;
+        let buf = w.bytes().to_vec();
         assert_eq!(framing_error(&buf), None);
         assert_eq!(framing_error(&[]), None);
         // Cut anywhere but at a message boundary.
@@ -305,23 +371,5 @@ mod tests {
         assert_eq!(framing_error(&bad), Some(one));
         bad[one..one + 4].copy_from_slice(&u32::MAX.to_ne_bytes());
         assert_eq!(framing_error(&bad), Some(one));
-    }
-
-    proptest::proptest! {
-        /// Any bytes: the message and attribute iterators end without a panic, and where
-        /// the framing is whole they account for every byte.
-        #[test]
-        fn arbitrary_bytes_iterate_safely(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let mut seen = 0usize;
-            for m in messages(&buf) {
-                seen += align4(c::NLMSG_HDRLEN + m.payload.len());
-                for (_, d) in m.attrs() {
-                    for _ in Attrs::new(d) {}
-                }
-            }
-            if framing_error(&buf).is_none() {
-                proptest::prop_assert!(seen >= buf.len() && seen < buf.len() + 4);
-            }
-        }
     }
 }

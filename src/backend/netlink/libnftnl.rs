@@ -95,7 +95,9 @@ macro_rules! object {
                 let ptr = NonNull::new(p).unwrap_or_else(|| {
                     std::alloc::handle_alloc_error(std::alloc::Layout::new::<u64>())
                 });
-                $name { ptr, bound: 64 }
+                // Room for the nests libnftnl adds around attributes (a set's description
+                // with up to 16 concatenated fields takes 200 bytes).
+                $name { ptr, bound: 256 }
             }
 
             /// Sets attribute `attr` to `data` (libnftnl copies it).

@@ -79,8 +79,9 @@ use self::encode::family_proto;
 use self::monitor::Monitor;
 use self::nf_tables::c;
 use super::{ApplyReport, Backend, BackendError, OpFailure, Touched, Waker, Watched};
+use crate::netlink::reply::{self, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{self, messages, Writer};
+use crate::netlink::wire::{self, messages, Builder};
 use crate::nft::tx::{Op, TableRef, Transaction};
 use crate::nft::{Element, Elements, Family, Ruleset, Set, Table};
 
@@ -147,23 +148,7 @@ fn msg_type(ty: u16) -> u16 {
 
 /// Errno and extended-ACK offset of an NLMSG_ERROR (0 = an ACK).
 fn parse_error(m: &wire::Msg<'_>) -> (i32, Option<u32>) {
-    let p = m.payload;
-    let err = p
-        .get(..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-        .unwrap_or(-libc::EPROTO);
-    let mut offs = None;
-    if m.flags & c::NLM_F_ACK_TLVS != 0 {
-        // With NETLINK_CAP_ACK only the original header follows the error code.
-        if let Some(tlvs) = p.get(4 + c::NLMSG_HDRLEN..) {
-            offs = wire::Attrs::new(tlvs)
-                .get(c::NLMSGERR_ATTR_OFFS)
-                .and_then(|b| b.get(..4))
-                .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
-        }
-    }
-    // Wrapping: `-i32::MIN` does not exist, and a reply must not panic the reader.
-    (err.wrapping_neg(), offs)
+    reply::error(m)
 }
 
 /// What a failing operation was about, for error messages: the operation's description
@@ -281,20 +266,12 @@ impl NetlinkBackend {
         ty: u16,
         flags: u16,
         family: u8,
-        attrs: impl FnOnce(&mut Writer),
+        attrs: impl FnOnce(&mut Builder),
     ) -> Result<Reply, ReqError> {
         let mut buf = Vec::new();
         self.request_each(ty, flags, family, attrs, |m| {
-            let len = c::NLMSG_HDRLEN + m.payload.len();
-            let mut w = Writer::new();
-            let s = w.begin_msg(m.ty, m.flags, m.seq, 0, 0);
-            w.buf.truncate(s + c::NLMSG_HDRLEN);
-            w.buf.extend_from_slice(m.payload);
-            w.buf[s..s + 4].copy_from_slice(&(len as u32).to_ne_bytes());
-            while !w.buf.len().is_multiple_of(4) {
-                w.buf.push(0);
-            }
-            buf.extend_from_slice(&w.buf);
+            buf.extend_from_slice(m.raw);
+            buf.resize(buf.len().next_multiple_of(4), 0);
         })?;
         Ok(Reply { buf })
     }
@@ -307,57 +284,56 @@ impl NetlinkBackend {
         ty: u16,
         flags: u16,
         family: u8,
-        attrs: impl FnOnce(&mut Writer),
+        attrs: impl FnOnce(&mut Builder),
         mut each: impl FnMut(&wire::Msg<'_>),
     ) -> Result<bool, ReqError> {
         let seq = self.next_seq(1);
-        let mut w = Writer::new();
-        let m = w.begin_msg(msg_type(ty), flags, seq, family, 0);
+        let mut w = Builder::new();
+        w.begin_msg(msg_type(ty), flags, seq, family, 0);
         attrs(&mut w);
-        w.end_msg(m);
-        self.sock.send_pages(std::slice::from_ref(&w.buf))?;
+        w.end_msg();
+        self.sock.send_pages(&[w.bytes()])?;
         let dump = flags & c::NLM_F_DUMP == c::NLM_F_DUMP;
         let mut interrupted = false;
-        loop {
+        // How the request ended: Ok, or the kernel's errno.
+        let mut end: Option<Result<(), i32>> = None;
+        while end.is_none() {
             let buf = self.sock.recv(false)?.unwrap_or(&[]);
             if buf.is_empty() {
                 return Err(ReqError::Backend(BackendError::Netlink(
                     "netlink socket closed".into(),
                 )));
             }
-            if let Some(at) = wire::framing_error(buf) {
-                // Whatever follows cannot be read (the end of the dump may be in it):
-                // an error, not a wait for replies that will not come.
-                return Err(ReqError::Backend(BackendError::Netlink(format!(
-                    "malformed netlink reply at byte {at} of {}",
-                    buf.len()
-                ))));
-            }
-            for m in messages(buf) {
+            // A broken buffer is an error, not a wait for replies that will not come (the
+            // end of the dump may be in it).
+            reply::dispatch(buf, &mut |r| {
+                let m = r.msg();
                 if m.seq != seq {
-                    continue; // stale reply to an earlier request
+                    return Step::Next; // stale reply to an earlier request
                 }
-                if m.flags & c::NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match m.ty {
-                    c::NLMSG_ERROR => {
-                        let (errno, _) = parse_error(&m);
-                        if errno != 0 {
-                            return Err(ReqError::Errno(errno));
-                        }
-                        return Ok(interrupted);
+                interrupted |= m.flags & c::NLM_F_DUMP_INTR != 0;
+                end = match r {
+                    reply::Reply::Error { errno: 0, .. } | reply::Reply::Done { .. } => {
+                        Some(Ok(()))
                     }
-                    c::NLMSG_DONE => return Ok(interrupted),
-                    c::NLMSG_NOOP => {}
-                    _ => {
+                    reply::Reply::Error { errno, .. } => Some(Err(errno)),
+                    reply::Reply::Other(_) => None,
+                    reply::Reply::Data(m) => {
                         each(&m);
-                        if !dump {
-                            return Ok(interrupted);
-                        }
+                        (!dump).then_some(Ok(()))
                     }
+                };
+                if end.is_some() {
+                    Step::Stop
+                } else {
+                    Step::Next
                 }
-            }
+            })
+            .map_err(|e| ReqError::Backend(BackendError::Netlink(e.to_string())))?;
+        }
+        match end {
+            Some(Err(errno)) => Err(ReqError::Errno(errno)),
+            _ => Ok(interrupted),
         }
     }
 
@@ -366,7 +342,7 @@ impl NetlinkBackend {
         &mut self,
         ty: u16,
         family: u8,
-        attrs: impl FnOnce(&mut Writer),
+        attrs: impl FnOnce(&mut Builder),
     ) -> Result<Option<Reply>, BackendError> {
         match self.request(ty, c::NLM_F_REQUEST, family, attrs) {
             Ok(r) => Ok(Some(r)),

@@ -44,8 +44,9 @@ use super::decode::{self, Notice, Touch};
 use super::msg_type;
 use super::nf_tables::c;
 use crate::backend::{Touched, Waker, Watched};
+use crate::netlink::reply::{self, Step};
 use crate::netlink::socket::NlSocket;
-use crate::netlink::wire::{messages, Writer};
+use crate::netlink::wire::Builder;
 use crate::nft::Family;
 
 /// The listening socket's receive buffer. kproxy's own large commits are not listened to
@@ -197,10 +198,10 @@ impl Shared {
 
 /// Sends a marker (a GETGEN request) on `sock`.
 fn send_marker(sock: &NlSocket, seq: u32) -> io::Result<()> {
-    let mut w = Writer::new();
-    let m = w.begin_msg(msg_type(c::NFT_MSG_GETGEN), c::NLM_F_REQUEST, seq, 0, 0);
-    w.end_msg(m);
-    sock.send_pages(std::slice::from_ref(&w.buf)).map(|_| ())
+    let mut w = Builder::new();
+    w.begin_msg(msg_type(c::NFT_MSG_GETGEN), c::NLM_F_REQUEST, seq, 0, 0);
+    w.end_msg();
+    sock.send_pages(&[w.bytes()]).map(|_| ())
 }
 
 /// The drift watch of one backend: the listening socket and its drain thread.
@@ -359,7 +360,21 @@ impl Drain {
             let mut wake = false;
             loop {
                 let notices: Vec<Notice> = match self.sock.recv(true) {
-                    Ok(Some(buf)) => messages(buf).map(|m| decode::notice(&m)).collect(),
+                    Ok(Some(buf)) => {
+                        let mut notices = Vec::new();
+                        let framed = reply::dispatch(buf, &mut |r| {
+                            notices.push(decode::notice(r.msg()));
+                            Step::Next
+                        });
+                        if let Err(e) = framed {
+                            // The rest of the datagram cannot be read: commits in it
+                            // would go unseen.
+                            self.lost(e.to_string());
+                            wake = true;
+                            continue;
+                        }
+                        notices
+                    }
                     Ok(None) => break,
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                         self.lost("the notification buffer overran (ENOBUFS)".into());
