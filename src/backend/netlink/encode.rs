@@ -6,7 +6,7 @@ mod set;
 
 use std::collections::HashMap;
 
-use super::expr::ImmData;
+use super::expr::{Expr, ImmData};
 use super::libnftnl::{self as nl, Msg, Udata};
 use super::nf_tables::c;
 use super::rule::{encode_stmts, verdict_imm, SetRef};
@@ -272,6 +272,8 @@ impl Ops<'_> {
 fn encode_ops(mut ops: Ops<'_>, catalog: &SetCatalog, seq0: u32) -> Result<Batch, EncodeError> {
     let mut b = Builder {
         buf: Vec::with_capacity(PAGE_SIZE + 4096),
+        exprs: ExprCache::default(),
+        comments: CommentCache::default(),
         pages: Vec::new(),
         msgs: Vec::new(),
         seq0,
@@ -392,15 +394,36 @@ fn encode_op(b: &mut Builder, sets: &mut TxSets<'_>, index: usize, op: &Op) -> R
             };
             let exprs = encode_stmts(table.family, &rule.stmts, &refs)?;
             let mut r = rule_object(table, chain)?;
-            for e in &exprs {
-                r.add(e.to_nftnl()?);
-            }
             if let Some(cm) = &rule.comment {
-                let u = comment_udata(c::UDATA_RULE_COMMENT, cm)?;
-                r.set_bytes(sys::NFTNL_RULE_USERDATA, u.bytes())
-                    .map_err(err)?;
+                let u = b.comments.udata(c::UDATA_RULE_COMMENT, cm)?;
+                r.set_bytes(sys::NFTNL_RULE_USERDATA, u).map_err(err)?;
             }
-            one(b, c::NFT_MSG_NEWRULE, create() | c::NLM_F_APPEND, &r)?;
+            // The rule's table, chain and comment by libnftnl's rule builder, then its
+            // expressions as that builder writes them (EXPRESSIONS last), each from one
+            // libnftnl expression object shared by every rule holding the same expression.
+            let mut cache = std::mem::take(&mut b.exprs);
+            cache.prepare(&exprs)?;
+            let sent = b.message(
+                msg(c::NFT_MSG_NEWRULE),
+                create() | c::NLM_F_APPEND,
+                fam,
+                Some(index),
+                |m| {
+                    m.put(&r);
+                    if !exprs.is_empty() {
+                        let list = m.nest_begin(c::NFTA_RULE_EXPRESSIONS);
+                        for e in &exprs {
+                            let n = m.nest_begin(c::NFTA_LIST_ELEM);
+                            m.put(&nl::ExprPayload(cache.get(e)));
+                            m.nest_end(n);
+                        }
+                        m.nest_end(list);
+                    }
+                    Ok(Elems::default())
+                },
+            );
+            b.exprs = cache;
+            sent?;
         }
         Op::AddSet { table, set } => {
             let id = sets.next_id;
@@ -473,7 +496,8 @@ fn encode_elements<'a>(
     let fam = family_proto(table.family);
     let mut items = items.enumerate();
     // An element that did not fit the previous message.
-    let mut carry: Option<(usize, Vec<nl::Elem>)> = None;
+    let mut carry: Option<(usize, ElemObjects)> = None;
+    let mut comments = CommentCache::default();
     // Even an empty element list becomes one message, so every op has one.
     loop {
         let mut done = false;
@@ -488,7 +512,7 @@ fn encode_elements<'a>(
                     Some(c) => c,
                     None => match items.next() {
                         Some((i, e)) => {
-                            let objs = element_objects(table.family, &shape, e)
+                            let objs = element_objects(table.family, &shape, e, &mut comments)
                                 .map_err(|r| format!("element {}: {r}", e.text()))?;
                             (i, objs)
                         }
@@ -500,7 +524,7 @@ fn encode_elements<'a>(
                 };
                 let pos = m.written();
                 let first_entry = entry + 1;
-                for o in &objs {
+                for o in objs.iter() {
                     // Each entry an NFTA_LIST_ELEM nest, as the kernel's dumps have them
                     // and libnftnl's parser requires (libnftnl 1.2.4's own list builder
                     // numbers them 1, 2, 3, … and then cannot parse what it built).
@@ -533,9 +557,43 @@ struct Elems {
     entries: Vec<u16>,
 }
 
+/// Most expressions recur across rules (loads, comparisons with the same protocol or
+/// port, jumps to the same chains): above this many distinct ones the cache starts over.
+const EXPR_CACHE_MAX: usize = 16 * 1024;
+
+/// libnftnl expression objects by expression, for one encoding.
+#[derive(Default)]
+struct ExprCache {
+    map: HashMap<Expr, nl::Expr>,
+}
+
+impl ExprCache {
+    /// Makes sure every expression of one rule has its object.
+    fn prepare(&mut self, exprs: &[Expr]) -> Result<(), String> {
+        if self.map.len() + exprs.len() > EXPR_CACHE_MAX {
+            self.map.clear();
+        }
+        for e in exprs {
+            if !self.map.contains_key(e) {
+                self.map.insert(e.clone(), e.to_nftnl()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The object of an expression [`ExprCache::prepare`] was given.
+    fn get(&self, e: &Expr) -> &nl::Expr {
+        &self.map[e]
+    }
+}
+
 struct Builder {
     /// The page being filled.
     buf: Vec<u8>,
+    /// Expression objects shared by the rules of this batch.
+    exprs: ExprCache,
+    /// The last rule comment's userdata.
+    comments: CommentCache,
     pages: Vec<Vec<u8>>,
     msgs: Vec<MsgInfo>,
     seq0: u32,
@@ -566,6 +624,16 @@ impl Builder {
         op: Option<usize>,
         body: impl FnOnce(&mut Msg<'_>) -> Result<Elems, String>,
     ) -> Result<(), String> {
+        // A message that may outgrow the page's room starts the next page: a page regrown
+        // under libnftnl's writes would be copied whole, and element messages grow to 60 KiB.
+        let room = match ty & 0xff {
+            c::NFT_MSG_NEWSETELEM | c::NFT_MSG_DELSETELEM => ELEMS_PER_MSG_BYTES + 4096,
+            _ => 4096,
+        };
+        if !self.buf.is_empty() && self.buf.len() + room > self.buf.capacity() {
+            let page = std::mem::replace(&mut self.buf, Vec::with_capacity(PAGE_SIZE + 4096));
+            self.pages.push(page);
+        }
         let seq = self.next_seq();
         let mut m = Msg::begin(&mut self.buf, ty, family, flags, seq);
         let elems = body(&mut m)?;

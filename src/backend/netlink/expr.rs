@@ -63,14 +63,14 @@ pub fn reg_index(reg: u32) -> Option<u32> {
 }
 
 /// Data of an `immediate` expression or of a map element.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ImmData {
     Value(Vec<u8>),
     Verdict { code: i32, chain: Option<String> },
 }
 
 /// One nf_tables expression.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Expr {
     Payload {
         dreg: u32,

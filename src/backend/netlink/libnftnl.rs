@@ -56,8 +56,20 @@ pub enum Error {
     Frame(usize),
 }
 
-fn cstring(s: &str) -> Result<CString, Error> {
-    CString::new(s).map_err(|_| Error::Nul(s.to_string()))
+/// Runs `f` on `s` with its NUL terminator appended: on the stack for the short strings
+/// (names, comments) that make up nearly all of them, else on the heap.
+fn with_nul<T>(s: &str, f: impl FnOnce(&[u8]) -> T) -> Result<T, Error> {
+    let b = s.as_bytes();
+    if b.contains(&0) {
+        return Err(Error::Nul(s.to_string()));
+    }
+    let mut stack = [0u8; 256];
+    if b.len() < stack.len() {
+        stack[..b.len()].copy_from_slice(b);
+        return Ok(f(&stack[..=b.len()]));
+    }
+    let c = CString::new(s).map_err(|_| Error::Nul(s.to_string()))?;
+    Ok(f(c.as_bytes_with_nul()))
 }
 
 /// Generates the owned type for one libnftnl object kind: alloc/free, attribute setters
@@ -124,8 +136,7 @@ macro_rules! object {
 
             /// Sets a string attribute (NUL-terminated for libnftnl).
             pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-                let c = cstring(s)?;
-                self.set_bytes(attr, c.as_bytes_with_nul())
+                with_nul(s, |c| self.set_bytes(attr, c))?
             }
 
             /// Sets a 32-bit attribute (host byte order, as libnftnl takes them).
@@ -378,8 +389,7 @@ impl Elem {
     }
 
     pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-        let c = cstring(s)?;
-        self.set_bytes(attr, c.as_bytes_with_nul())
+        with_nul(s, |c| self.set_bytes(attr, c))?
     }
 }
 
@@ -445,8 +455,7 @@ pub struct Expr {
 
 impl Drop for Expr {
     fn drop(&mut self) {
-        // SAFETY: owned (an expression added to a rule is consumed by `Rule::add`, which
-        // forgets it), freed once.
+        // SAFETY: owned (never added to a rule, which would take it over), freed once.
         unsafe { sys::nftnl_expr_free(self.ptr.as_ptr()) }
     }
 }
@@ -498,22 +507,11 @@ impl Expr {
     }
 
     pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-        let c = cstring(s)?;
-        self.set_bytes(attr, c.as_bytes_with_nul())
+        with_nul(s, |c| self.set_bytes(attr, c))?
     }
 }
 
 impl Rule {
-    /// Appends an expression; the rule owns it from now on.
-    pub fn add(&mut self, e: Expr) {
-        self.bound += e.bound;
-        let p = e.ptr.as_ptr();
-        std::mem::forget(e);
-        // SAFETY: both live; libnftnl links the expression into the rule's list and frees
-        // it with the rule (hence `forget` above: no double free).
-        unsafe { sys::nftnl_rule_add_expr(self.ptr.as_ptr(), p) }
-    }
-
     /// The rule's expressions, in order, borrowed from it.
     pub fn exprs(&self) -> Vec<ExprRef<'_>> {
         let mut out = Vec::new();
@@ -533,6 +531,22 @@ impl Rule {
             sys::nftnl_expr_iter_destroy(it);
         }
         out
+    }
+}
+
+/// An expression written on its own, as `nftnl_rule_nlmsg_build_payload` writes each of a
+/// rule's (its name and data; the caller opens the `NFTA_LIST_ELEM` around it): lets one
+/// expression object serve every rule that holds the same expression.
+pub struct ExprPayload<'a>(pub &'a Expr);
+
+impl Payload for ExprPayload<'_> {
+    fn bound(&self) -> usize {
+        self.0.bound
+    }
+    unsafe fn build(&self, nlh: *mut libc::nlmsghdr) {
+        // SAFETY: as `Payload::build`; libnftnl reads the expression only (the pointer is
+        // `*mut` in its signature, nothing is written through it).
+        unsafe { sys::nftnl_expr_build_payload(nlh, self.0.ptr.as_ptr()) }
     }
 }
 
@@ -801,8 +815,7 @@ impl Udata {
 
     /// A NUL-terminated string (nft's comments).
     pub fn put_strz(&mut self, ty: u8, s: &str) -> Result<(), Error> {
-        let c = cstring(s)?;
-        self.put(ty, c.as_bytes_with_nul())
+        with_nul(s, |c| self.put(ty, c))?
     }
 
     pub fn put_u32(&mut self, ty: u8, v: u32) -> Result<(), Error> {

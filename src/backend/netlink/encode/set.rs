@@ -396,6 +396,42 @@ fn element_data(data: Option<&ElementData>, shape: &SetShape) -> Result<Option<I
     })
 }
 
+/// One element's libnftnl objects: the element, and for a plain interval set the
+/// end-flagged element that closes its range.
+pub(super) struct ElemObjects(nl::Elem, Option<nl::Elem>);
+
+impl ElemObjects {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &nl::Elem> {
+        std::iter::once(&self.0).chain(self.1.as_ref())
+    }
+}
+
+/// The userdata of the last comment, for the next object with the same one (a service's
+/// endpoint elements come one after another with one comment, its rules too).
+#[derive(Default)]
+pub(super) struct CommentCache {
+    ty: u8,
+    comment: String,
+    udata: Vec<u8>,
+}
+
+impl CommentCache {
+    /// nft's userdata holding one comment (`ty`: the object's comment TLV type).
+    pub(super) fn udata(&mut self, ty: u8, comment: &str) -> Result<&[u8], String> {
+        if self.comment != comment || self.ty != ty || self.udata.is_empty() {
+            let mut u = Tlv::new();
+            u.put_strz(ty, &clean_comment(comment));
+            let u = u.done()?;
+            self.udata.clear();
+            self.udata.extend_from_slice(u.bytes());
+            self.comment.clear();
+            self.comment.push_str(comment);
+            self.ty = ty;
+        }
+        Ok(&self.udata)
+    }
+}
+
 /// One element as nft writes it, as libnftnl elements: interval sets get a start element
 /// and an end-flagged element (`last + 1`; none when the range reaches the top of the
 /// address space, where nft marks the start "open" in userdata); concatenated interval
@@ -404,17 +440,14 @@ pub(super) fn element_objects(
     family: Family,
     shape: &SetShape,
     e: ElemRef<'_>,
-) -> Result<Vec<nl::Elem>, String> {
+    comments: &mut CommentCache,
+) -> Result<ElemObjects, String> {
     let (key, data, comment) = match e {
         ElemRef::Add(e) => (&e.key[..], Some(&e.data), e.comment.as_deref()),
         ElemRef::Delete(k) => (k, None, None),
     };
     check_key(family, shape, key)?;
     let data_imm = element_data(data, shape)?;
-    let mut udata = Tlv::new();
-    if let Some(cm) = comment {
-        udata.put_strz(c::UDATA_SET_ELEM_COMMENT, &clean_comment(cm));
-    }
 
     if shape.interval && key.len() == 1 {
         let (first, last, len) = range_of(&key[0])
@@ -426,27 +459,32 @@ pub(super) fn element_objects(
         } else {
             None
         };
-        if end.is_none() {
-            udata.put_u32(c::UDATA_SET_ELEM_FLAGS, c::UDATA_SET_ELEM_F_INTERVAL_OPEN);
-        }
-        let udata = udata.done()?;
-        let mut out = vec![elem(
-            0,
-            &be_bytes(first, len),
-            None,
-            data_imm.as_ref(),
-            udata.bytes(),
-        )?];
-        if let Some(end) = end {
-            out.push(elem(
+        let open;
+        let udata: &[u8] = match (end, comment) {
+            (Some(_), Some(cm)) => comments.udata(c::UDATA_SET_ELEM_COMMENT, cm)?,
+            (Some(_), None) => &[],
+            (None, _) => {
+                let mut u = Tlv::new();
+                if let Some(cm) = comment {
+                    u.put_strz(c::UDATA_SET_ELEM_COMMENT, &clean_comment(cm));
+                }
+                u.put_u32(c::UDATA_SET_ELEM_FLAGS, c::UDATA_SET_ELEM_F_INTERVAL_OPEN);
+                open = u.done()?;
+                open.bytes()
+            }
+        };
+        let start = elem(0, &be_bytes(first, len), None, data_imm.as_ref(), udata)?;
+        let end = match end {
+            Some(end) => Some(elem(
                 c::NFT_SET_ELEM_INTERVAL_END,
                 &be_bytes(end, len),
                 None,
                 None,
                 &[],
-            )?);
-        }
-        return Ok(out);
+            )?),
+            None => None,
+        };
+        return Ok(ElemObjects(start, end));
     }
     let start: Vec<Vec<u8>> = key
         .iter()
@@ -469,14 +507,20 @@ pub(super) fn element_objects(
     } else {
         None
     };
-    let udata = udata.done()?;
-    Ok(vec![elem(
-        0,
-        &concat_bytes(&start),
-        key_end.as_deref(),
-        data_imm.as_ref(),
-        udata.bytes(),
-    )?])
+    let udata = match comment {
+        Some(cm) => comments.udata(c::UDATA_SET_ELEM_COMMENT, cm)?,
+        None => &[],
+    };
+    Ok(ElemObjects(
+        elem(
+            0,
+            &concat_bytes(&start),
+            key_end.as_deref(),
+            data_imm.as_ref(),
+            udata,
+        )?,
+        None,
+    ))
 }
 
 fn elem(
