@@ -72,6 +72,66 @@ fn with_nul<T>(s: &str, f: impl FnOnce(&[u8]) -> T) -> Result<T, Error> {
     Ok(f(c.as_bytes_with_nul()))
 }
 
+/// The attribute getters every libnftnl object kind has, over its three accessors
+/// (`*_is_set`, `*_get` with a length, `*_get_str`); for items inside an `impl` whose type
+/// holds the object in `self.ptr`, alive for as long as `self` is borrowed.
+macro_rules! attr_getters {
+    ($is_set:ident, $get:ident, $get_str:ident) => {
+        pub fn is_set(&self, attr: u32) -> bool {
+            // SAFETY: `ptr` is live for the borrow; the call reads the object's flag word.
+            unsafe { sys::$is_set(self.ptr.as_ptr(), attr as u16) }
+        }
+
+        /// The bytes of attribute `attr`, lent for as long as `self` is borrowed.
+        pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
+            if !self.is_set(attr) {
+                return None;
+            }
+            let mut len = 0u32;
+            // SAFETY: `ptr` is live; libnftnl returns a pointer into the object (or NULL)
+            // and its length, valid until the object is changed or freed, which the
+            // borrow of `self` prevents.
+            unsafe {
+                let p = sys::$get(self.ptr.as_ptr(), attr as u16, &mut len);
+                if p.is_null() {
+                    return None;
+                }
+                Some(std::slice::from_raw_parts(p as *const u8, len as usize))
+            }
+        }
+
+        /// A string attribute. Read as the C string it is: libnftnl reports some string
+        /// lengths wrongly (1.2.4 gives a chain's type as 4 bytes).
+        pub fn str(&self, attr: u32) -> Option<String> {
+            if !self.is_set(attr) {
+                return None;
+            }
+            // SAFETY: `ptr` is live; for a string attribute that is set, libnftnl returns
+            // its NUL-terminated copy owned by the object (or NULL).
+            unsafe { c_string(sys::$get_str(self.ptr.as_ptr(), attr as u16)) }
+        }
+
+        /// A 32-bit attribute (host byte order).
+        pub fn u32(&self, attr: u32) -> Option<u32> {
+            Some(u32::from_ne_bytes(
+                self.bytes(attr)?.get(..4)?.try_into().ok()?,
+            ))
+        }
+
+        /// A 64-bit attribute (host byte order).
+        pub fn u64(&self, attr: u32) -> Option<u64> {
+            Some(u64::from_ne_bytes(
+                self.bytes(attr)?.get(..8)?.try_into().ok()?,
+            ))
+        }
+
+        /// An 8-bit attribute.
+        pub fn u8(&self, attr: u32) -> Option<u8> {
+            self.bytes(attr)?.first().copied()
+        }
+    };
+}
+
 /// Generates the owned type for one libnftnl object kind: alloc/free, attribute setters
 /// and getters, payload building, message parsing.
 macro_rules! object {
@@ -149,51 +209,7 @@ macro_rules! object {
                 self.set_bytes(attr, &v.to_ne_bytes())
             }
 
-            pub fn is_set(&self, attr: u32) -> bool {
-                // SAFETY: `ptr` is live; the call only reads the object's flag word.
-                unsafe { sys::$is_set(self.ptr.as_ptr(), attr as u16) }
-            }
-
-            /// The bytes of attribute `attr`, lent for as long as `self` lives.
-            pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
-                if !self.is_set(attr) {
-                    return None;
-                }
-                let mut len = 0u32;
-                // SAFETY: `ptr` is live; libnftnl returns a pointer into the object (or
-                // NULL) and its length, valid until the object is changed or freed, which
-                // `&self` prevents for the borrow's lifetime.
-                unsafe {
-                    let p = sys::$get(self.ptr.as_ptr(), attr as u16, &mut len);
-                    if p.is_null() {
-                        return None;
-                    }
-                    Some(std::slice::from_raw_parts(p as *const u8, len as usize))
-                }
-            }
-
-            /// A string attribute. Read as the C string it is: libnftnl reports some
-            /// string lengths wrongly (1.2.4 gives a chain's type as 4 bytes).
-            pub fn str(&self, attr: u32) -> Option<String> {
-                if !self.is_set(attr) {
-                    return None;
-                }
-                // SAFETY: `ptr` is live; for a string attribute that is set, libnftnl
-                // returns its NUL-terminated copy owned by the object (or NULL).
-                unsafe { c_string(sys::$get_str(self.ptr.as_ptr(), attr as u16)) }
-            }
-
-            /// A 32-bit attribute (host byte order).
-            pub fn u32(&self, attr: u32) -> Option<u32> {
-                let b = self.bytes(attr)?;
-                Some(u32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
-            }
-
-            /// A 64-bit attribute (host byte order).
-            pub fn u64(&self, attr: u32) -> Option<u64> {
-                let b = self.bytes(attr)?;
-                Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?))
-            }
+            attr_getters!($is_set, $get, $get_str);
 
             /// Parses one kernel message (header included) into a new object; on failure
             /// the object holds what libnftnl read before it failed (the attributes it
@@ -409,42 +425,14 @@ pub struct ElemRef<'a> {
     _owner: PhantomData<&'a Set>,
 }
 
+// Not every getter is used for elements.
+#[allow(dead_code)]
 impl ElemRef<'_> {
-    pub fn is_set(&self, attr: u32) -> bool {
-        // SAFETY: the element is owned by the borrowed set, which is alive.
-        unsafe { sys::nftnl_set_elem_is_set(self.ptr.as_ptr(), attr as u16) }
-    }
-
-    pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
-        if !self.is_set(attr) {
-            return None;
-        }
-        let mut len = 0u32;
-        // SAFETY: the element is alive for the borrow; libnftnl returns a pointer into it
-        // (or NULL) and the length; nothing changes the element while it is lent.
-        unsafe {
-            let p = sys::nftnl_set_elem_get(self.ptr.as_ptr(), attr as u16, &mut len);
-            if p.is_null() {
-                return None;
-            }
-            Some(std::slice::from_raw_parts(p as *const u8, len as usize))
-        }
-    }
-
-    pub fn u32(&self, attr: u32) -> Option<u32> {
-        Some(u32::from_ne_bytes(
-            self.bytes(attr)?.get(..4)?.try_into().ok()?,
-        ))
-    }
-
-    pub fn str(&self, attr: u32) -> Option<String> {
-        if !self.is_set(attr) {
-            return None;
-        }
-        // SAFETY: the element is alive for the borrow; a set string attribute is a
-        // NUL-terminated copy it owns (or NULL).
-        unsafe { c_string(sys::nftnl_set_elem_get_str(self.ptr.as_ptr(), attr as u16)) }
-    }
+    attr_getters!(
+        nftnl_set_elem_is_set,
+        nftnl_set_elem_get,
+        nftnl_set_elem_get_str
+    );
 }
 
 /// An expression to be added to a [`Rule`] (`nftnl_expr`).
@@ -562,50 +550,7 @@ impl ExprRef<'_> {
         self.str(sys::NFTNL_EXPR_NAME).unwrap_or_default()
     }
 
-    pub fn is_set(&self, attr: u32) -> bool {
-        // SAFETY: the expression is owned by the borrowed, live rule.
-        unsafe { sys::nftnl_expr_is_set(self.ptr.as_ptr(), attr as u16) }
-    }
-
-    pub fn bytes(&self, attr: u32) -> Option<&[u8]> {
-        if !self.is_set(attr) {
-            return None;
-        }
-        let mut len = 0u32;
-        // SAFETY: live for the borrow; pointer into the expression (or NULL) and length.
-        unsafe {
-            let p = sys::nftnl_expr_get(self.ptr.as_ptr(), attr as u16, &mut len);
-            if p.is_null() {
-                return None;
-            }
-            Some(std::slice::from_raw_parts(p as *const u8, len as usize))
-        }
-    }
-
-    pub fn u32(&self, attr: u32) -> Option<u32> {
-        Some(u32::from_ne_bytes(
-            self.bytes(attr)?.get(..4)?.try_into().ok()?,
-        ))
-    }
-
-    pub fn u64(&self, attr: u32) -> Option<u64> {
-        Some(u64::from_ne_bytes(
-            self.bytes(attr)?.get(..8)?.try_into().ok()?,
-        ))
-    }
-
-    pub fn u8(&self, attr: u32) -> Option<u8> {
-        self.bytes(attr)?.first().copied()
-    }
-
-    pub fn str(&self, attr: u32) -> Option<String> {
-        if !self.is_set(attr) {
-            return None;
-        }
-        // SAFETY: the expression is alive for the borrow; a set string attribute is a
-        // NUL-terminated copy it owns (or NULL).
-        unsafe { c_string(sys::nftnl_expr_get_str(self.ptr.as_ptr(), attr as u16)) }
-    }
+    attr_getters!(nftnl_expr_is_set, nftnl_expr_get, nftnl_expr_get_str);
 }
 
 /// Copies a C string libnftnl lent (`None` for NULL).
