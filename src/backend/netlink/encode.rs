@@ -329,7 +329,7 @@ impl TxSets<'_> {
     }
 }
 
-/// A string attribute for libnftnl, its error as the encoder's reason.
+/// A libnftnl wrapper error as the encoder's reason.
 fn err(e: nl::Error) -> String {
     e.to_string()
 }
