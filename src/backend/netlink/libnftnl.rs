@@ -56,6 +56,34 @@ pub enum Error {
     Frame(usize),
 }
 
+/// The longest value a data register holds (`NFT_DATA_VALUE_MAXLEN`): libnftnl 1.2.4
+/// copies a data attribute (a comparison's operand, an element's key or data, an
+/// immediate, a mask) of any length into a 64-byte array without a check.
+const DATA_MAX: usize = 64;
+
+/// Runs `f` on a copy of `data` followed by at least 64 zero bytes. libnftnl 1.2.4's
+/// setters copy a fixed-size field's own size (up to 8 bytes) and a data register's length
+/// from the pointer whatever length they are given: whatever they read stays inside this
+/// buffer.
+fn padded<T>(data: &[u8], f: impl FnOnce(*const c_void) -> T) -> T {
+    let mut stack = [0u8; 512];
+    if data.len() + DATA_MAX <= stack.len() {
+        stack[..data.len()].copy_from_slice(data);
+        return f(stack.as_ptr() as *const c_void);
+    }
+    let mut v = Vec::with_capacity(data.len() + DATA_MAX);
+    v.extend_from_slice(data);
+    v.resize(data.len() + DATA_MAX, 0);
+    f(v.as_ptr() as *const c_void)
+}
+
+/// Whether a value may go to libnftnl as attribute `attr`: userdata (`userdata`: the
+/// object kind's userdata attribute) is copied at its own length, every other binary
+/// value may be a data register (at most [`DATA_MAX`] bytes).
+fn fits(attr: u32, userdata: Option<u32>, len: usize) -> bool {
+    Some(attr) == userdata || len <= DATA_MAX
+}
+
 /// Runs `f` on `s` with its NUL terminator appended: on the stack for the short strings
 /// (names, comments) that make up nearly all of them, else on the heap.
 fn with_nul<T>(s: &str, f: impl FnOnce(&[u8]) -> T) -> Result<T, Error> {
@@ -140,7 +168,8 @@ macro_rules! object {
         $name:ident, $raw:ident, $what:literal,
         alloc: $alloc:ident, free: $free:ident,
         set: $set:ident, get: $get:ident, get_str: $get_str:ident, is_set: $is_set:ident,
-        build: $build:ident, parse: $parse:ident, policy: $policy:ident $(,)?
+        build: $build:ident, parse: $parse:ident, policy: $policy:ident,
+        userdata: $userdata:ident $(,)?
     ) => {
         $(#[$doc])*
         pub struct $name {
@@ -172,18 +201,22 @@ macro_rules! object {
                 $name { ptr, bound: 256 }
             }
 
-            /// Sets attribute `attr` to `data` (libnftnl copies it).
+            /// Sets attribute `attr` to `data` (libnftnl copies it): at most 64 bytes
+            /// but for the object's userdata.
             pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-                // SAFETY: `ptr` is live; `data` is valid for `data.len()` bytes and is
-                // copied by libnftnl before the call returns.
-                let rc = unsafe {
-                    sys::$set(
-                        self.ptr.as_ptr(),
-                        attr as u16,
-                        data.as_ptr() as *const c_void,
-                        data.len() as u32,
-                    )
-                };
+                if !fits(attr, Some(sys::$userdata), data.len()) {
+                    return Err(Error::Attr { what: $what, attr: attr as u16 });
+                }
+                self.set_raw(attr, data)
+            }
+
+            fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+                // SAFETY: `ptr` is live; libnftnl copies from the padded buffer (valid for
+                // `data.len()` + 64 bytes, more than any field or register it fills) before
+                // the call returns.
+                let rc = padded(data, |p| unsafe {
+                    sys::$set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
+                });
                 // The setters of some versions return nothing (0 here) and some return
                 // -1 for an unknown attribute.
                 #[allow(clippy::unnecessary_cast)]
@@ -194,9 +227,9 @@ macro_rules! object {
                 Ok(())
             }
 
-            /// Sets a string attribute (NUL-terminated for libnftnl).
+            /// Sets a string attribute (NUL-terminated for libnftnl, which `strdup`s it).
             pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-                with_nul(s, |c| self.set_bytes(attr, c))?
+                with_nul(s, |c| self.set_raw(attr, c))?
             }
 
             /// Sets a 32-bit attribute (host byte order, as libnftnl takes them).
@@ -260,6 +293,7 @@ object!(
     alloc: nftnl_table_alloc, free: nftnl_table_free,
     set: nftnl_table_set_data, get: nftnl_table_get_data, get_str: nftnl_table_get_str, is_set: nftnl_table_is_set,
     build: nftnl_table_nlmsg_build_payload, parse: nftnl_table_nlmsg_parse, policy: Table,
+    userdata: NFTNL_TABLE_USERDATA,
 );
 object!(
     /// A chain (`nftnl_chain`), without its rules.
@@ -267,6 +301,7 @@ object!(
     alloc: nftnl_chain_alloc, free: nftnl_chain_free,
     set: nftnl_chain_set_data, get: nftnl_chain_get_data, get_str: nftnl_chain_get_str, is_set: nftnl_chain_is_set,
     build: nftnl_chain_nlmsg_build_payload, parse: nftnl_chain_nlmsg_parse, policy: Chain,
+    userdata: NFTNL_CHAIN_USERDATA,
 );
 object!(
     /// A set or map declaration (`nftnl_set`); when parsed from an element message, the
@@ -275,6 +310,7 @@ object!(
     alloc: nftnl_set_alloc, free: nftnl_set_free,
     set: nftnl_set_set_data, get: nftnl_set_get_data, get_str: nftnl_set_get_str, is_set: nftnl_set_is_set,
     build: nftnl_set_nlmsg_build_payload, parse: nftnl_set_nlmsg_parse, policy: Set,
+    userdata: NFTNL_SET_USERDATA,
 );
 object!(
     /// A rule (`nftnl_rule`) and the expressions added to it.
@@ -282,6 +318,7 @@ object!(
     alloc: nftnl_rule_alloc, free: nftnl_rule_free,
     set: nftnl_rule_set_data, get: nftnl_rule_get_data, get_str: nftnl_rule_get_str, is_set: nftnl_rule_is_set,
     build: nftnl_rule_nlmsg_build_payload, parse: nftnl_rule_nlmsg_parse, policy: Rule,
+    userdata: NFTNL_RULE_USERDATA,
 );
 
 /// Something libnftnl can write as a message payload.
@@ -379,16 +416,23 @@ impl Elem {
         Elem { ptr, bound: 16 }
     }
 
+    /// Sets attribute `attr` to `data`: at most 64 bytes but for the userdata.
     pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-        // SAFETY: live element; `data` valid for its length and copied by libnftnl.
-        let rc = unsafe {
-            sys::nftnl_set_elem_set(
-                self.ptr.as_ptr(),
-                attr as u16,
-                data.as_ptr() as *const c_void,
-                data.len() as u32,
-            )
-        };
+        if !fits(attr, Some(sys::NFTNL_SET_ELEM_USERDATA), data.len()) {
+            return Err(Error::Attr {
+                what: "set element",
+                attr: attr as u16,
+            });
+        }
+        self.set_raw(attr, data)
+    }
+
+    fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+        // SAFETY: live element; libnftnl copies from the padded buffer (see `padded`)
+        // before the call returns.
+        let rc = padded(data, |p| unsafe {
+            sys::nftnl_set_elem_set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
+        });
         if rc < 0 {
             return Err(Error::Attr {
                 what: "set element",
@@ -405,7 +449,7 @@ impl Elem {
     }
 
     pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-        with_nul(s, |c| self.set_bytes(attr, c))?
+        with_nul(s, |c| self.set_raw(attr, c))?
     }
 }
 
@@ -462,16 +506,23 @@ impl Expr {
         })
     }
 
+    /// Sets attribute `attr` to `data` (at most 64 bytes).
     pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-        // SAFETY: live expression; `data` valid for its length and copied by libnftnl.
-        let rc = unsafe {
-            sys::nftnl_expr_set(
-                self.ptr.as_ptr(),
-                attr as u16,
-                data.as_ptr() as *const c_void,
-                data.len() as u32,
-            )
-        };
+        if !fits(attr, None, data.len()) {
+            return Err(Error::Attr {
+                what: "expression",
+                attr: attr as u16,
+            });
+        }
+        self.set_raw(attr, data)
+    }
+
+    fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+        // SAFETY: live expression; libnftnl copies from the padded buffer (see `padded`)
+        // before the call returns.
+        let rc = padded(data, |p| unsafe {
+            sys::nftnl_expr_set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
+        });
         if rc < 0 {
             return Err(Error::Attr {
                 what: "expression",
@@ -495,7 +546,7 @@ impl Expr {
     }
 
     pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-        with_nul(s, |c| self.set_bytes(attr, c))?
+        with_nul(s, |c| self.set_raw(attr, c))?
     }
 }
 
@@ -852,4 +903,60 @@ pub fn udata_str(buf: &[u8], ty: u8) -> Option<String> {
     let b = udata_get(buf, ty)?;
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     Some(String::from_utf8_lossy(&b[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libnftnl 1.2.4 copies a data attribute into a 64-byte array without a check: longer
+    /// values are refused here, userdata and strings are not limited.
+    #[test]
+    fn values_that_would_overflow_libnftnl_are_refused() {
+        let mut e = Expr::new("cmp").expect("libnftnl knows cmp");
+        assert!(e.set_bytes(sys::NFTNL_EXPR_CMP_DATA, &[7; 64]).is_ok());
+        assert!(e.set_bytes(sys::NFTNL_EXPR_CMP_DATA, &[7; 65]).is_err());
+        let mut el = Elem::new();
+        assert!(el.set_bytes(sys::NFTNL_SET_ELEM_KEY, &[1; 65]).is_err());
+        assert!(el
+            .set_bytes(sys::NFTNL_SET_ELEM_USERDATA, &[1; 200])
+            .is_ok());
+        let mut r = Rule::new();
+        let long = "c".repeat(600);
+        r.set_str(sys::NFTNL_RULE_CHAIN, &long).unwrap();
+        assert_eq!(r.str(sys::NFTNL_RULE_CHAIN).as_deref(), Some(long.as_str()));
+        assert!(r.set_str(sys::NFTNL_RULE_CHAIN, "a\0b").is_err());
+    }
+
+    /// A message built by the wrapper parses back through it.
+    #[test]
+    fn a_rule_roundtrips_through_libnftnl() {
+        let mut r = Rule::new();
+        r.set_str(sys::NFTNL_RULE_TABLE, "kproxy").unwrap();
+        r.set_str(sys::NFTNL_RULE_CHAIN, "services").unwrap();
+        let mut e = Expr::new("cmp").unwrap();
+        e.set_u32(sys::NFTNL_EXPR_CMP_SREG, 1).unwrap();
+        e.set_u32(sys::NFTNL_EXPR_CMP_OP, 0).unwrap();
+        e.set_bytes(sys::NFTNL_EXPR_CMP_DATA, &[10, 0, 0, 1])
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut m = Msg::begin(&mut buf, (10 << 8) | 6, 2, 0x400, 1);
+        m.put(&r);
+        let list = m.nest_begin(4);
+        let n = m.nest_begin(1);
+        m.put(&ExprPayload(&e));
+        m.nest_end(n);
+        m.nest_end(list);
+        m.finish();
+        let (back, ok) = Rule::parse_partial(&buf);
+        ok.expect("parses");
+        assert_eq!(back.str(sys::NFTNL_RULE_CHAIN).as_deref(), Some("services"));
+        let exprs = back.exprs();
+        assert_eq!(exprs.len(), 1);
+        assert_eq!(exprs[0].name(), "cmp");
+        assert_eq!(
+            exprs[0].bytes(sys::NFTNL_EXPR_CMP_DATA),
+            Some(&[10, 0, 0, 1][..])
+        );
+    }
 }
