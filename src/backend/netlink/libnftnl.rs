@@ -66,7 +66,8 @@ const DATA_MAX: usize = 64;
 /// from the pointer whatever length they are given: whatever they read stays inside this
 /// buffer.
 fn padded<T>(data: &[u8], f: impl FnOnce(*const c_void) -> T) -> T {
-    let mut stack = [0u8; 512];
+    // Small: it is zeroed for every attribute (names, keys and ports fit).
+    let mut stack = [0u8; 160];
     if data.len() + DATA_MAX <= stack.len() {
         stack[..data.len()].copy_from_slice(data);
         return f(stack.as_ptr() as *const c_void);
