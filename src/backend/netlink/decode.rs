@@ -28,14 +28,33 @@ use nftnl::nftnl_sys as sys;
 /// Size the kernel gives a dynamic set declared without one.
 const DYNAMIC_DEFAULT_SIZE: u32 = 65535;
 
-/// Table name and comment of a NEWTABLE message.
-pub fn table(m: &Msg<'_>) -> (String, Option<String>) {
-    let (t, _) = nl::Table::parse_partial(m.raw);
+/// The names a message libnftnl could not read gives in its leading string attributes
+/// (`first`, `second`: their types), read without libnftnl so the message can still be
+/// attributed; `None` when they are not there.
+fn names_of(m: &Msg<'_>, first: u16, second: u16) -> Option<(String, String)> {
+    let a = m.attrs();
+    let (x, y) = (a.str(first)?, a.str(second)?);
+    (!x.is_empty() && !y.is_empty()).then_some((x, y))
+}
+
+/// Table name and comment of a NEWTABLE message; `None` when it cannot be read.
+pub fn table(m: &Msg<'_>) -> Option<(String, Option<String>)> {
+    let (t, parsed) = nl::Table::parse_partial(m.raw);
+    if parsed.is_err() {
+        let name = m
+            .attrs()
+            .str(c::NFTA_TABLE_NAME)
+            .filter(|n| !n.is_empty())?;
+        return Some((
+            name,
+            Some(format!("unreadable table declaration: {}", parsed.err()?)),
+        ));
+    }
     let name = t.str(sys::NFTNL_TABLE_NAME).unwrap_or_default();
     let comment = t
         .bytes(sys::NFTNL_TABLE_USERDATA)
         .and_then(|u| udata_str(u, c::UDATA_TABLE_COMMENT));
-    (name, comment)
+    Some((name, comment))
 }
 
 fn hook_of(n: u32) -> Option<Hook> {
@@ -52,8 +71,17 @@ fn hook_of(n: u32) -> Option<Hook> {
 /// A chain (without rules) and its table name. Declarations kproxy cannot express (other
 /// chain types or hooks, a drop policy) become a leading [`Stmt::Foreign`] rule so that the
 /// chain differs from anything kproxy means.
-pub fn chain(m: &Msg<'_>) -> (String, Chain) {
-    let (a, _) = nl::Chain::parse_partial(m.raw);
+pub fn chain(m: &Msg<'_>) -> Option<(String, Chain)> {
+    let (a, parsed) = nl::Chain::parse_partial(m.raw);
+    if let Err(e) = parsed {
+        // Still the chain it is, differing from anything kproxy means.
+        let (table, name) = names_of(m, c::NFTA_CHAIN_TABLE, c::NFTA_CHAIN_NAME)?;
+        let mut ch = Chain::regular(name);
+        ch.rules.push(Rule::new(vec![Stmt::Foreign(format!(
+            "unreadable chain declaration: {e}"
+        ))]));
+        return Some((table, ch));
+    }
     let table = a.str(sys::NFTNL_CHAIN_TABLE).unwrap_or_default();
     let name = a.str(sys::NFTNL_CHAIN_NAME).unwrap_or_default();
     let comment = a
@@ -91,15 +119,18 @@ pub fn chain(m: &Msg<'_>) -> (String, Chain) {
             ))]));
         }
     }
-    (table, ch)
+    Some((table, ch))
 }
 
 /// A rule with the table and chain it belongs to. A rule libnftnl cannot parse (an
 /// expression it does not know, broken attributes) is one foreign statement.
 pub fn rule(m: &Msg<'_>, family: Family) -> (String, String, Rule) {
     let (r, parsed) = nl::Rule::parse_partial(m.raw);
-    let table = r.str(sys::NFTNL_RULE_TABLE).unwrap_or_default();
-    let chain = r.str(sys::NFTNL_RULE_CHAIN).unwrap_or_default();
+    let (table, chain) = match (r.str(sys::NFTNL_RULE_TABLE), r.str(sys::NFTNL_RULE_CHAIN)) {
+        (Some(t), Some(c)) => (t, c),
+        // Refused before libnftnl read anything: named without it.
+        _ => names_of(m, c::NFTA_RULE_TABLE, c::NFTA_RULE_CHAIN).unwrap_or_default(),
+    };
     let comment = r
         .bytes(sys::NFTNL_RULE_USERDATA)
         .and_then(|u| udata_str(u, c::UDATA_RULE_COMMENT));
@@ -539,13 +570,17 @@ pub fn decode_dump(buf: &[u8]) -> Result<crate::nft::Ruleset, DecodeError> {
         };
         match m.ty {
             t if t == ty(c::NFT_MSG_NEWTABLE) => {
-                let (name, comment) = self::table(&m);
+                let Some((name, comment)) = self::table(&m) else {
+                    continue;
+                };
                 let k = (family, name);
                 table(&mut tables, &k);
                 tables.get_mut(&k).expect("just added").comment = comment;
             }
             t if t == ty(c::NFT_MSG_NEWCHAIN) => {
-                let (name, ch) = chain(&m);
+                let Some((name, ch)) = chain(&m) else {
+                    continue;
+                };
                 let k = (family, name);
                 table(&mut tables, &k);
                 tables.get_mut(&k).expect("just added").add_chain(ch);

@@ -516,7 +516,7 @@ impl NetlinkBackend {
         };
         let mut table = Table::new(family, name);
         if let Some(m) = messages(&r.buf).find(|m| m.ty == msg_type(c::NFT_MSG_NEWTABLE)) {
-            table.comment = decode::table(&m).1;
+            table.comment = decode::table(&m).and_then(|t| t.1);
         }
         Ok(Some(table))
     }
@@ -584,7 +584,7 @@ impl NetlinkBackend {
                 };
                 let decl = messages(&r.buf)
                     .find(|m| m.ty == msg_type(c::NFT_MSG_NEWCHAIN))
-                    .map(|m| decode::chain(&m).1);
+                    .and_then(|m| decode::chain(&m).map(|c| c.1));
                 if let Some(ch) = decl {
                     table.add_chain(ch);
                     interrupted |= self.read_rules(&mut table, Some(&chain))?;
@@ -684,9 +684,10 @@ impl NetlinkBackend {
             |w| w.str(c::NFTA_CHAIN_TABLE, &name),
             |m| {
                 if m.ty == msg_type(c::NFT_MSG_NEWCHAIN) && m.family() == fam {
-                    let (t, ch) = decode::chain(m);
-                    if t == name {
-                        table.add_chain(ch);
+                    if let Some((t, ch)) = decode::chain(m) {
+                        if t == name {
+                            table.add_chain(ch);
+                        }
                     }
                 }
             },

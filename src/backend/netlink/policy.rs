@@ -30,6 +30,11 @@ enum T {
     Nest(&'static [(u16, T)]),
     /// A list of nests (entries of type NFTA_LIST_ELEM), each with this policy.
     List(&'static [(u16, T)]),
+    /// A list of set elements: as `List`, and no attribute above `NFTA_SET_ELEM_MAX`.
+    /// libnftnl 1.2.4's element callback checks types against `NFTA_SET_MAX` (18) and
+    /// stores them in an array sized for `NFTA_SET_ELEM_MAX` (11): a higher type writes past
+    /// it on the stack ("stack smashing detected", found by tests/decode_fuzz.rs).
+    Elems,
     /// `nft_data`: a nest of a value or a verdict (`nftnl_parse_data`).
     Data,
     /// One expression (`nftnl_expr_parse`): its name and its data by the name's policy.
@@ -109,7 +114,9 @@ const ELEM: &[(u16, T)] = &[
     (10, Data),
     (11, Exprs),
 ];
-const ELEMENTS: &[(u16, T)] = &[(1, Str), (2, Str), (3, List(ELEM)), (4, U32)];
+const ELEMENTS: &[(u16, T)] = &[(1, Str), (2, Str), (3, Elems), (4, U32)];
+/// `NFTA_SET_ELEM_MAX` in the headers libnftnl 1.2.4 is built with.
+const SET_ELEM_MAX: u16 = 11;
 const COMPAT: &[(u16, T)] = &[(1, U32), (2, U32)];
 const RULE: &[(u16, T)] = &[
     (1, Str),
@@ -289,6 +296,9 @@ fn one(ty: T, v: &[u8]) -> bool {
         Nest(p) => nested_ok(v) && walk(v, p),
         Data => nested_ok(v) && walk(v, DATA),
         List(p) => list(v, |e| walk(e, p)),
+        Elems => list(v, |e| {
+            attrs(e).all(|a| a.is_some_and(|(t, _)| t <= SET_ELEM_MAX)) && walk(e, ELEM)
+        }),
         Exprs => list(v, expr),
         Expr => nested_ok(v) && expr(v),
         Strs => attrs(v).all(|a| a.is_some_and(|(_, s)| s.last() == Some(&0))),
@@ -459,6 +469,10 @@ mod tests {
         let desc = |k: usize| msg(&[attr(1, b"t\0"), n(9, &[n(2, &vec![field.clone(); k])])]);
         assert!(admits(Kind::Set, &desc(16)));
         assert!(!admits(Kind::Set, &desc(17)));
+        // An element attribute above NFTA_SET_ELEM_MAX: libnftnl writes past a stack array.
+        assert!(admits(Kind::Elements, &elems(attr(11, &[]))));
+        assert!(!admits(Kind::Elements, &elems(attr(12, &[]))));
+        assert!(!admits(Kind::Elements, &elems(attr(18, &[]))));
         // A set key size other than 4 bytes: libnftnl exits ("kernel ABI is broken").
         assert!(!admits(Kind::Set, &msg(&[attr(5, &[4, 0])])));
     }
