@@ -28,9 +28,8 @@ enum T {
     Bin,
     /// A nest with its own policy.
     Nest(&'static [(u16, T)]),
-    /// A list of nests (entries of type NFTA_LIST_ELEM), each with this policy.
-    List(&'static [(u16, T)]),
-    /// A list of set elements: as `List`, and no attribute above `NFTA_SET_ELEM_MAX`.
+    /// A list of set elements (entries of type NFTA_LIST_ELEM, each by the `ELEM` policy)
+    /// with no attribute above `NFTA_SET_ELEM_MAX`.
     /// libnftnl 1.2.4's element callback checks types against `NFTA_SET_MAX` (18) and
     /// stores them in an array sized for `NFTA_SET_ELEM_MAX` (11): a higher type writes past
     /// it on the stack ("stack smashing detected", found by tests/decode_fuzz.rs).
@@ -295,7 +294,6 @@ fn one(ty: T, v: &[u8]) -> bool {
         Bin => true,
         Nest(p) => nested_ok(v) && walk(v, p),
         Data => nested_ok(v) && walk(v, DATA),
-        List(p) => list(v, |e| walk(e, p)),
         Elems => list(v, |e| {
             attrs(e).all(|a| a.is_some_and(|(t, _)| t <= SET_ELEM_MAX)) && walk(e, ELEM)
         }),
