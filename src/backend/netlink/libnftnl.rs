@@ -61,21 +61,17 @@ pub enum Error {
 /// immediate, a mask) of any length into a 64-byte array without a check.
 const DATA_MAX: usize = 64;
 
-/// Runs `f` on a copy of `data` followed by at least 64 zero bytes. libnftnl 1.2.4's
-/// setters copy a fixed-size field's own size (up to 8 bytes) and a data register's length
-/// from the pointer whatever length they are given: whatever they read stays inside this
-/// buffer.
+/// Runs `f` on `data` as libnftnl's setters read it. They copy a fixed-size field's own
+/// size (at most 8 bytes) from the pointer whatever length they are given, and a data
+/// register's given length: a value shorter than 8 bytes is handed over in an 8-byte
+/// zeroed copy, so no read goes past it; a longer one as it is.
 fn padded<T>(data: &[u8], f: impl FnOnce(*const c_void) -> T) -> T {
-    // Small: it is zeroed for every attribute (names, keys and ports fit).
-    let mut stack = [0u8; 160];
-    if data.len() + DATA_MAX <= stack.len() {
-        stack[..data.len()].copy_from_slice(data);
-        return f(stack.as_ptr() as *const c_void);
+    if data.len() >= 8 {
+        return f(data.as_ptr() as *const c_void);
     }
-    let mut v = Vec::with_capacity(data.len() + DATA_MAX);
-    v.extend_from_slice(data);
-    v.resize(data.len() + DATA_MAX, 0);
-    f(v.as_ptr() as *const c_void)
+    let mut short = [0u8; 8];
+    short[..data.len()].copy_from_slice(data);
+    f(short.as_ptr() as *const c_void)
 }
 
 /// Whether a value may go to libnftnl as attribute `attr`: userdata (`userdata`: the
@@ -212,9 +208,9 @@ macro_rules! object {
             }
 
             fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-                // SAFETY: `ptr` is live; libnftnl copies from the padded buffer (valid for
-                // `data.len()` + 64 bytes, more than any field or register it fills) before
-                // the call returns.
+                // SAFETY: `ptr` is live; libnftnl copies from the buffer `padded` gives (at
+                // least as long as any field it fills, and `data.len()` for registers,
+                // capped above) before the call returns.
                 let rc = padded(data, |p| unsafe {
                     sys::$set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
                 });
