@@ -157,6 +157,67 @@ macro_rules! attr_getters {
     };
 }
 
+/// The attribute setters every libnftnl object kind has, over its one setter (`*_set` with
+/// a length): `$what` names the kind in errors, `$userdata` is its userdata attribute (the
+/// one binary value above 64 bytes), `$nest` the extra bound of an attribute libnftnl
+/// nests (element data, expression data). For items inside an `impl` whose type holds the
+/// object in `self.ptr` and its payload bound in `self.bound`.
+macro_rules! attr_setters {
+    ($set:ident, $what:literal, $userdata:expr, $nest:expr) => {
+        /// Sets attribute `attr` to `data` (libnftnl copies it): at most 64 bytes but for
+        /// the userdata.
+        pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+            if !fits(attr, $userdata, data.len()) {
+                return Err(Error::Attr {
+                    what: $what,
+                    attr: attr as u16,
+                });
+            }
+            self.set_raw(attr, data)
+        }
+
+        fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
+            // SAFETY: `ptr` is live; libnftnl copies from the buffer `padded` gives (at
+            // least as long as any field it fills, and `data.len()` for registers, capped
+            // above) before the call returns.
+            let rc = padded(data, |p| unsafe {
+                sys::$set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
+            });
+            // The setters of some versions return nothing (0 here) and some return -1
+            // for an unknown attribute.
+            #[allow(clippy::unnecessary_cast)]
+            if (rc as i64) < 0 {
+                return Err(Error::Attr {
+                    what: $what,
+                    attr: attr as u16,
+                });
+            }
+            self.bound += attr_bound(data.len()) + $nest;
+            Ok(())
+        }
+
+        /// Sets a string attribute (NUL-terminated for libnftnl, which `strdup`s it).
+        pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
+            with_nul(s, |c| self.set_raw(attr, c))?
+        }
+
+        /// Sets a 32-bit attribute (host byte order, as libnftnl takes them).
+        pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
+            self.set_bytes(attr, &v.to_ne_bytes())
+        }
+
+        /// Sets a 64-bit attribute.
+        pub fn set_u64(&mut self, attr: u32, v: u64) -> Result<(), Error> {
+            self.set_bytes(attr, &v.to_ne_bytes())
+        }
+
+        /// Sets an 8-bit attribute.
+        pub fn set_u8(&mut self, attr: u32, v: u8) -> Result<(), Error> {
+            self.set_bytes(attr, &[v])
+        }
+    };
+}
+
 /// Generates the owned type for one libnftnl object kind: alloc/free, attribute setters
 /// and getters, payload building, message parsing.
 macro_rules! object {
@@ -198,46 +259,7 @@ macro_rules! object {
                 $name { ptr, bound: 256 }
             }
 
-            /// Sets attribute `attr` to `data` (libnftnl copies it): at most 64 bytes
-            /// but for the object's userdata.
-            pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-                if !fits(attr, Some(sys::$userdata), data.len()) {
-                    return Err(Error::Attr { what: $what, attr: attr as u16 });
-                }
-                self.set_raw(attr, data)
-            }
-
-            fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-                // SAFETY: `ptr` is live; libnftnl copies from the buffer `padded` gives (at
-                // least as long as any field it fills, and `data.len()` for registers,
-                // capped above) before the call returns.
-                let rc = padded(data, |p| unsafe {
-                    sys::$set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
-                });
-                // The setters of some versions return nothing (0 here) and some return
-                // -1 for an unknown attribute.
-                #[allow(clippy::unnecessary_cast)]
-                if (rc as i64) < 0 {
-                    return Err(Error::Attr { what: $what, attr: attr as u16 });
-                }
-                self.bound += attr_bound(data.len());
-                Ok(())
-            }
-
-            /// Sets a string attribute (NUL-terminated for libnftnl, which `strdup`s it).
-            pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-                with_nul(s, |c| self.set_raw(attr, c))?
-            }
-
-            /// Sets a 32-bit attribute (host byte order, as libnftnl takes them).
-            pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
-                self.set_bytes(attr, &v.to_ne_bytes())
-            }
-
-            /// Sets a 64-bit attribute.
-            pub fn set_u64(&mut self, attr: u32, v: u64) -> Result<(), Error> {
-                self.set_bytes(attr, &v.to_ne_bytes())
-            }
+            attr_setters!($set, $what, Some(sys::$userdata), 0);
 
             attr_getters!($is_set, $get, $get_str);
 
@@ -404,6 +426,8 @@ impl Default for Elem {
     }
 }
 
+// One setter API for every kind; elements use only some of it.
+#[allow(dead_code)]
 impl Elem {
     pub fn new() -> Elem {
         // SAFETY: no arguments; NULL handled as an allocation failure.
@@ -413,41 +437,13 @@ impl Elem {
         Elem { ptr, bound: 16 }
     }
 
-    /// Sets attribute `attr` to `data`: at most 64 bytes but for the userdata.
-    pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-        if !fits(attr, Some(sys::NFTNL_SET_ELEM_USERDATA), data.len()) {
-            return Err(Error::Attr {
-                what: "set element",
-                attr: attr as u16,
-            });
-        }
-        self.set_raw(attr, data)
-    }
-
-    fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-        // SAFETY: live element; libnftnl copies from the padded buffer (see `padded`)
-        // before the call returns.
-        let rc = padded(data, |p| unsafe {
-            sys::nftnl_set_elem_set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
-        });
-        if rc < 0 {
-            return Err(Error::Attr {
-                what: "set element",
-                attr: attr as u16,
-            });
-        }
-        // Data and verdicts are nested twice (NFTA_SET_ELEM_DATA → NFTA_DATA_*).
-        self.bound += attr_bound(data.len()) + 8;
-        Ok(())
-    }
-
-    pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
-        self.set_bytes(attr, &v.to_ne_bytes())
-    }
-
-    pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-        with_nul(s, |c| self.set_raw(attr, c))?
-    }
+    // Data and verdicts are nested twice (NFTA_SET_ELEM_DATA → NFTA_DATA_*).
+    attr_setters!(
+        nftnl_set_elem_set,
+        "set element",
+        Some(sys::NFTNL_SET_ELEM_USERDATA),
+        8
+    );
 }
 
 impl Payload for Elem {
@@ -503,48 +499,8 @@ impl Expr {
         })
     }
 
-    /// Sets attribute `attr` to `data` (at most 64 bytes).
-    pub fn set_bytes(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-        if !fits(attr, None, data.len()) {
-            return Err(Error::Attr {
-                what: "expression",
-                attr: attr as u16,
-            });
-        }
-        self.set_raw(attr, data)
-    }
-
-    fn set_raw(&mut self, attr: u32, data: &[u8]) -> Result<(), Error> {
-        // SAFETY: live expression; libnftnl copies from the padded buffer (see `padded`)
-        // before the call returns.
-        let rc = padded(data, |p| unsafe {
-            sys::nftnl_expr_set(self.ptr.as_ptr(), attr as u16, p, data.len() as u32)
-        });
-        if rc < 0 {
-            return Err(Error::Attr {
-                what: "expression",
-                attr: attr as u16,
-            });
-        }
-        self.bound += attr_bound(data.len()) + 8;
-        Ok(())
-    }
-
-    pub fn set_u32(&mut self, attr: u32, v: u32) -> Result<(), Error> {
-        self.set_bytes(attr, &v.to_ne_bytes())
-    }
-
-    pub fn set_u64(&mut self, attr: u32, v: u64) -> Result<(), Error> {
-        self.set_bytes(attr, &v.to_ne_bytes())
-    }
-
-    pub fn set_u8(&mut self, attr: u32, v: u8) -> Result<(), Error> {
-        self.set_bytes(attr, &[v])
-    }
-
-    pub fn set_str(&mut self, attr: u32, s: &str) -> Result<(), Error> {
-        with_nul(s, |c| self.set_raw(attr, c))?
-    }
+    // Data attributes are nested twice (NFTA_CMP_DATA → NFTA_DATA_VALUE).
+    attr_setters!(nftnl_expr_set, "expression", None, 8);
 }
 
 impl Rule {
